@@ -1,0 +1,1 @@
+"""Headless segmentation core: numpy + torch only, never Qt or napari."""

@@ -1,0 +1,97 @@
+"""Joint image/label augmentation: what the network must become invariant to.
+
+Geometric transforms (flips, 90° rotations, a random similarity — rotation and
+scale — and an elastic deformation) are composed into *one* coordinate map and
+applied once with :func:`scipy.ndimage.map_coordinates`: linear interpolation for
+the image, nearest for labels and the annotated mask, so labels stay exact
+integers. Pixels mapped from outside the source patch become unannotated.
+Intensity transforms (gain, gamma, additive noise) touch only the image.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_segtool.models.base import Patch
+
+
+@dataclass
+class AugmentConfig:
+    """Probabilities and ranges; ``AugmentConfig(enabled=False)`` turns everything off."""
+
+    enabled: bool = True
+    flips: bool = True
+    p_similarity: float = 0.5
+    rotation_deg: float = 180.0
+    scale_range: tuple[float, float] = (0.8, 1.25)
+    p_elastic: float = 0.3
+    elastic_alpha: float = 6.0   # displacement magnitude (pixels)
+    elastic_sigma: float = 12.0  # smoothness of the displacement field (pixels)
+    p_intensity: float = 0.8
+    gain_range: tuple[float, float] = (0.7, 1.4)
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    noise_std: float = 0.05
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def margin(self) -> float:
+        """How much larger the source patch must be to cover rotations/zoom-out."""
+        if not self.enabled or self.p_similarity <= 0:
+            return 1.0
+        return 1.45 * max(1.0, self.scale_range[1])
+
+
+def _coordinate_map(out: int, src: int, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Source coordinates (2, out, out) for each output pixel of the augmented patch."""
+    yy, xx = np.mgrid[0:out, 0:out].astype(np.float32)
+    c_out = (out - 1) / 2.0
+    y, x = yy - c_out, xx - c_out
+    if rng.random() < cfg.p_similarity:
+        theta = np.deg2rad(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
+        scale = np.exp(rng.uniform(np.log(cfg.scale_range[0]), np.log(cfg.scale_range[1])))
+        cos, sin = np.cos(theta) / scale, np.sin(theta) / scale
+        y, x = cos * y - sin * x, sin * y + cos * x
+    if rng.random() < cfg.p_elastic:
+        for arr in (y, x):
+            field = ndi.gaussian_filter(rng.standard_normal((out, out)).astype(np.float32), cfg.elastic_sigma)
+            field *= cfg.elastic_alpha / (field.std() + 1e-6)
+            arr += field
+    c_src = (src - 1) / 2.0
+    return np.stack([y + c_src, x + c_src])
+
+
+def augment(patch: Patch, out_size: int, rng: np.random.Generator, cfg: AugmentConfig) -> Patch:
+    """Augment a (larger, square) source patch and return an ``out_size``² patch."""
+    src = patch.labels.shape[0]
+    img, lab, ann = patch.image, patch.labels, patch.annotated
+    if cfg.enabled and cfg.flips:
+        k = int(rng.integers(4))
+        img, lab, ann = np.rot90(img, k), np.rot90(lab, k), np.rot90(ann, k)
+        if rng.random() < 0.5:
+            img, lab, ann = img[:, ::-1], lab[:, ::-1], ann[:, ::-1]
+    if cfg.enabled and (cfg.p_similarity > 0 or cfg.p_elastic > 0):
+        coords = _coordinate_map(out_size, src, rng, cfg)
+        img = np.stack([ndi.map_coordinates(img[..., c], coords, order=1, mode="reflect")
+                        for c in range(img.shape[-1])], axis=-1)
+        lab = ndi.map_coordinates(lab, coords, order=0, mode="constant", cval=0)
+        ann = ndi.map_coordinates(ann.astype(np.uint8), coords, order=0, mode="constant", cval=0).astype(bool)
+    else:
+        o = (src - out_size) // 2
+        img, lab, ann = img[o:o + out_size, o:o + out_size], lab[o:o + out_size, o:o + out_size], ann[o:o + out_size, o:o + out_size]
+    img = np.ascontiguousarray(img, dtype=np.float32)
+    if cfg.enabled and rng.random() < cfg.p_intensity:
+        img = _intensity(img, rng, cfg)
+    return Patch(img, np.ascontiguousarray(lab), np.ascontiguousarray(ann))
+
+
+def _intensity(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    gain = rng.uniform(*cfg.gain_range)
+    gamma = rng.uniform(*cfg.gamma_range)
+    out = np.clip(img, 0, None) ** gamma * gain + np.minimum(img, 0)
+    if cfg.noise_std > 0:
+        out = out + rng.normal(0, rng.uniform(0, cfg.noise_std), size=out.shape).astype(np.float32)
+    return out.astype(np.float32)

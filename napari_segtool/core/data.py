@@ -1,0 +1,155 @@
+"""Annotated training examples and patch sampling.
+
+An :class:`Example` is an image, its labels and a mask of *annotated* pixels.
+Pixels outside the mask carry no information and are ignored by the loss, which
+makes sparse scribbles, a few corrected objects, or fully labelled slices all
+valid training data. Patches are drawn preferentially around annotated pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from napari_segtool.models.base import Patch
+
+
+class DataError(ValueError):
+    """Training data that cannot be used (message says why)."""
+
+
+@dataclass
+class Example:
+    """One annotated plane: ``image`` ``YXC`` (normalised float32), ``labels`` ``YX``, ``annotated`` ``YX`` bool."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    annotated: np.ndarray
+    name: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.labels.shape  # type: ignore[return-value]
+
+
+def make_example(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray | None = None, *,
+                 task: str = "instance", name: str = "", normalization: dict | None = None) -> Example:
+    """Validate and normalise one (image, labels, mask) triple.
+
+    ``image`` is ``YX`` or ``YXC``; ``labels`` ``YX`` integers. Without a mask, an
+    instance example counts as fully annotated (0 = background) and a semantic
+    example as annotated wherever ``labels > 0`` (scribbles).
+    """
+    from napari_segtool.core.normalize import normalize
+
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    where = f" ({name})" if name else ""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3:
+        raise DataError(f"image{where} must be 2D (YX) or 2D with channels (YXC), got shape {image.shape}")
+    if labels.ndim != 2:
+        raise DataError(f"labels{where} must be 2D, got shape {labels.shape}")
+    if image.shape[:2] != labels.shape:
+        raise DataError(f"image{where} has spatial shape {image.shape[:2]} but labels have shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
+            labels = labels.astype(np.int64)
+        else:
+            raise DataError(f"labels{where} must be integers, got dtype {labels.dtype}")
+    if labels.min() < 0:
+        raise DataError(f"labels{where} contain negative values")
+    if annotated is None:
+        annotated = np.ones(labels.shape, bool) if task == "instance" else labels > 0
+    annotated = np.asarray(annotated).astype(bool)
+    if annotated.shape != labels.shape:
+        raise DataError(f"mask{where} has shape {annotated.shape} but labels have shape {labels.shape}")
+    if not annotated.any():
+        raise DataError(f"no annotated pixels{where}: the mask is empty")
+    if task == "instance" and not (labels[annotated] > 0).any():
+        raise DataError(f"labels{where} contain no objects in the annotated region")
+    if task == "semantic" and not (labels[annotated] > 0).any():
+        raise DataError(f"labels{where} contain no class ids > 0 in the annotated region")
+    norm = normalization or {"low": 1.0, "high": 99.8}
+    img = normalize(image.astype(np.float32), norm.get("low", 1.0), norm.get("high", 99.8))
+    return Example(img, labels.astype(np.int32), annotated, name)
+
+
+def split_validation(examples: Sequence[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """Hold out the last ``fraction`` of each example's annotated rows (or columns) for validation.
+
+    A spatial split (not random pixels) keeps validation pixels away from the
+    training patches' context, so the score is honest. Examples with too little
+    annotation are kept whole for training.
+    """
+    train, val = [], []
+    for ex in examples:
+        if fraction <= 0:
+            train.append(ex)
+            continue
+        axis = 0 if ex.shape[0] >= ex.shape[1] else 1
+        profile = ex.annotated.sum(axis=1 - axis)
+        cumulative = np.cumsum(profile)
+        total = cumulative[-1]
+        cut = int(np.searchsorted(cumulative, (1 - fraction) * total))
+        if total < 200 or cut <= 0 or cut >= ex.shape[axis] - 8:
+            train.append(ex)
+            continue
+        mask_train = ex.annotated.copy()
+        mask_val = ex.annotated.copy()
+        if axis == 0:
+            mask_train[cut:] = False
+            mask_val[:cut] = False
+        else:
+            mask_train[:, cut:] = False
+            mask_val[:, :cut] = False
+        # a val object cut by the split still trains on its upper part but is scored whole
+        if mask_train.any():
+            train.append(Example(ex.image, ex.labels, mask_train, ex.name))
+        if mask_val.any():
+            val.append(Example(ex.image, ex.labels, mask_val, ex.name + ":val"))
+    return train, val
+
+
+class PatchSampler:
+    """Draws square patches, centred on annotated pixels with probability ``p_annotated``."""
+
+    def __init__(self, examples: Sequence[Example], patch_size: int, rng: np.random.Generator,
+                 p_annotated: float = 0.9):
+        if not examples:
+            raise DataError("no training examples")
+        self.examples = list(examples)
+        self.size = patch_size
+        self.rng = rng
+        self.p_annotated = p_annotated
+        weights = np.array([max(1, ex.annotated.sum()) for ex in self.examples], dtype=np.float64)
+        self.weights = weights / weights.sum()
+        self._coords = [np.flatnonzero(ex.annotated) for ex in self.examples]
+
+    def sample(self, size: int | None = None) -> Patch:
+        size = size or self.size
+        i = self.rng.choice(len(self.examples), p=self.weights)
+        ex = self.examples[i]
+        h, w = ex.shape
+        if self.rng.random() < self.p_annotated and self._coords[i].size:
+            cy, cx = divmod(int(self.rng.choice(self._coords[i])), w)
+        else:
+            cy, cx = int(self.rng.integers(h)), int(self.rng.integers(w))
+        y0 = int(np.clip(cy - size // 2 + self.rng.integers(-size // 4, size // 4 + 1), 0, max(0, h - size)))
+        x0 = int(np.clip(cx - size // 2 + self.rng.integers(-size // 4, size // 4 + 1), 0, max(0, w - size)))
+        return crop_patch(ex, y0, x0, size)
+
+
+def crop_patch(ex: Example, y0: int, x0: int, size: int) -> Patch:
+    """Crop (and pad, if the example is smaller) a ``size``² patch; padding is unannotated."""
+    img = ex.image[y0:y0 + size, x0:x0 + size]
+    lab = ex.labels[y0:y0 + size, x0:x0 + size]
+    ann = ex.annotated[y0:y0 + size, x0:x0 + size]
+    ph, pw = size - lab.shape[0], size - lab.shape[1]
+    if ph or pw:
+        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(img.shape[:2]) > 1 else "edge")
+        lab = np.pad(lab, ((0, ph), (0, pw)))
+        ann = np.pad(ann, ((0, ph), (0, pw)))
+    return Patch(np.ascontiguousarray(img), np.ascontiguousarray(lab), np.ascontiguousarray(ann))

@@ -1,0 +1,201 @@
+"""Model + image of any dimensionality -> labels with the image's spatial shape.
+
+The image is put in canonical axis order (stack axes, then ``YX``, then ``C``;
+see :mod:`napari_segtool.core.axes`), normalised with percentiles measured once
+over the whole image (so all planes of a stack look alike), and predicted plane
+by plane with tiling. Instance labels of a Z stack are linked across planes into
+3D objects; in other stacks every plane keeps ids of its own, made unique.
+Lazy (dask/zarr) inputs are read tile by tile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Iterable, Sequence
+
+import numpy as np
+
+from napari_segtool.core.axes import guess_axes, to_canonical
+from napari_segtool.core.device import configure_threads
+from napari_segtool.core.events import CancelToken, Progress
+from napari_segtool.core.model import SegModel
+from napari_segtool.core.normalize import NormalizedPlane, fit_normalizer
+from napari_segtool.core.postprocess import link_stack
+
+
+class InputError(ValueError):
+    """The image cannot be segmented by this model (message says why)."""
+
+
+@dataclass
+class Prediction:
+    """Labels with the input's spatial shape and axes, plus optional extras."""
+
+    labels: np.ndarray
+    axes: str
+    probabilities: np.ndarray | None = None  # (K, *spatial) when requested
+    tables: dict[tuple, list[dict[str, Any]]] = field(default_factory=dict)  # plane index -> object rows
+    notes: list[str] = field(default_factory=list)
+
+
+class _ChannelMean:
+    """Lazy mean over channels, for running a 1-channel model on RGB/multichannel data."""
+
+    def __init__(self, plane: Any):
+        self.plane = plane
+        self.shape = tuple(plane.shape[:-1]) + (1,)
+
+    def __getitem__(self, key):
+        return np.asarray(self.plane[key], dtype=np.float32).mean(axis=-1, keepdims=True)
+
+
+def check_image(image: Any) -> None:
+    """Reject arrays no model can use, with a message a user understands."""
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        raise InputError(f"expected an array, got {type(image).__name__}")
+    if 0 in image.shape:
+        raise InputError(f"the image is empty (shape {tuple(image.shape)})")
+    kind = np.dtype(image.dtype).kind
+    if kind not in "biuf":
+        raise InputError(f"cannot segment an image of dtype {image.dtype}")
+
+
+def iter_predict(
+    model: SegModel,
+    image: Any,
+    *,
+    axes: str | None = None,
+    planes: Iterable[tuple[int, ...]] | None = None,
+    out: np.ndarray | None = None,
+    tile_size: int | None = None,
+    batch_size: int = 2,
+    link_z: bool = True,
+    return_probabilities: bool = False,
+    cancel: CancelToken | None = None,
+    tile_callback: Callable[[int, int], None] | None = None,
+    num_threads: int | None = None,
+    **postprocess: Any,
+) -> Generator[Progress, None, Prediction]:
+    """Predict ``image`` plane by plane, yielding :class:`Progress` after each plane.
+
+    Parameters
+    ----------
+    model : the model to run.
+    image : numpy or dask/zarr array, any of 2D, 3D, 4D, 5D with ``axes``.
+    axes : axis letters of ``image`` (``TZYXC``); guessed from the shape when ``None``.
+    planes : indices over the stack axes (e.g. ``[(3,), (4,)]`` for Z planes 3 and 4) to
+        predict; ``None`` predicts all. Other planes of ``out`` are left untouched.
+    out : existing labels array (spatial shape) to update in place, e.g. a napari layer.
+    tile_size : tile edge in pixels (default: the model's); memory scales with it.
+    link_z : link instance labels across Z into 3D objects (only when all planes run).
+    return_probabilities : also return the network's per-class maps (2D inputs only).
+    tile_callback : called as ``(tiles_done, tiles_total)`` within each plane.
+    postprocess : overrides of the model's post-processing (e.g. ``fg_threshold``).
+    """
+    check_image(image)
+    configure_threads(num_threads)
+    try:
+        axes = guess_axes(tuple(image.shape), axes)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    data, canon = to_canonical(image, axes)
+    spatial_axes = canon[:-1]
+    stack_shape = tuple(data.shape[: len(spatial_axes) - 2])
+    meta = model.meta
+    channels = data.shape[-1]
+    notes: list[str] = []
+    if channels != meta.in_channels:
+        if meta.in_channels == 1:
+            notes.append(f"averaged {channels} channels for the single-channel model '{meta.name}'")
+        else:
+            raise InputError(f"model '{meta.name}' expects {meta.in_channels} channel(s), the image has {channels}")
+    norm_cfg = meta.normalization
+    try:
+        normalizer = fit_normalizer(data, norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8))
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    if channels != meta.in_channels:
+        normalizer.lo = normalizer.lo.mean(keepdims=True)
+        normalizer.hi = normalizer.hi.mean(keepdims=True)
+
+    all_planes = list(np.ndindex(*stack_shape)) if stack_shape else [()]
+    todo = all_planes if planes is None else [tuple(p) for p in planes]
+    result_planes: dict[tuple, np.ndarray] = {}
+    tables: dict[tuple, list[dict[str, Any]]] = {}
+    probs = None
+    arch = model.architecture
+    model.net.eval()
+    for i, index in enumerate(todo):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        plane = data[index] if index else data
+        if channels != meta.in_channels:
+            plane = _ChannelMean(plane)
+        result = arch.predict_plane(model.net, NormalizedPlane(plane, normalizer), meta, device=model.device,
+                                    tile_size=tile_size, batch_size=batch_size,
+                                    return_probabilities=return_probabilities and not index,
+                                    progress=tile_callback, cancel=cancel, **postprocess)
+        result_planes[index] = result.labels
+        if result.table:
+            tables[index] = result.table
+        if result.probabilities is not None:
+            probs = result.probabilities
+        yield Progress("predict", i + 1, len(todo), f"plane {index}" if index else "image")
+
+    labels = _assemble(result_planes, data.shape[:-1], spatial_axes, meta.task,
+                       link_z and planes is None)
+    labels = _to_original_order(labels, spatial_axes, axes)
+    if out is not None:
+        if out.shape != labels.shape:
+            raise InputError(f"output layer has shape {out.shape}, expected {labels.shape}")
+        if meta.task == "instance" and out.max() > 0:  # new ids must not collide with kept planes
+            labels = np.where(labels > 0, labels + int(out.max()), 0).astype(np.int32)
+        _write_planes(out, labels, todo, spatial_axes, axes)
+        labels = out
+    return Prediction(labels, "".join(a for a in axes if a not in "CS"), probs, tables, notes)
+
+
+def _assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_axes: str, task: str,
+              link: bool) -> np.ndarray:
+    labels = np.zeros(shape, np.int32)
+    offset = 0
+    for index, plane in planes.items():
+        if task == "instance" and index:
+            plane = np.where(plane > 0, plane + offset, 0)
+            offset = max(offset, int(plane.max()))
+        labels[index] = plane
+    if task == "instance" and link and "Z" in spatial_axes:
+        z = spatial_axes.index("Z")
+        if z == 0:
+            labels = link_stack(labels)
+        else:  # T before Z: link each time point separately, keep ids unique
+            offset = 0
+            for t in range(labels.shape[0]):
+                linked = link_stack(labels[t])
+                labels[t] = np.where(linked > 0, linked + offset, 0)
+                offset = int(labels[t].max())
+    return labels
+
+
+def _to_original_order(labels: np.ndarray, spatial_axes: str, original_axes: str) -> np.ndarray:
+    target = "".join(a for a in original_axes.replace("S", "C") if a != "C")
+    return np.transpose(labels, [spatial_axes.index(a) for a in target])
+
+
+def _write_planes(out: np.ndarray, labels: np.ndarray, planes: Sequence[tuple], spatial_axes: str,
+                  original_axes: str) -> None:
+    """Copy only the predicted planes from ``labels`` into ``out`` (both in original order)."""
+    target = "".join(a for a in original_axes.replace("S", "C") if a != "C")
+    stack_axes = spatial_axes[:-2]
+    for index in planes:
+        key = [slice(None)] * len(target)
+        for axis, i in zip(stack_axes, index):
+            key[target.index(axis)] = i
+        out[tuple(key)] = labels[tuple(key)]
+
+
+def predict(model: SegModel, image: Any, **kwargs: Any) -> Prediction:
+    """Synchronous :func:`iter_predict`; pass ``callback`` to receive progress events."""
+    from napari_segtool.core.events import run_job
+
+    callback = kwargs.pop("callback", None)
+    return run_job(iter_predict(model, image, **kwargs), callback)

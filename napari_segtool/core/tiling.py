@@ -1,0 +1,162 @@
+"""Tiled application of a dense network to planes of any size.
+
+The plane is cut into overlapping tiles; each tile carries a *halo* of at least
+half the network's receptive field, so every output pixel that is kept saw all of
+its context. Tiles are weighted by a window that is 1 in the tile core and falls
+smoothly (raised cosine) to ~0 across the halo, and the weighted outputs are
+averaged: there are no seams, and the result matches a whole-plane prediction.
+Tile positions are multiples of the network's downsampling factor so pooling
+grids line up between neighbouring tiles.
+
+Memory is bounded by the tile size and the output accumulator, never by a copy of
+a lazy input: the input only needs ``shape`` and ``__getitem__`` (numpy, dask,
+zarr, or :class:`NormalizedPlane`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from napari_segtool.core.events import CancelToken
+
+
+class PlaneLike(Protocol):
+    shape: tuple[int, ...]
+
+    def __getitem__(self, key): ...
+
+
+def round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def halo_for(receptive_field: int, align: int) -> int:
+    """Halo (pixels each side) covering half the receptive field, aligned to ``align``."""
+    return round_up(max(1, (receptive_field + 1) // 2), align)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A tile's input window ``y0:y0+size, x0:x0+size`` in plane coordinates (may cross borders)."""
+
+    y0: int
+    x0: int
+    size: int
+
+
+def tile_starts(length: int, size: int, halo: int, align: int) -> list[int]:
+    """Start offsets (possibly negative: the tile then reaches into border padding)."""
+    if length + 2 * halo <= size:
+        return [-halo]
+    step = size - 2 * halo
+    if step <= 0:
+        raise ValueError(f"tile size {size} must exceed twice the halo {halo}")
+    step = max(align, (step // align) * align)
+    starts = list(range(-halo, length - size + halo, step))
+    last = length + halo - size
+    last = -halo + round_up(last + halo, align)  # keep the pooling grid aligned
+    if not starts or starts[-1] < last:
+        starts.append(last)
+    return starts
+
+
+def make_tiles(shape: tuple[int, int], size: int, halo: int, align: int) -> list[Tile]:
+    ys = tile_starts(shape[0], size, halo, align)
+    xs = tile_starts(shape[1], size, halo, align)
+    return [Tile(y, x, size) for y in ys for x in xs]
+
+
+def read_padded(plane: PlaneLike, tile: Tile) -> np.ndarray:
+    """Read a tile's window (``YXC``), reflect-padding where it leaves the plane."""
+    h, w = plane.shape[:2]
+    y0, x0, s = tile.y0, tile.x0, tile.size
+    ya, yb = max(0, y0), min(h, y0 + s)
+    xa, xb = max(0, x0), min(w, x0 + s)
+    block = np.asarray(plane[ya:yb, xa:xb], dtype=np.float32)
+    pad = ((ya - y0, y0 + s - yb), (xa - x0, x0 + s - xb), (0, 0))
+    if any(p for pair in pad[:2] for p in pair):
+        # numpy reflects repeatedly when the pad is wider than the block
+        block = np.pad(block, pad, mode="reflect")
+    return block
+
+
+def blend_window(size: int, halo: int) -> np.ndarray:
+    """1D raised-cosine window: ~0 at the tile edge, 1 from ``halo`` inwards."""
+    w = np.ones(size, dtype=np.float32)
+    if halo > 0:
+        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(halo, dtype=np.float32) + 0.5) / halo)
+        w[:halo] = ramp
+        w[size - halo:] = ramp[::-1]
+    return np.maximum(w, 1e-4)
+
+
+def iter_batches(items: list, batch_size: int) -> Iterator[list]:
+    for i in range(0, len(items), batch_size):
+        yield items[i:i + batch_size]
+
+
+def tiled_apply(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    plane: PlaneLike,
+    out_channels: int,
+    *,
+    tile_size: int,
+    halo: int,
+    align: int = 1,
+    batch_size: int = 4,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    cancel: CancelToken | None = None,
+) -> np.ndarray:
+    """Apply ``fn`` (``B,C,S,S`` -> ``B,K,S,S``) over overlapping tiles of a ``YXC`` plane.
+
+    Returns the blended ``(K, Y, X)`` float32 output. ``tile_size`` is rounded up to
+    ``align`` and shrunk to the plane (plus halo) when the plane is small.
+    """
+    h, w = plane.shape[:2]
+    size = round_up(min(tile_size, max(h, w) + 2 * halo), align)
+    size = max(size, round_up(2 * halo + align, align))
+    tiles = make_tiles((h, w), size, halo, align)
+    out = np.zeros((out_channels, h, w), dtype=np.float32)
+    weight = np.zeros((h, w), dtype=np.float32)
+    win1d = blend_window(size, halo)
+    done = 0
+    for batch in iter_batches(tiles, batch_size):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        arrays = np.stack([read_padded(plane, t) for t in batch])  # B,S,S,C
+        x = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous().to(device)
+        with torch.inference_mode():
+            y = fn(x).float().cpu().numpy()
+        for t, pred in zip(batch, y):
+            _accumulate(out, weight, pred, t, win1d, halo, (h, w))
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(tiles))
+    out /= weight[None]
+    return out
+
+
+def _accumulate(out, weight, pred, tile: Tile, win1d, halo, shape) -> None:
+    h, w = shape
+    wy = win1d.copy()
+    wx = win1d.copy()
+    # at the plane's own border there is no neighbour to blend with: full weight
+    if tile.y0 <= -halo:
+        wy[:halo] = 1.0
+    if tile.y0 + tile.size >= h + halo:
+        wy[tile.size - halo:] = 1.0
+    if tile.x0 <= -halo:
+        wx[:halo] = 1.0
+    if tile.x0 + tile.size >= w + halo:
+        wx[tile.size - halo:] = 1.0
+    ya, yb = max(0, tile.y0), min(h, tile.y0 + tile.size)
+    xa, xb = max(0, tile.x0), min(w, tile.x0 + tile.size)
+    ty, tx = slice(ya - tile.y0, yb - tile.y0), slice(xa - tile.x0, xb - tile.x0)
+    win = wy[ty, None] * wx[None, tx]
+    out[:, ya:yb, xa:xb] += pred[:, ty, tx] * win
+    weight[ya:yb, xa:xb] += win

@@ -1,0 +1,222 @@
+"""Training and fine-tuning from annotated examples, as a generator of progress events.
+
+``iter_train`` yields :class:`TrainStep` after every optimiser step and
+:class:`TrainEpoch` after every epoch, and returns a :class:`TrainResult`. It stops
+at the first of: ``epochs`` done, ``time_budget`` seconds spent, no validation
+improvement for ``patience`` epochs, or a cancelled :class:`CancelToken` (then the
+best weights so far are kept — cancelling never throws work away).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generator, Sequence
+
+import numpy as np
+import torch
+
+from napari_segtool.core.augment import AugmentConfig, augment
+from napari_segtool.core.data import DataError, Example, PatchSampler, split_validation
+from napari_segtool.core.device import configure_threads, pick_device
+from napari_segtool.core.events import CancelToken, TrainEpoch, TrainStep
+from napari_segtool.core.model import ModelMeta, SegModel
+from napari_segtool.models.registry import get_architecture
+
+
+@dataclass
+class TrainConfig:
+    """Everything that controls a training run (stored in the model's history)."""
+
+    epochs: int = 100
+    steps_per_epoch: int = 25
+    batch_size: int = 8
+    patch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    time_budget: float | None = None   # seconds; None = no limit
+    val_fraction: float = 0.15
+    patience: int = 15
+    seed: int = 0
+    device: str | None = None
+    num_threads: int | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: SegModel
+    epochs: list[TrainEpoch]
+    stop_reason: str
+    seconds: float
+    steps: int
+
+
+def new_model(arch: str, task: str, in_channels: int, classes: Sequence[str] | None = None,
+              **arch_kwargs: Any) -> SegModel:
+    """A fresh model of architecture ``arch``; semantic ``classes`` list starts with 'unlabelled'."""
+    architecture = get_architecture(arch)
+    if task not in architecture.supported_tasks:
+        raise ValueError(f"architecture '{arch}' does not support task '{task}'")
+    if classes is None:
+        classes = ["background", "object"]
+    meta = architecture.default_meta(task, in_channels, classes, **arch_kwargs)
+    return SegModel(architecture.build(meta), meta)
+
+
+def _check_compatible(model: SegModel, examples: Sequence[Example], task: str) -> None:
+    channels = {ex.image.shape[-1] for ex in examples}
+    if channels != {model.meta.in_channels}:
+        raise DataError(f"model expects {model.meta.in_channels} channel(s) but the images have {sorted(channels)}")
+    if model.meta.task != task:
+        raise DataError(f"cannot fine-tune a {model.meta.task} model for the {task} task")
+    if task == "semantic":
+        top = max(int(ex.labels.max()) for ex in examples)
+        if top > len(model.meta.classes) - 1:
+            raise DataError(f"labels use class id {top} but the model has {len(model.meta.classes) - 1} classes")
+
+
+def _lr_at(base: float, progress: float) -> float:
+    """Short linear warm-up then cosine decay over ``progress`` in [0, 1]."""
+    warm = min(1.0, progress / 0.05) if progress < 0.05 else 1.0
+    return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _batch(sampler: PatchSampler, cfg: TrainConfig, rng: np.random.Generator):
+    src = int(math.ceil(cfg.patch_size * cfg.augment.margin))
+    patches = []
+    while len(patches) < cfg.batch_size:
+        p = augment(sampler.sample(src), cfg.patch_size, rng, cfg.augment)
+        if p.annotated.any():
+            patches.append(p)
+    return patches
+
+
+def _validate(model: SegModel, val: Sequence[Example], device: torch.device) -> tuple[str, float]:
+    arch = model.architecture
+    scores, name = [], "score"
+    for ex in val:
+        ys, xs = np.nonzero(ex.annotated)
+        sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        pred = arch.predict_plane(model.net, ex.image[sl], model.meta, device=device, tile_size=256).labels
+        name, value = arch.validation_score(pred, ex.labels[sl], ex.annotated[sl], model.meta)
+        scores.append(value)
+    model.net.train()
+    return name, float(np.mean(scores)) if scores else float("nan")
+
+
+def iter_train(
+    examples: Sequence[Example],
+    *,
+    arch: str = "unet",
+    task: str = "instance",
+    classes: Sequence[str] | None = None,
+    init: SegModel | None = None,
+    config: TrainConfig | None = None,
+    cancel: CancelToken | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+) -> Generator[TrainStep | TrainEpoch, None, TrainResult]:
+    """Train a new model (or fine-tune ``init``) on ``examples``; see module docstring."""
+    cfg = config or TrainConfig()
+    if not examples:
+        raise DataError("no training examples")
+    configure_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = pick_device(cfg.device)
+    start = time.perf_counter()
+
+    if init is not None:
+        model = SegModel(copy.deepcopy(init.net), ModelMeta.from_dict(copy.deepcopy(init.meta.to_dict())))
+        _check_compatible(model, examples, task)
+    else:
+        in_ch = examples[0].image.shape[-1]
+        if task == "semantic" and classes is None:
+            top = max(int(ex.labels.max()) for ex in examples)
+            classes = ["unlabelled"] + [f"class {i}" for i in range(1, top + 1)]
+        model = new_model(arch, task, in_ch, classes, **(arch_kwargs or {}))
+        _check_compatible(model, examples, task)
+    architecture = model.architecture
+    architecture.configure_from_data(model.meta, [ex.labels[ex.annotated] for ex in examples] if task == "semantic"
+                                     else [np.where(ex.annotated, ex.labels, 0) for ex in examples])
+
+    train_set, val_set = split_validation(examples, cfg.val_fraction)
+    sampler = PatchSampler(train_set, cfg.patch_size, rng)
+    model.to(device)
+    model.net.train()
+    optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    epochs: list[TrainEpoch] = []
+    best_state = copy.deepcopy(model.net.state_dict())
+    best_score, since_best, step = -math.inf, 0, 0
+    total_steps = cfg.epochs * cfg.steps_per_epoch
+    stop_reason = "epochs"
+    step_seconds = 0.0
+    for epoch in range(cfg.epochs):
+        losses = []
+        for _ in range(cfg.steps_per_epoch):
+            elapsed = time.perf_counter() - start
+            if cancel is not None and cancel.cancelled:
+                stop_reason = "cancelled"
+                break
+            if cfg.time_budget is not None and elapsed + step_seconds > cfg.time_budget:
+                stop_reason = "time budget"
+                break
+            t0 = time.perf_counter()
+            progress = step / total_steps
+            if cfg.time_budget:
+                progress = max(progress, elapsed / cfg.time_budget)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(cfg.lr, progress)
+            loss = architecture.loss(model.net, _batch(sampler, cfg, rng), model.meta, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            step_seconds = 0.8 * step_seconds + 0.2 * (time.perf_counter() - t0) if step > 1 else time.perf_counter() - t0
+            yield TrainStep(step, epoch, losses[-1], time.perf_counter() - start, total_steps)
+        if not losses:
+            break
+        model.net.eval()
+        metric_name, score = _validate(model, val_set, device) if val_set else ("train_loss", -float(np.mean(losses)))
+        model.net.train()
+        is_best = score > best_score
+        if is_best:
+            best_score, since_best = score, 0
+            best_state = copy.deepcopy(model.net.state_dict())
+        else:
+            since_best += 1
+        event = TrainEpoch(epoch, float(np.mean(losses)), score, metric_name,
+                           time.perf_counter() - start, is_best, cfg.epochs)
+        epochs.append(event)
+        yield event
+        if stop_reason != "epochs":
+            break
+        if since_best >= cfg.patience:
+            stop_reason = "early stopping"
+            break
+    model.net.load_state_dict(best_state)
+    model.net.eval()
+    seconds = time.perf_counter() - start
+    model.meta.history.append({
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "fine_tuned_from": init.meta.name if init is not None else None,
+        "examples": len(examples), "steps": step, "seconds": round(seconds, 1), "stop_reason": stop_reason,
+        "best_score": None if math.isinf(best_score) else best_score,
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "device"},
+        "epochs": [e.as_dict() for e in epochs],
+    })
+    return TrainResult(model, epochs, stop_reason, seconds, step)
+
+
+def train(examples: Sequence[Example], **kwargs: Any) -> TrainResult:
+    """Synchronous :func:`iter_train` (events are discarded; pass ``callback`` to see them)."""
+    from napari_segtool.core.events import run_job
+
+    callback = kwargs.pop("callback", None)
+    return run_job(iter_train(examples, **kwargs), callback)

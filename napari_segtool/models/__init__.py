@@ -1,0 +1,1 @@
+"""Network architectures, one file each, looked up by name through :mod:`.registry`."""

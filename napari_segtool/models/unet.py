@@ -1,0 +1,214 @@
+"""2D U-Net (Ronneberger et al. 2015) for semantic and instance segmentation.
+
+Heads
+-----
+``semantic``: K logits, one per class (class ids 1..K in label images).
+``instance``: 3 logits (background / object interior / object boundary) plus one
+distance-to-border channel; instances come from a seeded watershed
+(:func:`napari_segtool.core.postprocess.instances_from_maps`). Predicting the thin
+boundary class *between* touching objects is what lets the watershed split them.
+
+Normalisation is BatchNorm: at inference it uses running statistics, so the
+network is translation-equivariant and tiled predictions equal whole-image ones
+(GroupNorm/InstanceNorm statistics would change with the tile's content).
+The receptive field is computed exactly from the layer structure.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+from skimage import segmentation
+from torch import nn
+
+from napari_segtool.core.events import CancelToken
+from napari_segtool.core.model import ModelMeta
+from napari_segtool.core.postprocess import instances_from_maps
+from napari_segtool.core.tiling import halo_for, tiled_apply
+from napari_segtool.models.base import Architecture, Patch, PlaneResult, ProgressFn
+
+INSTANCE_CLASSES = 3  # background, interior, boundary
+
+
+def _norm(kind: str | None, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.Identity()
+
+
+class ConvBlock(nn.Sequential):
+    """Two (conv 3×3 → norm → ReLU) layers."""
+
+    def __init__(self, cin: int, cout: int, norm: str | None, kernel_size: int = 3):
+        pad = kernel_size // 2
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel_size, padding=pad, bias=norm is None), _norm(norm, cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, kernel_size, padding=pad, bias=norm is None), _norm(norm, cout), nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """U-Net with ``depth`` poolings; channel width doubles at each level from ``width``."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 4, depth: int = 3, width: int = 16,
+                 norm: str | None = "batch", kernel_size: int = 3):
+        super().__init__()
+        self.depth, self.kernel_size = depth, kernel_size
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for c in chans[:-1]:
+            self.down.append(ConvBlock(cin, c, norm, kernel_size))
+            cin = c
+        self.bottom = ConvBlock(chans[-2], chans[-1], norm, kernel_size)
+        self.up = nn.ModuleList(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth)))
+        self.dec = nn.ModuleList(ConvBlock(2 * chans[i], chans[i], norm, kernel_size) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(chans[0], out_channels, 1)
+
+    @property
+    def align(self) -> int:
+        """Input sizes must be multiples of this (one per pooling)."""
+        return 2**self.depth
+
+    def receptive_field(self) -> int:
+        """Receptive field (pixels) of one output pixel, computed from the layer structure.
+
+        Walks the longest path (encoder, bottleneck, decoder) with the usual
+        recurrence ``rf += (k - 1) * jump``; pooling adds ``jump`` and doubles it,
+        a 2×2 stride-2 transposed conv maps each output to one input pixel. This is
+        a tight upper bound: depending on a pixel's phase in the pooling grid the
+        true extent is up to ``2**depth`` pixels smaller (tests measure it by
+        back-propagation), so a halo of half this value always suffices.
+        """
+        k, rf, jump = self.kernel_size, 1, 1
+        for _ in range(self.depth):
+            rf += 2 * (k - 1) * jump  # two convs
+            rf += jump                # 2x2 max-pool
+            jump *= 2
+        rf += 2 * (k - 1) * jump      # bottleneck
+        for _ in range(self.depth):
+            jump //= 2
+            rf += 2 * (k - 1) * jump  # decoder convs
+        return rf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottom(x)
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
+            x = dec(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+# ----------------------------------------------------------------------------- targets
+def instance_targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class map (0 bg, 1 interior, 2 boundary) and per-object normalised distance (0..1)."""
+    boundary = segmentation.find_boundaries(labels, mode="inner") & (labels > 0)
+    classes = np.where(labels > 0, 1, 0).astype(np.int64)
+    classes[boundary] = 2
+    interior = (labels > 0) & ~boundary
+    dist = ndi.distance_transform_edt(interior).astype(np.float32)
+    if labels.max() > 0:
+        peak = ndi.maximum(dist, labels, index=np.arange(labels.max() + 1))
+        peak = np.asarray(peak, dtype=np.float32)
+        peak[peak == 0] = 1.0
+        dist = dist / peak[labels]
+    return classes, dist
+
+
+def object_size_stats(label_images: Sequence[np.ndarray]) -> dict[str, float]:
+    """Median object area and equivalent diameter over all training labels."""
+    areas = []
+    for lab in label_images:
+        counts = np.bincount(np.asarray(lab).ravel().astype(np.int64))[1:]
+        areas.extend(counts[counts > 0].tolist())
+    if not areas:
+        return {}
+    median = float(np.median(areas))
+    return {"median_area": median, "median_diameter": float(2 * np.sqrt(median / np.pi)), "n_objects": len(areas)}
+
+
+class UNetArchitecture(Architecture):
+    name = "unet"
+
+    def default_meta(self, task: str, in_channels: int, classes: Sequence[str], **arch_kwargs: Any) -> ModelMeta:
+        kwargs = {"depth": 3, "width": 16, "norm": "batch", "kernel_size": 3}
+        kwargs.update(arch_kwargs)
+        out = INSTANCE_CLASSES + 1 if task == "instance" else len(classes) - 1
+        if task == "semantic" and out < 2:
+            raise ValueError("a semantic model needs at least 2 classes besides 'unlabelled'")
+        kwargs["out_channels"] = out
+        meta = ModelMeta(arch=self.name, task=task, in_channels=in_channels, arch_kwargs=kwargs,
+                         classes=list(classes), tile_size=512)
+        meta.receptive_field = self.build(meta).receptive_field()
+        if task == "instance":
+            meta.postprocess = {"fg_threshold": 0.5, "seed_threshold": 0.6, "min_size": 10, "min_seed_size": 3}
+        return meta
+
+    def build(self, meta: ModelMeta) -> UNet:
+        return UNet(in_channels=meta.in_channels, **meta.arch_kwargs)
+
+    def configure_from_data(self, meta: ModelMeta, label_images: Sequence[np.ndarray]) -> None:
+        if meta.task != "instance":
+            return
+        stats = object_size_stats(label_images)
+        if stats:
+            meta.postprocess["min_size"] = max(4, int(0.15 * stats["median_area"]))
+            meta.postprocess["min_seed_size"] = max(2, int(0.02 * stats["median_area"]))
+            meta.training["object_size"] = stats
+
+    # ------------------------------------------------------------------ training
+    def loss(self, net: nn.Module, patches: Sequence[Patch], meta: ModelMeta, device: torch.device) -> torch.Tensor:
+        x = torch.from_numpy(np.stack([p.image for p in patches])).permute(0, 3, 1, 2).to(device)
+        weight = torch.from_numpy(np.stack([p.annotated for p in patches]).astype(np.float32)).to(device)
+        out = net(x)
+        denom = weight.sum().clamp_min(1.0)
+        if meta.task == "semantic":
+            target = np.stack([np.clip(p.labels.astype(np.int64) - 1, 0, None) for p in patches])
+            ce = F.cross_entropy(out, torch.from_numpy(target).to(device), reduction="none")
+            return (ce * weight).sum() / denom
+        targets = [instance_targets(p.labels) for p in patches]
+        cls = torch.from_numpy(np.stack([t[0] for t in targets])).to(device)
+        dist = torch.from_numpy(np.stack([t[1] for t in targets])).to(device)
+        class_weights = torch.tensor([1.0, 1.0, 2.0], device=device)
+        ce = F.cross_entropy(out[:, :INSTANCE_CLASSES], cls, weight=class_weights, reduction="none")
+        ce = (ce * weight).sum() / denom
+        fg = weight * (cls > 0).float()
+        pred_dist = torch.sigmoid(out[:, INSTANCE_CLASSES])
+        mse = ((pred_dist - dist) ** 2 * fg).sum() / fg.sum().clamp_min(1.0)
+        return ce + 2.0 * mse
+
+    # ---------------------------------------------------------------- inference
+    def predict_plane(self, net: nn.Module, image: Any, meta: ModelMeta, *, device: torch.device,
+                      tile_size: int | None = None, batch_size: int = 2, return_probabilities: bool = False,
+                      progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+                      **postprocess: Any) -> PlaneResult:
+        net.eval()
+        unet: UNet = net  # type: ignore[assignment]
+        halo = halo_for(meta.receptive_field or unet.receptive_field(), unet.align)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            y = unet(x)
+            if meta.task == "semantic":
+                return torch.softmax(y, dim=1)
+            return torch.cat([torch.softmax(y[:, :INSTANCE_CLASSES], 1), torch.sigmoid(y[:, INSTANCE_CLASSES:])], 1)
+
+        probs = tiled_apply(forward, image, meta.arch_kwargs["out_channels"], tile_size=tile_size or meta.tile_size,
+                            halo=halo, align=unet.align, batch_size=batch_size, device=device,
+                            progress=progress, cancel=cancel)
+        if meta.task == "semantic":
+            labels = (np.argmax(probs, axis=0) + 1).astype(np.int32)
+            return PlaneResult(labels, probs if return_probabilities else None)
+        params = {**meta.postprocess, **{k: v for k, v in postprocess.items() if v is not None}}
+        labels = instances_from_maps(probs[1] + probs[2], probs[1], probs[3], **params)
+        return PlaneResult(labels, probs if return_probabilities else None)
