@@ -1,0 +1,477 @@
+"""The project folder: corrections, reviewed state, models and training history on disk.
+
+A project is a plain folder that any session (the napari plugin, the CLI, a
+script) can reopen. Everything is written atomically (temporary file + rename),
+so a crash or ``kill -9`` at any moment leaves either the previous or the new
+version of every file, never a torn one: saved corrections are never lost.
+
+Layout::
+
+    <root>/
+      project.json                  format version, creation time, free-form settings
+      images/<key>/entry.json       name, source path, label shape + axes, reviewed planes
+      images/<key>/planes/<i>.npz   per plane: labels, edited mask (compressed)
+      images/<key>/planes/<i>.img.npy  the image plane (YXC), kept once the plane has annotations
+      models/<name>/                trained models (see :mod:`napari_segtool.core.checkpoint`)
+      history.json                  one record per training run (epochs, losses, scores)
+
+Per image, labels have the image's *spatial* shape with the plane axes (``YX``)
+last, e.g. ``ZYX`` or ``TZYX``; a *plane index* is the tuple of indices over the
+leading stack axes (``()`` for a 2D image). The *annotated* mask used for
+training is the union of the pixels the user edited and every reviewed plane.
+Plane files are written per plane, so autosaving one corrected slice of a large
+stack writes one small file. Image planes are stored with the annotations, so
+later sessions can train on earlier corrections even when the source image has
+moved.
+
+This module only uses numpy (and the core's data helpers); never Qt or napari.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+try:  # shared crash-safe writers
+    from napari_segtool.io.atomic import atomic_write, atomic_write_json
+except ImportError:  # pragma: no cover - fallback when io is unavailable
+    import tempfile
+
+    def atomic_write(path, write_fn):  # type: ignore[no-redef]
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as fh:
+                write_fn(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def atomic_write_json(path, obj, **kw):  # type: ignore[no-redef]
+        text = json.dumps(obj, indent=2, sort_keys=True, **kw) + "\n"
+        return atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+FORMAT_VERSION = 1
+PROJECT_FILE = "project.json"
+HISTORY_FILE = "history.json"
+DEFAULT_PROJECT_DIR = Path.home() / "napari-segtool-projects" / "default"
+
+Index = tuple[int, ...]
+
+
+class ProjectError(ValueError):
+    """The project folder cannot be used (message says why)."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def plane_name(index: Sequence[int]) -> str:
+    """File stem of a plane: ``"all"`` for a 2D image, else ``"3"``, ``"0_12"``..."""
+    return "_".join(str(int(i)) for i in index) if len(index) else "all"
+
+
+def parse_plane_name(name: str) -> Index:
+    if name == "all":
+        return ()
+    return tuple(int(p) for p in name.split("_"))
+
+
+def image_key(name: str, source: str | None, shape: Sequence[int]) -> str:
+    """A stable folder name for an image: readable prefix + hash of source/name and shape."""
+    ident = f"{source or name}|{tuple(int(s) for s in shape)}"
+    digest = hashlib.sha1(ident.encode()).hexdigest()[:10]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-.")[:40] or "image"
+    return f"{slug}-{digest}"
+
+
+@dataclass
+class ImageEntry:
+    """What the project knows about one image (``entry.json``)."""
+
+    key: str
+    name: str
+    shape: tuple[int, ...]
+    axes: str = ""
+    source: str | None = None
+    reviewed: list[Index] = field(default_factory=list)
+    updated: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_stack(self) -> int:
+        return max(0, len(self.shape) - 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        data["reviewed"] = [list(i) for i in self.reviewed]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ImageEntry":
+        return cls(key=data["key"], name=data.get("name", data["key"]), shape=tuple(data["shape"]),
+                   axes=data.get("axes", ""), source=data.get("source"),
+                   reviewed=[tuple(int(v) for v in i) for i in data.get("reviewed", [])],
+                   updated=data.get("updated", ""), extra=dict(data.get("extra", {})))
+
+
+@dataclass
+class Annotation:
+    """Everything stored for one image, assembled into full arrays."""
+
+    entry: ImageEntry
+    labels: np.ndarray          # spatial shape, int32
+    edited: np.ndarray          # bool, pixels the user edited
+    reviewed: set[Index]
+    stored_planes: set[Index]   # planes that have a labels file
+
+    @property
+    def annotated(self) -> np.ndarray:
+        mask = self.edited.copy()
+        for index in self.reviewed:
+            mask[index] = True
+        return mask
+
+
+class Project:
+    """A project folder. Cheap to construct; thread-safe for concurrent saves."""
+
+    def __init__(self, root: str | os.PathLike, *, create: bool = True):
+        self.root = Path(root).expanduser().resolve()
+        self._lock = threading.RLock()
+        info = self.root / PROJECT_FILE
+        if info.exists():
+            try:
+                self.info = json.loads(info.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ProjectError(f"cannot read {info}: {exc}") from exc
+            if int(self.info.get("format", 0)) > FORMAT_VERSION:
+                raise ProjectError(f"{self.root} was written by a newer napari-segtool "
+                                   f"(format {self.info.get('format')})")
+        elif create:
+            if self.root.exists() and not self.root.is_dir():
+                raise ProjectError(f"{self.root} is a file, not a folder")
+            self.info = {"format": FORMAT_VERSION, "created": _now(), "settings": {}}
+            try:
+                atomic_write_json(info, self.info)
+            except OSError as exc:
+                raise ProjectError(f"cannot create a project in {self.root}: {exc}") from exc
+        else:
+            raise ProjectError(f"{self.root} is not a napari-segtool project (no {PROJECT_FILE})")
+
+    # ------------------------------------------------------------------ paths
+    def __repr__(self) -> str:
+        return f"Project({str(self.root)!r})"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def _image_dir(self, key: str) -> Path:
+        return self.images_dir / key
+
+    def _plane_file(self, key: str, index: Index) -> Path:
+        return self._image_dir(key) / "planes" / f"{plane_name(index)}.npz"
+
+    def _image_plane_file(self, key: str, index: Index) -> Path:
+        return self._image_dir(key) / "planes" / f"{plane_name(index)}.img.npy"
+
+    # --------------------------------------------------------------- settings
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.info.get("settings", {}))
+
+    def update_settings(self, **values: Any) -> None:
+        with self._lock:
+            self.info.setdefault("settings", {}).update(values)
+            atomic_write_json(self.root / PROJECT_FILE, self.info, default=str)
+
+    # ----------------------------------------------------------------- images
+    def entries(self) -> list[ImageEntry]:
+        out = []
+        if not self.images_dir.is_dir():
+            return out
+        for folder in sorted(self.images_dir.iterdir()):
+            entry = self.entry(folder.name)
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    def entry(self, key: str) -> ImageEntry | None:
+        path = self._image_dir(key) / "entry.json"
+        if not path.exists():
+            return None
+        try:
+            return ImageEntry.from_dict(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+    def find(self, name: str, source: str | None, shape: Sequence[int]) -> ImageEntry | None:
+        """The entry of an image, by its key, else by same source (or name) and shape."""
+        shape = tuple(int(s) for s in shape)
+        entry = self.entry(image_key(name, source, shape))
+        if entry is not None:
+            return entry
+        for entry in self.entries():
+            if entry.shape == shape and ((source and entry.source == source) or
+                                         (not source and entry.name == name)):
+                return entry
+        return None
+
+    def save_entry(self, entry: ImageEntry) -> None:
+        with self._lock:
+            entry.updated = _now()
+            atomic_write_json(self._image_dir(entry.key) / "entry.json", entry.to_dict(), default=str)
+
+    def save_plane(self, key: str, index: Sequence[int], labels: np.ndarray, edited: np.ndarray | None = None,
+                   image: np.ndarray | None = None) -> None:
+        """Store one plane's labels and edited mask; keep its image once it has annotations.
+
+        ``image`` is the plane as ``YX`` or ``YXC``; it is written only the first time
+        (the image itself never changes), so autosaves stay cheap.
+        """
+        index = tuple(int(i) for i in index)
+        labels = np.asarray(labels)
+        arrays: dict[str, np.ndarray] = {"labels": _compact(labels)}
+        if edited is not None and np.any(edited):
+            arrays["edited"] = np.packbits(np.asarray(edited, bool), axis=None)
+        arrays["shape"] = np.asarray(labels.shape, np.int64)
+        with self._lock:
+            atomic_write(self._plane_file(key, index), lambda fh: np.savez_compressed(fh, **arrays))
+            img_file = self._image_plane_file(key, index)
+            if image is not None and not img_file.exists():
+                img = np.asarray(image)
+                if img.ndim == 2:
+                    img = img[..., None]
+                atomic_write(img_file, lambda fh: np.save(fh, img, allow_pickle=False))
+
+    def save_image_plane(self, key: str, index: Sequence[int], image: np.ndarray, overwrite: bool = False) -> None:
+        img_file = self._image_plane_file(key, tuple(index))
+        if img_file.exists() and not overwrite:
+            return
+        img = np.asarray(image)
+        if img.ndim == 2:
+            img = img[..., None]
+        with self._lock:
+            atomic_write(img_file, lambda fh: np.save(fh, img, allow_pickle=False))
+
+    def has_image_plane(self, key: str, index: Sequence[int]) -> bool:
+        return self._image_plane_file(key, tuple(index)).exists()
+
+    def stored_planes(self, key: str) -> list[Index]:
+        folder = self._image_dir(key) / "planes"
+        if not folder.is_dir():
+            return []
+        out = []
+        for path in folder.glob("*.npz"):
+            try:
+                out.append(parse_plane_name(path.stem))
+            except ValueError:
+                continue
+        return sorted(out)
+
+    def load_plane(self, key: str, index: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(labels, edited)`` of one plane, or ``None`` when absent or unreadable."""
+        path = self._plane_file(key, tuple(index))
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                labels = z["labels"].astype(np.int32)
+                shape = tuple(int(s) for s in z["shape"])
+                if "edited" in z.files:
+                    edited = np.unpackbits(z["edited"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+                else:
+                    edited = np.zeros(shape, bool)
+        except (OSError, ValueError, KeyError, EOFError):
+            return None
+        return labels.reshape(shape), edited
+
+    def load_image_plane(self, key: str, index: Sequence[int]) -> np.ndarray | None:
+        path = self._image_plane_file(key, tuple(index))
+        if not path.exists():
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+
+    def load(self, key: str) -> Annotation | None:
+        """All stored labels/edits of an image assembled into full arrays."""
+        entry = self.entry(key)
+        if entry is None:
+            return None
+        labels = np.zeros(entry.shape, np.int32)
+        edited = np.zeros(entry.shape, bool)
+        stored = set()
+        for index in self.stored_planes(key):
+            plane = self.load_plane(key, index)
+            if plane is None or len(index) != entry.n_stack:
+                continue
+            try:
+                labels[index] = plane[0]
+                edited[index] = plane[1]
+            except (ValueError, IndexError):
+                continue
+            stored.add(index)
+        reviewed = {i for i in entry.reviewed if len(i) == entry.n_stack}
+        return Annotation(entry, labels, edited, reviewed, stored)
+
+    def remove_image(self, key: str) -> None:
+        import shutil
+
+        with self._lock:
+            shutil.rmtree(self._image_dir(key), ignore_errors=True)
+
+    # --------------------------------------------------------------- training
+    def annotated_planes(self, key: str) -> list[Index]:
+        """Planes of an image that carry training signal (edited pixels or reviewed)."""
+        entry = self.entry(key)
+        if entry is None:
+            return []
+        out = set(i for i in entry.reviewed if len(i) == entry.n_stack)
+        for index in self.stored_planes(key):
+            plane = self.load_plane(key, index)
+            if plane is not None and plane[1].any():
+                out.add(index)
+        return sorted(out)
+
+    def training_examples(self, task: str = "instance", keys: Iterable[str] | None = None,
+                          normalization: dict | None = None) -> tuple[list[Any], list[str]]:
+        """Examples from every annotated plane of the project, and notes on skipped planes.
+
+        The annotated mask of a plane is its edited pixels, or the whole plane when
+        it was marked reviewed. Planes that cannot become an example (no stored image,
+        no object in the annotated region...) are skipped with a note.
+        """
+        from napari_segtool.core.data import DataError, make_example
+
+        examples, notes = [], []
+        entries = self.entries() if keys is None else [e for e in (self.entry(k) for k in keys) if e]
+        for entry in entries:
+            reviewed = set(i for i in entry.reviewed if len(i) == entry.n_stack)
+            for index in self.annotated_planes(entry.key):
+                where = f"{entry.name}" + (f" plane {index}" if index else "")
+                plane = self.load_plane(entry.key, index)
+                image = self.load_image_plane(entry.key, index)
+                if plane is None:
+                    notes.append(f"{where}: reviewed but no labels stored")
+                    continue
+                if image is None:
+                    notes.append(f"{where}: image plane not stored")
+                    continue
+                labels, edited = plane
+                annotated = np.ones_like(edited) if index in reviewed else edited
+                if image.shape[:2] != labels.shape:
+                    notes.append(f"{where}: image {image.shape[:2]} and labels {labels.shape} differ")
+                    continue
+                try:
+                    examples.append(make_example(image, labels, annotated, task=task, name=where,
+                                                 normalization=normalization))
+                except DataError as exc:
+                    notes.append(str(exc))
+        return examples, notes
+
+    # ----------------------------------------------------------------- models
+    def model_path(self, name: str) -> Path:
+        return self.models_dir / name
+
+    def save_model(self, model: Any, name: str | None = None) -> Path:
+        """Save a :class:`~napari_segtool.core.model.SegModel` atomically into ``models/``."""
+        from napari_segtool.core.checkpoint import save_model
+
+        name = name or model.meta.name or time.strftime("model-%Y%m%d-%H%M%S")
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+        model.meta.name = name
+        with self._lock:
+            return save_model(model, self.model_path(name))
+
+    def unique_model_name(self, base: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "model"
+        name, i = base, 2
+        while self.model_path(name).exists():
+            name, i = f"{base}-{i}", i + 1
+        return name
+
+    def list_models(self) -> list[tuple[str, Path]]:
+        """``(name, path)`` of every model saved in the project, newest first."""
+        from napari_segtool.core.checkpoint import WEIGHTS_FILE
+
+        if not self.models_dir.is_dir():
+            return []
+        found = [(p.name, p) for p in self.models_dir.iterdir()
+                 if p.is_dir() and not p.name.startswith(".") and (p / WEIGHTS_FILE).exists()]
+        return sorted(found, key=lambda item: item[1].stat().st_mtime, reverse=True)
+
+    # ---------------------------------------------------------------- history
+    def history(self) -> list[dict[str, Any]]:
+        path = self.root / HISTORY_FILE
+        if not path.exists():
+            return []
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return []
+        return data if isinstance(data, list) else []
+
+    def record_run(self, record: dict[str, Any]) -> str:
+        """Add or update (by ``record["id"]``) a training run; returns its id."""
+        with self._lock:
+            runs = self.history()
+            run_id = str(record.get("id") or time.strftime("run-%Y%m%d-%H%M%S"))
+            record = {**record, "id": run_id, "updated": _now()}
+            for i, run in enumerate(runs):
+                if run.get("id") == run_id:
+                    runs[i] = {**run, **record}
+                    break
+            else:
+                runs.append(record)
+            atomic_write_json(self.root / HISTORY_FILE, runs, default=_json_default)
+            return run_id
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _compact(labels: np.ndarray) -> np.ndarray:
+    """Smallest unsigned dtype for label ids (smaller files, same values)."""
+    labels = np.asarray(labels)
+    top = int(labels.max()) if labels.size else 0
+    if labels.size and int(labels.min()) < 0:
+        return labels.astype(np.int32)
+    if top < 2**16:
+        return labels.astype(np.uint16)
+    return labels.astype(np.uint32)
+
+
+def open_project(root: str | os.PathLike | None = None) -> Project:
+    """Open (creating if needed) a project folder; default ``~/napari-segtool-projects/default``."""
+    return Project(root if root is not None else DEFAULT_PROJECT_DIR)

@@ -1,0 +1,132 @@
+"""The project folder store: round trips, reviewed state, training examples, crash safety."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from napari_segtool.core.project import (
+    ImageEntry,
+    Project,
+    ProjectError,
+    image_key,
+    parse_plane_name,
+    plane_name,
+)
+
+
+def _disk(shape, cy, cx, r, value, out):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = value
+    return out
+
+
+def _stack():
+    labels = np.zeros((3, 48, 48), np.int32)
+    for z in range(3):
+        _disk((48, 48), 15, 15, 6, 1 + 2 * z, labels[z])
+        _disk((48, 48), 32, 30, 7, 2 + 2 * z, labels[z])
+    image = (labels > 0).astype(np.float32) * 100 + np.random.default_rng(0).normal(10, 2, labels.shape)
+    return image.astype(np.float32), labels
+
+
+def test_plane_names_round_trip():
+    for index in [(), (3,), (0, 12)]:
+        assert parse_plane_name(plane_name(index)) == index
+
+
+def test_image_key_is_stable_and_safe():
+    a = image_key("my image/1", "/data/x.tif", (3, 4, 5))
+    assert a == image_key("my image/1", "/data/x.tif", (3, 4, 5))
+    assert "/" not in a and a.startswith("my-image-1")
+    assert a != image_key("my image/1", "/data/x.tif", (3, 4, 6))
+
+
+def test_create_reopen_and_settings(tmp_path):
+    root = tmp_path / "proj"
+    p = Project(root)
+    assert (root / "project.json").exists()
+    p.update_settings(model="nuclei", tile_size=256)
+    q = Project(root)
+    assert q.settings["model"] == "nuclei"
+    with pytest.raises(ProjectError):
+        Project(tmp_path / "missing", create=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ProjectError):
+        Project(tmp_path / "afile")
+
+
+def test_planes_entries_and_reviewed_round_trip(tmp_path):
+    image, labels = _stack()
+    p = Project(tmp_path)
+    key = image_key("stack", None, labels.shape)
+    entry = ImageEntry(key=key, name="stack", shape=labels.shape, axes="ZYX", reviewed=[(2,)])
+    p.save_entry(entry)
+    edited = np.zeros(labels.shape, bool)
+    edited[0, 10:20, 10:20] = True
+    for z in range(3):
+        p.save_plane(key, (z,), labels[z], edited[z], image=image[z] if edited[z].any() or z == 2 else None)
+    ann = Project(tmp_path).load(key)
+    assert ann is not None
+    np.testing.assert_array_equal(ann.labels, labels)
+    np.testing.assert_array_equal(ann.edited, edited)
+    assert ann.reviewed == {(2,)}
+    assert ann.annotated[2].all() and not ann.annotated[1].any()
+    assert p.annotated_planes(key) == [(0,), (2,)]
+    assert p.find("stack", None, labels.shape).key == key
+    assert p.load_image_plane(key, (0,)).shape == (48, 48, 1)
+    assert p.load_image_plane(key, (1,)) is None
+    # the image plane is written once only
+    p.save_plane(key, (0,), labels[0], edited[0], image=np.zeros_like(image[0]))
+    assert p.load_image_plane(key, (0,)).max() > 0
+
+
+def test_training_examples_from_edits_and_reviewed(tmp_path):
+    image, labels = _stack()
+    p = Project(tmp_path)
+    key = image_key("stack", "/x.tif", labels.shape)
+    p.save_entry(ImageEntry(key=key, name="stack", shape=labels.shape, source="/x.tif", reviewed=[(1,)]))
+    edited = np.zeros((48, 48), bool)
+    edited[8:24, 8:24] = True
+    p.save_plane(key, (0,), labels[0], edited, image=image[0])
+    p.save_plane(key, (1,), labels[1], None, image=image[1])
+    # reviewed plane without objects: skipped with a note, not an error
+    p.save_entry(ImageEntry(key="empty", name="empty", shape=(32, 32), reviewed=[()]))
+    p.save_plane("empty", (), np.zeros((32, 32), np.int32), None, image=np.ones((32, 32)))
+    examples, notes = p.training_examples()
+    assert len(examples) == 2
+    by_name = {ex.name: ex for ex in examples}
+    assert by_name["stack plane (0,)"].annotated.sum() == edited.sum()
+    assert by_name["stack plane (1,)"].annotated.all()
+    assert any("no objects" in n for n in notes)
+
+
+def test_history_and_models(tmp_path):
+    p = Project(tmp_path)
+    run = p.record_run({"model": "m1", "epochs": [{"epoch": 0, "loss": np.float32(0.5)}]})
+    p.record_run({"id": run, "stop_reason": "epochs"})
+    hist = Project(tmp_path).history()
+    assert len(hist) == 1 and hist[0]["stop_reason"] == "epochs" and hist[0]["model"] == "m1"
+    assert p.list_models() == []
+    assert p.unique_model_name("my model") == "my-model"
+
+
+def test_failed_write_keeps_previous_plane(tmp_path, monkeypatch):
+    p = Project(tmp_path)
+    key = "img"
+    p.save_entry(ImageEntry(key=key, name="img", shape=(16, 16)))
+    good = np.arange(256, dtype=np.int32).reshape(16, 16) % 7
+    p.save_plane(key, (), good)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez_compressed", boom)
+    with pytest.raises(OSError):
+        p.save_plane(key, (), np.zeros((16, 16), np.int32))
+    monkeypatch.undo()
+    np.testing.assert_array_equal(p.load(key).labels, good)
+    leftovers = [f for f in os.listdir(tmp_path / "images" / key / "planes") if f.endswith(".tmp")]
+    assert leftovers == []
+    assert json.loads((tmp_path / "images" / key / "entry.json").read_text())["name"] == "img"
