@@ -1,0 +1,616 @@
+"""Turning edits of a napari Labels layer into training data, and the correction tools.
+
+:class:`LabelsTracker` watches one labels layer that belongs to one image layer.
+Every pixel the user changes (napari's own paint / erase / fill / polygon, undo,
+redo, or this plugin's tools) and every object such a change touches becomes
+*annotated*; marking a slice *reviewed* annotates the whole slice. The tracker
+keeps a shadow copy of the labels to find out exactly what changed, and saves
+dirty planes to the project folder (debounced, on a background thread, written
+atomically), so there is no export step and a crash loses nothing that was saved.
+
+The correction tools (delete, merge, split, fill holes, renumber) are plain
+functions on arrays plus thin wrappers that apply their result through
+``Labels.data_setitem``: undoable with Ctrl-Z and tracked like any brush stroke.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer, Signal
+from scipy import ndimage as ndi
+
+from napari_segtool.core.project import ImageEntry, Project, image_key
+from napari_segtool.plugin import _layers as L
+
+log = logging.getLogger(__name__)
+
+AUTOSAVE_MS = 1500
+CHECK_MS = 300
+
+Index = tuple[int, ...]
+
+
+# ============================================================== array operations
+
+
+def merge_prediction(old: np.ndarray, pred: np.ndarray, edited: np.ndarray, instance: bool = True) -> np.ndarray:
+    """New labels for a region: the user's edited pixels are kept, the prediction fills the rest.
+
+    For instances, predicted objects that overlap an edited pixel are dropped
+    (the user already decided what is there, object or background).
+    """
+    if not edited.any():
+        return pred.astype(old.dtype, copy=False)
+    if instance:
+        bad = np.unique(pred[edited & (pred > 0)])
+        if bad.size:
+            pred = np.where(np.isin(pred, bad), 0, pred)
+    return np.where(edited, old, pred).astype(old.dtype, copy=False)
+
+
+def bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
+    """Bounding box slices of a mask (with ``pad`` pixels of margin), or ``None`` when empty."""
+    coords = np.nonzero(mask)
+    if coords[0].size == 0:
+        return None
+    return tuple(slice(max(0, int(c.min()) - pad), min(n, int(c.max()) + 1 + pad))
+                 for c, n in zip(coords, mask.shape))
+
+
+def delete_object(plane: np.ndarray, label: int) -> np.ndarray:
+    return np.where(plane == label, 0, plane).astype(plane.dtype, copy=False)
+
+
+def merge_objects(plane: np.ndarray, labels: Iterable[int]) -> np.ndarray:
+    ids = sorted({int(i) for i in labels if int(i) > 0})
+    if len(ids) < 2:
+        return plane
+    return np.where(np.isin(plane, ids[1:]), ids[0], plane).astype(plane.dtype, copy=False)
+
+
+def split_object_points(plane: np.ndarray, p1: Sequence[int], p2: Sequence[int], new_label: int) -> np.ndarray:
+    """Split the object under ``p1`` and ``p2`` (y, x) by a seeded watershed on its distance map."""
+    from napari_segtool.core.postprocess import seeded_watershed
+
+    label = int(plane[tuple(p1)])
+    if label == 0 or int(plane[tuple(p2)]) != label:
+        raise ValueError("both split points must be inside the same object")
+    if tuple(p1) == tuple(p2):
+        raise ValueError("the two split points are the same pixel")
+    mask = plane == label
+    sl = bbox(mask, pad=1)
+    sub = mask[sl]
+    seeds = np.zeros(sub.shape, np.int32)
+    seeds[p1[0] - sl[0].start, p1[1] - sl[1].start] = 1
+    seeds[p2[0] - sl[0].start, p2[1] - sl[1].start] = 2
+    relief = -ndi.distance_transform_edt(sub)
+    ws = seeded_watershed(sub, seeds, relief)
+    out = plane.copy()
+    region = out[sl]
+    region[sub & (ws == 2)] = new_label
+    return out
+
+
+def split_object_line(plane: np.ndarray, line: np.ndarray, first_new_label: int, min_size: int = 3) -> np.ndarray:
+    """Cut every object crossed by a polyline (``(N, 2)`` y, x points) into its pieces.
+
+    Pieces get new ids (the largest keeps the old id); pixels on the cut go to the
+    nearest piece. Objects the line does not really cut are left alone.
+    """
+    from skimage.draw import line as draw_line
+    from skimage.segmentation import expand_labels
+
+    h, w = plane.shape
+    cut = np.zeros(plane.shape, bool)
+    pts = np.round(np.asarray(line, float)).astype(int)
+    for (y0, x0), (y1, x1) in zip(pts[:-1], pts[1:]):
+        rr, cc = draw_line(y0, x0, y1, x1)
+        ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+        cut[rr[ok], cc[ok]] = True
+    cut = ndi.binary_dilation(cut, structure=np.ones((2, 2), bool))  # no diagonal leaks
+    out = plane.copy()
+    next_id = int(first_new_label)
+    for label in np.unique(plane[cut]):
+        if label == 0:
+            continue
+        obj = plane == label
+        sl = bbox(obj, pad=1)
+        sub = obj[sl]
+        pieces, n = ndi.label(sub & ~cut[sl])
+        if n < 2:
+            continue
+        sizes = np.bincount(pieces.ravel())[1:]
+        keep = [i + 1 for i in np.argsort(sizes)[::-1] if sizes[i] >= min_size]
+        if len(keep) < 2:
+            continue
+        ids = np.zeros(n + 1, np.int64)
+        ids[keep[0]] = label
+        for piece in keep[1:]:
+            ids[piece] = next_id
+            next_id += 1
+        relabelled = ids[pieces]
+        grown = expand_labels(relabelled, distance=3)
+        region = out[sl]
+        region[sub] = grown[sub]
+        region[sub & (grown == 0)] = label
+    return out
+
+
+def fill_object_holes(plane: np.ndarray, label: int | None = None) -> np.ndarray:
+    from napari_segtool.core.postprocess import fill_holes
+
+    if label is None:
+        return fill_holes(plane)
+    mask = plane == label
+    filled = ndi.binary_fill_holes(mask)
+    out = plane.copy()
+    out[filled & (plane == 0)] = label
+    return out
+
+
+def renumber(labels: np.ndarray) -> np.ndarray:
+    from skimage.segmentation import relabel_sequential
+
+    return relabel_sequential(labels)[0].astype(labels.dtype, copy=False)
+
+
+# ============================================================== tracker
+
+
+def _atom_region(atom: Any, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """Bounding box (full-dimensional slices) of one napari paint-history atom."""
+    key = getattr(atom, "slice_key", None)
+    if key is not None:
+        return tuple(key) + (slice(None),) * (len(shape) - len(key))
+    try:
+        indices = atom[0]
+        if isinstance(indices, tuple) and len(indices) == len(shape):
+            arrs = [np.asarray(i).ravel() for i in indices]
+            if arrs[0].size == 0:
+                return None
+            return tuple(slice(int(a.min()), int(a.max()) + 1) for a in arrs)
+    except (TypeError, IndexError):
+        pass
+    return None
+
+
+class LabelsTracker(QObject):
+    """Turns edits of ``labels_layer`` into annotations of ``image_layer`` in the project."""
+
+    changed = Signal()          # edited / reviewed state changed
+    selection_changed = Signal()
+
+    def __init__(self, session: Any, labels_layer: Any, image_layer: Any, restore: bool = False):
+        super().__init__()
+        self.session = session
+        self.labels_layer = labels_layer
+        self.image_layer = image_layer
+        self.image_axes = L.image_axes(image_layer)
+        self.axes = L.labels_axes(self.image_axes)
+        self.shape = tuple(labels_layer.data.shape)
+        if self.shape != L.spatial_shape(image_layer):
+            raise ValueError(f"labels {self.shape} do not fit image '{image_layer.name}' "
+                             f"{L.spatial_shape(image_layer)}")
+        self.n_stack = len(self.shape) - 2
+        self.edited = np.zeros(self.shape, bool)
+        self.reviewed: set[Index] = set()
+        self.dirty: set[Index] = set()
+        self.selected: list[int] = []
+        self.split_seeds: list[tuple[Index, tuple[int, int]]] = []
+        self.last_error = ""
+        self.saves = 0
+        self._suppress = 0
+        self.shadow = np.array(labels_layer.data, copy=True)
+        self.project: Project | None = None
+        self.key = ""
+        self._save_timer = QTimer(self)
+        self._save_timer.setSingleShot(True)
+        self._save_timer.setInterval(AUTOSAVE_MS)
+        self._save_timer.timeout.connect(lambda: self.save())
+        self._check_timer = QTimer(self)
+        self._check_timer.setSingleShot(True)
+        self._check_timer.setInterval(CHECK_MS)
+        self._check_timer.timeout.connect(self.check_current_plane)
+        self.attach_project(session.project, restore=restore)
+        ev = labels_layer.events
+        ev.paint.connect(self._on_paint)
+        ev.data.connect(self._on_data)
+        ev.set_data.connect(self._on_set_data)
+        self._bind_keys()
+
+    # ------------------------------------------------------------- identity
+    @property
+    def planes(self) -> list[Index]:
+        return [tuple(int(i) for i in idx) for idx in np.ndindex(*self.shape[: self.n_stack])] \
+            if self.n_stack else [()]
+
+    def attach_project(self, project: Project | None, restore: bool = True) -> None:
+        """Use ``project`` from now on; load what it holds for this image, else save everything there."""
+        self.project = project
+        if project is None:
+            return
+        source = L.source_of(self.image_layer)
+        entry = project.find(self.image_layer.name, source, self.shape)
+        self.key = entry.key if entry is not None else image_key(self.image_layer.name, source, self.shape)
+        stored = project.load(self.key) if entry is not None else None
+        if stored is not None and restore:
+            with self.programmatic():
+                if not np.array_equal(np.asarray(self.labels_layer.data), stored.labels):
+                    self.labels_layer.data[...] = stored.labels
+                    self.labels_layer.refresh()
+            self.shadow = np.array(self.labels_layer.data, copy=True)
+            self.edited = stored.edited
+            self.reviewed = set(stored.reviewed)
+            self.dirty = set()
+        else:
+            has_content = [p for p in self.planes if self.edited[p].any() or p in self.reviewed
+                           or np.any(self.shadow[p])]
+            self.dirty = set(has_content)
+            if self.dirty:
+                self.schedule_save()
+        self.changed.emit()
+
+    # ---------------------------------------------------------------- events
+    @contextlib.contextmanager
+    def programmatic(self):
+        """Changes made inside this block are predictions, not user edits."""
+        self._suppress += 1
+        try:
+            yield
+        finally:
+            self._suppress -= 1
+
+    def _on_paint(self, event: Any) -> None:
+        # napari emits ``paint`` before it writes the data: replay the atoms on the shadow copy
+        if self._suppress:
+            return
+        for atom in event.value or ():
+            region = _atom_region(atom, self.shape)
+            if region is None:
+                continue
+            before = self.shadow[region].copy()
+            if not self._apply_atom(atom):
+                self.diff_region(region)
+                continue
+            self._mark_changes(region, before, self.shadow[region], self.shadow)
+        QTimer.singleShot(0, self.check_current_plane)  # and make sure the data agrees
+
+    def _apply_atom(self, atom: Any) -> bool:
+        """Apply one paint-history atom to the shadow copy; False if its form is unknown."""
+        try:
+            key = getattr(atom, "slice_key", None)
+            if key is not None:
+                view = self.shadow[tuple(key)]
+                if atom.mask is None:
+                    view[...] = atom.new_value
+                else:
+                    view[atom.mask] = atom.new_value
+                return True
+            indices, _old, new = atom
+            self.shadow[indices] = new
+            return True
+        except Exception:
+            return False
+
+    def _on_data(self, event: Any = None) -> None:
+        if self._suppress:
+            return
+        data = self.labels_layer.data
+        if tuple(data.shape) != self.shape:
+            log.info("labels layer %s changed shape; no longer tracked", self.labels_layer.name)
+            self.session.untrack(self.labels_layer)
+            return
+        self.check_all()
+
+    def _on_set_data(self, event: Any = None) -> None:
+        if not self._suppress:
+            self._check_timer.start()
+
+    def check_current_plane(self) -> None:
+        """Catch edits that emit no paint event (undo/redo, direct writes) in the visible plane."""
+        if self._suppress or self.labels_layer not in self.session.viewer.layers:
+            return
+        index = L.current_plane(self.session.viewer, self.labels_layer)
+        self.diff_region(tuple(slice(i, i + 1) for i in index) + (slice(None), slice(None)))
+
+    def check_all(self) -> None:
+        self.diff_region((slice(None),) * len(self.shape))
+
+    def diff_region(self, region: tuple[slice, ...]) -> bool:
+        """Compare a region of the layer with the shadow copy; what changed becomes annotated."""
+        new = np.asarray(self.labels_layer.data[region])
+        old = self.shadow[region]
+        if np.array_equal(new, old):
+            return False
+        old = old.copy()
+        self.shadow[region] = new
+        return self._mark_changes(region, old, new, self.labels_layer.data)
+
+    def _mark_changes(self, region: tuple[slice, ...], old: np.ndarray, new: np.ndarray, source: Any) -> bool:
+        """Annotate changed pixels and the whole (in-plane) extent of every object they touch."""
+        changed = old != new
+        if not changed.any():
+            return False
+        starts = [s.indices(n)[0] for s, n in zip(region, self.shape)]
+        stack_ranges = [range(s.indices(n)[0], s.indices(n)[1]) for s, n in
+                        zip(region[: self.n_stack], self.shape[: self.n_stack])]
+        yx = region[self.n_stack:]
+        for index in itertools.product(*stack_ranges) if self.n_stack else [()]:
+            local = tuple(i - s for i, s in zip(index, starts))
+            c = changed[local]
+            if not c.any():
+                continue
+            ids = np.union1d(np.unique(old[local][c]), np.unique(new[local][c]))
+            ids = ids[ids != 0]
+            mask = self.edited[index]
+            if ids.size:
+                mask |= np.isin(np.asarray(source[index] if index else source), ids)
+            mask[yx] |= c
+            self.dirty.add(index)
+        self.schedule_save()
+        self.changed.emit()
+        return True
+
+    # ----------------------------------------------------------- predictions
+    def apply_prediction(self, updates: dict[Index, tuple[tuple[slice, slice], np.ndarray]],
+                         instance: bool = True) -> list[Index]:
+        """Write predicted labels into planes (or crops) that are not reviewed, keeping edits.
+
+        ``updates`` maps a plane index to ``((y slice, x slice), labels)``. Returns the
+        planes that were written.
+        """
+        self.check_all()  # edits made while the prediction ran are kept too
+        written = []
+        data = self.labels_layer.data
+        with self.programmatic():
+            for index, (yx, pred) in updates.items():
+                if index in self.reviewed:
+                    continue
+                key = tuple(index) + tuple(yx)
+                merged = merge_prediction(np.asarray(data[key]), pred, self.edited[key], instance)
+                data[key] = merged
+                self.shadow[key] = merged
+                self.dirty.add(index)
+                written.append(index)
+            self.labels_layer.refresh()
+        if written:
+            self.schedule_save()
+            self.changed.emit()
+        return written
+
+    def replace_all(self, labels: np.ndarray) -> None:
+        """Write labels without marking them edited (e.g. renumbering)."""
+        with self.programmatic():
+            self.labels_layer.data[...] = labels
+            self.labels_layer.refresh()
+        changed_planes = [p for p in self.planes if not np.array_equal(self.shadow[p], labels[p])]
+        self.shadow = np.array(labels, copy=True)
+        self.dirty.update(changed_planes)
+        self.schedule_save()
+
+    # -------------------------------------------------------------- reviewed
+    def current_plane(self) -> Index:
+        return L.current_plane(self.session.viewer, self.labels_layer)
+
+    def set_reviewed(self, index: Index, value: bool = True) -> None:
+        index = tuple(int(i) for i in index)
+        self.check_all()
+        if value:
+            self.reviewed.add(index)
+        else:
+            self.reviewed.discard(index)
+        self.dirty.add(index)
+        self.schedule_save(soon=True)
+        self.changed.emit()
+        self.session.reviewed_changed.emit(self)
+
+    def toggle_reviewed(self, index: Index | None = None) -> bool:
+        index = self.current_plane() if index is None else index
+        value = index not in self.reviewed
+        self.set_reviewed(index, value)
+        return value
+
+    def mark_region_reviewed(self, index: Index, yx: tuple[slice, slice]) -> None:
+        self.check_all()
+        self.edited[tuple(index) + tuple(yx)] = True
+        self.dirty.add(tuple(index))
+        self.schedule_save(soon=True)
+        self.changed.emit()
+        self.session.reviewed_changed.emit(self)
+
+    def plane_status(self) -> dict[Index, str]:
+        """``"reviewed"`` / ``"edited"`` / ``""`` for every plane."""
+        status = {}
+        edited_any = self.edited.reshape(self.edited.shape[: self.n_stack] + (-1,)).any(axis=-1) \
+            if self.n_stack else np.array(self.edited.any())
+        for p in self.planes:
+            status[p] = "reviewed" if p in self.reviewed else ("edited" if bool(edited_any[p]) else "")
+        return status
+
+    # ------------------------------------------------------------------ save
+    def schedule_save(self, soon: bool = False) -> None:
+        if soon:
+            self._save_timer.start(200)
+        else:
+            self._save_timer.start(AUTOSAVE_MS)
+
+    def save(self, full_check: bool = False) -> Any:
+        """Write dirty planes + the entry to the project on the saver thread; returns a Future."""
+        self._save_timer.stop()
+        if full_check:
+            self.check_all()
+        project = self.project
+        if project is None or not self.key:
+            return None
+        planes = sorted(self.dirty)
+        self.dirty.clear()
+        entry = ImageEntry(key=self.key, name=self.image_layer.name, shape=self.shape, axes=self.axes,
+                           source=L.source_of(self.image_layer), reviewed=sorted(self.reviewed),
+                           extra={"labels_layer": self.labels_layer.name})
+        payload = [(p, np.array(self.labels_layer.data[p] if p else self.labels_layer.data, copy=True),
+                    self.edited[p].copy(), p in self.reviewed or bool(self.edited[p].any()))
+                   for p in planes]
+        image_layer = self.image_layer
+        key = self.key
+
+        def job():
+            try:
+                for index, labels, edited, needs_image in payload:
+                    image = None
+                    if needs_image and not project.has_image_plane(key, index):
+                        image = L.image_plane(image_layer, index)
+                    project.save_plane(key, index, labels, edited, image=image)
+                project.save_entry(entry)
+                self.saves += 1
+            except Exception as exc:  # disk full, permissions...: keep the planes dirty, say so
+                log.exception("autosave failed")
+                self.last_error = f"autosave to {project.root} failed: {exc}"
+                self.session.status.emit(self.last_error)
+                self.dirty.update(p for p, *_ in payload)
+
+        return self.session.submit_save(job)
+
+    def close(self) -> None:
+        self._save_timer.stop()
+        self._check_timer.stop()
+        ev = self.labels_layer.events
+        for emitter, cb in ((ev.paint, self._on_paint), (ev.data, self._on_data), (ev.set_data, self._on_set_data)):
+            try:
+                emitter.disconnect(cb)
+            except Exception:
+                pass
+
+    # ----------------------------------------------------------------- tools
+    def _bind_keys(self) -> None:
+        layer = self.labels_layer
+        bindings = {
+            "r": lambda _l: self.toggle_reviewed(),
+            "Delete": lambda _l: self.delete_under_cursor(),
+            "Backspace": lambda _l: self.delete_under_cursor(),
+            "s": lambda _l: self.toggle_select_under_cursor(),
+            "g": lambda _l: self.merge_selected(),
+            "k": lambda _l: self.add_split_seed_at_cursor(),
+            "h": lambda _l: self.fill_holes_under_cursor(),
+        }
+        for key, fn in bindings.items():
+            try:
+                layer.bind_key(key, fn, overwrite=True)
+            except Exception as exc:  # pragma: no cover - napari API drift
+                log.debug("cannot bind %s: %s", key, exc)
+
+    def cursor_position(self) -> tuple[Index, tuple[int, int]] | None:
+        """(plane index, (y, x)) of the mouse cursor in the labels layer, if inside."""
+        pos = self.labels_layer.world_to_data(self.session.viewer.cursor.position)
+        ints = [int(round(float(v))) for v in pos]
+        if any(i < 0 or i >= n for i, n in zip(ints, self.shape)):
+            return None
+        return tuple(ints[: self.n_stack]), (ints[-2], ints[-1])
+
+    def label_at(self, index: Index, yx: tuple[int, int]) -> int:
+        return int(self.labels_layer.data[tuple(index) + tuple(yx)])
+
+    def apply_plane_edit(self, index: Index, new_plane: np.ndarray, sl: tuple[slice, slice] | None = None) -> int:
+        """Write a changed plane (or crop) through ``data_setitem``: undoable, tracked. Returns #pixels."""
+        sl = sl or (slice(0, self.shape[-2]), slice(0, self.shape[-1]))
+        old = np.asarray(self.labels_layer.data[tuple(index) + tuple(sl)])
+        changed = old != new_plane
+        if not changed.any():
+            return 0
+        ys, xs = np.nonzero(changed)
+        indices = tuple(np.full(ys.size, i, dtype=np.intp) for i in index) + (ys + sl[0].start, xs + sl[1].start)
+        self.labels_layer.data_setitem(indices, new_plane[changed].astype(self.labels_layer.data.dtype))
+        return int(changed.sum())
+
+    def _plane(self, index: Index) -> np.ndarray:
+        return np.asarray(self.labels_layer.data[tuple(index)] if index else self.labels_layer.data)
+
+    def next_label(self) -> int:
+        return int(np.asarray(self.labels_layer.data).max()) + 1
+
+    def delete_object(self, index: Index, label: int) -> int:
+        if label <= 0:
+            return 0
+        plane = self._plane(index)
+        mask = plane == label
+        sl = bbox(mask)
+        if sl is None:
+            return 0
+        return self.apply_plane_edit(index, delete_object(plane[sl], label), sl)
+
+    def delete_under_cursor(self) -> int:
+        where = self.cursor_position()
+        if where is None:
+            return 0
+        return self.delete_object(where[0], self.label_at(*where))
+
+    def toggle_select(self, label: int) -> None:
+        if label <= 0:
+            return
+        if label in self.selected:
+            self.selected.remove(label)
+        else:
+            self.selected.append(label)
+        self.selection_changed.emit()
+
+    def toggle_select_under_cursor(self) -> None:
+        where = self.cursor_position()
+        if where is not None:
+            self.toggle_select(self.label_at(*where))
+
+    def merge_selected(self, index: Index | None = None) -> int:
+        ids = list(self.selected)
+        if len(ids) < 2:
+            return 0
+        index = self.current_plane() if index is None else index
+        n = self.apply_plane_edit(index, merge_objects(self._plane(index), ids))
+        self.selected = []
+        self.selection_changed.emit()
+        return n
+
+    def split_points(self, index: Index, p1: tuple[int, int], p2: tuple[int, int]) -> int:
+        plane = self._plane(index)
+        new = split_object_points(plane, p1, p2, self.next_label())
+        return self.apply_plane_edit(index, new)
+
+    def add_split_seed_at_cursor(self) -> str:
+        where = self.cursor_position()
+        if where is None:
+            return "cursor outside the labels"
+        self.split_seeds.append(where)
+        self.split_seeds = self.split_seeds[-2:]
+        self.selection_changed.emit()
+        if len(self.split_seeds) < 2:
+            return "first split point set; press K on a second point of the same object"
+        (i1, a), (i2, b) = self.split_seeds
+        self.split_seeds = []
+        self.selection_changed.emit()
+        if i1 != i2:
+            return "split points must be on the same slice"
+        try:
+            self.split_points(i1, a, b)
+        except ValueError as exc:
+            return str(exc)
+        return "split"
+
+    def split_line(self, index: Index, line_yx: np.ndarray) -> int:
+        plane = self._plane(index)
+        return self.apply_plane_edit(index, split_object_line(plane, line_yx, self.next_label()))
+
+    def fill_holes(self, index: Index, label: int | None = None) -> int:
+        return self.apply_plane_edit(index, fill_object_holes(self._plane(index), label))
+
+    def fill_holes_under_cursor(self) -> int:
+        where = self.cursor_position()
+        if where is None:
+            return 0
+        label = self.label_at(*where)
+        return self.fill_holes(where[0], label if label > 0 else None)
+
+    def renumber(self) -> None:
+        self.check_all()
+        data = np.asarray(self.labels_layer.data)
+        self.replace_all(renumber(data))

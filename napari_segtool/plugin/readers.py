@@ -1,0 +1,150 @@
+"""npe2 reader: TIFF / OME-TIFF / ImageJ and FITS through :func:`napari_segtool.io.images.read_image`.
+
+Axes become the layer's axis labels, pixel sizes its scale. A channel axis that
+is not RGB(A) is moved to the front, so labels (which have no channel axis)
+line up with the image's remaining dimensions in napari. FITS images keep their
+header and WCS in the layer metadata; NaN pixels stay NaN (the core ignores
+them) and the contrast uses astronomy's zscale.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from napari_segtool.plugin._layers import META_KEY
+
+TIFF_PATTERNS = (".tif", ".tiff", ".btf")
+FITS_PATTERNS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+LAZY_BYTES = 1 << 30  # files above 1 GiB are read lazily (dask)
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
+    """Return a reader for the paths we understand, else ``None`` (napari tries other readers)."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        return None
+    if not all(str(p).lower().endswith(TIFF_PATTERNS + FITS_PATTERNS) for p in paths):
+        return None
+    return read_layers
+
+
+def read_layers(path: str | list[str]) -> list[tuple]:
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    layers = []
+    for p in paths:
+        layers.extend(read_one(p))
+    return layers
+
+
+def read_one(path: str | os.PathLike) -> list[tuple]:
+    from napari_segtool.io.images import read_image
+
+    path = Path(path)
+    try:
+        lazy = path.stat().st_size > LAZY_BYTES
+    except OSError:
+        lazy = False
+    image = read_image(path, lazy=lazy)  # ImageReadError: napari shows the message
+    if image.metadata.get("format") == "fits":
+        return [fits_layer(image)]
+    return [image_layer(image)]
+
+
+def _units(image: Any, axes: str) -> tuple | None:
+    units = image.metadata.get("units") or {}
+    if not units:
+        return None
+    try:
+        import pint
+
+        reg = pint.get_application_registry()
+        out = []
+        for a in axes:
+            u = units.get(a)
+            u = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "nm": "nanometer",
+                 "s": "second", "sec": "second", "ms": "millisecond", "min": "minute"}.get(u, u)
+            out.append(str(reg.Unit(u)) if u else "pixel")
+        return tuple(out)
+    except Exception:
+        return None
+
+
+def image_layer(image: Any, name: str | None = None) -> tuple:
+    """Layer data tuple for a microscopy image (``ImageData``)."""
+    data, axes = image.data, image.axes
+    rgb = False
+    if "C" in axes:
+        c = axes.index("C")
+        n = data.shape[c]
+        if c == len(axes) - 1 and n in (3, 4) and np.dtype(data.dtype) == np.uint8:
+            rgb = True
+        elif c != 0:
+            data = np.moveaxis(data, c, 0) if isinstance(data, np.ndarray) else data.transpose(
+                [c] + [i for i in range(data.ndim) if i != c])
+            axes = "C" + axes.replace("C", "")
+    shown = axes[:-1] if rgb else axes
+    scale = tuple(float(image.metadata.get("scale", {}).get(a, 1.0)) for a in shown)
+    meta = {k: v for k, v in image.metadata.items()}
+    meta[META_KEY] = {"axes": axes, "source": str(image.path) if image.path else None,
+                      "format": image.metadata.get("format")}
+    kwargs: dict[str, Any] = dict(name=Path(image.path).name.split(".")[0] if image.path and not name else name,
+                                  rgb=rgb, scale=scale, metadata=meta, axis_labels=tuple(a.lower() for a in shown))
+    units = _units(image, shown)
+    if units:
+        kwargs["units"] = units
+    if not rgb and np.dtype(data.dtype).kind == "f":
+        limits = _finite_limits(data)
+        if limits:
+            kwargs["contrast_limits"] = limits
+    return (data, kwargs, "image")
+
+
+def _finite_limits(data: Any, zscale: bool = False) -> tuple[float, float] | None:
+    """Contrast limits from a subsample, ignoring NaN/inf (zscale for astronomy)."""
+    from napari_segtool.core.normalize import _subsample
+
+    sample = np.asarray(_subsample(data, 1_000_000), dtype=np.float32).ravel()
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return None
+    if zscale:
+        try:
+            from astropy.visualization import ZScaleInterval
+
+            lo, hi = ZScaleInterval().get_limits(sample)
+        except Exception:
+            lo, hi = np.percentile(sample, [1, 99.5])
+    else:
+        lo, hi = np.percentile(sample, [0.1, 99.9])
+    if not hi > lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def fits_layer(image: Any, name: str | None = None) -> tuple:
+    """Layer data tuple for a FITS image: header + WCS in metadata, zscale contrast."""
+    data, axes = image.data, image.axes
+    meta = {k: v for k, v in image.metadata.items()}
+    wcs_text = meta.get("wcs_header")
+    if wcs_text:
+        try:
+            from astropy.io.fits import Header
+            from astropy.wcs import WCS
+
+            meta["wcs"] = WCS(Header.fromstring(wcs_text, sep="\n"))
+        except Exception:
+            pass
+    meta[META_KEY] = {"axes": axes, "source": str(image.path) if image.path else None, "format": "fits"}
+    nan = int(np.count_nonzero(~np.isfinite(np.asarray(data)))) if isinstance(data, np.ndarray) else None
+    if nan:
+        meta[META_KEY]["non_finite_pixels"] = nan
+    kwargs: dict[str, Any] = dict(
+        name=name or (Path(image.path).name.split(".")[0] if image.path else "fits"),
+        metadata=meta, colormap="gray", axis_labels=tuple(a.lower() for a in axes))
+    limits = _finite_limits(data, zscale=True)
+    if limits:
+        kwargs["contrast_limits"] = limits
+    return (data, kwargs, "image")

@@ -1,0 +1,486 @@
+"""The Segment widget: run a model on an image layer, in the background, into a Labels layer."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_segtool.plugin import _layers as L
+from napari_segtool.plugin._warmup import ensure_warm
+from napari_segtool.plugin.state import LOAD_FROM_DISK, NO_MODEL, get_session
+from napari_segtool.plugin.workers import JobOutcome, start_job
+
+log = logging.getLogger(__name__)
+
+SCOPE_SLICE = "current slice"
+SCOPE_VIEW = "visible field of view"
+SCOPE_STACK = "whole stack (unreviewed slices)"
+AUTO_OUTPUT = "annotation layer (auto)"
+
+
+class SegmentWidget(QWidget):
+    """Choose image, model, scope, tile size and thresholds; Run / Cancel."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
+        super().__init__(parent)
+        ensure_warm()
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
+        self.worker: Any = None
+        self.cancel_token: Any = None
+        self._pbar: Any = None
+        self.last_outcome: JobOutcome | None = None
+        self.last_run: dict[str, Any] = {}
+        self._build()
+        self.refresh_layers()
+        self.refresh_models()
+        self.viewer.layers.events.inserted.connect(self.refresh_layers)
+        self.viewer.layers.events.removed.connect(self.refresh_layers)
+        self.viewer.layers.events.reordered.connect(self.refresh_layers)
+        self.session.models_changed.connect(self.refresh_models)
+        self.session.model_selected.connect(self.select_model)
+        self.session.predict_requested.connect(self._on_predict_requested)
+
+    # ------------------------------------------------------------------ UI
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("Image layer to segment")
+        form.addRow("Image", self.image_combo)
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Project models, shipped models, your models, or a file")
+        self.model_combo.activated.connect(self._on_model_activated)
+        form.addRow("Model", self.model_combo)
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        self.model_info.setStyleSheet("color: gray;")
+        form.addRow("", self.model_info)
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItems([SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK])
+        self.scope_combo.setToolTip("What to segment. Reviewed slices are never overwritten; "
+                                    "your edits are kept.")
+        form.addRow("Scope", self.scope_combo)
+        self.output_combo = QComboBox()
+        self.output_combo.setToolTip("Labels layer that receives the result")
+        form.addRow("Output", self.output_combo)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 4096)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setSpecialValueText("model default")
+        self.tile_spin.setToolTip("Tile edge in pixels; smaller uses less memory")
+        form.addRow("Tile size", self.tile_spin)
+        layout.addLayout(form)
+
+        box = QGroupBox("Thresholds (instance models)")
+        tform = QFormLayout(box)
+        self.fg_spin = self._threshold_spin("Foreground probability cut-off; lower finds fainter objects")
+        self.seed_spin = self._threshold_spin("Seed (object interior) cut-off; higher splits touching "
+                                              "objects less")
+        self.min_size_spin = QSpinBox()
+        self.min_size_spin.setRange(-1, 100000)
+        self.min_size_spin.setValue(-1)
+        self.min_size_spin.setSpecialValueText("model default")
+        self.min_size_spin.setToolTip("Objects smaller than this (pixels) are removed")
+        tform.addRow("Foreground", self.fg_spin)
+        tform.addRow("Seeds", self.seed_spin)
+        tform.addRow("Min size", self.min_size_spin)
+        layout.addWidget(box)
+
+        self.prob_check = QCheckBox("also show probabilities (2D runs)")
+        layout.addWidget(self.prob_check)
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Segment")
+        self.run_button.clicked.connect(lambda: self.run())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        layout.addWidget(self.progress_bar)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+
+    @staticmethod
+    def _threshold_spin(tip: str) -> QDoubleSpinBox:
+        spin = QDoubleSpinBox()
+        spin.setRange(-0.05, 1.0)
+        spin.setSingleStep(0.05)
+        spin.setDecimals(2)
+        spin.setValue(-0.05)
+        spin.setSpecialValueText("model default")
+        spin.setToolTip(tip)
+        return spin
+
+    # --------------------------------------------------------------- combos
+    def image_layers(self) -> list[Image]:
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def refresh_layers(self, event: Any = None) -> None:
+        current = self.image_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        names = [layer.name for layer in self.image_layers()]
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        elif self.viewer.layers.selection.active is not None and \
+                self.viewer.layers.selection.active.name in names:
+            self.image_combo.setCurrentText(self.viewer.layers.selection.active.name)
+        self.image_combo.blockSignals(False)
+        out = self.output_combo.currentText()
+        self.output_combo.clear()
+        self.output_combo.addItem(AUTO_OUTPUT)
+        self.output_combo.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, Labels)])
+        if out and self.output_combo.findText(out) >= 0:
+            self.output_combo.setCurrentText(out)
+
+    def refresh_models(self) -> None:
+        current = self.model_combo.currentData()
+        self.model_combo.clear()
+        choices = self.session.model_choices()
+        for choice in choices:
+            self.model_combo.addItem(choice.label, choice.ref)
+            self.model_combo.setItemData(self.model_combo.count() - 1, choice.summary, Qt.ToolTipRole)
+        if not choices:
+            self.model_combo.addItem(NO_MODEL, None)
+        self.model_combo.addItem(LOAD_FROM_DISK, LOAD_FROM_DISK)
+        wanted = current or self.session.current_model or \
+            (self.session.project.settings.get("model") if self.session.project else None) or \
+            self.session.default_model_ref()
+        self.select_model(wanted)
+
+    def select_model(self, ref: str | None) -> None:
+        index = self.model_combo.findData(ref) if ref else -1
+        if index < 0:
+            index = 0
+        self.model_combo.setCurrentIndex(index)
+        self._update_model_info()
+
+    def _on_model_activated(self, index: int) -> None:
+        if self.model_combo.itemData(index) == LOAD_FROM_DISK:
+            path = self._ask_model_path()
+            if path:
+                self.load_model_file(path)
+            else:
+                self.select_model(self.session.current_model)
+            return
+        self._update_model_info()
+
+    def _ask_model_path(self) -> str:  # pragma: no cover - interactive
+        path, _ = QFileDialog.getOpenFileName(self, "Load a napari-segtool model", str(Path.home()),
+                                              "Models (*.safetensors model.json);;All files (*)")
+        if path.endswith("model.json") or path.endswith("model.safetensors"):
+            path = str(Path(path).parent)
+        return path
+
+    def load_model_file(self, path: str) -> bool:
+        try:
+            choice = self.session.add_model_file(path)
+        except Exception as exc:
+            show_error(f"cannot load model {path}: {exc}")
+            self.select_model(self.session.current_model)
+            return False
+        self.select_model(choice.ref)
+        return True
+
+    def _update_model_info(self) -> None:
+        ref = self.model_combo.currentData()
+        if ref in (None, LOAD_FROM_DISK):
+            self.model_info.setText("no model yet — train one in the Train widget" if ref is None else "")
+            return
+        self.session.select_model(ref)
+        for choice in self.session.model_choices():
+            if choice.ref == ref:
+                self.model_info.setText(choice.summary)
+                return
+
+    def current_model_ref(self) -> str | None:
+        ref = self.model_combo.currentData()
+        return None if ref in (None, LOAD_FROM_DISK) else ref
+
+    def postprocess_overrides(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.fg_spin.value() >= 0:
+            out["fg_threshold"] = float(self.fg_spin.value())
+        if self.seed_spin.value() >= 0:
+            out["seed_threshold"] = float(self.seed_spin.value())
+        if self.min_size_spin.value() >= 0:
+            out["min_size"] = int(self.min_size_spin.value())
+        return out
+
+    # ------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def run(self, image_layer: Image | None = None, scope: str | None = None) -> Any:
+        """Start segmentation; returns the worker, or ``None`` (with a message) when it cannot start."""
+        if self.running:
+            show_warning("a segmentation is already running; cancel it first")
+            return None
+        try:
+            job = self._prepare(image_layer, scope)
+        except _UserError as exc:
+            show_error(str(exc))
+            self.status_label.setText(str(exc))
+            return None
+        self.last_run = job
+        total = job["total"]
+        self.progress_bar.setRange(0, max(1, total))
+        self.progress_bar.setValue(0)
+        self._pbar = napari_progress(total=max(1, total), desc=f"segmenting {job['image'].name}")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status_label.setText("loading model…")
+        session = self.session
+
+        def make_job(cancel, tile_callback):
+            from napari_segtool.core.events import Progress
+            from napari_segtool.core.predict import iter_predict
+
+            yield Progress("load", 0, 1, "loading model")
+            model = session.get_model(job["model_ref"])
+            job["task"] = model.meta.task
+            prediction = yield from iter_predict(
+                model, job["data"], axes=job["axes"], planes=job["planes"], out=job["out"],
+                tile_size=job["tile_size"], return_probabilities=job["probabilities"], cancel=cancel,
+                tile_callback=tile_callback, **job["postprocess"])
+            return prediction
+
+        self.worker, self.cancel_token = start_job(make_job, on_event=self._on_event, on_tiles=self._on_tiles,
+                                                   on_done=self._on_done)
+        return self.worker
+
+    def cancel(self) -> None:
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()
+            self.status_label.setText("cancelling…")
+
+    def _prepare(self, image_layer: Image | None, scope: str | None) -> dict[str, Any]:
+        if image_layer is None:
+            name = self.image_combo.currentText()
+            if not name or name not in self.viewer.layers:
+                raise _UserError("choose an image layer to segment (open an image or File > Open Sample)")
+            image_layer = self.viewer.layers[name]
+        if not isinstance(image_layer, Image):
+            raise _UserError(f"layer '{image_layer.name}' is not an image layer")
+        ref = self.current_model_ref()
+        if ref is None:
+            raise _UserError("no model yet — train one in the Train widget, or load one from disk")
+        try:
+            axes = L.image_axes(image_layer)
+        except ValueError as exc:
+            raise _UserError(f"cannot tell the axes of '{image_layer.name}': {exc}") from exc
+        if not L.labels_from_image_order(axes):
+            raise _UserError(f"image axes {axes} are not supported here (Y and X must be the last spatial axes)")
+        scope = scope or self.scope_combo.currentText()
+        shape = L.spatial_shape(image_layer)
+        n_stack = len(shape) - 2
+        target = self._target_layer(image_layer, shape)
+        tracker = self.session.tracker_for_labels(target) if target is not None else None
+        reviewed = tracker.reviewed if tracker is not None else set()
+        job: dict[str, Any] = dict(image=image_layer, model_ref=ref, target=target, scope=scope,
+                                   tile_size=self.tile_spin.value() or None,
+                                   postprocess=self.postprocess_overrides(), probabilities=False,
+                                   shape=shape, n_stack=n_stack)
+        if scope == SCOPE_STACK and n_stack > 0:
+            all_planes = [tuple(int(i) for i in p) for p in np.ndindex(*shape[:n_stack])]
+            todo = [p for p in all_planes if p not in reviewed]
+            if not todo:
+                raise _UserError("every slice is reviewed: nothing to segment")
+            out = np.array(target.data, dtype=np.int32, copy=True) if target is not None \
+                else np.zeros(shape, np.int32)
+            job.update(data=L.layer_data(image_layer), axes=axes, planes=None if len(todo) == len(all_planes)
+                       else todo, out=out, todo=todo, total=len(todo), crop=None)
+            return job
+        # a single plane (current slice, or its visible part)
+        data, _canon = L.canonical(image_layer)
+        index = L.current_plane(self.viewer, target) if target is not None else \
+            _plane_of(self.viewer, image_layer, n_stack)
+        if index in reviewed:
+            raise _UserError(f"slice {index} is marked reviewed; unmark it (R) to segment it again")
+        crop = (slice(0, shape[-2]), slice(0, shape[-1]))
+        if scope == SCOPE_VIEW:
+            region = L.visible_region(self.viewer, image_layer)
+            if region is None:
+                raise _UserError("the visible field of view needs the 2D view with the image on screen")
+            crop = region
+        plane = data[index] if index else data
+        plane = plane[crop]
+        job.update(data=plane, axes="YXC", planes=None, out=None, todo=[index], total=1, crop=crop,
+                   index=index, probabilities=self.prob_check.isChecked())
+        return job
+
+    def _target_layer(self, image_layer: Image, shape: tuple[int, ...]) -> Labels | None:
+        """The labels layer to write into, or ``None`` to create the annotation layer at the end."""
+        choice = self.output_combo.currentText()
+        if choice and choice != AUTO_OUTPUT and choice in self.viewer.layers:
+            layer = self.viewer.layers[choice]
+            if tuple(layer.data.shape) != tuple(shape):
+                raise _UserError(f"labels layer '{choice}' has shape {tuple(layer.data.shape)}, "
+                                 f"the image needs {tuple(shape)}")
+            tracker = self.session.tracker_for_labels(layer)
+            if tracker is None or tracker.image_layer is not image_layer:
+                self.session.track(layer, image_layer)
+            return layer
+        existing = self.session.annotation_layer(image_layer, create=False)
+        if existing is not None:
+            return existing
+        if self._has_stored(image_layer, shape):  # reopen the stored corrections first
+            return self.session.annotation_layer(image_layer)
+        return None
+
+    def _has_stored(self, image_layer: Image, shape: tuple[int, ...]) -> bool:
+        project = self.session.project
+        return project is not None and project.find(image_layer.name, L.source_of(image_layer), shape) is not None
+
+    # --------------------------------------------------------------- events
+    def _on_event(self, event: Any) -> None:
+        stage = getattr(event, "stage", "")
+        if stage == "load":
+            self.status_label.setText("segmenting…")
+            return
+        done, total = getattr(event, "done", 0), getattr(event, "total", 1)
+        self.progress_bar.setRange(0, max(1, total))
+        self.progress_bar.setValue(done)
+        if self._pbar is not None:
+            self._pbar.n = done
+            self._pbar.refresh()
+        self.status_label.setText(f"{event.message or 'segmenting'}: {done}/{total}")
+
+    def _on_tiles(self, done: int, total: int) -> None:
+        if self.last_run.get("total", 1) == 1 and total:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(done)
+            self.status_label.setText(f"tiles {done}/{total}")
+
+    def _on_done(self, outcome: JobOutcome) -> None:
+        self.worker = None
+        self.cancel_token = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.last_outcome = outcome
+        if outcome.status == "cancelled":
+            self.status_label.setText("cancelled — nothing was changed")
+            show_info("segmentation cancelled")
+            return
+        if outcome.status == "error":
+            self.status_label.setText(f"failed: {outcome.message}")
+            show_error(f"segmentation failed: {outcome.message}")
+            return
+        try:
+            self._apply(outcome.result)
+        except Exception as exc:  # the viewer may have changed meanwhile (layer deleted...)
+            log.exception("cannot show the segmentation")
+            self.status_label.setText(f"failed: {exc}")
+            show_error(f"cannot show the segmentation: {exc}")
+
+    def _apply(self, prediction: Any) -> None:
+        job = self.last_run
+        image = job["image"]
+        if image not in self.viewer.layers:
+            raise RuntimeError(f"image layer '{image.name}' was removed meanwhile")
+        target = job["target"]
+        if target is None or target not in self.viewer.layers:
+            target = self.session.annotation_layer(image)
+        tracker = self.session.tracker_for_labels(target) or self.session.track(target, image)
+        instance = job.get("task", "instance") == "instance"
+        if job["crop"] is None:  # whole stack: `out` holds new planes, ids already made unique
+            labels = prediction.labels
+            updates = {p: ((slice(None), slice(None)), np.asarray(labels[p])) for p in job["todo"]}
+        else:
+            pred = np.asarray(prediction.labels).astype(np.int32)
+            if instance and pred.max() > 0:
+                offset = int(np.asarray(target.data).max())
+                pred = np.where(pred > 0, pred + offset, 0)
+            updates = {job["index"]: (job["crop"], pred)}
+        written = tracker.apply_prediction(updates, instance=instance)
+        if prediction.probabilities is not None and job["crop"] is not None:
+            self._show_probabilities(prediction.probabilities, image, job, instance)
+        n = len(np.unique(np.asarray(target.data)[job["index"]] if job["crop"] is not None and job["index"]
+                          else np.asarray(target.data))) - 1
+        notes = "; ".join(prediction.notes)
+        kept = len(tracker.reviewed) if job["crop"] is None else 0
+        edited = int(tracker.edited.any())
+        msg = f"done: {n} objects in '{target.name}' ({len(written)} slice(s) written" + \
+            (f", {kept} reviewed slice(s) kept" if kept else "") + \
+            (", your edits kept" if edited else "") + ")"
+        self.status_label.setText(msg + (f" — {notes}" if notes else ""))
+        self.viewer.layers.selection.active = target
+        self.refresh_layers()
+
+    def _show_probabilities(self, probs: np.ndarray, image: Image, job: dict, instance: bool) -> None:
+        crop = job["crop"]
+        scale = L.spatial_scale(image)[-2:]
+        translate = np.asarray(L.spatial_translate(image)[-2:]) + np.asarray(
+            [crop[0].start, crop[1].start]) * np.asarray(scale)
+        if instance:
+            data = (probs[1] + probs[2]).astype(np.float32)
+            name = f"{image.name} object probability"
+        else:
+            data = probs.astype(np.float32)
+            name = f"{image.name} class probabilities"
+        kwargs = dict(name=name, colormap="magma", opacity=0.6, blending="additive",
+                      contrast_limits=(0.0, 1.0))
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        if data.ndim == 3:
+            self.viewer.add_image(data, scale=(1.0,) + tuple(scale), translate=(0.0,) + tuple(translate), **kwargs)
+        else:
+            self.viewer.add_image(data, scale=scale, translate=translate, **kwargs)
+
+    def _on_predict_requested(self, image_layer: Any) -> None:
+        if image_layer is None or image_layer not in self.viewer.layers:
+            return
+        self.image_combo.setCurrentText(image_layer.name)
+        scope = SCOPE_STACK if len(L.spatial_shape(image_layer)) > 2 else SCOPE_SLICE
+        self.run(image_layer, scope)
+
+    def closeEvent(self, event: Any) -> None:  # pragma: no cover - GUI teardown
+        self.cancel()
+        super().closeEvent(event)
+
+
+class _UserError(Exception):
+    """A problem the user can fix; shown as a notification, never a traceback."""
+
+
+def _plane_of(viewer: Any, image_layer: Image, n_stack: int) -> tuple[int, ...]:
+    if n_stack <= 0:
+        return ()
+    axes = L.image_axes(image_layer)
+    point = image_layer.world_to_data(viewer.dims.point)
+    shape = L.layer_data(image_layer).shape
+    dims = [i for i, a in enumerate(axes) if a in "TZ"]
+    return tuple(int(np.clip(round(float(point[d])), 0, shape[d] - 1)) for d in dims[:n_stack])

@@ -1,0 +1,351 @@
+"""Per-viewer session shared by the Segment, Correct and Train widgets.
+
+One :class:`Session` per napari viewer holds the open project folder, the model
+choices and the loaded-model cache, and the :class:`~.correct.LabelsTracker` of
+every labels layer whose edits become training data. Widgets talk to each other
+only through its Qt signals.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from napari_segtool.core.project import DEFAULT_PROJECT_DIR, Project, ProjectError
+
+log = logging.getLogger(__name__)
+
+LOAD_FROM_DISK = "load from disk…"
+NO_MODEL = "no model yet — train one"
+
+
+@dataclass
+class ModelChoice:
+    """One entry of the model drop-down."""
+
+    label: str
+    ref: str        # name (shipped/user) or path
+    source: str     # "project", "user", "shipped", "file"
+    summary: str = ""
+
+
+def _model_summary(meta: Any) -> str:
+    if meta is None:
+        return ""
+    first = (meta.description or meta.card or "").strip().splitlines()
+    text = first[0].lstrip("# ").strip() if first else ""
+    classes = ", ".join(meta.classes[1:]) if meta.task == "semantic" else ""
+    bits = [f"{meta.arch} · {meta.task}", f"{meta.in_channels} channel(s)"]
+    if classes:
+        bits.append(f"classes: {classes}")
+    if text:
+        bits.append(text)
+    return " — ".join(bits)
+
+
+class Session(QObject):
+    """State shared by the plugin's widgets for one viewer."""
+
+    project_changed = Signal(object)      # Project
+    models_changed = Signal()             # the list of available models changed
+    model_selected = Signal(str)          # a model ref the widgets should select
+    trackers_changed = Signal()
+    reviewed_changed = Signal(object)     # LabelsTracker
+    predict_requested = Signal(object)    # image layer to re-predict (after training)
+    status = Signal(str)
+
+    def __init__(self, viewer: Any, project_dir: str | os.PathLike | None = None):
+        super().__init__()
+        self._viewer_ref = weakref.ref(viewer)
+        self.trackers: dict[int, Any] = {}          # id(labels layer) -> LabelsTracker
+        self.extra_models: list[ModelChoice] = []   # loaded from disk during this session
+        self._model_cache: dict[str, Any] = {}
+        self._cache_lock = threading.Lock()
+        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtool-save")
+        self.current_model: str | None = None
+        self._closed = False
+        root = project_dir or os.environ.get("SEGTOOL_PROJECT_DIR") or DEFAULT_PROJECT_DIR
+        self.project: Project | None = None
+        try:
+            self.project = Project(root)
+        except (ProjectError, OSError) as exc:
+            log.warning("cannot open project %s: %s", root, exc)
+        viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    # ----------------------------------------------------------------- viewer
+    @property
+    def viewer(self) -> Any:
+        viewer = self._viewer_ref()
+        if viewer is None:
+            raise RuntimeError("the viewer was closed")
+        return viewer
+
+    # ---------------------------------------------------------------- project
+    def set_project(self, root: str | os.PathLike) -> Project:
+        """Switch to another project folder: flush saves, then restore what it holds."""
+        new = Project(root)
+        self.save_all(wait=True)
+        self.project = new
+        for tracker in list(self.trackers.values()):
+            tracker.attach_project(new)
+        self.restore_open_images()
+        self.project_changed.emit(new)
+        self.models_changed.emit()
+        return new
+
+    def submit_save(self, fn: Callable[[], Any]) -> Future:
+        """Run a save job on the single background saver thread (in order)."""
+        return self._saver.submit(fn)
+
+    def save_all(self, wait: bool = False, full_check: bool = True) -> None:
+        futures = [t.save(full_check=full_check) for t in list(self.trackers.values())]
+        if wait:
+            for f in futures:
+                if f is not None:
+                    f.result()
+
+    # ----------------------------------------------------------------- models
+    def model_choices(self) -> list[ModelChoice]:
+        from napari_segtool.core.checkpoint import list_models, read_meta
+
+        choices: list[ModelChoice] = []
+        if self.project is not None:
+            for name, path in self.project.list_models():
+                try:
+                    summary = _model_summary(read_meta(path))
+                except Exception as exc:  # unreadable model: still listed, with the reason
+                    summary = f"unreadable: {exc}"
+                choices.append(ModelChoice(f"{name}  (project)", str(path), "project", summary))
+        for info in list_models():
+            summary = _model_summary(info.meta) if info.meta is not None else f"unreadable: {info.error}"
+            choices.append(ModelChoice(f"{info.name}  ({info.source})", str(info.path), info.source, summary))
+        seen = {c.ref for c in choices}
+        choices.extend(c for c in self.extra_models if c.ref not in seen)
+        return choices
+
+    def add_model_file(self, path: str | os.PathLike) -> ModelChoice:
+        from napari_segtool.core.checkpoint import read_meta, resolve_model_path
+
+        resolved = resolve_model_path(path)
+        meta = read_meta(resolved)  # raises ModelLoadError with a clear message
+        choice = ModelChoice(f"{resolved.name.removesuffix('.safetensors')}  (file)", str(resolved), "file",
+                             _model_summary(meta))
+        if all(c.ref != choice.ref for c in self.extra_models):
+            self.extra_models.append(choice)
+        self.models_changed.emit()
+        return choice
+
+    def default_model_ref(self) -> str | None:
+        choices = self.model_choices()
+        for wanted in ("nuclei",):
+            for c in choices:
+                if c.source == "shipped" and Path(c.ref).name.removesuffix(".safetensors") == wanted:
+                    return c.ref
+        return choices[0].ref if choices else None
+
+    def get_model(self, ref: str) -> Any:
+        """Load (or reuse) the model ``ref``; safe to call from a worker thread."""
+        from napari_segtool.core.checkpoint import load_model
+
+        path = Path(ref)
+        try:
+            stamp = path.stat().st_mtime if path.exists() else 0
+            if path.is_dir():
+                stamp = max([stamp] + [p.stat().st_mtime for p in path.iterdir()])
+        except OSError:
+            stamp = 0
+        key = f"{ref}@{stamp}"
+        with self._cache_lock:
+            model = self._model_cache.get(key)
+        if model is None:
+            model = load_model(ref)
+            with self._cache_lock:
+                self._model_cache = {k: v for k, v in self._model_cache.items() if not k.startswith(f"{ref}@")}
+                self._model_cache[key] = model
+        return model
+
+    def put_model(self, ref: str, model: Any) -> None:
+        path = Path(ref)
+        try:
+            stamp = max([path.stat().st_mtime] + [p.stat().st_mtime for p in path.iterdir()]) \
+                if path.is_dir() else path.stat().st_mtime
+        except OSError:
+            stamp = 0
+        with self._cache_lock:
+            self._model_cache[f"{ref}@{stamp}"] = model
+
+    def select_model(self, ref: str | None) -> None:
+        self.current_model = ref
+        if self.project is not None and ref:
+            try:
+                self.project.update_settings(model=ref)
+            except OSError:
+                pass
+
+    # --------------------------------------------------------------- trackers
+    def tracker_for_labels(self, layer: Any) -> Any | None:
+        return self.trackers.get(id(layer))
+
+    def tracker_for_image(self, image_layer: Any) -> Any | None:
+        for tracker in self.trackers.values():
+            if tracker.image_layer is image_layer:
+                return tracker
+        return None
+
+    def track(self, labels_layer: Any, image_layer: Any, restore: bool = False) -> Any:
+        """Start turning the edits of ``labels_layer`` into training data for ``image_layer``."""
+        from napari_segtool.plugin.correct import LabelsTracker
+
+        old = self.tracker_for_image(image_layer)
+        if old is not None and old.labels_layer is not labels_layer:
+            old.save(full_check=True)
+            self.untrack(old.labels_layer)
+        tracker = self.trackers.get(id(labels_layer))
+        if tracker is not None and tracker.image_layer is image_layer:
+            return tracker
+        if tracker is not None:
+            self.untrack(labels_layer)
+        tracker = LabelsTracker(self, labels_layer, image_layer, restore=restore)
+        self.trackers[id(labels_layer)] = tracker
+        self.trackers_changed.emit()
+        return tracker
+
+    def untrack(self, labels_layer: Any) -> None:
+        tracker = self.trackers.pop(id(labels_layer), None)
+        if tracker is not None:
+            tracker.close()
+            self.trackers_changed.emit()
+
+    def annotation_layer(self, image_layer: Any, create: bool = True) -> Any | None:
+        """The tracked labels layer of an image: existing, restored from the project, or new."""
+        from napari_segtool.plugin import _layers as L
+
+        tracker = self.tracker_for_image(image_layer)
+        if tracker is not None and tracker.labels_layer in self.viewer.layers:
+            return tracker.labels_layer
+        if not create:
+            return None
+        import numpy as np
+
+        shape = L.spatial_shape(image_layer)
+        stored = None
+        if self.project is not None:
+            entry = self.project.find(image_layer.name, L.source_of(image_layer), shape)
+            if entry is not None:
+                stored = self.project.load(entry.key)
+        data = stored.labels if stored is not None else np.zeros(shape, np.int32)
+        layer = self.viewer.add_labels(
+            data, name=f"{image_layer.name} labels", scale=L.spatial_scale(image_layer),
+            translate=L.spatial_translate(image_layer),
+            metadata={L.META_KEY: {"axes": L.labels_axes(L.image_axes(image_layer)),
+                                   "image": image_layer.name}})
+        self.track(layer, image_layer, restore=stored is not None)
+        return layer
+
+    def restore_open_images(self) -> list[Any]:
+        """Open the stored annotations of every image in the viewer that the project knows."""
+        restored = []
+        if self.project is None:
+            return restored
+        from napari.layers import Image
+
+        from napari_segtool.plugin import _layers as L
+
+        for layer in list(self.viewer.layers):
+            if not isinstance(layer, Image) or self.tracker_for_image(layer) is not None:
+                continue
+            try:
+                entry = self.project.find(layer.name, L.source_of(layer), L.spatial_shape(layer))
+            except Exception:
+                continue
+            if entry is not None:
+                restored.append(self.annotation_layer(layer))
+        return restored
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        from napari.layers import Image
+
+        if isinstance(event.value, Image) and self.project is not None:
+            QTimer.singleShot(0, self.restore_open_images)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        layer = event.value
+        if id(layer) in self.trackers:
+            self.trackers[id(layer)].save(full_check=True)
+            self.untrack(layer)
+        for tracker in list(self.trackers.values()):
+            if tracker.image_layer is layer:
+                tracker.save(full_check=True)
+                self.untrack(tracker.labels_layer)
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:
+        from qtpy.QtCore import QEvent
+
+        if event.type() == QEvent.Close and not self._closed:
+            try:
+                self.save_all(wait=True)
+            except Exception:  # never block closing the window
+                log.exception("final save failed")
+        return False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.save_all(wait=True)
+        self._closed = True
+        self._saver.shutdown(wait=True)
+
+
+_SESSIONS: dict[int, tuple[weakref.ref, Session]] = {}
+_ATTR = "_segtool_session"
+
+
+def _holder(viewer: Any) -> Any:
+    window = getattr(viewer, "window", None)
+    return getattr(window, "_qt_window", None) if window is not None else None
+
+
+def get_session(viewer: Any) -> Session:
+    """The session of ``viewer`` (created on first use).
+
+    It lives on the viewer's Qt window, so it goes away with the window (no global
+    reference keeps a closed viewer alive), and it flushes pending saves when the
+    window closes.
+    """
+    holder = _holder(viewer)
+    if holder is not None:
+        session = getattr(holder, _ATTR, None)
+        if session is None:
+            session = Session(viewer)
+            setattr(holder, _ATTR, session)
+            holder.installEventFilter(session)
+        return session
+    for key, (ref, session) in list(_SESSIONS.items()):
+        if ref() is None:
+            _SESSIONS.pop(key, None)
+    entry = _SESSIONS.get(id(viewer))
+    if entry is not None and entry[0]() is viewer:
+        return entry[1]
+    session = Session(viewer)
+    _SESSIONS[id(viewer)] = (weakref.ref(viewer), session)
+    return session
+
+
+def drop_session(viewer: Any) -> None:
+    holder = _holder(viewer)
+    session = getattr(holder, _ATTR, None) if holder is not None else None
+    if session is None:
+        entry = _SESSIONS.pop(id(viewer), None)
+        session = entry[1] if entry else None
+    elif holder is not None:
+        setattr(holder, _ATTR, None)
+    if session is not None:
+        session.close()

@@ -1,0 +1,380 @@
+"""The Train widget: fine-tune (or train from scratch) on every correction in the project folder."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_segtool.plugin._warmup import ensure_warm
+from napari_segtool.plugin.plot import LossPlot
+from napari_segtool.plugin.state import get_session
+from napari_segtool.plugin.workers import JobOutcome, start_job
+
+log = logging.getLogger(__name__)
+
+FINE_TUNE = "fine-tune the selected model"
+SCRATCH = "new model (from scratch)"
+
+
+@dataclass
+class TrainOutcome:
+    """What a training job hands back to the GUI."""
+
+    result: Any = None
+    path: Path | None = None
+    name: str = ""
+    n_examples: int = 0
+    notes: list[str] = field(default_factory=list)
+    keep_when_cancelled: bool = True  # cancelling keeps the best weights so far
+
+
+def _same_channels(examples: list[Any], channels: int | None) -> list[Any]:
+    """Average channels where they do not match (a 1-channel model on RGB corrections...)."""
+    from napari_segtool.core.data import Example
+
+    if channels is None:
+        counts = {ex.image.shape[-1] for ex in examples}
+        if len(counts) == 1:
+            return examples
+        channels = 1
+    out = []
+    for ex in examples:
+        if ex.image.shape[-1] != channels and channels == 1:
+            ex = Example(ex.image.mean(axis=-1, keepdims=True).astype(np.float32), ex.labels, ex.annotated, ex.name)
+        out.append(ex)
+    return out
+
+
+class TrainWidget(QWidget):
+    """Project folder, training settings, live loss plot, Train / Cancel."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
+        super().__init__(parent)
+        ensure_warm()
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
+        self.worker: Any = None
+        self.cancel_token: Any = None
+        self.last_outcome: JobOutcome | None = None
+        self._pbar: Any = None
+        self._t0 = 0.0
+        self._cfg: Any = None
+        self._build()
+        self.session.project_changed.connect(lambda _p: self._show_project())
+        self.session.models_changed.connect(self._suggest_name)
+        self._show_project()
+
+    # ------------------------------------------------------------------ UI
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        row = QHBoxLayout()
+        self.project_edit = QLineEdit()
+        self.project_edit.setToolTip("Corrections, reviewed slices, models and training history live here; "
+                                     "reopening the folder restores everything")
+        self.project_edit.returnPressed.connect(lambda: self.set_project(self.project_edit.text()))
+        browse = QPushButton("Open…")
+        browse.clicked.connect(self._browse_project)
+        row.addWidget(QLabel("Project"))
+        row.addWidget(self.project_edit, 1)
+        row.addWidget(browse)
+        layout.addLayout(row)
+        self.data_label = QLabel("")
+        self.data_label.setWordWrap(True)
+        self.data_label.setStyleSheet("color: gray;")
+        layout.addWidget(self.data_label)
+
+        form = QFormLayout()
+        self.init_combo = QComboBox()
+        self.init_combo.addItems([FINE_TUNE, SCRATCH])
+        form.addRow("Start from", self.init_combo)
+        self.task_combo = QComboBox()
+        self.task_combo.addItems(["instance", "semantic"])
+        self.task_combo.setToolTip("Task of a new model (fine-tuning keeps the model's task)")
+        form.addRow("Task (new model)", self.task_combo)
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 10000)
+        self.epochs_spin.setValue(20)
+        form.addRow("Epochs", self.epochs_spin)
+        self.budget_spin = QDoubleSpinBox()
+        self.budget_spin.setRange(0, 24 * 60)
+        self.budget_spin.setDecimals(1)
+        self.budget_spin.setValue(2.0)
+        self.budget_spin.setSuffix(" min")
+        self.budget_spin.setSpecialValueText("no limit")
+        self.budget_spin.setToolTip("Stop after this much time (the best model so far is kept)")
+        form.addRow("Time budget", self.budget_spin)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 10000)
+        self.steps_spin.setValue(25)
+        form.addRow("Steps per epoch", self.steps_spin)
+        self.patch_spin = QSpinBox()
+        self.patch_spin.setRange(32, 1024)
+        self.patch_spin.setSingleStep(32)
+        self.patch_spin.setValue(128)
+        form.addRow("Patch size", self.patch_spin)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 64)
+        self.batch_spin.setValue(4)
+        form.addRow("Batch size", self.batch_spin)
+        self.name_edit = QLineEdit()
+        self.name_edit.setToolTip("Name of the trained model in the project")
+        form.addRow("Save as", self.name_edit)
+        layout.addLayout(form)
+        self.repredict_check = QCheckBox("re-predict unreviewed slices when done")
+        self.repredict_check.setChecked(True)
+        layout.addWidget(self.repredict_check)
+
+        buttons = QHBoxLayout()
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(lambda: self.train())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("Stop now; the best model so far is saved")
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.train_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(0)
+        layout.addWidget(self.progress_bar)
+        self.plot = LossPlot()
+        layout.addWidget(self.plot, 1)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+
+    # -------------------------------------------------------------- project
+    def _browse_project(self) -> None:  # pragma: no cover - interactive
+        start = str(self.session.project.root) if self.session.project else str(Path.home())
+        path = QFileDialog.getExistingDirectory(self, "Project folder", start)
+        if path:
+            self.set_project(path)
+
+    def set_project(self, path: str) -> bool:
+        if not path:
+            return False
+        try:
+            self.session.set_project(path)
+        except Exception as exc:
+            show_error(f"cannot use {path} as a project folder: {exc}")
+            self._show_project()
+            return False
+        show_info(f"project folder: {self.session.project.root}")
+        return True
+
+    def _show_project(self) -> None:
+        project = self.session.project
+        self.project_edit.setText(str(project.root) if project else "")
+        self.update_data_summary()
+        self._suggest_name()
+
+    def update_data_summary(self) -> None:
+        project = self.session.project
+        if project is None:
+            self.data_label.setText("no project folder: corrections cannot be saved")
+            return
+        entries = project.entries()
+        runs = len(project.history())
+        models = len(project.list_models())
+        self.data_label.setText(f"{len(entries)} image(s) with annotations · {models} model(s) · "
+                                f"{runs} training run(s) in this project")
+
+    def _suggest_name(self) -> None:
+        if self.worker is not None or self.session.project is None:
+            return
+        ref = self.session.current_model
+        base = Path(ref).name.removesuffix(".safetensors") if ref else "model"
+        base = base.split("-ft")[0]
+        self.name_edit.setPlaceholderText(self.session.project.unique_model_name(f"{base}-ft"))
+
+    # ----------------------------------------------------------------- train
+    def config(self) -> Any:
+        from napari_segtool.core.train import TrainConfig
+
+        budget = self.budget_spin.value() * 60.0
+        return TrainConfig(epochs=self.epochs_spin.value(), steps_per_epoch=self.steps_spin.value(),
+                           batch_size=self.batch_spin.value(), patch_size=self.patch_spin.value(),
+                           time_budget=budget if budget > 0 else None)
+
+    def train(self, config: Any = None) -> Any:
+        """Start training in the background; returns the worker, or ``None`` with a message."""
+        if self.worker is not None:
+            show_warning("training is already running")
+            return None
+        project = self.session.project
+        if project is None:
+            show_error("choose a project folder first: that is where the corrections are")
+            return None
+        finetune = self.init_combo.currentText() == FINE_TUNE
+        ref = self.session.current_model
+        if finetune and not ref:
+            show_warning("no model selected to fine-tune: training a new model from scratch")
+            finetune = False
+        self.session.save_all(wait=True)  # autosave on train start: every edit is on disk
+        cfg = config or self.config()
+        self._cfg = cfg
+        task = self.task_combo.currentText()
+        name = self.name_edit.text().strip() or self.name_edit.placeholderText() or "model"
+        session = self.session
+
+        def make_job(cancel, _tiles):
+            from napari_segtool.core.data import DataError
+            from napari_segtool.core.events import Progress, TrainEpoch
+            from napari_segtool.core.train import iter_train
+
+            yield Progress("data", 0, 1, "collecting corrections")
+            init = session.get_model(ref) if finetune else None
+            job_task = init.meta.task if init is not None else task
+            norm = init.meta.normalization if init is not None else None
+            examples, notes = project.training_examples(task=job_task, normalization=norm)
+            if not examples:
+                why = f" ({notes[0]})" if notes else ""
+                raise DataError("no training data yet: correct some objects or mark slices reviewed (R) "
+                                "in the Correct widget" + why)
+            examples = _same_channels(examples, init.meta.in_channels if init is not None else None)
+            yield Progress("data", 1, 1, f"{len(examples)} annotated plane(s)")
+            run_id = project.record_run({
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "init": ref if finetune else None,
+                "task": job_task, "examples": len(examples), "config": cfg.to_dict(), "epochs": []})
+            gen = iter_train(examples, arch=init.meta.arch if init is not None else "unet", task=job_task,
+                             init=init, config=cfg, cancel=cancel)
+            epochs = []
+            while True:
+                try:
+                    event = next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                if isinstance(event, TrainEpoch):
+                    epochs.append(event.as_dict())
+                    project.record_run({"id": run_id, "epochs": epochs})  # history autosave
+                yield event
+            outcome = TrainOutcome(result=result, n_examples=len(examples), notes=notes)
+            if not result.epochs:
+                project.record_run({"id": run_id, "stop_reason": result.stop_reason, "saved": None})
+                return outcome
+            model_name = project.unique_model_name(name)
+            result.model.meta.description = (
+                f"{'Fine-tuned from ' + Path(ref).name if finetune else 'Trained from scratch'} on "
+                f"{len(examples)} corrected plane(s) in {project.root.name}")
+            outcome.path = project.save_model(result.model, model_name)
+            outcome.name = model_name
+            project.record_run({"id": run_id, "model": model_name, "stop_reason": result.stop_reason,
+                                "seconds": round(result.seconds, 1), "steps": result.steps,
+                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            session.put_model(str(outcome.path), result.model)
+            return outcome
+
+        self.plot.clear()
+        self.progress_bar.setValue(0)
+        self._t0 = time.perf_counter()
+        self._pbar = napari_progress(total=1000, desc="training")
+        self.train_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status_label.setText("collecting corrections…")
+        self.worker, self.cancel_token = start_job(make_job, on_event=self._on_event, on_done=self._on_done)
+        return self.worker
+
+    def cancel(self) -> None:
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()
+            self.status_label.setText("stopping after this step…")
+
+    def _set_progress(self, fraction: float) -> None:
+        value = int(1000 * min(1.0, max(0.0, fraction)))
+        self.progress_bar.setValue(value)
+        if self._pbar is not None:
+            self._pbar.n = value
+            self._pbar.refresh()
+
+    def _on_event(self, event: Any) -> None:
+        from napari_segtool.core.events import Progress, TrainEpoch, TrainStep
+
+        cfg = self._cfg
+        if isinstance(event, Progress):
+            self.status_label.setText(event.message)
+        elif isinstance(event, TrainStep):
+            self.plot.add_step(event.step, event.loss)
+            fraction = event.step / event.total_steps if event.total_steps else 0.0
+            if cfg is not None and cfg.time_budget:
+                fraction = max(fraction, event.elapsed / cfg.time_budget)
+            self._set_progress(fraction)
+            self.status_label.setText(f"epoch {event.epoch + 1} · step {event.step} · loss {event.loss:.3f} · "
+                                      f"{event.elapsed:.0f} s")
+        elif isinstance(event, TrainEpoch):
+            step = self.plot.steps[-1][0] if self.plot.steps else 0
+            self.plot.add_epoch(step, event.val_metric, event.metric_name)
+            best = " (best)" if event.is_best else ""
+            self.status_label.setText(f"epoch {event.epoch + 1}: loss {event.train_loss:.3f}, "
+                                      f"{event.metric_name} {event.val_metric:.3f}{best}")
+
+    def _on_done(self, outcome: JobOutcome) -> None:
+        self.worker = None
+        self.cancel_token = None
+        self.train_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.last_outcome = outcome
+        self.update_data_summary()
+        if outcome.status == "error":
+            self.status_label.setText(f"failed: {outcome.message}")
+            show_error(f"training failed: {outcome.message}")
+            return
+        if outcome.status == "cancelled" or outcome.result is None:
+            self.status_label.setText("cancelled")
+            return
+        out: TrainOutcome = outcome.result
+        if out.path is None:
+            self.status_label.setText(f"stopped ({out.result.stop_reason}) before the first epoch: nothing saved")
+            return
+        self._set_progress(1.0)
+        best = next((e for e in out.result.epochs if e.is_best), None)
+        best_txt = f", best {best.metric_name} {max(e.val_metric for e in out.result.epochs):.3f}" if best else ""
+        self.status_label.setText(f"saved '{out.name}' ({out.result.stop_reason}, {out.result.steps} steps, "
+                                  f"{out.result.seconds:.0f} s, {out.n_examples} planes{best_txt})")
+        self.session.models_changed.emit()
+        self.session.model_selected.emit(str(out.path))
+        self.session.select_model(str(out.path))
+        self.name_edit.clear()
+        self._suggest_name()
+        if self.repredict_check.isChecked():
+            image = self._image_to_repredict()
+            if image is not None:
+                self.session.predict_requested.emit(image)
+
+    def _image_to_repredict(self) -> Any:
+        active = self.viewer.layers.selection.active
+        trackers = list(self.session.trackers.values())
+        if isinstance(active, Labels):
+            tracker = self.session.tracker_for_labels(active)
+            if tracker is not None:
+                return tracker.image_layer
+        for tracker in reversed(trackers):
+            if tracker.image_layer in self.viewer.layers:
+                return tracker.image_layer
+        return None

@@ -1,0 +1,116 @@
+"""Running the core's generator jobs in napari ``thread_worker``s, stardist-napari style.
+
+The core's long jobs (``iter_predict``, ``iter_train``) are generators that yield
+progress events and return a result. :func:`start_job` runs one in a background
+thread, relays every event to the GUI thread, and turns *every* outcome into a
+:class:`JobOutcome` handed to ``on_done`` on the GUI thread: a result, a
+cancellation, or an error with a message a user can act on. Exceptions never
+reach napari's error dialog and never crash the viewer.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Generator
+
+from napari.qt.threading import thread_worker
+from qtpy.QtCore import QObject, Signal
+
+from napari_segtool.core.events import CancelToken, Cancelled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobOutcome:
+    """How a background job ended."""
+
+    status: str              # "ok", "cancelled" or "error"
+    result: Any = None
+    message: str = ""
+    exception: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: what went wrong and, where known, what to do."""
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+    try:
+        import torch
+
+        oom = isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or "out of memory" in text.lower()
+    except Exception:  # pragma: no cover
+        oom = False
+    if isinstance(exc, MemoryError) or oom:
+        return "out of memory: choose a smaller tile size, a smaller scope (current slice), or close other programs"
+    known = ("DataError", "InputError", "ModelLoadError", "ImageReadError", "ProjectError", "AxesError")
+    if name in known:
+        return text
+    return f"{name}: {text}"
+
+
+class _Relay(QObject):
+    """Carries tile-level progress from a worker thread to the GUI thread (queued signal)."""
+
+    tiles = Signal(int, int)
+
+
+def start_job(
+    make_job: Callable[[CancelToken, Callable[[int, int], None]], Generator[Any, None, Any]],
+    *,
+    on_event: Callable[[Any], None] | None = None,
+    on_tiles: Callable[[int, int], None] | None = None,
+    on_done: Callable[[JobOutcome], None],
+) -> tuple[Any, CancelToken]:
+    """Start ``make_job(cancel, tile_callback)`` in a worker thread; returns ``(worker, cancel token)``.
+
+    ``on_event`` receives every yielded event, ``on_tiles`` tile progress, and
+    ``on_done`` exactly one :class:`JobOutcome` — all on the GUI thread.
+    """
+    cancel = CancelToken()
+    relay = _Relay()
+    if on_tiles is not None:
+        relay.tiles.connect(on_tiles)
+
+    def tile_callback(done: int, total: int) -> None:
+        relay.tiles.emit(int(done), int(total))
+
+    @thread_worker(ignore_errors=True)
+    def run():
+        try:
+            result = yield from make_job(cancel, tile_callback)
+        except Cancelled:
+            return JobOutcome("cancelled", message="cancelled")
+        except BaseException as exc:  # noqa: BLE001 - every error becomes a message
+            if cancel.cancelled:
+                return JobOutcome("cancelled", message="cancelled")
+            log.debug("job failed:\n%s", traceback.format_exc())
+            return JobOutcome("error", message=describe_error(exc), exception=exc)
+        if cancel.cancelled and not getattr(result, "keep_when_cancelled", False):
+            return JobOutcome("cancelled", result=result, message="cancelled")
+        return JobOutcome("ok", result=result)
+
+    worker = run()
+    done = {"called": False}
+
+    def finish(outcome: JobOutcome) -> None:
+        if done["called"]:
+            return
+        done["called"] = True
+        on_done(outcome)
+
+    if on_event is not None:
+        worker.yielded.connect(on_event)
+    worker.returned.connect(lambda outcome: finish(outcome if isinstance(outcome, JobOutcome)
+                                                   else JobOutcome("ok", result=outcome)))
+    worker.errored.connect(lambda exc: finish(JobOutcome("error", message=describe_error(exc), exception=exc)))
+    # a worker stopped with quit() emits neither returned nor errored
+    worker.aborted.connect(lambda: finish(JobOutcome("cancelled", message="cancelled")))
+    worker._segtool_relay = relay  # keep the relay alive as long as the worker
+    worker.start()
+    return worker, cancel

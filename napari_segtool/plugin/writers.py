@@ -1,0 +1,24 @@
+"""npe2 writer: a Labels layer to a (compressed, atomically written) TIFF via ``write_labels``."""
+from __future__ import annotations
+
+from typing import Any
+
+from napari_segtool.plugin._layers import META_KEY
+
+
+def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
+    """Write one labels layer; axes and pixel sizes travel with the file when known."""
+    from napari_segtool.io.images import write_labels
+
+    seg = (meta.get("metadata") or {}).get(META_KEY, {})
+    axes = seg.get("axes") if isinstance(seg.get("axes"), str) and len(seg["axes"]) == data.ndim else None
+    if axes is None:
+        axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(data.ndim)
+    metadata: dict[str, Any] = {}
+    scale = meta.get("scale")
+    if axes and scale is not None and len(scale) == len(axes):
+        metadata["scale"] = {a: float(s) for a, s in zip(axes, scale)}
+    if meta.get("name"):
+        metadata["name"] = str(meta["name"])
+    written = write_labels(path, data, axes=axes, metadata=metadata)
+    return [str(written)]

@@ -1,0 +1,113 @@
+"""The Segment widget drives the core in a worker: results, scopes, reviewed slices, cancel, errors."""
+import numpy as np
+import pytest
+
+from napari_segtool.plugin import segment_widget as sw
+
+pytestmark = pytest.mark.gui
+
+
+def _wait(qtbot, widget, timeout=60000):
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+    return widget.last_outcome
+
+
+def _widget(make_napari_viewer, image, **kwargs):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(image, name="nuclei", **kwargs)
+    widget = sw.SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    widget.fg_spin.setValue(0.3)  # the tiny test model is barely trained
+    return viewer, layer, widget
+
+
+def test_no_model_says_train_one(make_napari_viewer, errors):
+    viewer, layer, widget = _widget(make_napari_viewer, np.zeros((32, 32), np.float32))
+    assert widget.model_combo.itemText(0).startswith("no model yet")
+    assert widget.current_model_ref() is None
+    assert widget.run() is None
+    assert any("no model yet" in m for _, m in errors)
+    assert [l.name for l in viewer.layers] == ["nuclei"]
+
+
+def test_segment_slice_then_stack_keeps_reviewed_and_edits(make_napari_viewer, qtbot, tiny_model, nuclei_stack,
+                                                            errors):
+    image, _ = nuclei_stack
+    viewer, layer, widget = _widget(make_napari_viewer, image, scale=(2, 1, 1))
+    assert widget.current_model_ref().endswith("tiny")
+    viewer.dims.set_current_step(0, 2)
+    widget.prob_check.setChecked(True)
+    assert widget.run(scope=sw.SCOPE_SLICE) is not None
+    outcome = _wait(qtbot, widget)
+    assert outcome.ok, outcome.message
+    labels = viewer.layers["nuclei labels"]
+    assert labels.data.shape == image.shape and tuple(labels.scale) == (2, 1, 1)
+    assert labels.data[2].max() > 0 and labels.data[[0, 1, 3]].max() == 0
+    assert "nuclei object probability" in viewer.layers
+    tracker = widget.session.tracker_for_labels(labels)
+    assert tracker is not None and not tracker.edited.any()
+
+    # review slice 2, edit slice 0 by painting, then run on the whole stack
+    tracker.set_reviewed((2,))
+    before_2 = labels.data[2].copy()
+    viewer.dims.set_current_step(0, 0)
+    labels.paint((0, 20, 20), 77, refresh=True)
+    assert tracker.edited[0].any()
+    painted = labels.data[0] == 77
+    assert widget.run(scope=sw.SCOPE_STACK) is not None
+    assert _wait(qtbot, widget).ok
+    np.testing.assert_array_equal(labels.data[2], before_2)      # reviewed slice untouched
+    assert (labels.data[0][painted] == 77).all()                 # the user's object kept
+    assert labels.data[1].max() > 0                              # the rest predicted
+    assert "kept" in widget.status_label.text()
+    assert not any(kind == "show_error" for kind, _ in errors)
+
+
+def test_visible_field_of_view(make_napari_viewer, qtbot, tiny_model):
+    rng = np.random.default_rng(0)
+    image = rng.normal(10, 1, (256, 256)).astype(np.float32)
+    image[100:120, 100:120] += 50
+    viewer, layer, widget = _widget(make_napari_viewer, image)
+    viewer.camera.center = (110, 110)
+    viewer.camera.zoom = 8.0  # ~100 x 75 px visible on the 800 x 600 canvas
+    assert widget.run(scope=sw.SCOPE_VIEW) is not None
+    assert _wait(qtbot, widget).ok
+    crop = widget.last_run["crop"]
+    assert 0 < crop[0].start < 110 < crop[0].stop < 256
+    assert 0 < crop[1].start < 110 < crop[1].stop < 256
+
+
+def test_cancel_changes_nothing(make_napari_viewer, qtbot, tiny_model):
+    image = np.random.default_rng(1).normal(10, 1, (12, 128, 128)).astype(np.float32)
+    viewer, layer, widget = _widget(make_napari_viewer, image)
+    assert widget.run(scope=sw.SCOPE_STACK) is not None
+    widget.cancel()
+    outcome = _wait(qtbot, widget)
+    assert outcome.status == "cancelled"
+    assert "nuclei labels" not in viewer.layers
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_errors_are_messages_not_crashes(make_napari_viewer, qtbot, tiny_model, tmp_path, errors):
+    viewer, layer, widget = _widget(make_napari_viewer, np.zeros((64, 64), np.float32))
+    wrong = viewer.add_labels(np.zeros((10, 10), np.int32), name="wrong")
+    widget.refresh_layers()
+    # a labels layer is not an image
+    assert widget.run(image_layer=wrong) is None
+    # an output layer of the wrong shape
+    widget.output_combo.setCurrentText("wrong")
+    assert widget.run(image_layer=layer) is None
+    assert any("shape" in m for _, m in errors)
+    # a broken model file
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model")
+    assert widget.load_model_file(str(bad)) is False
+    # an error inside the worker (a model that cannot load) -> outcome error, message shown
+    widget.output_combo.setCurrentIndex(0)
+    widget.model_combo.addItem("ghost", str(tmp_path / "ghost"))
+    widget.model_combo.setCurrentIndex(widget.model_combo.count() - 1)
+    assert widget.run(image_layer=layer) is not None
+    outcome = _wait(qtbot, widget)
+    assert outcome.status == "error" and "ghost" in outcome.message
+    kinds = [k for k, _ in errors]
+    assert kinds.count("show_error") >= 4
