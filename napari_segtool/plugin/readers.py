@@ -9,6 +9,7 @@ them) and the contrast uses astronomy's zscale.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -134,8 +135,11 @@ def fits_layer(image: Any, name: str | None = None) -> tuple:
             from astropy.io.fits import Header
             from astropy.wcs import WCS
 
-            meta["wcs"] = WCS(Header.fromstring(wcs_text, sep="\n"))
-        except Exception:
+            sep = "\n" if "\n" in wcs_text else ""
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                meta["wcs"] = WCS(Header.fromstring(wcs_text, sep=sep))
+        except Exception:  # an unusable WCS is simply not attached
             pass
     meta[META_KEY] = {"axes": axes, "source": str(image.path) if image.path else None, "format": "fits"}
     nan = int(np.count_nonzero(~np.isfinite(np.asarray(data)))) if isinstance(data, np.ndarray) else None

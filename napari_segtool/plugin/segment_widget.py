@@ -47,6 +47,7 @@ class SegmentWidget(QWidget):
         ensure_warm()
         self.viewer = napari_viewer
         self.session = get_session(napari_viewer)
+        self.session.closing.connect(self.cancel)
         self.worker: Any = None
         self.cancel_token: Any = None
         self._pbar: Any = None
@@ -464,7 +465,13 @@ class SegmentWidget(QWidget):
         if image_layer is None or image_layer not in self.viewer.layers:
             return
         self.image_combo.setCurrentText(image_layer.name)
-        scope = SCOPE_STACK if len(L.spatial_shape(image_layer)) > 2 else SCOPE_SLICE
+        shape = L.spatial_shape(image_layer)
+        scope = SCOPE_STACK if len(shape) > 2 else SCOPE_SLICE
+        tracker = self.session.tracker_for_image(image_layer)
+        n_planes = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        if tracker is not None and len(tracker.reviewed) >= n_planes:
+            self.status_label.setText("every slice is reviewed: nothing to re-predict")
+            return
         self.run(image_layer, scope)
 
     def closeEvent(self, event: Any) -> None:  # pragma: no cover - GUI teardown

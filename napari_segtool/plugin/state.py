@@ -60,6 +60,7 @@ class Session(QObject):
     reviewed_changed = Signal(object)     # LabelsTracker
     predict_requested = Signal(object)    # image layer to re-predict (after training)
     status = Signal(str)
+    closing = Signal()                    # the viewer window is closing: stop background jobs
 
     def __init__(self, viewer: Any, project_dir: str | os.PathLike | None = None):
         super().__init__()
@@ -290,6 +291,7 @@ class Session(QObject):
         from qtpy.QtCore import QEvent
 
         if event.type() == QEvent.Close and not self._closed:
+            self.closing.emit()
             try:
                 self.save_all(wait=True)
             except Exception:  # never block closing the window

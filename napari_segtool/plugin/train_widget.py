@@ -75,6 +75,7 @@ class TrainWidget(QWidget):
         ensure_warm()
         self.viewer = napari_viewer
         self.session = get_session(napari_viewer)
+        self.session.closing.connect(self.cancel)
         self.worker: Any = None
         self.cancel_token: Any = None
         self.last_outcome: JobOutcome | None = None

@@ -102,7 +102,12 @@ def start_job(
         if done["called"]:
             return
         done["called"] = True
-        on_done(outcome)
+        try:
+            on_done(outcome)
+        except RuntimeError as exc:  # the widget was closed (C++ object deleted) meanwhile
+            if "deleted" not in str(exc):
+                raise
+            log.debug("job finished after its widget was closed: %s", exc)
 
     if on_event is not None:
         worker.yielded.connect(on_event)

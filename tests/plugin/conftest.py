@@ -28,7 +28,7 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def tiny_model(tiny_model_dir, monkeypatch):
+def user_model(tiny_model_dir, monkeypatch):
     monkeypatch.setenv("SEGTOOL_MODELS_DIR", str(tiny_model_dir))
     return tiny_model_dir / "tiny"
 

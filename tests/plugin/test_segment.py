@@ -30,7 +30,7 @@ def test_no_model_says_train_one(make_napari_viewer, errors):
     assert [l.name for l in viewer.layers] == ["nuclei"]
 
 
-def test_segment_slice_then_stack_keeps_reviewed_and_edits(make_napari_viewer, qtbot, tiny_model, nuclei_stack,
+def test_segment_slice_then_stack_keeps_reviewed_and_edits(make_napari_viewer, qtbot, user_model, nuclei_stack,
                                                             errors):
     image, _ = nuclei_stack
     viewer, layer, widget = _widget(make_napari_viewer, image, scale=(2, 1, 1))
@@ -63,7 +63,7 @@ def test_segment_slice_then_stack_keeps_reviewed_and_edits(make_napari_viewer, q
     assert not any(kind == "show_error" for kind, _ in errors)
 
 
-def test_visible_field_of_view(make_napari_viewer, qtbot, tiny_model):
+def test_visible_field_of_view(make_napari_viewer, qtbot, user_model):
     rng = np.random.default_rng(0)
     image = rng.normal(10, 1, (256, 256)).astype(np.float32)
     image[100:120, 100:120] += 50
@@ -77,7 +77,7 @@ def test_visible_field_of_view(make_napari_viewer, qtbot, tiny_model):
     assert 0 < crop[1].start < 110 < crop[1].stop < 256
 
 
-def test_cancel_changes_nothing(make_napari_viewer, qtbot, tiny_model):
+def test_cancel_changes_nothing(make_napari_viewer, qtbot, user_model):
     image = np.random.default_rng(1).normal(10, 1, (12, 128, 128)).astype(np.float32)
     viewer, layer, widget = _widget(make_napari_viewer, image)
     assert widget.run(scope=sw.SCOPE_STACK) is not None
@@ -88,7 +88,7 @@ def test_cancel_changes_nothing(make_napari_viewer, qtbot, tiny_model):
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
-def test_errors_are_messages_not_crashes(make_napari_viewer, qtbot, tiny_model, tmp_path, errors):
+def test_errors_are_messages_not_crashes(make_napari_viewer, qtbot, user_model, tmp_path, errors):
     viewer, layer, widget = _widget(make_napari_viewer, np.zeros((64, 64), np.float32))
     wrong = viewer.add_labels(np.zeros((10, 10), np.int32), name="wrong")
     widget.refresh_layers()

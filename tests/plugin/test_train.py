@@ -1,0 +1,93 @@
+"""The Train widget: trains on the project's corrections in a worker, saves, swaps, re-predicts."""
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def _viewer_with_widgets(make_napari_viewer):
+    from napari_segtool.plugin.segment_widget import SegmentWidget
+    from napari_segtool.plugin.train_widget import TrainWidget
+
+    viewer = make_napari_viewer()
+    segment = SegmentWidget(viewer)
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment")
+    viewer.window.add_dock_widget(train, name="Train")
+    return viewer, segment, train
+
+
+def _tiny_config():
+    from napari_segtool.core.train import TrainConfig
+
+    return TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=64, num_threads=1)
+
+
+def test_train_without_corrections_explains(make_napari_viewer, qtbot, errors):
+    viewer, segment, train = _viewer_with_widgets(make_napari_viewer)
+    train.init_combo.setCurrentIndex(1)  # from scratch
+    assert train.train(_tiny_config()) is not None
+    qtbot.waitUntil(lambda: train.worker is None, timeout=30000)
+    assert train.last_outcome.status == "error"
+    assert "no training data yet" in train.last_outcome.message
+    assert train.train_button.isEnabled()
+
+
+def test_correct_train_swap_repredict(make_napari_viewer, qtbot, user_model, nuclei_stack, errors):
+    image, truth = nuclei_stack
+    viewer, segment, train = _viewer_with_widgets(make_napari_viewer)
+    img = viewer.add_image(image, name="stack")
+    session = segment.session
+    labels = session.annotation_layer(img)
+    tracker = session.tracker_for_labels(labels)
+    # the user corrects slice 0 completely (as napari's tools would: data_setitem emits `paint`)
+    gt = truth[0]
+    idx = np.nonzero(gt)
+    labels.data_setitem((np.zeros(idx[0].size, np.intp),) + idx, gt[idx])
+    assert tracker.edited[0].any()
+    tracker.set_reviewed((0,))
+    train.init_combo.setCurrentIndex(0)  # fine-tune the selected (user) model
+    assert session.current_model.endswith("tiny")
+    assert train.train(_tiny_config()) is not None
+    qtbot.waitUntil(lambda: train.worker is None, timeout=120000)
+    outcome = train.last_outcome
+    assert outcome.ok, outcome.message
+    result = outcome.result
+    assert result.path is not None and result.path.parent == session.project.models_dir
+    assert (result.path / "model.safetensors").exists()
+    assert train.plot.steps and train.plot.epochs
+    # swapped into the Segment widget...
+    assert segment.current_model_ref() == str(result.path)
+    assert session.current_model == str(result.path)
+    # ...and the unreviewed slices are re-predicted
+    qtbot.waitUntil(lambda: not segment.running and segment.last_outcome is not None, timeout=60000)
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    assert segment.last_run["todo"] == [(1,), (2,), (3,)]
+    np.testing.assert_array_equal(labels.data[0], gt)  # the corrected slice is untouched
+    history = json.loads((session.project.root / "history.json").read_text())
+    assert history[-1]["model"] == result.name and len(history[-1]["epochs"]) == 1
+    assert not any(kind == "show_error" for kind, _ in errors)
+
+
+def test_cancel_training_keeps_viewer_usable(make_napari_viewer, qtbot):
+    from napari_segtool.core.train import TrainConfig
+    from napari_segtool.sim import simulate_nuclei
+
+    sim = simulate_nuclei((96, 96), seed=2)
+    viewer, segment, train = _viewer_with_widgets(make_napari_viewer)
+    img = viewer.add_image(sim.image, name="cells")
+    labels = segment.session.annotation_layer(img)
+    idx = np.nonzero(sim.labels)
+    labels.data_setitem(idx, sim.labels[idx])
+    train.init_combo.setCurrentIndex(1)
+    train.repredict_check.setChecked(False)
+    assert train.train(TrainConfig(epochs=50, steps_per_epoch=50, batch_size=2, patch_size=64)) is not None
+    qtbot.waitUntil(lambda: len(train.plot.steps) >= 1, timeout=60000)
+    train.cancel()
+    qtbot.waitUntil(lambda: train.worker is None, timeout=60000)
+    assert train.last_outcome.status in ("ok", "cancelled")
+    if train.last_outcome.ok:
+        assert train.last_outcome.result.result.stop_reason == "cancelled"
+    assert train.train_button.isEnabled() and not train.cancel_button.isEnabled()
