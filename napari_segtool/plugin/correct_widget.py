@@ -97,7 +97,15 @@ class CorrectWidget(QWidget):
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self.viewer.dims.events.current_step.connect(self.update_status)
         self.session.trackers_changed.connect(self.refresh_layers)
-        self.session.reviewed_changed.connect(lambda _t: self.update_status())
+        self.session.reviewed_changed.connect(self.update_status)
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        self.session.watch_window(self.window())  # flush saves when the viewer window closes
+
+    def hideEvent(self, event: Any) -> None:
+        super().hideEvent(event)
+        self.session.save_all(wait=False, full_check=False)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:

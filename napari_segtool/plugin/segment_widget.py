@@ -63,6 +63,14 @@ class SegmentWidget(QWidget):
         self.session.model_selected.connect(self.select_model)
         self.session.predict_requested.connect(self._on_predict_requested)
 
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        self.session.watch_window(self.window())  # flush saves when the viewer window closes
+
+    def hideEvent(self, event: Any) -> None:
+        super().hideEvent(event)
+        self.session.save_all(wait=False, full_check=False)
+
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
         layout = QVBoxLayout(self)

@@ -72,6 +72,7 @@ class Session(QObject):
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtool-save")
         self.current_model: str | None = None
         self._closed = False
+        self._watched: list[Any] = []
         root = project_dir or os.environ.get("SEGTOOL_PROJECT_DIR") or DEFAULT_PROJECT_DIR
         self.project: Project | None = None
         try:
@@ -279,13 +280,22 @@ class Session(QObject):
 
     def _on_layer_removed(self, event: Any) -> None:
         layer = event.value
-        if id(layer) in self.trackers:
-            self.trackers[id(layer)].save(full_check=True)
-            self.untrack(layer)
         for tracker in list(self.trackers.values()):
-            if tracker.image_layer is layer:
-                tracker.save(full_check=True)
+            if tracker.labels_layer is layer or tracker.image_layer is layer:
+                future = tracker.save(full_check=True)
                 self.untrack(tracker.labels_layer)
+                if future is not None:  # the layer is going away: make sure it is on disk
+                    try:
+                        future.result(timeout=60)
+                    except Exception:
+                        log.exception("saving %s failed", tracker.labels_layer.name)
+
+    def watch_window(self, window: Any) -> None:
+        """Flush saves and stop jobs when ``window`` (the viewer's main window) closes."""
+        if window is None or any(w is window for w in self._watched):
+            return
+        self._watched.append(window)
+        window.installEventFilter(self)
 
     def eventFilter(self, obj: Any, event: Any) -> bool:
         from qtpy.QtCore import QEvent
@@ -307,47 +317,52 @@ class Session(QObject):
 
 
 _SESSIONS: dict[int, tuple[weakref.ref, Session]] = {}
-_ATTR = "_segtool_session"
-
-
-def _holder(viewer: Any) -> Any:
-    window = getattr(viewer, "window", None)
-    return getattr(window, "_qt_window", None) if window is not None else None
 
 
 def get_session(viewer: Any) -> Session:
     """The session of ``viewer`` (created on first use).
 
-    It lives on the viewer's Qt window, so it goes away with the window (no global
-    reference keeps a closed viewer alive), and it flushes pending saves when the
-    window closes.
+    Sessions are looked up by viewer identity and hold the viewer only weakly, so a
+    closed viewer is never kept alive by the plugin.
     """
-    holder = _holder(viewer)
-    if holder is not None:
-        session = getattr(holder, _ATTR, None)
-        if session is None:
-            session = Session(viewer)
-            setattr(holder, _ATTR, session)
-            holder.installEventFilter(session)
-        return session
     for key, (ref, session) in list(_SESSIONS.items()):
         if ref() is None:
             _SESSIONS.pop(key, None)
+            session.close()
     entry = _SESSIONS.get(id(viewer))
     if entry is not None and entry[0]() is viewer:
         return entry[1]
     session = Session(viewer)
     _SESSIONS[id(viewer)] = (weakref.ref(viewer), session)
+    _connect_quit()
     return session
 
 
 def drop_session(viewer: Any) -> None:
-    holder = _holder(viewer)
-    session = getattr(holder, _ATTR, None) if holder is not None else None
-    if session is None:
-        entry = _SESSIONS.pop(id(viewer), None)
-        session = entry[1] if entry else None
-    elif holder is not None:
-        setattr(holder, _ATTR, None)
-    if session is not None:
-        session.close()
+    entry = _SESSIONS.pop(id(viewer), None)
+    if entry is not None:
+        entry[1].close()
+
+
+def flush_all() -> None:
+    """Write every pending correction of every session now (called when the app quits)."""
+    for _ref, session in list(_SESSIONS.values()):
+        try:
+            session.save_all(wait=True)
+        except Exception:
+            log.exception("final save failed")
+
+
+_QUIT_CONNECTED = False
+
+
+def _connect_quit() -> None:
+    global _QUIT_CONNECTED
+    if _QUIT_CONNECTED:
+        return
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(flush_all)
+        _QUIT_CONNECTED = True

@@ -83,9 +83,17 @@ class TrainWidget(QWidget):
         self._t0 = 0.0
         self._cfg: Any = None
         self._build()
-        self.session.project_changed.connect(lambda _p: self._show_project())
+        self.session.project_changed.connect(self._show_project)
         self.session.models_changed.connect(self._suggest_name)
         self._show_project()
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        self.session.watch_window(self.window())  # flush saves when the viewer window closes
+
+    def hideEvent(self, event: Any) -> None:
+        super().hideEvent(event)
+        self.session.save_all(wait=False, full_check=False)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
@@ -186,7 +194,7 @@ class TrainWidget(QWidget):
         show_info(f"project folder: {self.session.project.root}")
         return True
 
-    def _show_project(self) -> None:
+    def _show_project(self, *args: Any) -> None:
         project = self.session.project
         self.project_edit.setText(str(project.root) if project else "")
         self.update_data_summary()
@@ -203,7 +211,7 @@ class TrainWidget(QWidget):
         self.data_label.setText(f"{len(entries)} image(s) with annotations · {models} model(s) · "
                                 f"{runs} training run(s) in this project")
 
-    def _suggest_name(self) -> None:
+    def _suggest_name(self, *args: Any) -> None:
         if self.worker is not None or self.session.project is None:
             return
         ref = self.session.current_model
