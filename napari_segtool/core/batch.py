@@ -1,0 +1,867 @@
+"""Segment images bigger than memory: chunked prediction with dask, labels streamed to zarr.
+
+:func:`predict_to_zarr` runs a model over a lazy image (a path, a dask array,
+or a numpy array) block by block and writes ``uint32`` labels to a zarr array,
+chunk by chunk, so neither the image nor the labels are ever whole in memory.
+:func:`predict_folder` does the same for many files with one cluster.
+
+How it works (the geometry and merge maths live in
+:mod:`napari_segtool.core.chunked`):
+
+1. **Predict** (one task per block). Each block reads its *window* -- its core
+   plus a margin (for matching objects with its neighbours) plus a halo of half
+   the model's receptive field (for context) -- straight from the source,
+   predicts every plane of it with the architecture's ``predict_plane`` and
+   crops the labels. This is what ``dask.array.overlap`` with
+   ``boundary="none"`` does, but each task reads its own window, so reading is
+   retried with the prediction and no neighbour slices travel between workers.
+   The core's labels (local ids) go to a temporary zarr; the task returns the
+   object count, the core areas, Z overlaps inside the block and the label
+   strips around its borders.
+2. **Match.** For each border between two blocks, a small task matches the two
+   views of the shared strip by IoU; along Z, objects of the last plane of one
+   block and the first plane of the next are overlapped. On the client, ids are
+   made globally unique by cumulative counts, equivalences are resolved with
+   connected components (Z links use the same one-to-one IoU assignment as
+   :func:`~napari_segtool.core.postprocess.link_stack`) and every block gets a
+   lookup table.
+3. **Relabel** (one task per block): local ids -> final ids through the lookup
+   table, written to the output zarr, which is moved to ``out_path`` only when
+   complete. Semantic models skip steps 2-3 (their labels are class ids).
+
+Schedulers: ``workers=N`` starts a :class:`distributed.LocalCluster` of ``N``
+processes; ``scheduler="tcp://host:port"`` (or a :class:`distributed.Client`)
+uses an existing cluster, whose workers must see ``out_path``'s folder and,
+for path inputs, the input file; otherwise dask's threaded scheduler runs in
+this process. The model travels to every worker once, as safetensors bytes plus
+its JSON metadata (never a pickled torch module), and is rebuilt and cached
+there. Failing chunks are retried ``retries`` times; chunks still failing are
+listed in the :class:`BatchError` raised at the end, and nothing is written to
+``out_path``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from napari_segtool.core.axes import guess_axes, to_canonical
+from napari_segtool.core.chunked import (Block, ChunkPlan, face_matches, merge_labels, overlap_counts,
+                                         plan_chunks, round_up)
+from napari_segtool.core.events import CancelToken, Cancelled
+from napari_segtool.core.model import ModelMeta, SegModel
+from napari_segtool.core.normalize import NormalizedPlane, Normalizer, fit_normalizer
+from napari_segtool.core.predict import InputError, check_image
+
+__all__ = ["BatchReport", "BatchError", "predict_to_zarr", "predict_folder", "plan_for", "labels_name"]
+
+log = logging.getLogger(__name__)
+
+#: Smallest margin (pixels) around a core; grows with the model's typical object size.
+MIN_MARGIN = 32
+
+
+@dataclass
+class BatchReport:
+    """What a batch run did."""
+
+    out_path: Path
+    shape: tuple[int, ...]            # output (= input spatial) shape
+    n_chunks: int
+    n_objects: int                    # objects written (instance models; 0 for semantic ones)
+    seconds: float
+    mpx_per_s: float                  # input megapixels (all planes) per second, wall clock
+    failed_chunks: list[tuple[int, ...]] = field(default_factory=list)
+    retried_chunks: list[tuple[int, ...]] = field(default_factory=list)
+    axes: str = ""                    # axes of the output
+    source: str = ""
+    errors: dict[tuple[int, ...], str] = field(default_factory=dict)  # chunk id -> last error
+
+
+class BatchError(RuntimeError):
+    """Some chunks still failed after all retries; ``report`` says which (nothing was written)."""
+
+    def __init__(self, message: str, report: BatchReport | None = None,
+                 reports: Sequence[BatchReport] = ()):
+        super().__init__(message)
+        self.report = report
+        self.reports = list(reports)
+
+
+# ----------------------------------------------------------------------------- sources and models
+class _Source:
+    """Where blocks are read from; re-opened lazily in each process that unpickles it.
+
+    A path is re-opened with :func:`~napari_segtool.io.images.read_image` (lazy),
+    an array travels as is (numpy data, or a dask graph that is computed
+    synchronously block by block).
+    """
+
+    def __init__(self, axes: str, array: Any = None, path: str | None = None):
+        self.axes = axes
+        self.path = path
+        self._array = array
+        self._canon = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_canon"] = None
+        state.pop("_lock")
+        if self.path is not None:
+            state["_array"] = None  # file handles do not travel; the worker re-opens the path
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def canonical(self):
+        with self._lock:
+            if self._canon is None:
+                data = self._array
+                if data is None:
+                    from napari_segtool.io.images import read_image
+
+                    data = read_image(self.path, axes=self.axes, lazy=True).data
+                self._canon = to_canonical(data, self.axes)[0]
+            return self._canon
+
+    def read(self, key: tuple) -> np.ndarray:
+        block = self.canonical()[key]
+        if hasattr(block, "compute"):
+            block = block.compute(scheduler="synchronous")
+        return np.asarray(block)
+
+
+_MODEL_CACHE: "OrderedDict[str, SegModel]" = OrderedDict()
+_MODEL_LOCK = threading.Lock()
+
+
+class _ModelRef:
+    """A model that can travel: safetensors bytes + JSON metadata, rebuilt once per process."""
+
+    def __init__(self, model: SegModel, threads: int | None = None, portable: bool = True):
+        self.token = uuid.uuid4().hex
+        self.threads = threads
+        self._local: SegModel | None = None if portable else model
+        self.meta_json = self.weights = None
+        if portable:
+            from safetensors.torch import save
+
+            state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+            self.meta_json = json.dumps(model.meta.to_dict())
+            self.weights = save(state)
+
+    def __getstate__(self):
+        if self.weights is None:
+            raise TypeError("a local model reference cannot be sent to another process")
+        state = self.__dict__.copy()
+        state["_local"] = None
+        return state
+
+    def get(self) -> SegModel:
+        if self._local is not None:
+            return self._local
+        with _MODEL_LOCK:
+            model = _MODEL_CACHE.get(self.token)
+            if model is None:
+                model = self._build()
+                _MODEL_CACHE[self.token] = model
+                while len(_MODEL_CACHE) > 2:
+                    _MODEL_CACHE.popitem(last=False)
+            return model
+
+    def _build(self) -> SegModel:
+        import torch
+        from safetensors.torch import load
+
+        from napari_segtool.core.device import pick_device
+        from napari_segtool.models.registry import get_architecture
+
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        meta = ModelMeta.from_dict(json.loads(self.meta_json))
+        net = get_architecture(meta.arch).build(meta)
+        net.load_state_dict(load(self.weights), strict=True)
+        net.eval()
+        return SegModel(net, meta).to(pick_device(None))
+
+
+def _resolve_model(model: str | os.PathLike | SegModel) -> SegModel:
+    if isinstance(model, SegModel):
+        return model
+    from napari_segtool.core.checkpoint import load_model
+
+    return load_model(model)
+
+
+# ----------------------------------------------------------------------------- per-run settings
+class _Ctx:
+    """Settings every task of one image needs (small, picklable)."""
+
+    def __init__(self, **kw: Any):
+        self.__dict__.update(kw)
+
+
+@dataclass
+class _BlockResult:
+    pos: int
+    index: tuple[int, ...]
+    n_ids: int = 0
+    core_area: np.ndarray | None = None
+    z_pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    strips: dict[int, np.ndarray] = field(default_factory=dict)
+    attempts: int = 1
+    error: str | None = None
+
+    def summary(self) -> "_BlockResult":
+        return _BlockResult(self.pos, self.index, self.n_ids, self.core_area, self.z_pairs, {},
+                            self.attempts, self.error)
+
+
+class _Inflight:
+    """Counts tasks running in local threads so a cancelled run can wait before cleaning up."""
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._cond = threading.Condition()
+
+    def __enter__(self):
+        with self._cond:
+            self._n += 1
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._n -= 1
+            self._cond.notify_all()
+
+    def wait(self, timeout: float = 120.0) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._n == 0, timeout)
+
+
+def _retrying(fn: Callable[[], Any], retries: int, cancel: CancelToken | None, what: str):
+    """Run ``fn`` up to ``1 + retries`` times; return ``(value, attempts, error or None)``."""
+    error = None
+    for attempt in range(1, retries + 2):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        try:
+            return fn(), attempt, None
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported per chunk, never dropped
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("%s failed (attempt %d of %d): %s", what, attempt, retries + 1, error)
+    return None, retries + 1, error
+
+
+def _read_window(source: _Source, block: Block) -> np.ndarray:
+    """The block's window, all its planes: ``(planes, h, w, C)``."""
+    raw = source.read(block.slices(block.window) + (slice(None),))
+    return raw.reshape((-1,) + raw.shape[-3:])
+
+
+def _predict_block_once(source: _Source, model_ref: _ModelRef, ctx: _Ctx, block: Block, pos: int,
+                        strips: Sequence[tuple[int, tuple]], cancel: CancelToken | None) -> _BlockResult:
+    import zarr
+
+    model = model_ref.get()
+    arch = model.architecture
+    raw = _read_window(source, block)
+    ry, rx = block.region_in_window()
+    region_hw = (ry.stop - ry.start, rx.stop - rx.start)
+    labels = np.zeros((raw.shape[0],) + region_hw, np.uint32)
+    offset = 0
+    for i, plane in enumerate(raw):
+        if ctx.channel_mean:
+            plane = plane.astype(np.float32).mean(axis=-1, keepdims=True)
+        result = arch.predict_plane(model.net, NormalizedPlane(plane, ctx.normalizer), model.meta,
+                                    device=model.device, tile_size=ctx.tile_size, cancel=cancel)
+        lab = np.asarray(result.labels)[ry, rx]
+        if ctx.instance:
+            n = int(result.labels.max())
+            labels[i] = np.where(lab > 0, lab.astype(np.uint32) + np.uint32(offset), 0)
+            offset += n
+        else:
+            labels[i] = lab
+    cy, cx = block.core_in_region()
+    core = labels[:, cy, cx]
+    core_nd = core.reshape(block.stack_shape + core.shape[-2:])
+    if cancel is not None:
+        cancel.raise_if_cancelled()
+    if not ctx.instance:  # class ids are final: straight to the output, in its axis order
+        out = zarr.open_array(ctx.final_path, mode="r+")
+        out[_permute(block.core_slices, ctx.perm)] = np.transpose(core_nd, ctx.perm)
+        return _BlockResult(pos, block.index)
+    zarr.open_array(ctx.local_path, mode="r+")[block.core_slices] = core_nd
+    z_pairs = None
+    if ctx.z_dim is not None and core_nd.shape[ctx.z_dim] > 1:
+        a = np.take(core_nd, range(core_nd.shape[ctx.z_dim] - 1), axis=ctx.z_dim)
+        b = np.take(core_nd, range(1, core_nd.shape[ctx.z_dim]), axis=ctx.z_dim)
+        z_pairs = overlap_counts(a, b)
+    area = np.bincount(core.ravel().astype(np.int64), minlength=offset + 1)
+    cut = {key: labels[:, r[0]:r[1], r[2]:r[3]].copy() for key, r in strips}
+    return _BlockResult(pos, block.index, offset, area, z_pairs, cut)
+
+
+def _block_task(source, model_ref, ctx, block, pos, strips, cancel=None, inflight=None) -> _BlockResult:
+    with inflight if inflight is not None else _nullcontext():
+        value, attempts, error = _retrying(
+            lambda: _predict_block_once(source, model_ref, ctx, block, pos, strips, cancel),
+            ctx.retries, cancel, f"chunk {block.index}")
+    if error is not None:
+        return _BlockResult(pos, block.index, attempts=attempts, error=error)
+    value.attempts = attempts
+    return value
+
+
+def _summary_task(result: _BlockResult) -> _BlockResult:
+    return result.summary()
+
+
+def _face_task(res_a: _BlockResult, res_b: _BlockResult, key: int):
+    if res_a.error or res_b.error:
+        return None
+    return face_matches(res_a.strips[key], res_b.strips[key])
+
+
+def _zface_task(sum_a: _BlockResult, sum_b: _BlockResult, ctx: _Ctx, block_a: Block, block_b: Block,
+                cancel=None, inflight=None):
+    """Overlaps between the last Z plane of ``block_a`` and the first of ``block_b`` (read back)."""
+    if sum_a.error or sum_b.error:
+        return None
+
+    def run():
+        import zarr
+
+        arr = zarr.open_array(ctx.local_path, mode="r")
+        sa, sb = list(block_a.core_slices), list(block_b.core_slices)
+        z = ctx.z_dim
+        sa[z] = slice(sa[z].stop - 1, sa[z].stop)
+        sb[z] = slice(sb[z].start, sb[z].start + 1)
+        return overlap_counts(arr[tuple(sa)], arr[tuple(sb)])
+
+    with inflight if inflight is not None else _nullcontext():
+        value, _, error = _retrying(run, ctx.retries, cancel, f"Z border {block_a.index}/{block_b.index}")
+    if error is not None:
+        return _TaskError(RuntimeError(error))
+    return value
+
+
+def _relabel_task(ctx: _Ctx, block: Block, lut: np.ndarray, cancel=None, inflight=None):
+    def run():
+        import zarr
+
+        local = zarr.open_array(ctx.local_path, mode="r")[block.core_slices]
+        out = zarr.open_array(ctx.final_path, mode="r+")
+        out[_permute(block.core_slices, ctx.perm)] = np.transpose(lut[local], ctx.perm)
+
+    with inflight if inflight is not None else _nullcontext():
+        _, attempts, error = _retrying(run, ctx.retries, cancel, f"writing chunk {block.index}")
+    return attempts, error
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _permute(items: Sequence, perm: Sequence[int]) -> tuple:
+    return tuple(items[p] for p in perm)
+
+
+# ----------------------------------------------------------------------------- schedulers
+class _TaskError:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class _LocalRunner:
+    """dask's threaded scheduler in this process (or ``synchronous`` for debugging)."""
+
+    distributed = False
+
+    def __init__(self, synchronous: bool = False, threads_per_worker: int | None = None):
+        cores = _cores()
+        self.scheduler = "synchronous" if synchronous else "threads"
+        self.threads = 1 if synchronous else max(1, min(2, cores))
+        self.torch_threads = threads_per_worker or max(1, cores // self.threads)
+        self.inflight = _Inflight()
+        self._saved = None
+
+    def __enter__(self):
+        import torch
+
+        self._saved = torch.get_num_threads()
+        torch.set_num_threads(self.torch_threads)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self._saved)
+
+    def model_ref(self, model: SegModel) -> _ModelRef:
+        return _ModelRef(model, portable=False)
+
+    def share(self, obj):
+        return obj
+
+    def run(self, tasks: list, counted: set, on_count: Callable[[], None], cancel: CancelToken | None,
+            retries: int) -> list:
+        import dask
+        from dask.callbacks import Callback
+
+        class _Count(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                if key in counted:
+                    on_count()
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+
+        try:
+            with _Count():
+                return list(dask.compute(*tasks, scheduler=self.scheduler, num_workers=self.threads,
+                                         optimize_graph=False))
+        except BaseException:
+            self.inflight.wait()
+            raise
+
+
+class _DistRunner:
+    """A dask.distributed client, on a LocalCluster started here or on a given scheduler."""
+
+    distributed = True
+
+    def __init__(self, workers: int | None, scheduler: Any, threads_per_worker: int | None):
+        from distributed import Client, LocalCluster
+
+        self.cluster = None
+        self.inflight = None
+        if scheduler is not None and not isinstance(scheduler, str):  # an existing Client
+            self.client, self._own_client = scheduler, False
+            self.threads = threads_per_worker
+        elif scheduler is not None:
+            self.client, self._own_client = Client(scheduler, set_as_default=False), True
+            self.threads = threads_per_worker
+        else:
+            self.threads = threads_per_worker or 1
+            self.cluster = LocalCluster(n_workers=int(workers), threads_per_worker=self.threads, processes=True,
+                                        dashboard_address=":0", silence_logs=logging.ERROR)
+            self.client, self._own_client = Client(self.cluster, set_as_default=False), True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._own_client:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def model_ref(self, model: SegModel) -> _ModelRef:
+        return _ModelRef(model, threads=self.threads, portable=True)
+
+    def share(self, obj):
+        return self.client.scatter(obj, broadcast=True, hash=False)
+
+    def run(self, tasks: list, counted: set, on_count: Callable[[], None], cancel: CancelToken | None,
+            retries: int) -> list:
+        from distributed import as_completed
+
+        futures = self.client.compute(tasks, retries=retries, optimize_graph=False)
+        where = {f.key: i for i, f in enumerate(futures)}
+        results: list[Any] = [None] * len(futures)
+        pending = as_completed(futures, loop=self.client.loop, with_results=False)
+        try:
+            while not pending.is_empty():
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                if not pending.has_ready():
+                    time.sleep(0.05)
+                    continue
+                batch = pending.next_batch(block=False)
+                ok = [f for f in batch if f.status == "finished"]
+                for f, value in zip(ok, self.client.gather(ok)):
+                    results[where[f.key]] = value
+                for f in batch:
+                    if f.status != "finished":
+                        results[where[f.key]] = _TaskError(f.exception())
+                    if f.key in counted:
+                        on_count()
+        except BaseException:
+            self.client.cancel(futures)
+            raise
+        return results
+
+
+def _runner(workers, scheduler, threads_per_worker):
+    if scheduler in (None, "threads", "threading", "synchronous", "sync"):
+        if workers is None:
+            return _LocalRunner(scheduler in ("synchronous", "sync"), threads_per_worker)
+        return _DistRunner(workers, None, threads_per_worker)
+    return _DistRunner(None, scheduler, threads_per_worker)
+
+
+# ----------------------------------------------------------------------------- one image
+def labels_name(path: str | os.PathLike) -> str:
+    """Output name for an input file: ``cells.ome.tif`` -> ``cells_labels.zarr``."""
+    name = Path(path).name
+    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", ".fits.gz", ".fit.gz", ".fts.gz"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] + "_labels.zarr"
+    return Path(name).stem + "_labels.zarr"
+
+
+def _margin(meta: ModelMeta, align: int) -> int:
+    """Margin for matching objects across borders: about twice the typical object diameter."""
+    if meta.task != "instance":
+        return 0
+    diameter = float((meta.training.get("object_size") or {}).get("median_diameter") or 0)
+    return round_up(max(MIN_MARGIN, 2 * diameter), align)
+
+
+class _Job:
+    """One image, planned: source, axes, chunks (the normaliser is fitted when it runs)."""
+
+    def __init__(self, model: SegModel, image: Any, out_path: str | os.PathLike, axes: str | None,
+                 chunk_size: int):
+        from napari_segtool.core.tiling import halo_for
+
+        self.out_path = Path(out_path).expanduser()
+        if isinstance(image, (str, os.PathLike)):
+            from napari_segtool.io.images import read_image
+
+            img = read_image(image, axes=axes, lazy=True)
+            data, axes, path = img.data, img.axes, str(Path(image).expanduser().resolve())
+            self.source_name = path
+        else:
+            data, path = image, None
+            self.source_name = f"<{type(image).__module__}.{type(image).__name__} {tuple(image.shape)}>"
+        check_image(data)
+        try:
+            axes = guess_axes(tuple(data.shape), axes)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        self.axes = axes
+        self.data = data
+        self.source = _Source(axes, array=data, path=path)
+        canon, canon_axes = to_canonical(data, axes)
+        self.canon = canon
+        spatial = canon_axes[:-1]
+        self.target = "".join(a for a in axes if a not in "CS")
+        self.perm = tuple(spatial.index(a) for a in self.target)
+        meta = model.meta
+        self.meta = meta
+        channels = int(canon.shape[-1])
+        self.channel_mean = channels != meta.in_channels
+        if self.channel_mean and meta.in_channels != 1:
+            raise InputError(f"model '{meta.name}' expects {meta.in_channels} channel(s), the image has {channels}")
+        align = int(getattr(model.net, "align", 1) or 1)
+        rf = meta.receptive_field or (model.net.receptive_field() if hasattr(model.net, "receptive_field") else 0)
+        halo = halo_for(rf, align) if rf else 0
+        self.instance = meta.task == "instance"
+        stack_axes = spatial[:-2]
+        self.plan: ChunkPlan = plan_chunks(canon.shape[:-1], stack_axes, chunk_size,
+                                           margin=_margin(meta, align), halo=halo, align=align)
+        self.z_dim = stack_axes.index("Z") if (self.instance and "Z" in stack_axes) else None
+        self.steps = len(self.plan.blocks) * (2 if self.instance else 1)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return _permute(self.plan.shape, self.perm)
+
+    def fit_normalizer(self) -> Normalizer:
+        try:  # exactly as the in-memory path (core.predict) does it
+            norm = fit_normalizer(self.canon, **self.meta.normalization)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        if self.channel_mean:
+            norm.lo = norm.lo.mean(keepdims=True)
+            norm.hi = norm.hi.mean(keepdims=True)
+        return norm
+
+
+def _create(path: Path, shape, chunks, attrs: dict | None = None):
+    import zarr
+
+    arr = zarr.open_array(str(path), mode="w", shape=tuple(shape), chunks=tuple(chunks), dtype="uint32",
+                          fill_value=0)
+    if attrs:
+        arr.attrs.update(attrs)
+    return arr
+
+
+def _run_job(runner, job: _Job, model_ref_shared, retries: int, progress, cancel, step0: int,
+             total: int) -> BatchReport:
+    import dask
+
+    t0 = time.perf_counter()
+    plan = job.plan
+    run_id = uuid.uuid4().hex[:12]
+    out_path = job.out_path
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    work = out_path.parent / f".{out_path.name}.{run_id}.partial"
+    work.mkdir()
+    done = [step0]
+
+    def tick():
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    local = not runner.distributed
+    task_cancel = cancel if local else None
+    inflight = runner.inflight if local else None
+    try:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        ctx = _Ctx(normalizer=job.fit_normalizer(), channel_mean=job.channel_mean, instance=job.instance,
+                   tile_size=None, retries=int(retries), z_dim=job.z_dim, perm=job.perm,
+                   local_path=str(work / "local.zarr"), final_path=str(work / "final.zarr"))
+        _create(work / "final.zarr", job.out_shape, _permute(plan.chunks, job.perm))
+        if job.instance:
+            _create(work / "local.zarr", plan.shape, plan.chunks)
+        source = runner.share(job.source)
+        faces = plan.faces() if job.instance else []
+        strips: list[list[tuple[int, tuple]]] = [[] for _ in plan.blocks]
+        for key, face in enumerate(faces):
+            if face.axis != "z":
+                ra, rb = plan.strip(face)
+                strips[face.a].append((key, ra))
+                strips[face.b].append((key, rb))
+        delayed = dask.delayed
+        blocks = [delayed(_block_task, pure=False)(source, model_ref_shared, ctx, blk, pos, strips[pos],
+                                                   task_cancel, inflight,
+                                                   dask_key_name=f"segtool-block-{run_id}-{pos}")
+                  for pos, blk in enumerate(plan.blocks)]
+        summaries = [delayed(_summary_task, pure=False)(b, dask_key_name=f"segtool-summary-{run_id}-{pos}")
+                     for pos, b in enumerate(blocks)]
+        face_tasks = []
+        for key, face in enumerate(faces):
+            name = f"segtool-face-{run_id}-{key}"
+            if face.axis == "z":
+                face_tasks.append(delayed(_zface_task, pure=False)(
+                    summaries[face.a], summaries[face.b], ctx, plan.blocks[face.a], plan.blocks[face.b],
+                    task_cancel, inflight, dask_key_name=name))
+            else:
+                face_tasks.append(delayed(_face_task, pure=False)(blocks[face.a], blocks[face.b], key,
+                                                                  dask_key_name=name))
+        results = runner.run(summaries + face_tasks, {s.key for s in summaries}, tick, cancel, retries)
+        sums: list[_BlockResult] = results[: len(summaries)]
+        face_results = results[len(summaries):]
+
+        failed: dict[tuple[int, ...], str] = {}
+        for pos, s in enumerate(sums):
+            if isinstance(s, _TaskError):
+                failed[plan.blocks[pos].index] = f"{type(s.exc).__name__}: {s.exc}"
+            elif s.error:
+                failed[s.index] = s.error
+        for face, r in zip(faces, face_results):
+            if isinstance(r, _TaskError):
+                for p in (face.a, face.b):
+                    failed.setdefault(plan.blocks[p].index, f"border {face.axis}: {r.exc}")
+        retried = [s.index for s in sums if isinstance(s, _BlockResult) and s.attempts > 1]
+        if failed:
+            _raise_failed(job, failed, retried, t0)
+
+        n_objects = 0
+        if job.instance:
+            luts, n_objects = _merge(sums, faces, face_results)
+            writes = [delayed(_relabel_task, pure=False)(ctx, blk, luts[pos], task_cancel, inflight,
+                                                         dask_key_name=f"segtool-write-{run_id}-{pos}")
+                      for pos, blk in enumerate(plan.blocks)]
+            outcomes = runner.run(writes, {w.key for w in writes}, tick, cancel, retries)
+            for pos, r in enumerate(outcomes):
+                index = plan.blocks[pos].index
+                if isinstance(r, _TaskError):
+                    failed[index] = f"{type(r.exc).__name__}: {r.exc}"
+                elif r[1] is not None:
+                    failed[index] = r[1]
+                elif r[0] > 1 and index not in retried:
+                    retried.append(index)
+            if failed:
+                _raise_failed(job, failed, retried, t0)
+
+        import zarr
+
+        final = zarr.open_array(str(work / "final.zarr"), mode="r+")
+        final.attrs.update({"axes": job.target, "model": job.meta.name, "source": job.source_name,
+                            "task": job.meta.task, "n_objects": int(n_objects),
+                            "classes": list(job.meta.classes)})
+        _swap_into_place(work / "final.zarr", out_path, work)
+    except BaseException:
+        if local:
+            runner.inflight.wait()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    pixels = float(np.prod(plan.shape))
+    return BatchReport(out_path, job.out_shape, len(plan.blocks), int(n_objects), seconds,
+                       pixels / 1e6 / max(seconds, 1e-9), [], sorted(retried), job.target, job.source_name)
+
+
+def _raise_failed(job: _Job, failed: dict, retried: list, t0: float) -> None:
+    seconds = time.perf_counter() - t0
+    report = BatchReport(job.out_path, job.out_shape, len(job.plan.blocks), 0, seconds, 0.0,
+                         sorted(failed), sorted(retried), job.target, job.source_name, dict(failed))
+    ids = ", ".join(str(i) for i in sorted(failed))
+    first = next(iter(failed.values()))
+    raise BatchError(f"{len(failed)} chunk(s) of {job.source_name} failed after retries: {ids} ({first}); "
+                     f"nothing written to {job.out_path}", report)
+
+
+def _merge(sums: list[_BlockResult], faces, face_results) -> tuple[list[np.ndarray], int]:
+    """Lookup tables (local id -> final id) per block, from block summaries and border matches."""
+    counts = np.array([s.n_ids for s in sums], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    n_ids = int(counts.sum())
+    if n_ids >= 2**32 - 1:
+        raise OverflowError(f"{n_ids} objects before merging do not fit uint32 ids")
+    area = np.zeros(n_ids + 1, np.int64)
+    z_a, z_b, z_n = [], [], []
+    for s, off in zip(sums, offsets):
+        area[off + 1: off + 1 + s.n_ids] = s.core_area[1: s.n_ids + 1]
+        if s.z_pairs is not None:
+            z_a.append(s.z_pairs[0] + off)
+            z_b.append(s.z_pairs[1] + off)
+            z_n.append(s.z_pairs[2])
+    same = [np.zeros((0, 2), np.int64)]
+    for face, r in zip(faces, face_results):
+        oa, ob = offsets[face.a], offsets[face.b]
+        if face.axis == "z":
+            z_a.append(r[0] + oa)
+            z_b.append(r[1] + ob)
+            z_n.append(r[2])
+        elif len(r):
+            same.append(r + np.array([oa, ob]))
+    z = (np.concatenate(z_a), np.concatenate(z_b), np.concatenate(z_n)) if z_a else None
+    merged = merge_labels(n_ids, area, np.concatenate(same), z)
+    luts = []
+    for s, off in zip(sums, offsets):
+        lut = merged.final[off: off + s.n_ids + 1].astype(np.uint32)
+        lut[0] = 0
+        luts.append(lut)
+    return luts, merged.n_objects
+
+
+def _swap_into_place(new: Path, target: Path, work: Path) -> None:
+    if target.exists():
+        os.replace(target, work / "previous")
+    os.replace(new, target)
+
+
+# ----------------------------------------------------------------------------- public API
+def plan_for(model: str | os.PathLike | SegModel, image: Any, *, axes: str | None = None,
+             chunk_size: int = 1024) -> ChunkPlan:
+    """The chunk plan :func:`predict_to_zarr` would use (for previews and cost estimates)."""
+    return _Job(_resolve_model(model), image, "unused.zarr", axes, chunk_size).plan
+
+
+def predict_to_zarr(model: str | Path | SegModel, image, out_path, *, axes: str | None = None,
+                    chunk_size: int = 1024, workers: int | None = None, scheduler: str | None = None,
+                    threads_per_worker: int | None = None, retries: int = 2,
+                    progress: Callable[[int, int], None] | None = None,
+                    cancel: CancelToken | None = None) -> BatchReport:
+    """Segment ``image`` chunk by chunk and write ``uint32`` labels to the zarr array ``out_path``.
+
+    Parameters
+    ----------
+    model : model name, path, or a loaded :class:`SegModel`.
+    image : path of an image file (opened lazily with ``read_image``), a dask
+        array, or a numpy array.
+    out_path : zarr array to write (replaced if it exists, only once complete).
+        It has the input's shape without the channel axis, axes in the input's
+        order, and attributes ``axes``, ``model``, ``source``, ``task``,
+        ``n_objects``, ``classes``.
+    axes : axes of ``image`` (``TZYXC``); default from the file or guessed.
+    chunk_size : YX edge of a chunk (rounded up to the network's pooling
+        factor); stack axes are grouped so a chunk holds about
+        ``chunk_size**2`` pixels. Memory per task grows with its square.
+    workers : start a local cluster of this many worker processes.
+    scheduler : ``"tcp://host:port"`` of a running dask scheduler (or a
+        ``distributed.Client``); ``None``/``"threads"`` for threads in this
+        process, ``"synchronous"`` for one thread (debugging).
+    threads_per_worker : dask threads per worker process, also used as torch's
+        thread count there (default 1 on a local cluster; locally, the cores
+        divided among the 2 threads).
+    retries : extra attempts for a failing chunk before giving up.
+    progress : called as ``(steps_done, steps_total)``; a chunk counts once when
+        predicted and, for instance models, once more when written.
+    cancel : stops the run (raises :class:`~napari_segtool.core.events.Cancelled`;
+        nothing is written).
+
+    Raises
+    ------
+    BatchError
+        chunks still failing after ``retries`` (``err.report.failed_chunks``).
+    InputError
+        an image the model cannot segment.
+    """
+    seg = _resolve_model(model)
+    job = _Job(seg, image, out_path, axes, chunk_size)
+    with _runner(workers, scheduler, threads_per_worker) as runner:
+        ref = runner.share(runner.model_ref(seg))
+        return _run_job(runner, job, ref, retries, progress, cancel, 0, job.steps)
+
+
+def predict_folder(model: str | Path | SegModel, inputs: Sequence[str | os.PathLike], out_dir, *,
+                   axes: str | None = None, chunk_size: int = 1024, workers: int | None = None,
+                   scheduler: str | None = None, threads_per_worker: int | None = None, retries: int = 2,
+                   progress: Callable[[int, int], None] | None = None,
+                   cancel: CancelToken | None = None) -> list[BatchReport]:
+    """:func:`predict_to_zarr` for many files as one job: one cluster, the model sent once.
+
+    Each input ``name.ext`` becomes ``out_dir/name_labels.zarr`` (see
+    :func:`labels_name`). Progress counts the steps of all files together. A
+    file whose chunks fail does not stop the others; a :class:`BatchError`
+    listing the failed files (``err.reports`` holds every report) is raised at
+    the end.
+    """
+    seg = _resolve_model(model)
+    out_dir = Path(out_dir).expanduser()
+    names = [labels_name(p) for p in inputs]
+    if len(set(names)) != len(names):
+        raise ValueError("two inputs would write the same output name; use separate runs")
+    jobs = [_Job(seg, p, out_dir / n, axes, chunk_size) for p, n in zip(inputs, names)]
+    total = sum(j.steps for j in jobs)
+    reports: list[BatchReport] = []
+    errors: list[str] = []
+    with _runner(workers, scheduler, threads_per_worker) as runner:
+        ref = runner.share(runner.model_ref(seg))
+        step = 0
+        for job in jobs:
+            try:
+                reports.append(_run_job(runner, job, ref, retries, progress, cancel, step, total))
+            except BatchError as exc:
+                reports.append(exc.report)
+                errors.append(str(exc))
+                if progress is not None:  # skip the steps this file did not do
+                    progress(step + job.steps, total)
+            step += job.steps
+    if errors:
+        raise BatchError(f"{len(errors)} of {len(jobs)} file(s) failed: " + "; ".join(errors), reports=reports)
+    return reports
