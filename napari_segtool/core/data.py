@@ -72,8 +72,10 @@ def make_example(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray | 
         raise DataError(f"labels{where} contain no objects in the annotated region")
     if task == "semantic" and not (labels[annotated] > 0).any():
         raise DataError(f"labels{where} contain no class ids > 0 in the annotated region")
-    norm = normalization or {"low": 1.0, "high": 99.8}
-    img = normalize(image.astype(np.float32), norm.get("low", 1.0), norm.get("high", 99.8))
+    try:
+        img = normalize(image.astype(np.float32), **(normalization or {}))
+    except ValueError as exc:
+        raise DataError(f"image{where}: {exc}") from exc
     return Example(img, labels.astype(np.int32), annotated, name)
 
 

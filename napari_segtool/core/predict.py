@@ -108,9 +108,8 @@ def iter_predict(
             notes.append(f"averaged {channels} channels for the single-channel model '{meta.name}'")
         else:
             raise InputError(f"model '{meta.name}' expects {meta.in_channels} channel(s), the image has {channels}")
-    norm_cfg = meta.normalization
     try:
-        normalizer = fit_normalizer(data, norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8))
+        normalizer = fit_normalizer(data, **meta.normalization)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     if channels != meta.in_channels:

@@ -119,8 +119,14 @@ def iter_train(
     config: TrainConfig | None = None,
     cancel: CancelToken | None = None,
     arch_kwargs: dict[str, Any] | None = None,
+    normalization: dict[str, Any] | None = None,
 ) -> Generator[TrainStep | TrainEpoch, None, TrainResult]:
-    """Train a new model (or fine-tune ``init``) on ``examples``; see module docstring."""
+    """Train a new model (or fine-tune ``init``) on ``examples``; see module docstring.
+
+    ``examples`` must have been normalised the way the model will be used:
+    ``make_example(..., normalization=...)`` with ``init.meta.normalization`` when
+    fine-tuning, or with the ``normalization`` passed here (stored in the new model).
+    """
     cfg = config or TrainConfig()
     if not examples:
         raise DataError("no training examples")
@@ -139,6 +145,8 @@ def iter_train(
             top = max(int(ex.labels.max()) for ex in examples)
             classes = ["unlabelled"] + [f"class {i}" for i in range(1, top + 1)]
         model = new_model(arch, task, in_ch, classes, **(arch_kwargs or {}))
+        if normalization:
+            model.meta.normalization = dict(normalization)
         _check_compatible(model, examples, task)
     architecture = model.architecture
     architecture.configure_from_data(model.meta, [ex.labels[ex.annotated] for ex in examples] if task == "semantic"

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine. Idempotent: re-running skips what is done.
+#   ./dev.sh launch   set up, then open napari with the plugin docked and a sample image
+#   ./dev.sh test     set up, then run the whole test suite (GUI tests under Xvfb)
+#   ./dev.sh setup    set up only
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${SEGTOOL_VENV:-.venv}
+PY="$VENV/bin/python"
+STAMP="$VENV/.segtool-setup"
+
+system_packages() {
+  # Xvfb + the xcb libraries PyQt5 needs, for GUI tests and headless screenshots (Debian/Ubuntu).
+  if command -v Xvfb >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libxcb-icccm; then return; fi
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "==> installing Xvfb and Qt's xcb libraries (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libxcb-icccm4 libxcb-keysyms1 \
+      libxcb-xinerama0 libxcb-image0 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxkbcommon-x11-0 \
+      libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 >/dev/null
+  else
+    echo "==> note: install Xvfb and libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 for headless GUI tests"
+  fi
+}
+
+python_packages() {
+  local want
+  want=$(cat pyproject.toml dev.sh | sha256sum | cut -c1-16)
+  if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c "import napari_segtool, torch, napari" 2>/dev/null; then
+    return
+  fi
+  [ -x "$PY" ] || { echo "==> creating $VENV"; python3 -m venv "$VENV"; }
+  "$PY" -m pip install -q --upgrade pip
+  if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
+    echo "==> installing torch + torchvision (a few minutes)"
+    "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
+  fi
+  echo "==> installing napari-segtool and its dependencies"
+  "$PY" -m pip install -q -e ".[qt,test,bench]"
+  # triton (GPU kernels only) loads an LLVM that segfaults next to Mesa's OpenGL in napari.
+  "$PY" -m pip uninstall -y -q triton 2>/dev/null || true
+  echo "$want" > "$STAMP"
+}
+
+setup() { system_packages; python_packages; }
+
+case "${1:-}" in
+  setup) setup ;;
+  launch)
+    setup
+    shift
+    if [ -z "${DISPLAY:-}" ] && [ "$(uname)" = Linux ]; then
+      echo "==> no display: running napari under Xvfb and saving a screenshot to out/launch.png"
+      mkdir -p out
+      exec xvfb-run -a -s "-screen 0 1600x1000x24" "$PY" scripts/launch_napari.py --screenshot out/launch.png "$@"
+    fi
+    exec "$PY" scripts/launch_napari.py "$@"
+    ;;
+  test)
+    setup
+    shift
+    export QT_QPA_PLATFORM=xcb
+    exec "$PY" -m pytest -q "$@"
+    ;;
+  *) echo "usage: $0 launch|test|setup" >&2; exit 2 ;;
+esac

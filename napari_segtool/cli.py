@@ -1,0 +1,323 @@
+"""``segtool``: train, predict, evaluate and list models from the command line.
+
+A thin layer over the core: it parses arguments, reads files with
+:mod:`napari_segtool.io`, drives the core's generators with a progress bar, and
+turns every expected failure (unreadable file, shape mismatch, empty labels,
+unknown model) into one clear line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+IMAGE_SUFFIXES = (".tif", ".tiff", ".fits", ".fit", ".fts", ".fits.gz", ".npy", ".zarr")
+
+
+class CliError(Exception):
+    """An expected, user-facing failure: printed as one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def _progress_bar(total: int | None, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def _expand_inputs(paths: Sequence[str]) -> list[Path]:
+    """Files as given; folders become the image files they contain (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir() and p.suffix != ".zarr":
+            found = sorted(f for f in p.iterdir() if f.name.lower().endswith(IMAGE_SUFFIXES))
+            if not found:
+                raise CliError(f"{p}: folder contains no images ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".fits.gz", *IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _planes_of(image: np.ndarray, axes: str) -> list[np.ndarray]:
+    """2D ``YXC`` planes of an image in canonical order."""
+    from napari_segtool.core.axes import to_canonical
+
+    data, canon = to_canonical(np.asarray(image), axes)
+    stack = data.shape[: len(canon) - 3]
+    return [data[i] for i in np.ndindex(*stack)] if stack else [data]
+
+
+def _label_planes(labels: np.ndarray, image_axes: str, spatial: tuple[int, ...], what: str) -> list[np.ndarray]:
+    from napari_segtool.core.axes import to_canonical
+
+    if labels.shape != spatial:
+        raise CliError(f"{what} has shape {labels.shape} but the image's spatial shape is {spatial}")
+    axes = "".join(a for a in image_axes.replace("S", "C") if a != "C")
+    data, canon = to_canonical(labels, axes)
+    data = data[..., 0]
+    stack = data.shape[:-2]
+    return [data[i] for i in np.ndindex(*stack)] if stack else [data]
+
+
+# ------------------------------------------------------------------------------ train
+def cmd_train(args: argparse.Namespace) -> int:
+    from napari_segtool.core.checkpoint import load_model, save_model
+    from napari_segtool.core.data import DataError, make_example
+    from napari_segtool.core.events import TrainEpoch, TrainStep
+    from napari_segtool.core.train import TrainConfig, iter_train
+    from napari_segtool.io.images import read_image, read_labels
+
+    pairs = args.pairs
+    if len(pairs) % 2:
+        raise CliError("train needs IMAGE LABELS pairs (an even number of paths)")
+    images, labels = pairs[0::2], pairs[1::2]
+    masks = args.mask or []
+    if masks and len(masks) != len(images):
+        raise CliError(f"got {len(masks)} --mask for {len(images)} images (give one per image or none)")
+    init = load_model(args.init) if args.init else None
+    if init is not None and args.model != init.meta.arch:
+        args.model = init.meta.arch
+    normalization = init.meta.normalization if init is not None else None
+    examples = []
+    for k, (img_path, lab_path) in enumerate(zip(images, labels)):
+        img = read_image(img_path, axes=args.axes)
+        spatial = tuple(s for s, a in zip(img.data.shape, img.axes) if a not in "CS")
+        lab = read_labels(lab_path)
+        lab_planes = _label_planes(lab, img.axes, spatial, f"labels {lab_path}")
+        mask_planes = (_label_planes(read_labels(masks[k]) > 0, img.axes, spatial, f"mask {masks[k]}")
+                       if masks else [None] * len(lab_planes))
+        for i, (plane, lp, mp) in enumerate(zip(_planes_of(img.data, img.axes), lab_planes, mask_planes)):
+            if mp is not None and not mp.any():
+                continue
+            if mp is None and args.task == "instance" and not lp.any() and len(lab_planes) > 1:
+                continue  # unlabelled plane of a stack
+            try:
+                examples.append(make_example(plane, lp, mp, task=args.task, name=f"{Path(img_path).name}[{i}]",
+                                             normalization=normalization))
+            except DataError as exc:
+                raise CliError(str(exc)) from exc
+    if not examples:
+        raise CliError("no annotated data: the labels (and masks) are empty")
+    config = TrainConfig(epochs=args.epochs, time_budget=args.time_budget, seed=args.seed, device=args.device)
+    for name in ("batch_size", "patch_size", "lr", "steps_per_epoch"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    job = iter_train(examples, arch=args.model, task=args.task, init=init, config=config)
+    bar = _progress_bar(None, "training", not args.quiet)
+    try:
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if isinstance(event, TrainStep):
+                bar.update(1)
+                bar.set_postfix(loss=f"{event.loss:.3f}", epoch=event.epoch)
+            elif isinstance(event, TrainEpoch) and not args.quiet:
+                bar.write(f"epoch {event.epoch:3d}  loss {event.train_loss:.4f}  "
+                          f"{event.metric_name} {event.val_metric:.3f}{'  *' if event.is_best else ''}")
+    except KeyboardInterrupt:
+        raise CliError("interrupted")
+    finally:
+        bar.close()
+    model = result.model
+    model.meta.name = Path(args.out).name.removesuffix(".safetensors")
+    path = save_model(model, args.out)
+    print(f"trained {model.meta.arch} ({model.meta.task}) for {result.seconds:.0f} s, {result.steps} steps "
+          f"({result.stop_reason}); saved to {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- predict
+def _write_table(path: Path, rows: dict[tuple, list[dict[str, Any]]]) -> None:
+    from napari_segtool.io.atomic import atomic_write_text
+    import io
+
+    flat = [{"plane": ",".join(map(str, k)), **r} for k, table in rows.items() for r in table]
+    if not flat:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(flat[0]))
+    writer.writeheader()
+    writer.writerows(flat)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.predict import iter_predict
+    from napari_segtool.io.images import read_image, write_labels
+
+    inputs = _expand_inputs(args.images)
+    out = Path(args.out)
+    if out.suffix == ".zarr" or args.workers or args.scheduler:
+        return _predict_batch(args, inputs, out)
+    model = load_model(args.model, device=args.device)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in inputs:
+        img = read_image(path, axes=args.axes, lazy=True)
+        bar = _progress_bar(None, path.name, not args.quiet)
+
+        def tiles(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        job = iter_predict(model, img.data, axes=img.axes, tile_size=args.tile_size, tile_callback=tiles)
+        try:
+            while True:
+                try:
+                    next(job)
+                except StopIteration as stop:
+                    pred = stop.value
+                    break
+        finally:
+            bar.close()
+        for note in pred.notes:
+            print(f"note: {note}", file=sys.stderr)
+        target = out / f"{_stem(path)}_labels.tif"
+        write_labels(target, pred.labels, axes=pred.axes)
+        if pred.tables:
+            _write_table(out / f"{_stem(path)}_objects.csv", pred.tables)
+        n = len(np.unique(pred.labels)) - 1 if model.meta.task == "instance" else int(pred.labels.max())
+        kind = "objects" if model.meta.task == "instance" else "max class id"
+        print(f"{path.name}: {n} {kind} -> {target}")
+    return 0
+
+
+def _predict_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> int:
+    from napari_segtool.core.batch import predict_folder, predict_to_zarr
+
+    kwargs = dict(axes=args.axes, workers=args.workers, scheduler=args.scheduler,
+                  chunk_size=args.chunk_size)
+    bar = _progress_bar(None, "chunks", not args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        if out.suffix == ".zarr" and len(inputs) == 1:
+            reports = [predict_to_zarr(args.model, inputs[0], out, progress=progress, **kwargs)]
+        else:
+            reports = predict_folder(args.model, inputs, out, progress=progress, **kwargs)
+    finally:
+        bar.close()
+    for r in reports:
+        print(f"{r.out_path}: {r.n_objects} objects, {r.n_chunks} chunks, {r.mpx_per_s:.2f} Mpx/s")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_segtool.core.metrics import format_scores, instance_scores, semantic_scores
+    from napari_segtool.io.images import read_labels
+
+    pred, gt = read_labels(args.pred), read_labels(args.gt)
+    if pred.shape != gt.shape:
+        raise CliError(f"prediction has shape {pred.shape} but ground truth has shape {gt.shape}")
+    scores = semantic_scores(pred, gt) if args.semantic else instance_scores(pred, gt)
+    print(format_scores(scores))
+    return 0
+
+
+# ----------------------------------------------------------------------------- models
+def cmd_models(args: argparse.Namespace) -> int:
+    from napari_segtool.core.checkpoint import list_models, user_models_dir
+
+    infos = list_models()
+    if not infos:
+        print(f"no models found (shipped models missing; user models go to {user_models_dir()})")
+    for info in infos:
+        print(info.one_line())
+        if args.verbose and info.meta is not None and info.meta.card:
+            print("    " + info.meta.card.strip().replace("\n", "\n    "))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segtool", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train or fine-tune a model from IMAGE LABELS pairs")
+    t.add_argument("pairs", nargs="+", metavar="IMAGE LABELS", help="image and label files, alternating")
+    t.add_argument("--model", choices=["unet", "maskrcnn"], default="unet")
+    t.add_argument("--task", choices=["instance", "semantic"], default="instance")
+    t.add_argument("--mask", nargs="+", help="annotated-pixel mask per image (0 = not annotated)")
+    t.add_argument("--init", help="fine-tune from this model (name or path)")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--time-budget", type=float, help="stop after this many seconds")
+    t.add_argument("--axes", help="axes of the images, e.g. ZYX, YXC (default: from metadata or guessed)")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--patch-size", type=int)
+    t.add_argument("--steps-per-epoch", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    t.add_argument("--out", required=True, help="model folder (or .safetensors file) to write")
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment images (files or folders) with a model")
+    p.add_argument("model", help="shipped model name or path")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", required=True, help="output folder, or a .zarr for chunked/distributed runs")
+    p.add_argument("--axes")
+    p.add_argument("--tile-size", type=int)
+    p.add_argument("--device")
+    p.add_argument("--workers", type=int, help="run chunked on a local dask cluster with N workers")
+    p.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--chunk-size", type=int, default=1024, help="chunk edge for chunked runs (pixels)")
+    p.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="score predicted labels against ground truth")
+    e.add_argument("pred")
+    e.add_argument("gt")
+    e.add_argument("--semantic", action="store_true", help="class maps (IoU/Dice) instead of instances")
+    e.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("models", help="list shipped and user models")
+    m.add_argument("-v", "--verbose", action="store_true", help="also print model cards")
+    m.set_defaults(func=cmd_models)
+    return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from napari_segtool.core.axes import AxesError
+    from napari_segtool.core.checkpoint import ModelLoadError
+    from napari_segtool.core.data import DataError
+    from napari_segtool.core.predict import InputError
+    from napari_segtool.io.images import ImageReadError
+
+    return (CliError, AxesError, ModelLoadError, DataError, InputError, ImageReadError, FileNotFoundError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except _expected_errors() as exc:
+        print(f"segtool: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""End-to-end: the ``segtool`` command trains, predicts and evaluates on small files."""
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_segtool.cli import main
+from napari_segtool.io.images import read_labels
+from tests.conftest import draw_objects
+
+
+@pytest.fixture
+def files(tmp_path):
+    image, labels = draw_objects((96, 96), n=10, seed=11, touching=False)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", labels)
+    return tmp_path
+
+
+def test_train_predict_evaluate(files, capsys, monkeypatch):
+    monkeypatch.setenv("SEGTOOL_MODELS_DIR", str(files / "user-models"))
+    out_model = files / "user-models" / "mine"
+    assert main(["-q", "train", str(files / "img.tif"), str(files / "lab.tif"), "--epochs", "2",
+                 "--steps-per-epoch", "3", "--batch-size", "2", "--patch-size", "48", "--out", str(out_model)]) == 0
+    assert (out_model / "model.safetensors").exists()
+    assert main(["-q", "predict", "mine", str(files / "img.tif"), "--out", str(files / "pred")]) == 0
+    pred = read_labels(files / "pred" / "img_labels.tif")
+    assert pred.shape == (96, 96)
+    capsys.readouterr()
+    assert main(["evaluate", str(files / "pred" / "img_labels.tif"), str(files / "lab.tif")]) == 0
+    assert "AP" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    assert "mine" in capsys.readouterr().out
+
+
+def test_fine_tune_from_model(files, tiny_model):
+    out = files / "tuned"
+    assert main(["-q", "train", str(files / "img.tif"), str(files / "lab.tif"), "--init", str(tiny_model),
+                 "--time-budget", "2", "--patch-size", "48", "--batch-size", "2", "--out", str(out)]) == 0
+    history = json.loads((out / "model.json").read_text())["history"]
+    assert len(history) == 2 and history[-1]["fine_tuned_from"] == "tiny"
+
+
+def test_predict_stack_keeps_spatial_shape(files, tiny_model):
+    image, _ = draw_objects((64, 64), n=5, seed=12)
+    tifffile.imwrite(files / "stack.tif", np.stack([image] * 3), imagej=True, metadata={"axes": "ZYX"})
+    rgb = np.stack([image] * 3, axis=-1).astype(np.uint8)
+    tifffile.imwrite(files / "rgb.tif", rgb)
+    assert main(["-q", "predict", str(tiny_model), str(files / "stack.tif"), str(files / "rgb.tif"),
+                 "--out", str(files / "o")]) == 0
+    assert read_labels(files / "o" / "stack_labels.tif").shape == (3, 64, 64)
+    assert read_labels(files / "o" / "rgb_labels.tif").shape == (64, 64)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["predict", "no-such-model", "x.tif", "--out", "o"], "unknown model"),
+    (["evaluate", "missing.tif", "missing.tif"], "missing.tif"),
+    (["train", "img.tif", "lab.tif", "img.tif", "--out", "m"], "pairs"),
+    (["train", "img.tif", "short.tif", "--out", "m"], "shape"),
+    (["train", "img.tif", "empty.tif", "--out", "m"], "empty"),
+    (["predict", "TINY", "corrupt.tif", "--out", "o"], "cannot read"),
+])
+def test_bad_input_is_one_line_and_exit_2(files, tiny_model, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(files)
+    tifffile.imwrite(files / "short.tif", np.zeros((10, 10), np.uint16))
+    tifffile.imwrite(files / "empty.tif", np.zeros((96, 96), np.uint16))
+    (files / "corrupt.tif").write_bytes(b"II*\x00garbage")
+    args = [str(tiny_model) if a == "TINY" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("segtool: error:") and message in err and "\n" not in err

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_segtool.core.tiling import blend_window, halo_for, make_tiles, read_padded, tiled_apply
+from napari_segtool.models.unet import UNet
+
+
+@pytest.mark.parametrize("shape", [(100, 70), (257, 513), (64, 64)])
+def test_tiles_cover_plane_and_stay_aligned(shape):
+    tiles = make_tiles(shape, size=96, halo=16, align=8)
+    covered = np.zeros(shape, bool)
+    for t in tiles:
+        assert t.y0 % 8 == 0 and t.x0 % 8 == 0
+        covered[max(0, t.y0 + 16):t.y0 + 96 - 16, max(0, t.x0 + 16):t.x0 + 96 - 16] = True
+    assert covered.all()
+
+
+def test_read_padded_reflects_outside_the_plane():
+    plane = np.arange(20 * 30, dtype=np.float32).reshape(20, 30, 1)
+    from napari_segtool.core.tiling import Tile
+
+    block = read_padded(plane, Tile(-4, -4, 40))
+    assert block.shape == (40, 40, 1)
+    np.testing.assert_array_equal(block[4:24, 4:34, 0], plane[:, :, 0])
+    np.testing.assert_array_equal(block[3, 4:34, 0], plane[1, :, 0])  # reflect, not edge
+
+
+def test_blend_window_is_smooth_and_full_in_core():
+    w = blend_window(64, 16)
+    assert (w[16:48] == 1).all()
+    assert w[0] < 0.01 and np.all(np.diff(w[:16]) > 0)
+
+
+def test_tiled_equals_whole_plane_prediction():
+    torch.manual_seed(0)
+    net = UNet(1, 3, depth=2, width=4).eval()
+    rng = np.random.default_rng(0)
+    plane = rng.random((150, 230, 1)).astype(np.float32)
+    halo = halo_for(net.receptive_field(), net.align)
+    whole = tiled_apply(net, plane, 3, tile_size=1024, halo=halo, align=net.align)
+    tiled = tiled_apply(net, plane, 3, tile_size=64 + 2 * halo, halo=halo, align=net.align, batch_size=3)
+    assert len(make_tiles(plane.shape[:2], 64 + 2 * halo, halo, net.align)) > 6
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+
+def test_tiled_apply_reports_progress_and_cancels():
+    from napari_segtool.core.events import CancelToken, Cancelled
+
+    net = UNet(1, 2, depth=1, width=2).eval()
+    plane = np.zeros((200, 200, 1), np.float32)
+    calls = []
+    tiled_apply(net, plane, 2, tile_size=64, halo=8, align=2, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1][0] == calls[-1][1] > 1
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        tiled_apply(net, plane, 2, tile_size=64, halo=8, align=2, cancel=token)
