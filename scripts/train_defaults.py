@@ -63,7 +63,7 @@ RECIPES = {
         name="nuclei", arch="unet",
         description="U-Net instance model for fluorescence nuclei (2D; stacks via Z-linking)",
         make_data=nuclei_data, n_train=48, n_test=8,
-        config=TrainConfig(epochs=30, steps_per_epoch=50, batch_size=8, patch_size=128, lr=2e-3,
+        config=TrainConfig(epochs=24, steps_per_epoch=50, batch_size=8, patch_size=128, lr=2e-3,
                            val_fraction=0.0, patience=1000, seed=0),
         arch_kwargs={"depth": 4, "width": 16},
         training_data="48 simulated 256x256 fluorescence images (napari_segtool.sim.simulate_nuclei_dataset, "
@@ -79,11 +79,11 @@ RECIPES = {
         name="astro-sources", arch="unet",
         description="U-Net source segmentation + deblending for single-band astronomy images",
         make_data=astro_data, n_train=48, n_test=8,
-        config=TrainConfig(epochs=30, steps_per_epoch=50, batch_size=8, patch_size=128, lr=2e-3,
+        config=TrainConfig(epochs=24, steps_per_epoch=50, batch_size=8, patch_size=128, lr=2e-3,
                            val_fraction=0.0, patience=1000, seed=0,
                            augment=AugmentConfig(scale_range=(0.9, 1.1), p_elastic=0.0, gamma_range=(1.0, 1.0),
                                                  gain_range=(0.8, 1.25))),
-        arch_kwargs={"depth": 3, "width": 16},
+        arch_kwargs={"depth": 4, "width": 16},
         normalization={"method": "asinh", "softening": 3.0},
         training_data="48 simulated 256x256 GalSim fields (napari_segtool.sim.simulate_astro_dataset, seed 1): "
                       "bulge+disk Sersic galaxies, Moffat/Kolmogorov PSF stars, sky + Poisson/Gaussian noise "

@@ -8,11 +8,21 @@ is created, moves that cost to a moment where the user expects a short wait.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 log = logging.getLogger(__name__)
 _DONE = False
 _SECONDS = 0.0
+
+
+def use_napari_progress() -> bool:
+    """Whether jobs report to napari's activity panel (``SEGTOOL_NAPARI_PROGRESS=0`` turns it off).
+
+    The widgets always show their own progress bar; napari's activity panel adds an
+    animated indicator whose repaints are costly on software-rendered displays.
+    """
+    return os.environ.get("SEGTOOL_NAPARI_PROGRESS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def ensure_warm() -> float:
@@ -47,5 +57,21 @@ def ensure_warm() -> float:
             net.eval()(x)
     except Exception as exc:  # never let the warm-up break the widget
         log.warning("napari-segtool warm-up failed: %s", exc)
+    try:  # napari's own first-use costs of the layers we add later (pandas for label features...)
+        import numpy as np
+        from napari.layers import Image, Labels
+
+        Labels(np.zeros((4, 4), np.int32))
+        Image(np.zeros((4, 4), np.float32))
+        import skimage.segmentation  # noqa: F401  (correction tools)
+
+        if use_napari_progress():  # napari builds its activity widgets on the first progress bar
+            from napari.utils import progress
+
+            bar = progress(total=1, desc="napari-segtool ready")
+            bar.update(1)
+            bar.close()
+    except Exception as exc:  # pragma: no cover
+        log.debug("napari layer warm-up failed: %s", exc)
     _SECONDS = time.perf_counter() - t0
     return _SECONDS

@@ -35,17 +35,19 @@ class LossPlot(QWidget):
         self.epochs.clear()
         self.update()
 
-    def add_step(self, step: int, loss: float) -> None:
+    def add_step(self, step: int, loss: float, redraw: bool = True) -> None:
         if math.isfinite(loss):
             self.steps.append((step, loss))
-            self.update()
+            if redraw:
+                self.update()
 
-    def add_epoch(self, step: int, score: float, name: str = "") -> None:
+    def add_epoch(self, step: int, score: float, name: str = "", redraw: bool = True) -> None:
         if name:
             self.metric_name = name
         if math.isfinite(score):
             self.epochs.append((step, score))
-            self.update()
+            if redraw:
+                self.update()
 
     def paintEvent(self, event: Any) -> None:
         p = QPainter(self)

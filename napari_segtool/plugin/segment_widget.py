@@ -27,9 +27,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_segtool.plugin import _layers as L
-from napari_segtool.plugin._warmup import ensure_warm
-from napari_segtool.plugin.state import LOAD_FROM_DISK, NO_MODEL, get_session
-from napari_segtool.plugin.workers import JobOutcome, start_job
+from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
+from napari_segtool.plugin.state import LOAD_FROM_DISK, NO_MODEL, get_session, worker_threads
+from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class SegmentWidget(QWidget):
         self.last_outcome: JobOutcome | None = None
         self.last_run: dict[str, Any] = {}
         self._build()
+        self._progress = Throttle(self._show_progress, 250, self)
         self.refresh_layers()
         self.refresh_models()
         self.viewer.layers.events.inserted.connect(self.refresh_layers)
@@ -265,7 +266,8 @@ class SegmentWidget(QWidget):
         total = job["total"]
         self.progress_bar.setRange(0, max(1, total))
         self.progress_bar.setValue(0)
-        self._pbar = napari_progress(total=max(1, total), desc=f"segmenting {job['image'].name}")
+        self._pbar = napari_progress(total=max(1, total), desc=f"segmenting {job['image'].name}") \
+            if use_napari_progress() else None
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status_label.setText("loading model…")
@@ -281,7 +283,7 @@ class SegmentWidget(QWidget):
             prediction = yield from iter_predict(
                 model, job["data"], axes=job["axes"], planes=job["planes"], out=job["out"],
                 tile_size=job["tile_size"], return_probabilities=job["probabilities"], cancel=cancel,
-                tile_callback=tile_callback, **job["postprocess"])
+                tile_callback=tile_callback, num_threads=worker_threads(), **job["postprocess"])
             return prediction
 
         self.worker, self.cancel_token = start_job(make_job, on_event=self._on_event, on_tiles=self._on_tiles,
@@ -314,6 +316,8 @@ class SegmentWidget(QWidget):
         shape = L.spatial_shape(image_layer)
         n_stack = len(shape) - 2
         target = self._target_layer(image_layer, shape)
+        if target is None:  # the annotation layer appears now and fills in when the job is done
+            target = self.session.annotation_layer(image_layer)
         tracker = self.session.tracker_for_labels(target) if target is not None else None
         reviewed = tracker.reviewed if tracker is not None else set()
         job: dict[str, Any] = dict(image=image_layer, model_ref=ref, target=target, scope=scope,
@@ -375,23 +379,30 @@ class SegmentWidget(QWidget):
     def _on_event(self, event: Any) -> None:
         stage = getattr(event, "stage", "")
         if stage == "load":
-            self.status_label.setText("segmenting…")
+            self._progress.push(0, 1, "segmenting…")
             return
         done, total = getattr(event, "done", 0), getattr(event, "total", 1)
-        self.progress_bar.setRange(0, max(1, total))
-        self.progress_bar.setValue(done)
-        if self._pbar is not None:
-            self._pbar.n = done
-            self._pbar.refresh()
-        self.status_label.setText(f"{event.message or 'segmenting'}: {done}/{total}")
+        self._progress.push(done, total, f"{event.message or 'segmenting'}: {done}/{total}")
 
     def _on_tiles(self, done: int, total: int) -> None:
         if self.last_run.get("total", 1) == 1 and total:
-            self.progress_bar.setRange(0, total)
-            self.progress_bar.setValue(done)
-            self.status_label.setText(f"tiles {done}/{total}")
+            self._progress.push(done, total, f"tiles {done}/{total}")
+
+    def _show_progress(self, done: int, total: int, text: str) -> None:
+        """Progress bar, napari's activity progress and the status line (throttled to 4 Hz)."""
+        if self.worker is None:
+            return
+        self.progress_bar.setRange(0, max(1, total))
+        self.progress_bar.setValue(done)
+        if self._pbar is not None:
+            if self._pbar.total != max(1, total):
+                self._pbar.total = max(1, total)
+            self._pbar.n = done
+            self._pbar.refresh()
+        self.status_label.setText(text)
 
     def _on_done(self, outcome: JobOutcome) -> None:
+        self._progress.cancel()
         self.worker = None
         self.cancel_token = None
         self.run_button.setEnabled(True)

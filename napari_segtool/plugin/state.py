@@ -316,6 +316,24 @@ class Session(QObject):
         self._saver.shutdown(wait=True)
 
 
+def worker_threads() -> int:
+    """CPU threads for torch in background jobs: all cores but one, so the viewer stays fluid.
+
+    ``SEGTOOL_NUM_THREADS`` overrides it (as it does everywhere in napari-segtool).
+    """
+    env = os.environ.get("SEGTOOL_NUM_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 _SESSIONS: dict[int, tuple[weakref.ref, Session]] = {}
 
 

@@ -27,10 +27,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_segtool.plugin._warmup import ensure_warm
+from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
 from napari_segtool.plugin.plot import LossPlot
-from napari_segtool.plugin.state import get_session
-from napari_segtool.plugin.workers import JobOutcome, start_job
+from napari_segtool.plugin.state import get_session, worker_threads
+from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class TrainWidget(QWidget):
         self._t0 = 0.0
         self._cfg: Any = None
         self._build()
+        self._ui = Throttle(self._refresh_ui, 250, self)
         self.session.project_changed.connect(self._show_project)
         self.session.models_changed.connect(self._suggest_name)
         self._show_project()
@@ -244,6 +245,8 @@ class TrainWidget(QWidget):
             finetune = False
         self.session.save_all(wait=True)  # autosave on train start: every edit is on disk
         cfg = config or self.config()
+        if cfg.num_threads is None:
+            cfg.num_threads = worker_threads()  # leave a core to the viewer
         self._cfg = cfg
         task = self.task_combo.currentText()
         name = self.name_edit.text().strip() or self.name_edit.placeholderText() or "model"
@@ -300,7 +303,7 @@ class TrainWidget(QWidget):
         self.plot.clear()
         self.progress_bar.setValue(0)
         self._t0 = time.perf_counter()
-        self._pbar = napari_progress(total=1000, desc="training")
+        self._pbar = napari_progress(total=1000, desc="training") if use_napari_progress() else None
         self.train_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status_label.setText("collecting corrections…")
@@ -324,23 +327,31 @@ class TrainWidget(QWidget):
 
         cfg = self._cfg
         if isinstance(event, Progress):
-            self.status_label.setText(event.message)
+            self._ui.push(None, event.message)
         elif isinstance(event, TrainStep):
-            self.plot.add_step(event.step, event.loss)
+            self.plot.add_step(event.step, event.loss, redraw=False)  # drawn with the next throttled update
             fraction = event.step / event.total_steps if event.total_steps else 0.0
             if cfg is not None and cfg.time_budget:
                 fraction = max(fraction, event.elapsed / cfg.time_budget)
-            self._set_progress(fraction)
-            self.status_label.setText(f"epoch {event.epoch + 1} · step {event.step} · loss {event.loss:.3f} · "
-                                      f"{event.elapsed:.0f} s")
+            self._ui.push(fraction, f"epoch {event.epoch + 1} · step {event.step} · loss {event.loss:.3f} · "
+                                    f"{event.elapsed:.0f} s")
         elif isinstance(event, TrainEpoch):
             step = self.plot.steps[-1][0] if self.plot.steps else 0
-            self.plot.add_epoch(step, event.val_metric, event.metric_name)
+            self.plot.add_epoch(step, event.val_metric, event.metric_name, redraw=False)
             best = " (best)" if event.is_best else ""
-            self.status_label.setText(f"epoch {event.epoch + 1}: loss {event.train_loss:.3f}, "
-                                      f"{event.metric_name} {event.val_metric:.3f}{best}")
+            self._ui.push(None, f"epoch {event.epoch + 1}: loss {event.train_loss:.3f}, "
+                                f"{event.metric_name} {event.val_metric:.3f}{best}")
+
+    def _refresh_ui(self, fraction: float | None, text: str) -> None:
+        """Progress, status and plot, at most 4 times a second (repaints are not free)."""
+        if fraction is not None:
+            self._set_progress(fraction)
+        self.status_label.setText(text)
+        self.plot.update()
 
     def _on_done(self, outcome: JobOutcome) -> None:
+        self._ui.flush()
+        self._ui.cancel()
         self.worker = None
         self.cancel_token = None
         self.train_button.setEnabled(True)

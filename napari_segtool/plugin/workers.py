@@ -54,6 +54,40 @@ def describe_error(exc: BaseException) -> str:
     return f"{name}: {text}"
 
 
+class Throttle(QObject):
+    """Coalesces frequent GUI updates: ``push(*args)`` calls ``apply(*latest args)`` at most every ``ms``.
+
+    Under a software-rendered display every repaint of a widget costs the whole window a
+    redraw (tens of ms); progress from a job can arrive hundreds of times a second.
+    """
+
+    def __init__(self, apply: Callable[..., None], ms: int = 250, parent: QObject | None = None):
+        super().__init__(parent)
+        from qtpy.QtCore import QTimer
+
+        self._apply = apply
+        self._args: tuple | None = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(ms)
+        self._timer.timeout.connect(self.flush)
+
+    def push(self, *args: Any) -> None:
+        self._args = args
+        if not self._timer.isActive():
+            self.flush()
+            self._timer.start()
+
+    def flush(self) -> None:
+        if self._args is not None:
+            args, self._args = self._args, None
+            self._apply(*args)
+
+    def cancel(self) -> None:
+        self._timer.stop()
+        self._args = None
+
+
 class _Relay(QObject):
     """Carries tile-level progress from a worker thread to the GUI thread (queued signal)."""
 

@@ -1,0 +1,334 @@
+"""Human-in-the-loop benchmark: AP on held-out pixels versus the number of corrected objects.
+
+    python benchmarks/hitl.py --out DIR [--dataset real|nuclei|astro] [--rounds 5 --k 10 --budget 20]
+                              [--image IMG --labels LAB] [--init MODEL] [--ref-budget S]
+
+The image is cut in two: the simulated annotator (``napari_segtool.core.hitl``)
+corrects ``k`` objects per round on the left half (worst-matched first: add missed,
+fix wrong, delete false positives), the default model is fine-tuned for ``--budget``
+seconds on the corrected labels (only annotated pixels count), and both halves are
+re-predicted; the right half is never trained on and gives the scores.
+
+Side by side, on the very same corrections of the same run:
+
+* ``scratch``: a fresh model of the same architecture, same budget;
+* ``forest``: the ilastik-style random forest (``benchmarks/baselines.py``);
+* constant lines: Otsu + watershed, photutils ``detect_sources`` + ``deblend_sources``
+  (astro), and the reference: the default model fine-tuned once on *all* labels of
+  the left half with ``--ref-budget`` seconds.
+
+Writes ``DIR/hitl.csv`` (``.tsv`` with ``--tsv``), ``DIR/hitl.png`` and
+``DIR/hitl_summary.json`` (the goals, met or not).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from napari_segtool.core.data import make_example  # noqa: E402
+from napari_segtool.core.hitl import HitlConfig, HitlRound, iter_hitl, split_image  # noqa: E402
+from napari_segtool.core.metrics import instance_scores  # noqa: E402
+from napari_segtool.core.predict import predict  # noqa: E402
+from napari_segtool.core.train import TrainConfig, train  # noqa: E402
+
+DEFAULT_MODELS = {"real": "nuclei", "nuclei": "nuclei", "file": "nuclei", "astro": "astro-sources"}
+ASINH = {"method": "asinh", "softening": 3.0}
+COLUMNS = ["dataset", "method", "round", "corrected", "added", "fixed", "deleted", "annotated_pixels",
+           "ap50", "mean_ap", "train_seconds", "predict_seconds", "steps", "note"]
+
+
+# ------------------------------------------------------------------ data and models
+def load_dataset(name: str, size: int, seed: int, image: str | None = None, labels: str | None = None):
+    """``(image, labels)`` of one annotated 2D image, cropped to at most ``size``²."""
+    if image or labels:
+        if not (image and labels):
+            raise SystemExit("--image and --labels go together")
+        from napari_segtool.io.images import read_image
+
+        img, lab = np.asarray(read_image(image).data), np.asarray(read_image(labels).data)
+    elif name == "real":
+        from benchmarks.real_data import nuclei_2d
+
+        img, lab = nuclei_2d()
+    elif name == "nuclei":
+        from napari_segtool.sim import simulate_nuclei
+
+        sim = simulate_nuclei((size, size), seed=seed)
+        img, lab = sim.image, sim.labels
+    elif name == "astro":
+        from napari_segtool.sim import simulate_astro_field
+
+        sim = simulate_astro_field((size, size), seed=seed)
+        img, lab = sim.image, sim.labels
+    else:
+        raise SystemExit(f"unknown dataset {name!r}")
+    img, lab = img[:size, :size], lab[:size, :size].astype(np.int32)
+    if img.ndim != 2 or lab.shape != img.shape:
+        raise SystemExit(f"need a 2D image and labels of the same shape, got {img.shape} and {lab.shape}")
+    return img.astype(np.float32), lab
+
+
+def standin_model(dataset: str, budget: float, seed: int = 100):
+    """A small model trained for ``budget`` seconds on simulated images, used until the zoo model exists."""
+    if dataset == "astro":
+        from napari_segtool.sim import simulate_astro_dataset
+
+        pairs = [(f.image, f.labels) for f in simulate_astro_dataset(6, (192, 192), seed=seed)]
+        norm = ASINH
+    else:
+        from napari_segtool.sim import simulate_nuclei_dataset
+
+        pairs = [(s.image, s.labels) for s in simulate_nuclei_dataset(6, (192, 192), seed=seed)]
+        norm = None
+    examples = [make_example(i, lab, normalization=norm) for i, lab in pairs]
+    cfg = TrainConfig(epochs=10_000, steps_per_epoch=10, patience=10_000, val_fraction=0.0, time_budget=budget)
+    model = train(examples, config=cfg, normalization=norm, arch_kwargs={"depth": 3, "width": 16}).model
+    model.meta.name = f"stand-in ({budget:.0f} s on simulated {dataset})"
+    return model
+
+
+def load_init(args) -> tuple[Any, str]:
+    from napari_segtool.core.checkpoint import ModelLoadError, load_model
+
+    if args.init:
+        return load_model(args.init), str(args.init)
+    name = DEFAULT_MODELS[args.dataset]
+    try:
+        return load_model(name), name
+    except ModelLoadError:
+        print(f"default model '{name}' not found: training a stand-in for {args.standin_budget:.0f} s "
+              "on simulated data", flush=True)
+        model = standin_model(args.dataset, args.standin_budget)
+        return model, model.meta.name
+
+
+# ------------------------------------------------------------------ baselines
+def forest_baseline(n_estimators: int = 100) -> Callable:
+    from benchmarks.baselines import RandomForestSegmenter
+
+    def fit(image, labels, annotated):
+        rf = RandomForestSegmenter(n_estimators=n_estimators).fit_instances(image.astype(np.float32), labels,
+                                                                             annotated)
+        return lambda img: rf.predict_instances(img.astype(np.float32))
+
+    return fit
+
+
+def photutils_sources(image: np.ndarray, nsigma: float = 1.5, npixels: int = 5) -> np.ndarray:
+    """The photutils recipe: background mesh, Gaussian smoothing, threshold, then deblending."""
+    from astropy.convolution import convolve
+    from photutils.background import Background2D, MedianBackground
+    from photutils.segmentation import deblend_sources, detect_sources, make_2dgaussian_kernel
+
+    data = np.asarray(image, np.float64)
+    box = max(16, min(64, min(data.shape) // 4))
+    bkg = Background2D(data, (box, box), filter_size=(3, 3), bkg_estimator=MedianBackground())
+    data = data - bkg.background
+    conv = convolve(data, make_2dgaussian_kernel(3.0, size=5))
+    import inspect
+
+    new_names = "n_pixels" in inspect.signature(detect_sources).parameters  # photutils >= 3 renamed them
+    size = {"n_pixels" if new_names else "npixels": npixels}
+    segm = detect_sources(conv, nsigma * bkg.background_rms, **size)
+    if segm is None:
+        return np.zeros(data.shape, np.int32)
+    segm = deblend_sources(conv, segm, **size, **{"n_levels" if new_names else "nlevels": 32}, contrast=0.001,
+                           progress_bar=False)
+    return segm.data.astype(np.int32)
+
+
+def constant_rows(dataset, held, train_pair, init, args) -> list[dict[str, Any]]:
+    """Methods that do not depend on the corrections: classical pipelines and the all-labels reference."""
+    from benchmarks.baselines import otsu_watershed
+
+    himg, hgt = held
+    rows = []
+
+    def add(method, pred, train_s, pred_s, steps=0, note=""):
+        s = instance_scores(pred, hgt)
+        rows.append({"dataset": dataset, "method": method, "round": "", "corrected": "", "ap50": s["ap50"],
+                     "mean_ap": s["mean_ap"], "train_seconds": train_s, "predict_seconds": pred_s, "steps": steps,
+                     "note": note})
+
+    t0 = time.perf_counter()
+    add("otsu_watershed", otsu_watershed(himg), 0.0, time.perf_counter() - t0)
+    if dataset == "astro" or args.photutils:
+        t0 = time.perf_counter()
+        add("photutils", photutils_sources(himg), 0.0, time.perf_counter() - t0)
+    if args.ref_budget > 0:
+        timg, tgt = train_pair
+        cfg = HitlConfig().train
+        cfg.time_budget, cfg.patch_size, cfg.batch_size = args.ref_budget, args.patch_size, args.batch_size
+        res = train([make_example(timg, tgt, normalization=init.meta.normalization)], init=init, config=cfg)
+        t0 = time.perf_counter()
+        pred = predict(res.model, himg).labels
+        add("reference_all_labels", pred, res.seconds, time.perf_counter() - t0, res.steps,
+            f"fine-tuned on all {len(np.unique(tgt[tgt > 0]))} objects of the training half")
+    return rows
+
+
+# ------------------------------------------------------------------ output
+def write_table(rows: list[dict[str, Any]], path: Path) -> None:
+    delim = "\t" if path.suffix == ".tsv" else ","
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, COLUMNS, delimiter=delim, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+STYLE = {"finetune": ("fine-tuned default model (ours)", "C0", "o"),
+         "scratch": ("U-Net from scratch, same budget", "C1", "s"),
+         "forest": ("random forest (ilastik-style)", "C2", "^")}
+CONST_STYLE = {"reference_all_labels": ("fine-tuned on all labels", "k", "-"),
+               "otsu_watershed": ("Otsu + watershed", "C3", "--"),
+               "photutils": ("photutils detect + deblend", "C4", "-.")}
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    curves = [r for r in rows if r["round"] != ""]
+    consts = [r for r in rows if r["round"] == ""]
+    for ax, key, label in zip(axes, ("ap50", "mean_ap"), ("AP@0.5", "mean AP (IoU 0.5:0.95)")):
+        for method in dict.fromkeys(r["method"] for r in curves):
+            pts = sorted((r["corrected"], r[key]) for r in curves if r["method"] == method)
+            name, color, marker = STYLE.get(method, (method, None, "x"))
+            ax.plot(*zip(*pts), marker=marker, color=color, label=name)
+        for r in consts:
+            name, color, ls = CONST_STYLE.get(r["method"], (r["method"], "grey", ":"))
+            ax.axhline(r[key], color=color, ls=ls, lw=1.2, label=name)
+            if r["method"] == "reference_all_labels":
+                ax.axhline(0.95 * r[key], color=color, ls=":", lw=1, label="95% of that")
+        ax.set_xlabel("objects corrected")
+        ax.set_ylabel(f"{label}, held-out half")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summarize(history: list[HitlRound], consts: list[dict[str, Any]], max_corrections: int = 50,
+              round_limit: float = 30.0) -> dict[str, Any]:
+    """The three goals of the benchmark, each with its numbers and whether it was met."""
+    ref = next((r for r in consts if r["method"] == "reference_all_labels"), None)
+    within = [h for h in history if h.corrected <= max_corrections]
+    best = max(within, key=lambda h: h.results["finetune"].ap50)
+    out: dict[str, Any] = {}
+    if ref is not None:
+        for key in ("ap50", "mean_ap"):
+            got = max(getattr(h.results["finetune"], key) for h in within)
+            out[f"{key}_within_5pct_of_all_labels"] = {
+                "best_finetune": got, "reference": ref[key], "ratio": got / ref[key] if ref[key] else None,
+                "met": bool(got >= 0.95 * ref[key]), "max_corrections": max_corrections,
+                "at_corrected": best.corrected if key == "ap50" else None}
+    trained = [h for h in history if h.round > 0]
+    secs = [h.round_seconds for h in trained]
+    out["round_seconds"] = {"max": max(secs) if secs else None, "mean": float(np.mean(secs)) if secs else None,
+                            "limit": round_limit, "met": bool(secs and max(secs) <= round_limit)}
+    if trained and "forest" in trained[0].results:
+        for key in ("ap50", "mean_ap"):
+            diffs = [getattr(h.results["finetune"], key) - getattr(h.results["forest"], key) for h in trained]
+            out[f"beats_forest_{key}"] = {"min_margin": min(diffs), "met": bool(min(diffs) > 0)}
+    return out
+
+
+# ------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--dataset", choices=["real", "nuclei", "astro"], default="real")
+    p.add_argument("--image", help="annotated image file (instead of --dataset)")
+    p.add_argument("--labels", help="its instance labels")
+    p.add_argument("--size", type=int, default=512, help="crop to at most SIZE x SIZE")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--k", type=int, default=10, help="objects corrected per round")
+    p.add_argument("--budget", type=float, default=20.0, help="training seconds per round")
+    p.add_argument("--steps", type=int, default=0,
+                   help="train a fixed number of steps per round instead of --budget seconds (reproducible)")
+    p.add_argument("--ref-budget", type=float, default=None,
+                   help="seconds for the all-labels reference (default rounds x budget; 0 = skip)")
+    p.add_argument("--init", help="starting model (path or name; default: the dataset's zoo model)")
+    p.add_argument("--standin-budget", type=float, default=60.0,
+                   help="seconds to train a stand-in model when the zoo model is missing")
+    p.add_argument("--margin", type=int, default=3)
+    p.add_argument("--patch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--trees", type=int, default=100, help="random forest size")
+    p.add_argument("--no-scratch", action="store_true")
+    p.add_argument("--no-forest", action="store_true")
+    p.add_argument("--photutils", action="store_true", help="also run photutils on non-astro data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tsv", action="store_true")
+    args = p.parse_args(argv)
+    if args.ref_budget is None:
+        args.ref_budget = args.rounds * args.budget
+    dataset = "file" if args.image else args.dataset
+    args.dataset = dataset
+    args.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    image, labels = load_dataset(dataset, args.size, args.seed, args.image, args.labels)
+    train_pair, held = split_image(image, labels)
+    init, init_name = load_init(args)
+    print(f"{dataset}: image {image.shape}, {len(np.unique(train_pair[1])) - 1} objects to correct on the left, "
+          f"{len(np.unique(held[1])) - 1} held out on the right; init = {init_name}; "
+          f"threads = {os.environ.get('SEGTOOL_NUM_THREADS', 'all')}", flush=True)
+
+    cfg = HitlConfig(k=args.k, rounds=args.rounds, time_budget=None if args.steps else args.budget,
+                     margin=args.margin, scratch=not args.no_scratch, seed=args.seed)
+    cfg.train.patch_size, cfg.train.batch_size = args.patch_size, args.batch_size
+    if args.steps:
+        cfg.train.epochs, cfg.train.steps_per_epoch = 1, args.steps
+    baselines = {} if args.no_forest else {"forest": forest_baseline(args.trees)}
+
+    rows: list[dict[str, Any]] = []
+    history: list[HitlRound] = []
+    print(f"{'round':>5s} {'corr':>5s} {'method':>10s} {'AP@0.5':>7s} {'mAP':>6s} {'train s':>8s} {'pred s':>7s}")
+    for rec in iter_hitl(init, *train_pair, [held], cfg, baselines=baselines):
+        history.append(rec)
+        for row in rec.rows():
+            rows.append({"dataset": dataset, **row})
+            print(f"{row['round']:5d} {row['corrected']:5d} {row['method']:>10s} {row['ap50']:7.3f} "
+                  f"{row['mean_ap']:6.3f} {row['train_seconds']:8.1f} {row['predict_seconds']:7.1f}", flush=True)
+    consts = constant_rows(dataset, held, train_pair, init, args)
+    for r in consts:
+        print(f"{'':5s} {'':5s} {r['method']:>10s} {r['ap50']:7.3f} {r['mean_ap']:6.3f} "
+              f"{r['train_seconds']:8.1f} {r['predict_seconds']:7.1f}", flush=True)
+    rows += consts
+
+    table = args.out / ("hitl.tsv" if args.tsv else "hitl.csv")
+    write_table(rows, table)
+    title = (f"{dataset}: {image.shape[0]}x{image.shape[1]}, left half corrected, right half held out; "
+             f"k={args.k}/round, {f'{args.steps} steps' if args.steps else f'{args.budget:g} s'} fine-tuning/round; "
+             f"init: {init_name}")
+    plot(rows, args.out / "hitl.png", title)
+    summary = {"command": "python benchmarks/hitl.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "dataset": dataset, "init": init_name, "threads": os.environ.get("SEGTOOL_NUM_THREADS", "all"),
+               "total_seconds": time.perf_counter() - t_start, "goals": summarize(history, consts)}
+    (args.out / "hitl_summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary["goals"], indent=2))
+    print(f"wrote {table}, {args.out / 'hitl.png'} ({summary['total_seconds']:.0f} s)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Human-in-the-loop simulation: the annotator's choices, and the benchmark run end to end (tiny budgets)."""
+import csv
+
+import numpy as np
+import pytest
+
+from napari_segtool.core.hitl import SimulatedAnnotator, merge_corrections, split_image
+from tests.conftest import draw_objects
+
+
+def _gt_with_errors():
+    _, gt = draw_objects((128, 128), n=12, seed=0, touching=False)
+    pred = gt.copy()
+    pred[gt == 3] = 0                                   # missed
+    ys, xs = np.nonzero(gt == 5)                        # split in two
+    pred[(gt == 5) & (np.arange(128)[None, :] > xs.mean())] = 40
+    pred[2:9, 2:9] = 50                                 # false positive on background
+    pred[(gt == 7)] = 0                                 # badly outlined: only a small core
+    ys, xs = np.nonzero(gt == 7)
+    core = (gt == 7) & (abs(np.arange(128)[:, None] - ys.mean()) < 2)
+    pred[core] = 7
+    return gt, pred
+
+
+def test_annotator_corrects_worst_first_and_only_asserts_truth():
+    gt, pred = _gt_with_errors()
+    ann = SimulatedAnnotator(gt, margin=2)
+    ann.update(pred)
+    cands = ann.candidates()
+    ious = [c.iou for c in cands]
+    assert ious == sorted(ious)                         # worst-matched first
+    first = {(c.kind, c.gt_id, c.pred_id) for c in cands[:2]}
+    assert first == {("add", 3, 0), ("delete", 0, 50)}  # both IoU 0; larger object first
+    assert {c.gt_id for c in cands[2:4]} == {5, 7}      # then the split and the badly outlined one
+
+    done = ann.correct(4)
+    assert len(done) == 4 and ann.n_corrected == 4
+    assert ann.counts() == {"added": 1, "fixed": 2, "deleted": 1}
+    # corrected objects are exact, the deleted false positive is gone
+    for g in (3, 5, 7):
+        obj = gt == g
+        ids = np.unique(ann.labels[obj])
+        assert ids.size == 1 and ids[0] > 0 and (ann.labels == ids[0]).sum() == obj.sum()
+        assert ann.annotated[obj].all()
+    assert not (ann.labels[2:9, 2:9] == 50).any()
+    # annotated pixels never contradict the ground truth: background where gt is background,
+    # and every annotated object pixel lies on its true object
+    a = ann.annotated
+    assert ((ann.labels[a] > 0) == (gt[a] > 0)).all()
+    ring = a & (gt == 0)
+    assert ring.sum() > 0
+
+    # a new prediction that repeats the same mistakes does not bring them back
+    ann.update(pred)
+    remaining = {(c.kind, c.gt_id, c.pred_id) for c in ann.candidates()}
+    assert not any(k == "delete" for k, _, _ in remaining)
+    assert not any(g in (3, 5, 7) for _, g, _ in remaining)
+    assert len(ann.correct(100)) == len(remaining)  # the rest are outline fixes of matched objects
+
+
+def test_merge_corrections_keeps_edits_and_drops_covered_objects():
+    fixed = np.zeros((10, 10), np.int32)
+    annotated = np.zeros((10, 10), bool)
+    fixed[0:4, 0:4] = 1
+    annotated[0:5, 0:5] = True
+    pred = np.zeros((10, 10), np.int32)
+    pred[0:3, 0:3] = 1          # mostly inside the edits: dropped
+    pred[3:8, 3:8] = 2          # mostly outside: trimmed
+    out = merge_corrections(pred, fixed, annotated)
+    assert (out[0:4, 0:4] == 1).all() and out[4, 4] == 0
+    assert (out[5:8, 5:8] > 1).all() and len(np.unique(out)) == 3
+
+
+def test_split_image():
+    img, lab = np.arange(40.0).reshape(4, 10), np.ones((4, 10), int)
+    (ti, tl), (hi, hl) = split_image(img, lab)
+    assert ti.shape == tl.shape == (4, 5) and hi.shape == (4, 5) and hi[0, 0] == 5
+
+
+@pytest.fixture(scope="module")
+def init_model(tmp_path_factory):
+    """A very small instance U-Net, a few seconds of training on synthetic ellipses."""
+    from napari_segtool.core.checkpoint import save_model
+    from napari_segtool.core.data import make_example
+    from napari_segtool.core.train import TrainConfig, train
+
+    examples = [make_example(*draw_objects((128, 128), n=12, seed=s, touching=False)) for s in range(2)]
+    cfg = TrainConfig(epochs=8, steps_per_epoch=10, batch_size=4, patch_size=64, lr=3e-3, val_fraction=0.0)
+    model = train(examples, config=cfg, arch_kwargs={"depth": 2, "width": 8}).model
+    path = tmp_path_factory.mktemp("hitl") / "init"
+    save_model(model, path)
+    return path
+
+
+def test_benchmark_end_to_end(init_model, tmp_path, monkeypatch):
+    from benchmarks.hitl import main
+
+    monkeypatch.setenv("SEGTOOL_NUM_THREADS", "1")  # with fixed steps (not seconds) the run is reproducible
+
+    image, labels = draw_objects((128, 192), n=28, seed=11, touching=False)
+    np.save(tmp_path / "img.npy", image)
+    np.save(tmp_path / "lab.npy", labels)
+    out = tmp_path / "out"
+    summary = main(["--out", str(out), "--image", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"),
+                    "--init", str(init_model), "--rounds", "3", "--k", "3", "--steps", "8", "--ref-budget", "1.5",
+                    "--patch-size", "64", "--batch-size", "4", "--trees", "10"])
+    assert (out / "hitl.png").stat().st_size > 10_000
+    assert (out / "hitl_summary.json").exists()
+    with open(out / "hitl.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    curve = [r for r in rows if r["method"] == "finetune"]
+    assert [int(r["round"]) for r in curve] == [0, 1, 2, 3]
+    corrected = [int(r["corrected"]) for r in curve]
+    assert corrected == [0, 3, 6, 9]                    # strictly increasing, k per round
+    ap = [float(r["ap50"]) for r in curve]
+    assert all(0 <= a <= 1 for a in ap)
+    assert ap[-1] >= ap[0] - 0.05                       # corrections do not make the model worse
+    methods = {r["method"] for r in rows}
+    assert {"finetune", "scratch", "forest", "otsu_watershed", "reference_all_labels"} <= methods
+    for m in ("scratch", "forest"):                     # same corrections, same rounds
+        assert [int(r["corrected"]) for r in rows if r["method"] == m] == [3, 6, 9]
+    assert all(float(r["train_seconds"]) < 15 for r in curve)
+    assert summary["goals"]["round_seconds"]["max"] is not None
