@@ -69,7 +69,7 @@ def make_example(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray | 
     if not annotated.any():
         raise DataError(f"no annotated pixels{where}: the mask is empty")
     if task == "instance" and not (labels[annotated] > 0).any():
-        raise DataError(f"labels{where} contain no objects in the annotated region")
+        raise DataError(f"labels{where} are empty: no objects in the annotated region")
     if task == "semantic" and not (labels[annotated] > 0).any():
         raise DataError(f"labels{where} contain no class ids > 0 in the annotated region")
     try:

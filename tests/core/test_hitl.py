@@ -102,7 +102,7 @@ def test_benchmark_end_to_end(init_model, tmp_path, monkeypatch):
     np.save(tmp_path / "lab.npy", labels)
     out = tmp_path / "out"
     summary = main(["--out", str(out), "--image", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"),
-                    "--init", str(init_model), "--rounds", "3", "--k", "3", "--steps", "8", "--ref-budget", "1.5",
+                    "--init", str(init_model), "--rounds", "3", "--k", "3", "--steps", "30", "--ref-budget", "1.5",
                     "--patch-size", "64", "--batch-size", "4", "--trees", "10"])
     assert (out / "hitl.png").stat().st_size > 10_000
     assert (out / "hitl_summary.json").exists()
