@@ -9,8 +9,9 @@
 ``--steps`` runs a scripted session before the screenshot (used for the user guide):
 ``segment`` (Segment widget on the current slice), ``stack`` (whole stack),
 ``correct`` (delete one object, mark the slice reviewed), ``train`` (a short
-fine-tuning run), ``correct-tab`` / ``train-tab`` / ``segment-tab`` (bring a
-widget's tab to the front). Steps wait for their background work to finish.
+fine-tuning run), ``correct-tab`` / ``train-tab`` / ``segment-tab`` /
+``batch-tab`` (bring a widget's tab to the front). Steps wait for their
+background work to finish.
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     _, segment = viewer.window.add_plugin_dock_widget("napari-segtool", "Segment")
     _, correct = viewer.window.add_plugin_dock_widget("napari-segtool", "Correct", tabify=True)
     _, train = viewer.window.add_plugin_dock_widget("napari-segtool", "Train", tabify=True)
+    _, batch = viewer.window.add_plugin_dock_widget("napari-segtool", "Batch", tabify=True)
     _raise_tab(segment)
     wanted = args.model or default_model
     if wanted:
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.reset_view()
 
     for step in [s.strip() for s in args.steps.split(",") if s.strip()]:
-        _run_step(step, viewer, app, segment, correct, train, args)
+        _run_step(step, viewer, app, segment, correct, train, batch, args)
 
     if args.screenshot:
         _process(app, 1.0)
@@ -126,7 +128,7 @@ def _raise_tab(widget) -> None:
         dock = dock.parent()
 
 
-def _run_step(step, viewer, app, segment, correct, train, args) -> None:
+def _run_step(step, viewer, app, segment, correct, train, batch, args) -> None:
     from napari_segtool.plugin import segment_widget as sw
 
     if step in ("segment", "stack"):
@@ -159,7 +161,7 @@ def _run_step(step, viewer, app, segment, correct, train, args) -> None:
         if train.train() is not None:
             _wait(app, lambda: train.worker is None)
     elif step.endswith("-tab"):
-        _raise_tab({"segment": segment, "correct": correct, "train": train}[step[:-4]])
+        _raise_tab({"segment": segment, "correct": correct, "train": train, "batch": batch}[step[:-4]])
     elif step.startswith("slice="):
         viewer.dims.set_current_step(0, int(step.split("=", 1)[1]))
     elif step.startswith("zoom="):

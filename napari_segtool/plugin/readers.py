@@ -1,10 +1,12 @@
-"""npe2 reader: TIFF / OME-TIFF / ImageJ and FITS through :func:`napari_segtool.io.images.read_image`.
+"""npe2 reader: TIFF / OME-TIFF / ImageJ, FITS, Zarr / OME-Zarr via :func:`napari_segtool.io.images.read_image`.
 
 Axes become the layer's axis labels, pixel sizes its scale. A channel axis that
 is not RGB(A) is moved to the front, so labels (which have no channel axis)
 line up with the image's remaining dimensions in napari. FITS images keep their
 header and WCS in the layer metadata; NaN pixels stay NaN (the core ignores
-them) and the contrast uses astronomy's zscale.
+them) and the contrast uses astronomy's zscale. Zarr folders are always read
+lazily (dask); the labels a batch run wrote (``predict_to_zarr``) open as a
+Labels layer.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from napari_segtool.plugin._layers import META_KEY
 
 TIFF_PATTERNS = (".tif", ".tiff", ".btf")
 FITS_PATTERNS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+ZARR_PATTERNS = (".zarr",)
 LAZY_BYTES = 1 << 30  # files above 1 GiB are read lazily (dask)
 
 
@@ -27,7 +30,8 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:
         return None
-    if not all(str(p).lower().endswith(TIFF_PATTERNS + FITS_PATTERNS) for p in paths):
+    if not all(str(p).rstrip("/\\").lower().endswith(TIFF_PATTERNS + FITS_PATTERNS + ZARR_PATTERNS)
+               for p in paths):
         return None
     return read_layers
 
@@ -51,7 +55,32 @@ def read_one(path: str | os.PathLike) -> list[tuple]:
     image = read_image(path, lazy=lazy)  # ImageReadError: napari shows the message
     if image.metadata.get("format") == "fits":
         return [fits_layer(image)]
+    if image.metadata.get("format") == "zarr" and _is_batch_labels(path):
+        return [batch_labels_layer(image)]
     return [image_layer(image)]
+
+
+def _is_batch_labels(path: Path) -> bool:
+    """True for a zarr array written by :func:`napari_segtool.core.batch.predict_to_zarr`."""
+    import zarr
+
+    try:
+        attrs = dict(zarr.open(str(path), mode="r").attrs)
+    except Exception:
+        return False
+    return "n_objects" in attrs and attrs.get("task") in ("instance", "semantic")
+
+
+def batch_labels_layer(image: Any) -> tuple:
+    """Layer data tuple for batch labels: the lazy (dask) array as a Labels layer."""
+    meta = {META_KEY: {"axes": image.axes, "source": str(image.path) if image.path else None,
+                       "format": "zarr"}}
+    scale = image.scale_for() if image.metadata.get("scale") else None
+    name = Path(image.path).name.split(".")[0] if image.path else "labels"
+    kwargs: dict[str, Any] = dict(name=name, metadata=meta)
+    if scale:
+        kwargs["scale"] = scale
+    return (image.data, kwargs, "labels")
 
 
 def _units(image: Any, axes: str) -> tuple | None:

@@ -45,11 +45,12 @@ def nuclei_stack():
 def errors(monkeypatch):
     """Messages passed to show_error / show_warning by the plugin (instead of popping up)."""
     seen = []
+    import napari_segtool.plugin.batch_widget as bw
     import napari_segtool.plugin.correct_widget as cw
     import napari_segtool.plugin.segment_widget as sw
     import napari_segtool.plugin.train_widget as tw
 
-    for mod in (sw, tw, cw):
+    for mod in (sw, tw, cw, bw):
         for name in ("show_error", "show_warning", "show_info"):
             if hasattr(mod, name):
                 monkeypatch.setattr(mod, name, lambda msg, _n=name: seen.append((_n, str(msg))))

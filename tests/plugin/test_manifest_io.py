@@ -17,7 +17,7 @@ def test_manifest_validates_and_imports():
     pm = PluginManifest.from_file(MANIFEST)
     pm.validate_imports()
     assert pm.name == "napari-segtool"
-    assert {w.display_name for w in pm.contributions.widgets} == {"Segment", "Correct", "Train"}
+    assert {w.display_name for w in pm.contributions.widgets} == {"Segment", "Correct", "Train", "Batch"}
     assert len(pm.contributions.sample_data) == 4
     assert "napari/layers/segment" in pm.contributions.menus
     # the installed package exposes the same manifest through its entry point

@@ -1,0 +1,373 @@
+"""The Batch widget: a whole image (dask-backed, larger than memory) chunk by chunk into a lazy Labels layer.
+
+All the work is :func:`napari_segtool.core.batch.predict_to_zarr`, run in a
+background worker (:func:`~napari_segtool.plugin.workers.start_job`) with its
+progress relayed to the widget and a Cancel button; the result is read back
+with ``dask.array.from_zarr``, so nothing is loaded whole.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from napari.layers import Image
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_segtool.core.project import DEFAULT_PROJECT_DIR
+from napari_segtool.plugin import _layers as L
+from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
+from napari_segtool.plugin.state import NO_MODEL, get_session, worker_threads
+from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
+
+log = logging.getLogger(__name__)
+
+SCHED_THREADS = "threads (this process)"
+SCHED_LOCAL = "local cluster, N workers"
+SCHED_ADDRESS = "cluster address tcp://…"
+
+
+@dataclass
+class BatchJob:
+    """Everything one run needs, collected on the GUI thread before it starts."""
+
+    image_name: str
+    model_ref: str
+    data: Any                    # the layer's (level 0) data, numpy or dask, as is
+    axes: str
+    out_path: Path
+    chunk_size: int
+    workers: int | None          # local cluster size
+    scheduler: str | None        # cluster address
+    threads_per_worker: int | None
+    scale: tuple[float, ...]     # of the labels (the image's, without channels)
+    translate: tuple[float, ...]
+    labels_axes: str
+
+    @property
+    def layer_name(self) -> str:
+        return f"{self.image_name} labels (batch)"
+
+
+class BatchWidget(QWidget):
+    """Image, model, output .zarr, chunk size and scheduler; Run / Cancel."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
+        super().__init__(parent)
+        ensure_warm()
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
+        self.session.closing.connect(self.cancel)
+        self.worker: Any = None
+        self.cancel_token: Any = None
+        self.last_job: BatchJob | None = None
+        self.last_outcome: JobOutcome | None = None
+        self._pbar: Any = None
+        self._auto_path = True  # follow the image's name until the user types a path
+        self._build()
+        self._progress = Throttle(self._show_progress, 250, self)
+        self.refresh_layers()
+        self.refresh_models()
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
+                      self.viewer.layers.events.reordered):
+            event.connect(self.refresh_layers)
+        self.session.models_changed.connect(self.refresh_models)
+        self.session.model_selected.connect(self.select_model)
+        self.session.project_changed.connect(self._update_default_path)
+
+    # ------------------------------------------------------------------ UI
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("Image layer to segment whole (a dask-backed layer is read chunk by chunk)")
+        self.image_combo.currentTextChanged.connect(self._update_default_path)
+        form.addRow("Image", self.image_combo)
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The models of the Segment widget (load other files there)")
+        form.addRow("Model", self.model_combo)
+        self.path_edit = QLineEdit()
+        self.path_edit.setToolTip("Output zarr folder (replaced only once the run is complete). "
+                                  "Cluster workers must be able to write there.")
+        self.path_edit.textEdited.connect(self._on_path_edited)
+        browse = QPushButton("…")
+        browse.setMaximumWidth(32)
+        browse.setToolTip("Choose the output .zarr folder")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.path_edit)
+        row.addWidget(browse)
+        form.addRow("Output", row)
+        self.chunk_spin = QSpinBox()
+        self.chunk_spin.setRange(64, 8192)
+        self.chunk_spin.setSingleStep(128)
+        self.chunk_spin.setValue(1024)
+        self.chunk_spin.setSuffix(" px")
+        self.chunk_spin.setToolTip("YX edge of a chunk; memory per task grows with its square")
+        form.addRow("Chunk size", self.chunk_spin)
+        self.scheduler_combo = QComboBox()
+        self.scheduler_combo.addItems([SCHED_THREADS, SCHED_LOCAL, SCHED_ADDRESS])
+        self.scheduler_combo.setToolTip("Where chunks run: threads here, worker processes started here, "
+                                        "or a running dask scheduler")
+        self.scheduler_combo.currentTextChanged.connect(self._update_scheduler_fields)
+        form.addRow("Run on", self.scheduler_combo)
+        self.workers_spin = QSpinBox()
+        self.workers_spin.setRange(1, 256)
+        self.workers_spin.setValue(2)
+        self.workers_spin.setToolTip("Worker processes of the local cluster")
+        form.addRow("Workers", self.workers_spin)
+        self.address_edit = QLineEdit()
+        self.address_edit.setPlaceholderText("tcp://host:8786")
+        self.address_edit.setToolTip("Address of a running dask scheduler")
+        form.addRow("Address", self.address_edit)
+        layout.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run batch")
+        self.run_button.clicked.connect(lambda: self.run())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        layout.addWidget(self.progress_bar)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+        self._update_scheduler_fields()
+
+    def _update_scheduler_fields(self, _text: str = "") -> None:
+        choice = self.scheduler_combo.currentText()
+        self.workers_spin.setEnabled(choice == SCHED_LOCAL)
+        self.address_edit.setEnabled(choice == SCHED_ADDRESS)
+
+    # --------------------------------------------------------------- combos
+    def refresh_layers(self, event: Any = None) -> None:
+        """List the image layers, keeping the current choice (else the selected layer)."""
+        current = self.image_combo.currentText()
+        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        active = self.viewer.layers.selection.active
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        elif active is not None and active.name in names:
+            self.image_combo.setCurrentText(active.name)
+        self.image_combo.blockSignals(False)
+        self._update_default_path()
+
+    def refresh_models(self) -> None:
+        """The session's model choices (the Segment widget's list)."""
+        current = self.model_combo.currentData()
+        self.model_combo.clear()
+        choices = self.session.model_choices()
+        for choice in choices:
+            self.model_combo.addItem(choice.label, choice.ref)
+            self.model_combo.setItemData(self.model_combo.count() - 1, choice.summary, Qt.ToolTipRole)
+        if not choices:
+            self.model_combo.addItem(NO_MODEL, None)
+        self.select_model(current or self.session.current_model or self.session.default_model_ref())
+
+    def select_model(self, ref: str | None) -> None:
+        index = self.model_combo.findData(ref) if ref else -1
+        self.model_combo.setCurrentIndex(max(index, 0))
+
+    def default_output(self, image_name: str) -> Path:
+        """``<project>/batch/<image>_labels.zarr``."""
+        root = self.session.project.root if self.session.project is not None else \
+            Path(DEFAULT_PROJECT_DIR).expanduser()
+        safe = re.sub(r"[^\w.-]+", "_", image_name).strip("._") or "image"
+        return root / "batch" / f"{safe}_labels.zarr"
+
+    def _update_default_path(self, *_args: Any) -> None:
+        name = self.image_combo.currentText()
+        if self._auto_path and name:
+            self.path_edit.setText(str(self.default_output(name)))
+
+    def _on_path_edited(self, text: str) -> None:
+        self._auto_path = not text.strip()
+
+    def _browse(self) -> None:  # pragma: no cover - interactive
+        start = self.path_edit.text() or str(self.default_output(self.image_combo.currentText() or "image"))
+        path, _ = QFileDialog.getSaveFileName(self, "Output zarr folder", start, "Zarr (*.zarr)")
+        if path:
+            self.path_edit.setText(path if path.endswith(".zarr") else path + ".zarr")
+            self._auto_path = False
+
+    # ------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def run(self, image_layer: Image | None = None) -> Any:
+        """Start the batch run; returns the worker, or ``None`` (with a message) when it cannot start."""
+        if self.running:
+            show_warning("a batch run is already going; cancel it first")
+            return None
+        try:
+            job = self._prepare(image_layer)
+        except _UserError as exc:
+            show_error(str(exc))
+            self.status_label.setText(str(exc))
+            return None
+        self.last_job = job
+        self.progress_bar.setRange(0, 0)  # busy until the first chunk reports
+        self._pbar = napari_progress(total=0, desc=f"batch {job.image_name}") if use_napari_progress() else None
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status_label.setText("loading model…")
+        session = self.session
+        cluster = job.workers is not None or job.scheduler is not None
+
+        def make_job(cancel, progress):
+            from napari_segtool.core.batch import predict_to_zarr
+            from napari_segtool.core.events import Progress
+
+            yield Progress("load", 0, 1, "loading model…")
+            model = session.get_model(job.model_ref)
+            yield Progress("start", 0, 1, "connecting to the cluster…" if cluster else "planning chunks…")
+            return predict_to_zarr(model, job.data, job.out_path, axes=job.axes, chunk_size=job.chunk_size,
+                                   workers=job.workers, scheduler=job.scheduler,
+                                   threads_per_worker=job.threads_per_worker, progress=progress, cancel=cancel)
+
+        self.worker, self.cancel_token = start_job(make_job, on_event=self._on_event, on_tiles=self._on_steps,
+                                                   on_done=self._on_done)
+        return self.worker
+
+    def cancel(self) -> None:
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()
+            self.status_label.setText("cancelling…")
+
+    def _prepare(self, image_layer: Image | None) -> BatchJob:
+        if image_layer is None:
+            name = self.image_combo.currentText()
+            if not name or name not in self.viewer.layers:
+                raise _UserError("choose an image layer to segment (open an image or File > Open Sample)")
+            image_layer = self.viewer.layers[name]
+        if not isinstance(image_layer, Image):
+            raise _UserError(f"layer '{image_layer.name}' is not an image layer")
+        ref = self.model_combo.currentData()
+        if not ref:
+            raise _UserError("no model yet — train one in the Train widget, or load one in the Segment widget")
+        try:
+            axes = L.image_axes(image_layer)
+        except ValueError as exc:
+            raise _UserError(f"cannot tell the axes of '{image_layer.name}': {exc}") from exc
+        if not L.labels_from_image_order(axes):
+            raise _UserError(f"image axes {axes} are not supported here (Y and X must be the last spatial axes)")
+        text = self.path_edit.text().strip()
+        if not text.endswith(".zarr"):
+            raise _UserError("the output must be a folder ending in .zarr")
+        out_path = Path(text).expanduser()
+        source = L.source_of(image_layer)
+        if source and Path(source).expanduser().resolve() == out_path.resolve():
+            raise _UserError("the output would replace the image it reads; choose another path")
+        workers = scheduler = threads = None
+        choice = self.scheduler_combo.currentText()
+        if choice == SCHED_LOCAL:
+            workers = int(self.workers_spin.value())
+        elif choice == SCHED_ADDRESS:
+            scheduler = self.address_edit.text().strip()
+            if "://" not in scheduler:
+                raise _UserError("enter the dask scheduler's address, e.g. tcp://host:8786")
+        else:  # torch threads per dask thread: the viewer keeps a core, dask runs 2 threads
+            threads = max(1, worker_threads() // 2)
+        return BatchJob(image_layer.name, ref, L.layer_data(image_layer), axes, out_path,
+                        int(self.chunk_spin.value()), workers, scheduler, threads,
+                        L.spatial_scale(image_layer), L.spatial_translate(image_layer), L.labels_axes(axes))
+
+    # --------------------------------------------------------------- events
+    def _on_event(self, event: Any) -> None:
+        self._progress.push(0, 0, getattr(event, "message", "") or "working…")
+
+    def _on_steps(self, done: int, total: int) -> None:
+        self._progress.push(done, total, f"chunks: {done}/{total} steps")
+
+    def _show_progress(self, done: int, total: int, text: str) -> None:
+        """Progress bar (busy while total is 0), napari's activity progress and the status line."""
+        if self.worker is None:
+            return
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(done)
+        if self._pbar is not None and total:
+            self._pbar.total = total
+            self._pbar.n = done
+            self._pbar.refresh()
+        self.status_label.setText(text)
+
+    def _on_done(self, outcome: JobOutcome) -> None:
+        self._progress.cancel()
+        self.worker = None
+        self.cancel_token = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1 if outcome.ok else 0)
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.last_outcome = outcome
+        if outcome.status == "cancelled":
+            self.status_label.setText("cancelled — nothing was written")
+            show_info("batch run cancelled")
+            return
+        if outcome.status == "error":
+            self.status_label.setText(f"failed: {outcome.message}")
+            show_error(f"batch run failed: {outcome.message}")
+            return
+        try:
+            self._show_result(outcome.result)
+        except Exception as exc:  # an unreadable result, a closed viewer...
+            log.exception("cannot show the batch result")
+            message = " ".join(str(exc).split())
+            self.status_label.setText(f"failed: {message}")
+            show_error(f"cannot show the batch result: {message}")
+
+    def _show_result(self, report: Any) -> None:
+        """Add (or replace) the lazy Labels layer reading the written zarr."""
+        import dask.array as da
+
+        job = self.last_job
+        data = da.from_zarr(str(report.out_path))
+        if job.layer_name in self.viewer.layers:
+            self.viewer.layers.remove(job.layer_name)
+        layer = self.viewer.add_labels(
+            data, name=job.layer_name, scale=job.scale, translate=job.translate,
+            metadata={L.META_KEY: {"axes": job.labels_axes, "image": job.image_name,
+                                   "source": str(report.out_path)}})
+        self.viewer.layers.selection.active = layer
+        objects = f"{report.n_objects} objects, " if report.n_objects else ""
+        self.status_label.setText(f"done: {objects}{report.n_chunks} chunks in {report.seconds:.1f} s "
+                                  f"({report.mpx_per_s:.2f} Mpx/s) → {report.out_path}")
+
+    def closeEvent(self, event: Any) -> None:  # pragma: no cover - GUI teardown
+        self.cancel()
+        super().closeEvent(event)
+
+
+class _UserError(Exception):
+    """A problem the user can fix; shown as a notification, never a traceback."""
