@@ -125,32 +125,9 @@ def forest_baseline(n_estimators: int = 100) -> Callable:
     return fit
 
 
-def photutils_sources(image: np.ndarray, nsigma: float = 1.5, npixels: int = 5) -> np.ndarray:
-    """The photutils recipe: background mesh, Gaussian smoothing, threshold, then deblending."""
-    from astropy.convolution import convolve
-    from photutils.background import Background2D, MedianBackground
-    from photutils.segmentation import deblend_sources, detect_sources, make_2dgaussian_kernel
-
-    data = np.asarray(image, np.float64)
-    box = max(16, min(64, min(data.shape) // 4))
-    bkg = Background2D(data, (box, box), filter_size=(3, 3), bkg_estimator=MedianBackground())
-    data = data - bkg.background
-    conv = convolve(data, make_2dgaussian_kernel(3.0, size=5))
-    import inspect
-
-    new_names = "n_pixels" in inspect.signature(detect_sources).parameters  # photutils >= 3 renamed them
-    size = {"n_pixels" if new_names else "npixels": npixels}
-    segm = detect_sources(conv, nsigma * bkg.background_rms, **size)
-    if segm is None:
-        return np.zeros(data.shape, np.int32)
-    segm = deblend_sources(conv, segm, **size, **{"n_levels" if new_names else "nlevels": 32}, contrast=0.001,
-                           progress_bar=False)
-    return segm.data.astype(np.int32)
-
-
 def constant_rows(dataset, held, train_pair, init, args) -> list[dict[str, Any]]:
     """Methods that do not depend on the corrections: classical pipelines and the all-labels reference."""
-    from benchmarks.baselines import otsu_watershed
+    from benchmarks.baselines import otsu_watershed, photutils_sources
 
     himg, hgt = held
     rows = []

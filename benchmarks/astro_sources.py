@@ -1,0 +1,192 @@
+"""Astronomy source segmentation: the shipped ``astro-sources`` U-Net vs photutils and SEP.
+
+    python benchmarks/astro_sources.py [--fields 20] [--size 256] [--model astro-sources|PATH]
+                                       [--tune-fields 8] [--out DIR]
+
+Held-out simulated fields (``napari_segtool.sim.simulate_astro_dataset``, seed
+``--seed``, default 100: the model was trained on seed 1 and its card scored on seed 2)
+are segmented by
+
+* the model (``core.predict.predict``, its own asinh normalisation);
+* photutils ``detect_sources`` + ``deblend_sources`` and SEP ``sep.extract`` with
+  deblending and ``segmentation_map=True`` (``benchmarks/baselines.py``), each with the
+  parameters that maximise mean AP@0.5 on separate tuning fields (seed ``--tune-seed``,
+  default 50) over a small grid (threshold, minimum area, deblending contrast and
+  levels), and, for reference, with their stock parameters.
+
+Per method, means over the test fields of ``core.metrics.instance_scores``: AP@0.5,
+mean AP (0.5:0.95), precision, recall and F1 at IoU 0.5; the recall at IoU 0.5 of the
+*blended* sources (the simulator's ``blended`` flag: the footprint touches another one,
+8-connected), pooled over all fields because each field has only a few; and seconds
+per field (segmentation only; the model is warmed up once before timing).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.baselines import (  # noqa: E402
+    format_row, format_table, matched_count, photutils_sources, sep_sources, write_report,
+)
+from napari_segtool.core.device import configure_threads, pick_device  # noqa: E402
+from napari_segtool.core.metrics import instance_scores, match_instances  # noqa: E402
+from napari_segtool.core.predict import predict  # noqa: E402
+from napari_segtool.sim import AstroField, simulate_astro_dataset  # noqa: E402
+
+Segmenter = Callable[[np.ndarray], np.ndarray]
+
+#: classical pipelines: (function, stock parameters, tuning grid)
+BASELINES: dict[str, tuple[Callable[..., np.ndarray], dict[str, Any], dict[str, list]]] = {
+    "photutils": (photutils_sources,
+                  {"nsigma": 1.5, "npixels": 5, "contrast": 0.001, "n_levels": 32},
+                  {"nsigma": [0.5, 0.75, 1.0, 1.5, 2.0, 3.0], "npixels": [3, 5, 10],
+                   "contrast": [1e-4, 1e-3, 1e-2, 5e-2], "n_levels": [16, 32]}),
+    "SEP": (sep_sources,
+            {"thresh": 1.5, "minarea": 5, "deblend_cont": 0.005, "deblend_nthresh": 32},
+            {"thresh": [0.5, 0.75, 1.0, 1.5, 2.0, 3.0], "minarea": [3, 5, 10],
+             "deblend_cont": [1e-4, 1e-3, 5e-3, 1e-2, 5e-2], "deblend_nthresh": [16, 32, 64]}),
+}
+COLUMNS = [("method", "method", "s"), ("params", "parameters", "s"), ("ap50", "AP@0.5", ".3f"),
+           ("mean_ap", "mean AP", ".3f"), ("precision50", "precision", ".3f"), ("recall50", "recall", ".3f"),
+           ("f1_50", "F1", ".3f"), ("blended_recall50", "blended recall", ".3f"),
+           ("seconds_per_field", "s/field", ".3f")]
+
+
+def blended_ids(field: AstroField) -> list[int]:
+    """Ground-truth ids the simulator flags as blended (footprint touches another, 8-connected)."""
+    return [e["id"] for e in field.catalog if e["blended"]]
+
+
+def tune(fn: Callable[..., np.ndarray], grid: dict[str, list], fields: Sequence[AstroField]
+         ) -> tuple[dict[str, Any], float, int]:
+    """Grid search maximising mean AP@0.5 (``core.metrics.match_instances``) over ``fields``.
+
+    Returns the best parameters, their mean AP@0.5 and how many settings failed (SEP
+    raises on buffer overflows; such a setting is skipped, never silently scored).
+    """
+    best: tuple[float, dict[str, Any]] = (-1.0, {})
+    failed = 0
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values))
+        try:
+            ap = float(np.mean([match_instances(fn(f.image, **params), f.labels, 0.5).ap for f in fields]))
+        except Exception as exc:  # noqa: BLE001 - any library failure just rules the setting out
+            failed += 1
+            print(f"  {fn.__name__}{params} failed: {exc}", flush=True)
+            continue
+        if ap > best[0]:
+            best = (ap, params)
+    return best[1], best[0], failed
+
+
+def evaluate(method: str, params: str, segment: Segmenter, fields: Sequence[AstroField]) -> dict[str, Any]:
+    """Mean instance scores over ``fields``, pooled blended-source recall, seconds per field."""
+    per_field, seconds, hit, total = [], 0.0, 0, 0
+    for f in fields:
+        t0 = time.perf_counter()
+        pred = segment(f.image)
+        seconds += time.perf_counter() - t0
+        per_field.append(instance_scores(pred, f.labels))
+        h, t = matched_count(pred, f.labels, blended_ids(f))
+        hit, total = hit + h, total + t
+    row: dict[str, Any] = {"method": method, "params": params}
+    for key in ("ap50", "mean_ap", "precision50", "recall50", "f1_50"):
+        row[key] = float(np.mean([s[key] for s in per_field]))
+    row["blended_recall50"] = hit / total if total else None
+    row["seconds_per_field"] = seconds / len(fields)
+    return row
+
+
+def load(model: str):
+    """The model by zoo name or path, or exit with what to do when the zoo model is missing."""
+    from napari_segtool.core.checkpoint import ModelLoadError, load_model
+
+    try:
+        return load_model(model)
+    except ModelLoadError as exc:
+        hint = (" (the shipped model is made by `python scripts/train_defaults.py --only astro-sources`)"
+                if model == "astro-sources" else "")
+        raise SystemExit(f"model '{model}' not found{hint}; pass --model PATH to a saved model.\n{exc}")
+
+
+def _fmt(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:g}" for k, v in params.items())
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fields", type=int, default=20, help="held-out test fields")
+    p.add_argument("--size", type=int, default=256, help="field size (px)")
+    p.add_argument("--model", default="astro-sources", help="zoo name or path of the model")
+    p.add_argument("--seed", type=int, default=100, help="test fields' seed (training used 1, the card 2)")
+    p.add_argument("--tune-fields", type=int, default=8, help="fields used to tune photutils and SEP")
+    p.add_argument("--tune-seed", type=int, default=50)
+    p.add_argument("--no-stock", action="store_true", help="skip the baselines with stock parameters")
+    p.add_argument("--out", type=Path, help="write astro_sources.md and astro_sources.csv here")
+    args = p.parse_args(argv)
+    if args.seed in (1, 2) or args.tune_seed in (1, 2) or args.seed == args.tune_seed:
+        raise SystemExit("test and tuning seeds must differ from each other and from 1 and 2 (training, card)")
+
+    model = load(args.model)
+    threads = configure_threads()
+    shape = (args.size, args.size)
+    t0 = time.perf_counter()
+    tune_fields = simulate_astro_dataset(args.tune_fields, shape, seed=args.tune_seed)
+    test_fields = simulate_astro_dataset(args.fields, shape, seed=args.seed)
+    n_src = sum(int(f.labels.max()) for f in test_fields)
+    n_blend = sum(len(blended_ids(f)) for f in test_fields)
+    header = [
+        "# Astronomy sources: U-Net model vs photutils and SEP (held-out simulated fields)",
+        "",
+        f"- test: {args.fields} fields {args.size}×{args.size} (simulate_astro_dataset seed {args.seed}), "
+        f"{n_src} sources, {n_blend} blended",
+        f"- photutils / SEP tuned for AP@0.5 on {args.tune_fields} other fields (seed {args.tune_seed})",
+        f"- model: {model.meta.name or args.model} (`{args.model}`); device {pick_device()}, {threads} torch thread(s)",
+    ]
+    for line in header[2:]:
+        print(line, flush=True)
+    print(f"  (simulated in {time.perf_counter() - t0:.0f} s)", flush=True)
+
+    rows: list[dict[str, Any]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # photutils/astropy warn about deblending modes and empty meshes
+        predict(model, tune_fields[0].image)  # warm-up, untimed
+        arch = {"unet": "U-Net", "maskrcnn": "Mask R-CNN"}.get(model.meta.arch, model.meta.arch)
+        rows.append(evaluate(f"{arch} (ours)", f"model {model.meta.name or args.model}",
+                             lambda im: predict(model, im).labels, test_fields))
+        print(format_row(rows[-1], COLUMNS), flush=True)
+        for name, (fn, stock, grid) in BASELINES.items():
+            t0 = time.perf_counter()
+            best, ap, failed = tune(fn, grid, tune_fields)
+            n = int(np.prod([len(v) for v in grid.values()]))
+            print(f"{name}: best of {n} settings on the tuning fields AP@0.5 {ap:.3f} with {_fmt(best)} "
+                  f"({failed} failed, {time.perf_counter() - t0:.0f} s)", flush=True)
+            if not best:
+                continue
+            rows.append(evaluate(f"{name} (tuned)", _fmt(best), lambda im, fn=fn, kw=best: fn(im, **kw), test_fields))
+            print(format_row(rows[-1], COLUMNS), flush=True)
+            if not args.no_stock:
+                rows.append(evaluate(f"{name} (stock)", _fmt(stock), lambda im, fn=fn, kw=stock: fn(im, **kw),
+                                     test_fields))
+                print(format_row(rows[-1], COLUMNS), flush=True)
+
+    print()
+    print(format_table(rows, COLUMNS))
+    if args.out:
+        md, csv_path = write_report(rows, COLUMNS, args.out, "astro_sources", header)
+        print(f"wrote {md} and {csv_path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
