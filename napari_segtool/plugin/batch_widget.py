@@ -22,9 +22,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -33,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from napari_segtool.core.project import DEFAULT_PROJECT_DIR
 from napari_segtool.plugin import _layers as L
+from napari_segtool.plugin._controls import add_job_controls
 from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
 from napari_segtool.plugin.state import NO_MODEL, get_session, worker_threads
 from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
@@ -139,22 +138,9 @@ class BatchWidget(QWidget):
         form.addRow("Address", self.address_edit)
         layout.addLayout(form)
 
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run batch")
-        self.run_button.clicked.connect(lambda: self.run())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        layout.addWidget(self.progress_bar)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
+        controls = add_job_controls(layout, "Run batch", self.run, self.cancel)
+        self.run_button, self.cancel_button = controls.run_button, controls.cancel_button
+        self.progress_bar, self.status_label = controls.progress_bar, controls.status_label
         layout.addStretch(1)
         self._update_scheduler_fields()
 

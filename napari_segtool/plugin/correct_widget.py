@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QRectF, QSize, Qt, Signal
+from qtpy.QtCore import QRectF, QSize, Signal
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (
     QComboBox,

@@ -17,16 +17,14 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_segtool.plugin import _layers as L
+from napari_segtool.plugin._controls import add_job_controls
 from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
 from napari_segtool.plugin.state import LOAD_FROM_DISK, NO_MODEL, get_session, worker_threads
 from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
@@ -120,22 +118,9 @@ class SegmentWidget(QWidget):
 
         self.prob_check = QCheckBox("also show probabilities (2D runs)")
         layout.addWidget(self.prob_check)
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Segment")
-        self.run_button.clicked.connect(lambda: self.run())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        layout.addWidget(self.progress_bar)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
+        controls = add_job_controls(layout, "Segment", self.run, self.cancel)
+        self.run_button, self.cancel_button = controls.run_button, controls.cancel_button
+        self.progress_bar, self.status_label = controls.progress_bar, controls.status_label
         layout.addStretch(1)
 
     @staticmethod

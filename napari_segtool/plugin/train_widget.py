@@ -20,13 +20,13 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_segtool.plugin._controls import add_job_controls
 from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
 from napari_segtool.plugin.plot import LossPlot
 from napari_segtool.plugin.state import get_session, worker_threads
@@ -156,25 +156,11 @@ class TrainWidget(QWidget):
         self.repredict_check.setChecked(True)
         layout.addWidget(self.repredict_check)
 
-        buttons = QHBoxLayout()
-        self.train_button = QPushButton("Train")
-        self.train_button.clicked.connect(lambda: self.train())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.setToolTip("Stop now; the best model so far is saved")
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.train_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setValue(0)
-        layout.addWidget(self.progress_bar)
         self.plot = LossPlot()
-        layout.addWidget(self.plot, 1)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
+        controls = add_job_controls(layout, "Train", self.train, self.cancel, progress_range=1000, between=self.plot,
+                                    cancel_tip="Stop now; the best model so far is saved")
+        self.train_button, self.cancel_button = controls.run_button, controls.cancel_button
+        self.progress_bar, self.status_label = controls.progress_bar, controls.status_label
 
     # -------------------------------------------------------------- project
     def _browse_project(self) -> None:  # pragma: no cover - interactive

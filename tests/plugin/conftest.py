@@ -1,5 +1,4 @@
 """Fixtures for the plugin tests: isolated project/model folders and a tiny trained model."""
-import numpy as np
 import pytest
 
 
