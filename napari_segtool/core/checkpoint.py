@@ -69,6 +69,13 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _default_mode(directory: bool) -> int:
+    """Permissions a plain ``open``/``mkdir`` would give (temp files and folders are private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def _state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
 
@@ -86,10 +93,13 @@ def save_model(model: SegModel, path: str | os.PathLike) -> Path:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         save_file(tensors, tmp, metadata={"segtool": meta_json})
+        os.chmod(tmp, _default_mode(directory=False))
         os.replace(tmp, path)
         return path
     tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    os.chmod(tmp_dir, _default_mode(directory=True))
     save_file(tensors, str(tmp_dir / WEIGHTS_FILE), metadata={"segtool": meta_json})
+    os.chmod(tmp_dir / WEIGHTS_FILE, _default_mode(directory=False))
     (tmp_dir / META_FILE).write_text(meta_json)
     if meta.card:
         (tmp_dir / CARD_FILE).write_text(meta.card)

@@ -76,7 +76,7 @@ def _draw_style(rng: np.random.Generator, radius_range, snr) -> dict:
         radius_spread=rng.uniform(0.08, 0.25),   # per-nucleus log-normal spread
         elong_sigma=rng.uniform(0.08, 0.4),      # elongation spread (aspect ratio)
         irregularity=rng.uniform(0.0, 0.12),     # radial perturbation amplitude
-        brightness_cv=rng.uniform(0.1, 0.45),
+        brightness_cv=rng.uniform(0.1, 0.8),
         size_brightness_exp=rng.uniform(0.0, 1.0),
         mitotic_frac=rng.choice([0.0, rng.uniform(0.0, 0.06)]),
         edge_width=rng.uniform(0.25, 0.7),       # sigmoid width of the nucleus edge, px

@@ -32,6 +32,22 @@ def test_checkpoint_round_trip_is_exact_and_pickle_free(tiny_model, tmp_path):
     assert again.meta.history and again.meta.history[0]["steps"] > 0
 
 
+def test_saved_models_get_ordinary_permissions(tiny_model, tmp_path):
+    """Shipped/user models must be readable by others (temp files and folders start private)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        model = load_model(tiny_model)
+        folder = save_model(model, tmp_path / "shared")
+        single = save_model(model, tmp_path / "shared.safetensors")
+    finally:
+        os.umask(old)
+    for path, mode in [(folder, 0o755), (folder / "model.safetensors", 0o644), (folder / "model.json", 0o644),
+                       (single, 0o644)]:
+        assert path.stat().st_mode & 0o777 == mode, path
+
+
 def test_corrupt_and_unknown_models_give_clear_errors(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
