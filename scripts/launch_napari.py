@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.project:
         os.environ["SEGTOOL_PROJECT_DIR"] = str(Path(args.project).expanduser())
+    import warnings
+
+    # napari 0.9 deprecates PyQt5 (our code is binding-agnostic through qtpy): no toast over the canvas
+    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
     import napari
     from qtpy.QtWidgets import QApplication
 

@@ -14,6 +14,10 @@ from scipy.optimize import linear_sum_assignment
 from skimage import measure, morphology, segmentation
 
 
+#: Post-processing settings of a model that act on a whole stack (``core.predict``), not on one plane.
+STACK_POSTPROCESS = ("z_split_dip",)
+
+
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Drop objects smaller than ``min_size`` pixels (voxels)."""
     if min_size <= 1 or labels.max() == 0:
@@ -128,6 +132,50 @@ def link_stack(labels: np.ndarray, iou_threshold: float = 0.25) -> np.ndarray:
         out[z] = mapping[plane]
         next_id = max(next_id, int(out[z].max()) + 1)
         prev = out[z]
+    return out
+
+
+def _deepest_dip(areas: np.ndarray, dip: float, min_planes: int) -> int | None:
+    """Index where a second object starts in a Z chain, at its deepest area dip; ``None`` if none qualifies."""
+    best, best_ratio = None, dip
+    for k in range(min_planes, len(areas) - min_planes):
+        ratio = areas[k] / max(1, min(areas[:k].max(), areas[k + 1:].max()))
+        if ratio <= best_ratio:
+            best, best_ratio = k, ratio
+    if best is None:
+        return None
+    return best + 1 if areas[best - 1] >= areas[best + 1] else best  # the dip plane joins its larger side
+
+
+def _chain_cuts(areas: np.ndarray, dip: float, min_planes: int) -> list[int]:
+    """All start indices of the objects in a Z chain (recursively split at area dips), first is 0."""
+    cut = _deepest_dip(areas, dip, min_planes)
+    if cut is None:
+        return [0]
+    return _chain_cuts(areas[:cut], dip, min_planes) + [cut + c for c in _chain_cuts(areas[cut:], dip, min_planes)]
+
+
+def split_z_chains(labels: np.ndarray, dip: float = 0.5, min_planes: int = 2) -> np.ndarray:
+    """Split 3D objects of a ``ZYX`` stack that are several nuclei stacked along Z.
+
+    Linking by overlap (:func:`link_stack`) chains a nucleus to the one right
+    above it when their footprints overlap. Along such a chain the object's area
+    per plane shrinks to a neck and grows again; wherever the area falls to at most
+    ``dip`` times the largest area on *both* sides (each side at least
+    ``min_planes`` planes), the chain is cut there and the upper part gets a new id.
+    """
+    out = labels.copy()
+    next_id = int(labels.max()) + 1
+    for obj, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None or sl[0].stop - sl[0].start < 2 * min_planes + 1:
+            continue
+        mask = labels[sl] == obj
+        areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+        cuts = _chain_cuts(areas, dip, min_planes)
+        for start in cuts[1:]:
+            view = out[sl][start:]
+            view[mask[start:]] = next_id
+            next_id += 1
     return out
 
 

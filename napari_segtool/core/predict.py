@@ -19,7 +19,7 @@ from napari_segtool.core.device import configure_threads
 from napari_segtool.core.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.normalize import NormalizedPlane, fit_normalizer
-from napari_segtool.core.postprocess import link_stack
+from napari_segtool.core.postprocess import link_stack, split_z_chains
 
 
 class InputError(ValueError):
@@ -141,7 +141,7 @@ def iter_predict(
         yield Progress("predict", i + 1, len(todo), f"plane {index}" if index else "image")
 
     labels = _assemble(result_planes, data.shape[:-1], spatial_axes, meta.task,
-                       link_z and planes is None)
+                       link_z and planes is None, float(meta.postprocess.get("z_split_dip", 0.0)))
     labels = _to_original_order(labels, spatial_axes, axes)
     if out is not None:
         if out.shape != labels.shape:
@@ -154,7 +154,17 @@ def iter_predict(
 
 
 def _assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_axes: str, task: str,
-              link: bool) -> np.ndarray:
+              link: bool, z_split_dip: float = 0.0) -> np.ndarray:
+    """Planes into one label array; instance planes of Z stacks are linked into 3D objects.
+
+    ``z_split_dip > 0`` (a model's ``postprocess["z_split_dip"]``) then cuts chains of
+    objects stacked along Z at their area necks (:func:`split_z_chains`).
+    """
+
+    def link(stack: np.ndarray) -> np.ndarray:
+        linked = link_stack(stack)
+        return split_z_chains(linked, z_split_dip) if z_split_dip > 0 else linked
+
     labels = np.zeros(shape, np.int32)
     offset = 0
     for index, plane in planes.items():
@@ -165,11 +175,11 @@ def _assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_a
     if task == "instance" and link and "Z" in spatial_axes:
         z = spatial_axes.index("Z")
         if z == 0:
-            labels = link_stack(labels)
+            labels = link(labels)
         else:  # T before Z: link each time point separately, keep ids unique
             offset = 0
             for t in range(labels.shape[0]):
-                linked = link_stack(labels[t])
+                linked = link(labels[t])
                 labels[t] = np.where(linked > 0, linked + offset, 0)
                 offset = int(labels[t].max())
     return labels
