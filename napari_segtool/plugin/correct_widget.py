@@ -87,8 +87,8 @@ class CorrectWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
         ensure_warm()
-        self.viewer = napari_viewer
         self.session = get_session(napari_viewer)
+        self.viewer = self.session.viewer  # the real viewer, not napari's per-widget proxy
         self._tracker: Any = None
         self._build()
         self.refresh_layers()

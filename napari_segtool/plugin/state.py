@@ -337,12 +337,23 @@ def worker_threads() -> int:
 _SESSIONS: dict[int, tuple[weakref.ref, Session]] = {}
 
 
+def unwrap(obj: Any) -> Any:
+    """The napari object behind a plugin proxy.
+
+    napari hands plugin widgets its viewer wrapped in a ``PublicOnlyProxy`` (wrapt), and
+    every layer reached through it comes back in a *new* proxy on each access. The
+    session keys trackers and sessions by identity, so it works on the real objects.
+    """
+    return getattr(obj, "__wrapped__", obj)
+
+
 def get_session(viewer: Any) -> Session:
-    """The session of ``viewer`` (created on first use).
+    """The session of ``viewer`` (created on first use); ``session.viewer`` is the real viewer.
 
     Sessions are looked up by viewer identity and hold the viewer only weakly, so a
     closed viewer is never kept alive by the plugin.
     """
+    viewer = unwrap(viewer)
     for key, (ref, session) in list(_SESSIONS.items()):
         if ref() is None:
             _SESSIONS.pop(key, None)
@@ -357,7 +368,7 @@ def get_session(viewer: Any) -> Session:
 
 
 def drop_session(viewer: Any) -> None:
-    entry = _SESSIONS.pop(id(viewer), None)
+    entry = _SESSIONS.pop(id(unwrap(viewer)), None)
     if entry is not None:
         entry[1].close()
 

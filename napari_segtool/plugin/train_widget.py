@@ -73,8 +73,8 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
         ensure_warm()
-        self.viewer = napari_viewer
         self.session = get_session(napari_viewer)
+        self.viewer = self.session.viewer  # the real viewer, not napari's per-widget proxy
         self.session.closing.connect(self.cancel)
         self.worker: Any = None
         self.cancel_token: Any = None

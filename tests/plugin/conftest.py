@@ -4,9 +4,11 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _isolated_folders(tmp_path, monkeypatch):
-    """Never touch the user's home: project and model folders live in tmp_path."""
+    """Never touch the user's home: project and model folders live in tmp_path; no shipped models."""
     monkeypatch.setenv("SEGTOOL_PROJECT_DIR", str(tmp_path / "project"))
     monkeypatch.setenv("SEGTOOL_MODELS_DIR", str(tmp_path / "no-models"))
+    # no shipped models either: the widget tests run the seconds-trained 'tiny' model
+    monkeypatch.setattr("napari_segtool.core.checkpoint.ZOO_DIR", tmp_path / "no-zoo")
     monkeypatch.setenv("SEGTOOL_NUM_THREADS", "1")  # 2 cores, shared
 
 

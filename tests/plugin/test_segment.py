@@ -111,3 +111,24 @@ def test_errors_are_messages_not_crashes(make_napari_viewer, qtbot, user_model, 
     assert outcome.status == "error" and "ghost" in outcome.message
     kinds = [k for k, _ in errors]
     assert kinds.count("show_error") >= 4
+
+
+def test_widgets_docked_by_napari_share_one_session_and_tracker(make_napari_viewer, qtbot, user_model, nuclei_stack):
+    """napari hands plugin widgets proxies of its viewer (a new proxy per layer access): the widgets must
+    still share one session, and the labels the Segment widget makes must be correctable and trainable."""
+    image, _ = nuclei_stack
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-segtool", "Segment")
+    _, correct = viewer.window.add_plugin_dock_widget("napari-segtool", "Correct", tabify=True)
+    _, train = viewer.window.add_plugin_dock_widget("napari-segtool", "Train", tabify=True)
+    assert type(segment.viewer) is type(viewer)  # the real viewer, not a proxy
+    assert segment.session is correct.session is train.session
+    segment.fg_spin.setValue(0.3)
+    assert segment.run(scope=sw.SCOPE_SLICE) is not None
+    assert _wait(qtbot, segment).ok
+    correct.refresh_layers()
+    tracker = correct.tracker
+    assert tracker is not None and tracker.image_layer.name == "nuclei"
+    tracker.set_reviewed(tracker.current_plane(), True)
+    assert tracker.current_plane() in tracker.reviewed
