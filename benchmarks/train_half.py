@@ -13,17 +13,22 @@ Each is run side by side with the ilastik-style random forest on the same labels
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from skimage import data as skdata, draw, filters, segmentation
 
-from benchmarks.baselines import RandomForestSegmenter
-from benchmarks.real_data import nuclei_2d
-from napari_segtool.core.data import make_example
-from napari_segtool.core.metrics import instance_scores, semantic_scores
-from napari_segtool.core.predict import predict
-from napari_segtool.core.train import TrainConfig, train
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.baselines import RandomForestSegmenter  # noqa: E402
+from benchmarks.real_data import nuclei_2d  # noqa: E402
+from napari_segtool.core.data import make_example  # noqa: E402
+from napari_segtool.core.metrics import instance_scores, semantic_scores  # noqa: E402
+from napari_segtool.core.predict import predict  # noqa: E402
+from napari_segtool.core.train import TrainConfig, train  # noqa: E402
 
 
 def instance_half(budget: float) -> list[tuple[str, dict, float]]:
