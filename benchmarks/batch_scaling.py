@@ -260,7 +260,9 @@ def memory(model_path, work: Path, base, sizes, memory_limit: str) -> list[dict]
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", action="store_true", help="add 268 Mpx and 1.07 Gpx volumes (long)")
-    parser.add_argument("--memory-limit", default="1GiB", help="dask memory_limit of each worker (default 1GiB)")
+    # a worker holding torch (CUDA build) already resides at ~0.85 GB, and dask pauses a worker at 80% of
+    # its limit: with 1 GiB the workers pause before their first chunk and the run never ends
+    parser.add_argument("--memory-limit", default="2GiB", help="dask memory_limit of each worker (default 2GiB)")
     parser.add_argument("--workdir", type=Path, default=None, help="where volumes go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the volumes")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: same,throughput,memory")

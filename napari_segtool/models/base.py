@@ -76,5 +76,5 @@ class Architecture(ABC):
         if meta.task == "semantic":
             gt = np.where(annotated, labels, 0)
             p = np.where(annotated, pred, 0)
-            return "miou", float(semantic_scores(p, gt, n_classes=len(meta.classes) - 1)["miou"])
+            return "miou", float(semantic_scores(p, gt, n_classes=len(meta.classes))["miou"])  # ids 0..K, 0 ignored
         return "ap50", float(match_instances(pred * annotated, labels * annotated, 0.5).ap)

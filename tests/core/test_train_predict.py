@@ -200,3 +200,15 @@ def test_semantic_training_from_sparse_scribbles():
     assert res.model.meta.classes[0] == "unlabelled" and len(res.model.meta.classes) == 5
     pred = predict(res.model, image.astype(np.float32))
     assert semantic_scores(pred.labels, classes)["miou"] > 0.8
+
+
+def test_semantic_validation_scores_the_top_class():
+    """Class ids run 1..K (0 = unlabelled): validation must accept K (it used to reject it)."""
+    from napari_segtool.core.train import new_model
+
+    model = new_model("unet", "semantic", 1, ["unlabelled", "a", "b", "c"], depth=2, width=4)
+    labels = np.array([[1, 2], [3, 0]])
+    name, value = model.architecture.validation_score(labels.copy(), labels, labels > 0, model.meta)
+    assert (name, value) == ("miou", 1.0)
+    pred = np.array([[1, 2], [2, 0]])
+    assert model.architecture.validation_score(pred, labels, labels > 0, model.meta)[1] < 1.0
