@@ -62,10 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.project:
         os.environ["SEGTOOL_PROJECT_DIR"] = str(Path(args.project).expanduser())
-    import warnings
-
-    # napari 0.9 deprecates PyQt5 (our code is binding-agnostic through qtpy): no toast over the canvas
-    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -98,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.screenshot:
         _process(app, 1.0)
+        _close_toasts(window)
         out = Path(args.screenshot)
         out.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(out), canvas_only=False)
@@ -106,6 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     napari.run()
     return 0
+
+
+def _close_toasts(window) -> None:
+    """Dismiss napari's notification pop-ups (e.g. its PyQt5 deprecation notice) so they don't cover the canvas."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in window.findChildren(NapariQtNotification):
+        toast.close()
 
 
 def _select_model(segment, wanted: str) -> None:
