@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 
 from napari_segtool.plugin import _layers as L
 from napari_segtool.plugin._warmup import ensure_warm
-from napari_segtool.plugin.state import get_session
+from napari_segtool.plugin.state import SavesWithWindow, get_session
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class ReviewStrip(QWidget):
             self.clicked.emit(self.status[i][0])
 
 
-class CorrectWidget(QWidget):
+class CorrectWidget(SavesWithWindow, QWidget):
     """Correction tools for the annotation (labels) layer of an image."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
@@ -98,14 +98,6 @@ class CorrectWidget(QWidget):
         self.viewer.dims.events.current_step.connect(self.update_status)
         self.session.trackers_changed.connect(self.refresh_layers)
         self.session.reviewed_changed.connect(self.update_status)
-
-    def showEvent(self, event: Any) -> None:
-        super().showEvent(event)
-        self.session.watch_window(self.window())  # flush saves when the viewer window closes
-
-    def hideEvent(self, event: Any) -> None:
-        super().hideEvent(event)
-        self.session.save_all(wait=False, full_check=False)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:

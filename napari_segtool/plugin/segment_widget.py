@@ -26,7 +26,8 @@ from qtpy.QtWidgets import (
 from napari_segtool.plugin import _layers as L
 from napari_segtool.plugin._controls import add_job_controls
 from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
-from napari_segtool.plugin.state import LOAD_FROM_DISK, NO_MODEL, get_session, worker_threads
+from napari_segtool.plugin.state import (LOAD_FROM_DISK, NO_MODEL, SavesWithWindow, get_session,
+                                         worker_threads)
 from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ SCOPE_STACK = "whole stack (unreviewed slices)"
 AUTO_OUTPUT = "annotation layer (auto)"
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(SavesWithWindow, QWidget):
     """Choose image, model, scope, tile size and thresholds; Run / Cancel."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
@@ -61,14 +62,6 @@ class SegmentWidget(QWidget):
         self.session.models_changed.connect(self.refresh_models)
         self.session.model_selected.connect(self.select_model)
         self.session.predict_requested.connect(self._on_predict_requested)
-
-    def showEvent(self, event: Any) -> None:
-        super().showEvent(event)
-        self.session.watch_window(self.window())  # flush saves when the viewer window closes
-
-    def hideEvent(self, event: Any) -> None:
-        super().hideEvent(event)
-        self.session.save_all(wait=False, full_check=False)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:

@@ -334,6 +334,23 @@ def worker_threads() -> int:
     return max(1, cores - 1)
 
 
+class SavesWithWindow:
+    """Mixin for a dock widget with a ``session``: saves flush when the viewer window closes or the widget hides.
+
+    Put it before ``QWidget`` in the bases so its Qt event handlers run first.
+    """
+
+    session: Session
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)  # type: ignore[misc]
+        self.session.watch_window(self.window())  # type: ignore[attr-defined]
+
+    def hideEvent(self, event: Any) -> None:
+        super().hideEvent(event)  # type: ignore[misc]
+        self.session.save_all(wait=False, full_check=False)
+
+
 _SESSIONS: dict[int, tuple[weakref.ref, Session]] = {}
 
 

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 from napari_segtool.plugin._controls import add_job_controls
 from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
 from napari_segtool.plugin.plot import LossPlot
-from napari_segtool.plugin.state import get_session, worker_threads
+from napari_segtool.plugin.state import SavesWithWindow, get_session, worker_threads
 from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _same_channels(examples: list[Any], channels: int | None) -> list[Any]:
     return out
 
 
-class TrainWidget(QWidget):
+class TrainWidget(SavesWithWindow, QWidget):
     """Project folder, training settings, live loss plot, Train / Cancel."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
@@ -87,14 +87,6 @@ class TrainWidget(QWidget):
         self.session.project_changed.connect(self._show_project)
         self.session.models_changed.connect(self._suggest_name)
         self._show_project()
-
-    def showEvent(self, event: Any) -> None:
-        super().showEvent(event)
-        self.session.watch_window(self.window())  # flush saves when the viewer window closes
-
-    def hideEvent(self, event: Any) -> None:
-        super().hideEvent(event)
-        self.session.save_all(wait=False, full_check=False)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
