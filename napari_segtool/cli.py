@@ -178,7 +178,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.n = done
             bar.refresh()
 
-        job = iter_predict(model, img.data, axes=img.axes, tile_size=args.tile_size, tile_callback=tiles)
+        z_scale = args.z_scale or img.z_anisotropy()
+        job = iter_predict(model, img.data, axes=img.axes, tile_size=args.tile_size, tile_callback=tiles,
+                           z_scale=z_scale)
         try:
             while True:
                 try:
@@ -281,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder, or a .zarr for chunked/distributed runs")
     p.add_argument("--axes")
     p.add_argument("--tile-size", type=int)
+    p.add_argument("--z-scale", type=float,
+                   help="Z voxel size / XY pixel size of stacks (default: from the file's metadata, else the model's)")
     p.add_argument("--device")
     p.add_argument("--workers", type=int, help="run chunked on a local dask cluster with N workers")
     p.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://host:8786")

@@ -19,7 +19,7 @@ from napari_segtool.core.device import configure_threads
 from napari_segtool.core.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.normalize import NormalizedPlane, fit_normalizer
-from napari_segtool.core.postprocess import link_stack, split_z_chains
+from napari_segtool.core.postprocess import instances_3d_from_maps, link_stack, split_z_chains, typical_diameter
 
 
 class InputError(ValueError):
@@ -118,6 +118,10 @@ def iter_predict(
 
     all_planes = list(np.ndindex(*stack_shape)) if stack_shape else [()]
     todo = all_planes if planes is None else [tuple(p) for p in planes]
+    stack_params = {**meta.postprocess, **{k: v for k, v in postprocess.items() if v is not None}}
+    link = link_z and planes is None and meta.task == "instance" and "Z" in spatial_axes
+    want_maps = link and stack_params.get("z_mode") == "watershed"
+    maps: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     result_planes: dict[tuple, np.ndarray] = {}
     tables: dict[tuple, list[dict[str, Any]]] = {}
     probs = None
@@ -131,17 +135,22 @@ def iter_predict(
             plane = _ChannelMean(plane)
         result = arch.predict_plane(model.net, NormalizedPlane(plane, normalizer), meta, device=model.device,
                                     tile_size=tile_size, batch_size=batch_size,
-                                    return_probabilities=return_probabilities and not index,
+                                    return_probabilities=want_maps or (return_probabilities and not index),
                                     progress=tile_callback, cancel=cancel, **postprocess)
         result_planes[index] = result.labels
         if result.table:
             tables[index] = result.table
-        if result.probabilities is not None:
+        if want_maps and result.probabilities is not None:
+            plane_maps = arch.stack_maps(result.probabilities, meta)
+            want_maps = plane_maps is not None
+            if want_maps:
+                maps[index] = tuple(_to_uint8(m) for m in plane_maps)
+        if result.probabilities is not None and return_probabilities and not index:
             probs = result.probabilities
         yield Progress("predict", i + 1, len(todo), f"plane {index}" if index else "image")
 
-    labels = _assemble(result_planes, data.shape[:-1], spatial_axes, meta.task,
-                       link_z and planes is None, float(meta.postprocess.get("z_split_dip", 0.0)))
+    labels = _assemble(result_planes, data.shape[:-1], spatial_axes, meta.task, link, stack_params,
+                       maps if want_maps else None)
     labels = _to_original_order(labels, spatial_axes, axes)
     if out is not None:
         if out.shape != labels.shape:
@@ -153,18 +162,25 @@ def iter_predict(
     return Prediction(labels, "".join(a for a in axes if a not in "CS"), probs, tables, notes)
 
 
+def _to_uint8(p: np.ndarray) -> np.ndarray:
+    """A 0..1 map stored in a quarter of the memory (kept for every plane of a stack)."""
+    return np.round(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def _assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_axes: str, task: str,
-              link: bool, z_split_dip: float = 0.0) -> np.ndarray:
-    """Planes into one label array; instance planes of Z stacks are linked into 3D objects.
+              link: bool, stack: dict[str, Any] | None = None,
+              maps: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
+    """Planes into one label array; when ``link``, instance planes of Z stacks become 3D objects.
 
-    ``z_split_dip > 0`` (a model's ``postprocess["z_split_dip"]``) then cuts chains of
-    objects stacked along Z at their area necks (:func:`split_z_chains`).
+    ``stack`` holds the model's post-processing settings, overrides included
+    (those of :data:`STACK_POSTPROCESS` act here). With
+    ``maps`` (each plane's foreground and distance maps, ``z_mode="watershed"``)
+    the objects come from one 3D watershed of the stacked maps
+    (:func:`instances_3d_from_maps`); otherwise planes are linked by overlap and
+    ``z_split_dip > 0`` cuts chains stacked along Z at their area necks
+    (:func:`split_z_chains`).
     """
-
-    def link(stack: np.ndarray) -> np.ndarray:
-        linked = link_stack(stack)
-        return split_z_chains(linked, z_split_dip) if z_split_dip > 0 else linked
-
+    stack = stack or {}
     labels = np.zeros(shape, np.int32)
     offset = 0
     for index, plane in planes.items():
@@ -172,16 +188,29 @@ def _assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_a
             plane = np.where(plane > 0, plane + offset, 0)
             offset = max(offset, int(plane.max()))
         labels[index] = plane
-    if task == "instance" and link and "Z" in spatial_axes:
-        z = spatial_axes.index("Z")
-        if z == 0:
-            labels = link(labels)
-        else:  # T before Z: link each time point separately, keep ids unique
-            offset = 0
-            for t in range(labels.shape[0]):
-                linked = link(labels[t])
-                labels[t] = np.where(linked > 0, linked + offset, 0)
-                offset = int(labels[t].max())
+    if not link:
+        return labels
+    if maps is not None:
+        fg = np.zeros(shape, np.uint8)
+        dist = np.zeros(shape, np.uint8)
+        for index, (f, d) in maps.items():
+            fg[index], dist[index] = f, d
+
+    def objects_3d(t: tuple) -> np.ndarray:
+        if maps is not None:
+            return instances_3d_from_maps(fg[t] / 255.0, dist[t] / 255.0, typical_diameter(labels[t]),
+                                          z_scale=float(stack.get("z_scale", 2.0)),
+                                          fg_threshold=float(stack.get("fg_threshold", 0.5)))
+        linked = link_stack(labels[t])
+        dip = float(stack.get("z_split_dip", 0.0))
+        return split_z_chains(linked, dip) if dip > 0 else linked
+
+    z = spatial_axes.index("Z")
+    offset = 0
+    for t in np.ndindex(*shape[:z]):  # T before Z: each time point on its own, ids kept unique
+        objects = objects_3d(t)
+        labels[t] = np.where(objects > 0, objects + offset, 0)
+        offset = int(labels[t].max())
     return labels
 
 

@@ -100,6 +100,19 @@ class ImageData:
         scale = self.metadata.get("scale") or {}
         return tuple(float(scale.get(a, 1.0)) for a in normalize_axes(axes or self.axes))
 
+    def z_anisotropy(self) -> float | None:
+        """Z voxel size / X pixel size when the file gives both in one unit, else ``None``.
+
+        Files that only carry a Z spacing (or sizes in different units, e.g. a
+        default "inch" resolution next to a micron spacing) say nothing reliable.
+        """
+        scale = self.metadata.get("scale") or {}
+        units = self.metadata.get("units") or {}
+        if "Z" not in scale or "X" not in scale or units.get("Z") != units.get("X"):
+            return None
+        ratio = float(scale["Z"]) / float(scale["X"]) if float(scale["X"]) > 0 else 0.0
+        return ratio if 0.05 <= ratio <= 50 else None
+
 
 # --------------------------------------------------------------------------- helpers
 

@@ -68,6 +68,11 @@ class Architecture(ABC):
                       cancel: CancelToken | None = None, **postprocess: Any) -> PlaneResult:
         """Labels for one normalised ``YXC`` float32 plane of any size (tiled)."""
 
+    def stack_maps(self, probabilities: np.ndarray, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(p_foreground, distance)`` from one plane's ``predict_plane`` probabilities, if this family
+        predicts such maps; ``core.predict`` stacks them for a 3D watershed (``z_mode="watershed"``)."""
+        return None
+
     def validation_score(self, pred: np.ndarray, labels: np.ndarray, annotated: np.ndarray,
                          meta: ModelMeta) -> tuple[str, float]:
         """A validation metric (name, value; higher is better) on annotated pixels."""

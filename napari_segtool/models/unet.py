@@ -214,3 +214,8 @@ class UNetArchitecture(Architecture):
             params.pop(key, None)
         labels = instances_from_maps(probs[1] + probs[2], probs[1], probs[3], **params)
         return PlaneResult(labels, probs if return_probabilities else None)
+
+    def stack_maps(self, probabilities: np.ndarray, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray] | None:
+        if meta.task != "instance":
+            return None
+        return probabilities[1] + probabilities[2], probabilities[3]

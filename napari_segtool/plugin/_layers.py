@@ -68,6 +68,15 @@ def spatial_scale(layer: Any) -> tuple[float, ...]:
     return tuple(float(s) for s, a in zip(scale, axes) if a != "C")
 
 
+def z_anisotropy(layer: Any) -> float | None:
+    """Z / X voxel size from the layer's scale, or ``None`` when it has no Z or no pixel sizes (all 1)."""
+    axes = [a for a in image_axes(layer) if a != "C"]
+    scale = spatial_scale(layer)
+    if "Z" not in axes or all(s == 1.0 for s in scale) or scale[axes.index("X")] <= 0:
+        return None
+    return scale[axes.index("Z")] / scale[axes.index("X")]
+
+
 def spatial_translate(layer: Any) -> tuple[float, ...]:
     axes = image_axes(layer)
     return tuple(float(s) for s, a in zip(layer.translate, axes) if a != "C")

@@ -311,6 +311,7 @@ class SegmentWidget(SavesWithWindow, QWidget):
                 else np.zeros(shape, np.int32)
             job.update(data=L.layer_data(image_layer), axes=axes, planes=None if len(todo) == len(all_planes)
                        else todo, out=out, todo=todo, total=len(todo), crop=None)
+            job["postprocess"].setdefault("z_scale", L.z_anisotropy(image_layer))  # 3D watershed of stacks
             return job
         # a single plane (current slice, or its visible part)
         data, _canon = L.canonical(image_layer)

@@ -73,6 +73,7 @@ def test_imagej_hyperstack_with_scale(tmp_path):
     assert img.metadata["scale"] == pytest.approx({"T": 3.0, "Z": 2.0, "Y": 0.5, "X": 0.25})
     assert img.metadata["units"]["X"] == "um"
     assert img.scale_for("TZYXC") == pytest.approx((3.0, 2.0, 0.5, 0.25, 1.0))
+    assert img.z_anisotropy() == pytest.approx(8.0)  # Z 2 um / X 0.25 um
     canon, axes = to_canonical(img.data, img.axes)
     assert axes == "TZYXC" and canon.shape == (2, 3, 16, 20, 2)
 
@@ -317,3 +318,14 @@ def test_read_labels_float_integral(tmp_path):
     tifffile.imwrite(tmp_path / "g.tif", np.array([[0, 1.5], [2, 3]], dtype=np.float32))
     with pytest.raises(ImageReadError, match="whole numbers"):
         read_labels(tmp_path / "g.tif")
+
+
+def test_z_anisotropy_needs_both_sizes_in_one_unit(tmp_path):
+    data = RNG.integers(0, 1000, (3, 16, 20), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "plain.tif", data)
+    assert read_image(tmp_path / "plain.tif").z_anisotropy() is None      # no sizes: unknown
+    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, metadata={"axes": "ZYX", "spacing": 2.0})
+    assert read_image(tmp_path / "ij.tif").z_anisotropy() == pytest.approx(2.0)  # ImageJ: voxel depth 2 px
+    img = read_image(tmp_path / "ij.tif")
+    img.metadata["units"] = {"X": "nm", "Z": "um"}
+    assert img.z_anisotropy() is None                                      # units differ: not comparable
