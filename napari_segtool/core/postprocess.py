@@ -68,6 +68,7 @@ def instances_from_maps(
     min_size: int = 10,
     min_seed_size: int = 3,
     fill: bool = True,
+    seed_mode: str = "interior",
 ) -> np.ndarray:
     """Instance labels from foreground / interior probabilities and a distance map.
 
@@ -81,7 +82,12 @@ def instances_from_maps(
     min_size : objects smaller than this (pixels) are removed.
     min_seed_size : seeds smaller than this are ignored (noise).
     fill : fill holes inside objects.
+    seed_mode : ``"interior"`` (seeds are the confident interiors) or ``"shape"``: those
+        objects only give the typical diameter, and :func:`split_by_shape` then splits
+        touching objects at the waists of the foreground (no dark line needed).
     """
+    if seed_mode not in ("interior", "shape"):
+        raise ValueError(f"unknown seed_mode '{seed_mode}' (choose interior or shape)")
     foreground = p_foreground > fg_threshold
     seed_mask = (p_interior > seed_threshold) & foreground
     seeds = remove_small(measure.label(seed_mask), min_seed_size)
@@ -90,6 +96,9 @@ def instances_from_maps(
     if fill:
         labels = fill_holes(labels)
     labels = remove_small(labels, min_size)
+    if seed_mode == "shape" and labels.max():
+        return split_by_shape(p_foreground, distance, typical_diameter(labels), fg_threshold=fg_threshold,
+                              min_size=min_size, fill=fill)
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 
@@ -208,50 +217,61 @@ def typical_diameter(plane_labels: np.ndarray, default: float = 10.0) -> float:
     return float(2.0 * np.sqrt(np.median(areas) / np.pi)) if areas.size else default
 
 
-def instances_3d_from_maps(
+def split_by_shape(
     p_foreground: np.ndarray,
     distance: np.ndarray,
     diameter: float,
     *,
-    z_scale: float = 2.0,
+    z_scale: float = 1.0,
     fg_threshold: float = 0.5,
     seed_spacing: float = 0.25,
-    min_fraction: float = 0.25,
+    min_size: int | None = None,
+    fill: bool = True,
 ) -> np.ndarray:
-    """3D instances of a ``ZYX`` stack from per-plane foreground and distance maps.
+    """Instances of a ``YX`` plane or ``ZYX`` stack, touching objects split by their shape.
 
-    Objects stacked along Z overlap plane after plane, so linking 2D objects chains
-    them; in 3D, though, two touching nuclei meet at a *neck*. The predicted
-    foreground is turned into a 3D Euclidean distance transform (Z voxels count
-    ``z_scale`` times an XY pixel), weighted by the network's own (2D) distance
-    map, so the relief peaks once per nucleus; seeds are its local maxima at
-    least ``seed_spacing * diameter`` apart and a watershed floods the relief
-    within the foreground. This is the classic seeded 3D watershed for touching
-    nuclei, fed with the network's maps rather than a thresholded image.
+    Touching nuclei of similar brightness often show no dark line between them
+    (the network's interior map then merges them), but their union has a *waist*:
+    the Euclidean distance transform of the predicted foreground has one peak per
+    nucleus. The relief is that transform (Z voxels counting ``z_scale`` times an
+    XY pixel) weighted by the network's own distance map; seeds are its local
+    maxima at least ``seed_spacing * diameter`` apart, and a watershed floods the
+    relief within the foreground -- the classic distance-transform watershed for
+    touching nuclei, fed with the network's maps rather than a thresholded image.
+    In a stack, per-plane maps stacked along Z split nuclei touching along Z too,
+    which linking 2D objects by overlap cannot.
 
     Parameters
     ----------
-    p_foreground : ``ZYX`` probability of any object (per plane, stacked).
-    distance : ``ZYX`` predicted normalised distance to the object border (0..1).
+    p_foreground : ``YX`` or ``ZYX`` probability of any object (stacks: per plane, stacked).
+    distance : predicted normalised distance to the object border (0..1), same shape.
     diameter : typical object diameter in XY pixels (e.g. :func:`typical_diameter`).
-    z_scale : Z voxel size / XY pixel size (2 suits typical confocal stacks).
+    z_scale : Z voxel size / XY pixel size (stacks only; 2 suits typical confocal stacks).
     fg_threshold : foreground cut-off.
     seed_spacing : least distance between seeds, as a fraction of ``diameter``.
-    min_fraction : objects under this fraction of a ball of ``diameter`` (in voxels) are dropped.
+    min_size : objects smaller than this (pixels/voxels) are dropped; default a quarter
+        of a disc (ball) of ``diameter``.
+    fill : fill holes inside objects (planes only).
     """
-    if p_foreground.ndim != 3 or p_foreground.shape != distance.shape:
-        raise ValueError(f"expected two ZYX maps of one shape, got {p_foreground.shape} and {distance.shape}")
+    if p_foreground.ndim not in (2, 3) or p_foreground.shape != distance.shape:
+        raise ValueError(f"expected two YX or ZYX maps of one shape, got {p_foreground.shape} and {distance.shape}")
     foreground = p_foreground > fg_threshold
     if not foreground.any():
         return np.zeros(foreground.shape, np.int32)
-    smooth = (0.5, 1.0, 1.0)
-    relief = ndi.distance_transform_edt(foreground, sampling=(float(z_scale), 1.0, 1.0))
+    stack = foreground.ndim == 3
+    smooth = (0.5, 1.0, 1.0) if stack else (1.0, 1.0)
+    sampling = (float(z_scale), 1.0, 1.0) if stack else None
+    relief = ndi.distance_transform_edt(foreground, sampling=sampling)
     relief = ndi.gaussian_filter(relief * (0.5 + ndi.gaussian_filter(distance.astype(np.float32), smooth)), smooth)
     peaks = feature.peak_local_max(relief, min_distance=max(2, int(round(seed_spacing * diameter))),
                                    labels=measure.label(foreground), exclude_border=False)
     seeds = np.zeros(foreground.shape, np.int32)
     seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     labels = segmentation.watershed(-relief, markers=seeds, mask=foreground)
-    ball = np.pi / 6.0 * diameter ** 3 / max(float(z_scale), 1e-6)
-    labels = remove_small(labels, int(min_fraction * ball))
+    if fill and not stack:
+        labels = fill_holes(labels)
+    if min_size is None:
+        whole = np.pi / 6.0 * diameter ** 3 / max(float(z_scale), 1e-6) if stack else np.pi / 4.0 * diameter ** 2
+        min_size = int(0.25 * whole)
+    labels = remove_small(labels, min_size)
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)

@@ -19,7 +19,7 @@ from napari_segtool.core.device import configure_threads
 from napari_segtool.core.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.normalize import NormalizedPlane, fit_normalizer
-from napari_segtool.core.postprocess import instances_3d_from_maps, link_stack, split_z_chains, typical_diameter
+from napari_segtool.core.postprocess import link_stack, split_by_shape, split_z_chains, typical_diameter
 
 
 class InputError(ValueError):
@@ -176,7 +176,7 @@ def _assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_a
     (those of :data:`STACK_POSTPROCESS` act here). With
     ``maps`` (each plane's foreground and distance maps, ``z_mode="watershed"``)
     the objects come from one 3D watershed of the stacked maps
-    (:func:`instances_3d_from_maps`); otherwise planes are linked by overlap and
+    (:func:`split_by_shape`); otherwise planes are linked by overlap and
     ``z_split_dip > 0`` cuts chains stacked along Z at their area necks
     (:func:`split_z_chains`).
     """
@@ -198,7 +198,7 @@ def _assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_a
 
     def objects_3d(t: tuple) -> np.ndarray:
         if maps is not None:
-            return instances_3d_from_maps(fg[t] / 255.0, dist[t] / 255.0, typical_diameter(labels[t]),
+            return split_by_shape(fg[t] / 255.0, dist[t] / 255.0, typical_diameter(labels[t]),
                                           z_scale=float(stack.get("z_scale", 2.0)),
                                           fg_threshold=float(stack.get("fg_threshold", 0.5)))
         linked = link_stack(labels[t])

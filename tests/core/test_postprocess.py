@@ -1,5 +1,6 @@
 """Stack post-processing: linking planes into 3D objects and cutting chains of stacked nuclei."""
 import numpy as np
+import pytest
 from skimage.draw import disk
 
 from napari_segtool.core.postprocess import link_stack, split_z_chains
@@ -61,36 +62,57 @@ def ball_maps(centres, radius=8.0, shape=(24, 48, 48), z_scale=2.0):
 
 def test_3d_watershed_splits_nuclei_touching_along_z_where_linking_chains_them():
     from napari_segtool.core.metrics import instance_scores
-    from napari_segtool.core.postprocess import instances_3d_from_maps
+    from napari_segtool.core.postprocess import split_by_shape
 
     fg, dist, truth = ball_maps([(7, 24, 24), (12, 24, 24)], z_scale=3.0)   # stacked, touching along Z
     plane_objects = np.stack([measure_label(p > 0.5) for p in fg])
     linked = link_stack(plane_objects)
     assert len(np.unique(linked[linked > 0])) == 1                 # linking: one chained object
-    labels = instances_3d_from_maps(fg, dist, diameter=16.0, z_scale=3.0)
+    labels = split_by_shape(fg, dist, diameter=16.0, z_scale=3.0)
     assert labels.max() == 2
     assert instance_scores(labels, truth)["ap50"] == 1.0
     assert np.array_equal(labels > 0, fg > 0.5)                     # no voxel lost or added
 
 
 def test_3d_watershed_z_scale_is_what_makes_the_neck():
-    from napari_segtool.core.postprocess import instances_3d_from_maps
+    from napari_segtool.core.postprocess import split_by_shape
 
     fg, dist, _ = ball_maps([(7, 24, 24), (12, 24, 24)], z_scale=3.0)
-    assert instances_3d_from_maps(fg, dist, diameter=16.0, z_scale=3.0).max() == 2
+    assert split_by_shape(fg, dist, diameter=16.0, z_scale=3.0).max() == 2
     # read as isotropic, the same voxels are one elongated blob whose waist is too shallow to seed twice
-    assert instances_3d_from_maps(fg, dist, diameter=16.0, z_scale=1.0).max() == 1
+    assert split_by_shape(fg, dist, diameter=16.0, z_scale=1.0).max() == 1
 
 
 def test_3d_watershed_of_empty_maps_and_bad_shapes():
-    import pytest
-
-    from napari_segtool.core.postprocess import instances_3d_from_maps
+    from napari_segtool.core.postprocess import split_by_shape
 
     empty = np.zeros((4, 16, 16), np.float32)
-    assert instances_3d_from_maps(empty, empty, diameter=8.0).max() == 0
+    assert split_by_shape(empty, empty, diameter=8.0).max() == 0
     with pytest.raises(ValueError, match="ZYX"):
-        instances_3d_from_maps(empty, empty[:2], diameter=8.0)
+        split_by_shape(empty, empty[:2], diameter=8.0)
+
+
+def test_shape_seeds_split_touching_discs_that_show_no_dividing_line():
+    from scipy import ndimage as ndi
+    from skimage.draw import disk as draw_disk
+
+    from napari_segtool.core.metrics import instance_scores
+    from napari_segtool.core.postprocess import instances_from_maps
+
+    truth = np.zeros((64, 80), np.int32)
+    truth[draw_disk((32, 27), 12, shape=truth.shape)] = 1
+    second = np.zeros_like(truth, bool)
+    second[draw_disk((32, 50), 12, shape=truth.shape)] = True
+    truth[second & (truth == 0)] = 2
+    fg = (truth > 0).astype(np.float32)          # the network saw no boundary between them: interior == foreground
+    edt = ndi.distance_transform_edt(fg)
+    dist = (edt / edt.max()).astype(np.float32)
+    merged = instances_from_maps(fg, fg, dist, min_size=10)
+    assert merged.max() == 1
+    split = instances_from_maps(fg, fg, dist, min_size=10, seed_mode="shape")
+    assert split.max() == 2 and instance_scores(split, truth)["ap50"] == 1.0
+    with pytest.raises(ValueError, match="seed_mode"):
+        instances_from_maps(fg, fg, dist, seed_mode="magic")
 
 
 def measure_label(mask):
