@@ -212,6 +212,8 @@ class UNetArchitecture(Architecture):
         params = {**meta.postprocess, **{k: v for k, v in postprocess.items() if v is not None}}
         for key in STACK_POSTPROCESS:  # applied to the whole stack by core.predict, not per plane
             params.pop(key, None)
+        if params.get("seed_mode") == "flux":  # deblending by brightness peaks needs the (normalised) plane
+            params["image"] = np.asarray(image[:, :, :]).mean(axis=-1)
         labels = instances_from_maps(probs[1] + probs[2], probs[1], probs[3], **params)
         return PlaneResult(labels, probs if return_probabilities else None)
 

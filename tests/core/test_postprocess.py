@@ -119,3 +119,27 @@ def measure_label(mask):
     from skimage.measure import label
 
     return label(mask)
+
+
+def test_flux_seeds_deblend_sources_whose_joint_footprint_has_no_waist():
+    from napari_segtool.core.postprocess import instances_from_maps
+
+    yy, xx = np.mgrid[:64, :64].astype(np.float32)
+    bright = 100 * np.exp(-((yy - 32) ** 2 + (xx - 28) ** 2) / (2 * 3.0 ** 2))
+    faint = 30 * np.exp(-((yy - 32) ** 2 + (xx - 39) ** 2) / (2 * 2.0 ** 2))
+    image = bright + faint
+    fg = (((yy - 32) / 6) ** 2 + ((xx - 33) / 10) ** 2 < 1).astype(np.float32)  # one oval footprint around both
+    edt = ndimage_edt(fg)
+    dist = (edt / edt.max()).astype(np.float32)
+    assert instances_from_maps(fg, fg, dist, min_size=4, seed_mode="shape").max() == 1
+    labels = instances_from_maps(fg, fg, dist, min_size=4, seed_mode="flux", image=image)
+    assert labels.max() == 2
+    assert labels[32, 28] != labels[32, 39] and labels[32, 28] > 0 and labels[32, 39] > 0
+    with pytest.raises(ValueError, match="needs the image"):
+        instances_from_maps(fg, fg, dist, seed_mode="flux")
+
+
+def ndimage_edt(mask):
+    from scipy import ndimage as ndi
+
+    return ndi.distance_transform_edt(mask)
