@@ -17,11 +17,11 @@ from skimage import feature, measure, morphology, segmentation
 #: How touching objects are told apart (``instances_from_maps(seed_mode=...)``).
 SEED_MODES = ("interior", "shape", "flux")
 
-#: Post-processing settings of a model that act on a whole stack (``core.predict``), not on one plane:
-#: ``z_mode`` ("link": per-plane objects linked by overlap, or "watershed": one 3D watershed of the
-#: stacked per-plane maps), ``z_scale`` (Z voxel size / XY voxel size for "watershed") and
-#: ``z_split_dip`` (cut linked chains at their necks, "link" only).
-STACK_POSTPROCESS = ("z_split_dip", "z_mode", "z_scale")
+#: Post-processing settings that ``core.predict`` applies to the assembled result, not an architecture per
+#: plane: ``z_mode`` ("link": per-plane objects linked by overlap, or "watershed": one 3D watershed of the
+#: stacked per-plane maps), ``z_scale`` (Z voxel size / XY pixel size for "watershed"), ``z_split_dip``
+#: (cut linked chains at their necks, "link" only) and ``source_table`` (a per-source catalogue, astronomy).
+CORE_POSTPROCESS = ("z_split_dip", "z_mode", "z_scale", "source_table")
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from napari_segtool.core.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.normalize import NormalizedPlane, fit_normalizer
 from napari_segtool.core.postprocess import link_stack, split_by_shape, split_z_chains, typical_diameter
+from napari_segtool.core.sources import source_table
 
 
 class InputError(ValueError):
@@ -140,6 +141,8 @@ def iter_predict(
         result_planes[index] = result.labels
         if result.table:
             tables[index] = result.table
+        elif meta.task == "instance" and stack_params.get("source_table"):
+            tables[index] = source_table(np.asarray(plane[:, :, :], dtype=np.float32).mean(axis=-1), result.labels)
         if want_maps and result.probabilities is not None:
             plane_maps = arch.stack_maps(result.probabilities, meta)
             want_maps = plane_maps is not None
@@ -173,7 +176,7 @@ def _assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_a
     """Planes into one label array; when ``link``, instance planes of Z stacks become 3D objects.
 
     ``stack`` holds the model's post-processing settings, overrides included
-    (those of :data:`STACK_POSTPROCESS` act here). With
+    (those of :data:`~napari_segtool.core.postprocess.CORE_POSTPROCESS` act here). With
     ``maps`` (each plane's foreground and distance maps, ``z_mode="watershed"``)
     the objects come from one 3D watershed of the stacked maps
     (:func:`split_by_shape`); otherwise planes are linked by overlap and

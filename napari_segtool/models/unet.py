@@ -26,7 +26,7 @@ from torch import nn
 
 from napari_segtool.core.events import CancelToken
 from napari_segtool.core.model import ModelMeta
-from napari_segtool.core.postprocess import STACK_POSTPROCESS, instances_from_maps
+from napari_segtool.core.postprocess import CORE_POSTPROCESS, instances_from_maps
 from napari_segtool.core.tiling import halo_for, tiled_apply
 from napari_segtool.models.base import Architecture, Patch, PlaneResult, ProgressFn
 
@@ -210,7 +210,7 @@ class UNetArchitecture(Architecture):
             labels = (np.argmax(probs, axis=0) + 1).astype(np.int32)
             return PlaneResult(labels, probs if return_probabilities else None)
         params = {**meta.postprocess, **{k: v for k, v in postprocess.items() if v is not None}}
-        for key in STACK_POSTPROCESS:  # applied to the whole stack by core.predict, not per plane
+        for key in CORE_POSTPROCESS:  # applied by core.predict to the assembled result
             params.pop(key, None)
         if params.get("seed_mode") == "flux":  # deblending by brightness peaks needs the (normalised) plane
             params["image"] = np.asarray(image[:, :, :]).mean(axis=-1)
