@@ -420,10 +420,12 @@ class SegmentWidget(SavesWithWindow, QWidget):
             updates = {p: ((slice(None), slice(None)), np.asarray(labels[p])) for p in job["todo"]}
         else:
             pred = np.asarray(prediction.labels).astype(np.int32)
+            offset = 0
             if instance and pred.max() > 0:
                 offset = int(np.asarray(target.data).max())
                 pred = np.where(pred > 0, pred + offset, 0)
             updates = {job["index"]: (job["crop"], pred)}
+            self._show_table(target, prediction.tables.get((), []), offset, job["crop"])
         written = tracker.apply_prediction(updates, instance=instance)
         if prediction.probabilities is not None and job["crop"] is not None:
             self._show_probabilities(prediction.probabilities, image, job, instance)
@@ -438,6 +440,24 @@ class SegmentWidget(SavesWithWindow, QWidget):
         self.status_label.setText(msg + (f" — {notes}" if notes else ""))
         self.viewer.layers.selection.active = target
         self.refresh_layers()
+
+    @staticmethod
+    def _show_table(target: Labels, rows: list[dict[str, Any]], offset: int, crop: tuple[slice, slice]) -> None:
+        """Per-object rows (Mask R-CNN scores, astronomy source catalogue) become the layer's features:
+        napari shows them for the object under the cursor, and ``layer.features`` is a DataFrame."""
+        if not rows or "label" not in rows[0]:
+            return
+        import pandas as pd
+
+        table = pd.DataFrame(rows)
+        table.insert(0, "index", table.pop("label").astype(int) + offset)
+        for axis, sl in zip("yx", crop):  # positions in the whole plane, not the predicted region
+            if axis in table:
+                table[axis] += sl.start or 0
+        old = target.features
+        if len(old) and "index" in old:  # keep the rows of objects from earlier runs (other slices/regions)
+            table = pd.concat([old[~old["index"].isin(table["index"])], table], ignore_index=True)
+        target.features = table
 
     def _show_probabilities(self, probs: np.ndarray, image: Image, job: dict, instance: bool) -> None:
         crop = job["crop"]

@@ -132,3 +132,28 @@ def test_widgets_docked_by_napari_share_one_session_and_tracker(make_napari_view
     assert tracker is not None and tracker.image_layer.name == "nuclei"
     tracker.set_reviewed(tracker.current_plane(), True)
     assert tracker.current_plane() in tracker.reviewed
+
+
+def test_per_object_table_becomes_the_labels_layer_features(make_napari_viewer, qtbot, tmp_path, monkeypatch,
+                                                             errors):
+    """A model with a source table (as astro-sources has): hovering an object shows its row."""
+    from napari_segtool.core.checkpoint import save_model
+    from napari_segtool.sim import simulate_nuclei
+    from tests.core.test_batch import threshold_unet
+
+    model = threshold_unet()  # segments bright blobs without training
+    model.meta.postprocess["source_table"] = True
+    save_model(model, tmp_path / "models" / "blobs-table")
+    monkeypatch.setenv("SEGTOOL_MODELS_DIR", str(tmp_path / "models"))
+    sim = simulate_nuclei((96, 96), seed=5, snr=30.0, density=0.2)
+    viewer, layer, widget = _widget(make_napari_viewer, sim.image)
+    widget.fg_spin.setValue(-1)  # the model's own threshold
+    assert widget.current_model_ref().endswith("blobs-table")
+    assert widget.run(scope=sw.SCOPE_SLICE) is not None
+    assert _wait(qtbot, widget).ok
+    labels = viewer.layers["nuclei labels"]
+    ids = set(np.unique(labels.data[labels.data > 0]).tolist())
+    assert ids and set(labels.features["index"]) == ids
+    row = labels.features.set_index("index").loc[max(ids)]
+    ys, xs = np.nonzero(labels.data == max(ids))
+    assert abs(row["y"] - ys.mean()) < 3 and abs(row["x"] - xs.mean()) < 3 and row["flux"] > 0
