@@ -233,10 +233,10 @@ def throughput(model_path, work: Path, base, shape) -> list[dict]:
     return rows
 
 
-def memory(model_path, work: Path, base, sizes, memory_limit: str) -> list[dict]:
+def memory(model_path, work: Path, base, sizes, memory_limit: str):
+    """Yields one row per volume size (as it is measured: the large ones take many minutes)."""
     from napari_segtool.core.batch import predict_to_zarr
 
-    rows = []
     for shape in sizes:
         name = "vol_" + "x".join(map(str, shape))
         vol = write_volume(work / f"{name}.zarr", shape, base)
@@ -249,20 +249,19 @@ def memory(model_path, work: Path, base, sizes, memory_limit: str) -> list[dict]
         finally:
             cluster.close()
         shutil.rmtree(work / f"{name}_labels.zarr", ignore_errors=True)
-        rows.append({"shape": shape, "mpx": np.prod(shape) / 1e6, "float32_mb": np.prod(shape) * 4 / MB,
-                     "chunks": report.n_chunks, "objects": report.n_objects, "seconds": report.seconds,
-                     "mpx_per_s": report.mpx_per_s, "idle_mb": idle[0] / MB, "peak_mb": rss.peak_total / MB,
-                     "peak_worker_mb": rss.peak_worker / MB, "peak_client_mb": rss.peak_client / MB})
-    return rows
+        yield {"shape": shape, "mpx": np.prod(shape) / 1e6, "float32_mb": np.prod(shape) * 4 / MB,
+               "chunks": report.n_chunks, "objects": report.n_objects, "seconds": report.seconds,
+               "mpx_per_s": report.mpx_per_s, "idle_mb": idle[0] / MB, "peak_mb": rss.peak_total / MB,
+               "peak_worker_mb": rss.peak_worker / MB, "peak_client_mb": rss.peak_client / MB}
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", action="store_true", help="add 268 Mpx and 1.07 Gpx volumes (long)")
-    # a worker holding torch (CUDA build) already resides at ~0.85 GB, and dask pauses a worker at 80% of
-    # its limit: with 1 GiB the workers pause before their first chunk and the run never ends
-    parser.add_argument("--memory-limit", default="2GiB", help="dask memory_limit of each worker (default 2GiB)")
+    # a worker holding torch and the model resides at ~0.7 GB, and dask pauses a worker at 80% of its limit
+    # (and its nanny kills it at 95%): 1 GiB is about the least a worker can run in
+    parser.add_argument("--memory-limit", default="1GiB", help="dask memory_limit of each worker (default 1GiB)")
     parser.add_argument("--workdir", type=Path, default=None, help="where volumes go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the volumes")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: same,throughput,memory")
