@@ -107,6 +107,26 @@ def evaluate(method: str, params: str, segment: Segmenter, fields: Sequence[Astr
     return row
 
 
+def star_galaxy(model, fields: Sequence[AstroField]) -> str | None:
+    """Accuracy of the model's star/galaxy column on its sources matched to true ones (``None`` if it has none)."""
+    from napari_segtool.core.sources import truth_classes
+
+    pairs = []
+    for f in fields:
+        pred = predict(model, f.image)
+        truth = truth_classes(pred.labels, f.labels, f.classes)
+        pairs += [(r["class"], truth[r["label"]]) for r in pred.tables.get((), []) if "class" in r
+                  and r["label"] in truth]
+    if not pairs:
+        return None
+    guess, true = (np.array(v) for v in zip(*pairs))
+    stars = true == "star"
+    tp = int(np.sum((guess == "star") & stars))
+    return (f"star/galaxy column on {len(pairs)} matched sources: accuracy {np.mean(guess == true):.3f} "
+            f"(all 'galaxy': {1 - stars.mean():.3f}), stars: precision {tp / max(1, np.sum(guess == 'star')):.2f} "
+            f"recall {tp / max(1, stars.sum()):.2f}")
+
+
 def load(model: str):
     """The model by zoo name or path, or exit with what to do when the zoo model is missing."""
     from napari_segtool.core.checkpoint import ModelLoadError, load_model
@@ -180,8 +200,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                      test_fields))
                 print(format_row(rows[-1], COLUMNS), flush=True)
 
+    classes = star_galaxy(model, test_fields)
+    if classes:
+        header.append(f"- {classes}")
     print()
     print(format_table(rows, COLUMNS))
+    print(classes or "the model's source table has no star/galaxy column")
     if args.out:
         md, csv_path = write_report(rows, COLUMNS, args.out, "astro_sources", header)
         print(f"wrote {md} and {csv_path}")

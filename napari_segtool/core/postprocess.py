@@ -20,8 +20,9 @@ SEED_MODES = ("interior", "shape", "flux")
 #: Post-processing settings that ``core.predict`` applies to the assembled result, not an architecture per
 #: plane: ``z_mode`` ("link": per-plane objects linked by overlap, or "watershed": one 3D watershed of the
 #: stacked per-plane maps), ``z_scale`` (Z voxel size / XY pixel size for "watershed"), ``z_split_dip``
-#: (cut linked chains at their necks, "link" only) and ``source_table`` (a per-source catalogue, astronomy).
-CORE_POSTPROCESS = ("z_split_dip", "z_mode", "z_scale", "source_table")
+#: (cut linked chains at their necks, "link" only), ``source_table`` (a per-source catalogue, astronomy)
+#: and ``star_classifier`` (its star/galaxy column).
+CORE_POSTPROCESS = ("z_split_dip", "z_mode", "z_scale", "source_table", "star_classifier")
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:

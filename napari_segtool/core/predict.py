@@ -142,7 +142,8 @@ def iter_predict(
         if result.table:
             tables[index] = result.table
         elif meta.task == "instance" and stack_params.get("source_table"):
-            tables[index] = source_table(np.asarray(plane[:, :, :], dtype=np.float32).mean(axis=-1), result.labels)
+            tables[index] = source_table(np.asarray(plane[:, :, :], dtype=np.float32).mean(axis=-1), result.labels,
+                                         stack_params.get("star_classifier"))
         if want_maps and result.probabilities is not None:
             plane_maps = arch.stack_maps(result.probabilities, meta)
             want_maps = plane_maps is not None

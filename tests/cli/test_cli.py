@@ -91,6 +91,7 @@ def test_astro_sources_on_a_fits_field_writes_labels_and_a_source_table(tmp_path
         rows = list(csv.DictReader(fh))
     assert {int(r["label"]) for r in rows} == set(np.unique(labels[labels > 0]).tolist())
     assert float(rows[0]["sky"]) == pytest.approx(field.sky_level, rel=0.05)
+    assert {r["class"] for r in rows} <= {"star", "galaxy"} and all(0 <= float(r["p_star"]) <= 1 for r in rows)
     # measured fluxes follow the simulator's fluxes of the sources they overlap most
     inter, pred_ids, true_ids = overlap_matrix(labels, field.labels)
     flux_true = {e["id"]: e["flux"] for e in field.catalog}

@@ -30,3 +30,47 @@ def test_empty_and_mismatched_inputs():
     assert source_table(np.ones((16, 16)), np.zeros((16, 16), np.int32)) == []
     with pytest.raises(ValueError, match="one shape"):
         source_table(np.ones((16, 16)), np.zeros((8, 8), np.int32))
+
+
+def test_star_classifier_learns_compactness_and_fills_the_class_column():
+    from napari_segtool.core.sources import (FEATURES, fit_star_classifier, source_features, star_probability)
+
+    rng = np.random.default_rng(1)
+    # sources as the table describes them: stars at the PSF size, galaxies wider
+    rows = []
+    for i in range(200):
+        star = i % 3 == 0
+        size = 2.0 * (1 + 0.05 * rng.normal()) if star else 2.0 * rng.uniform(1.3, 3.0)
+        flux = 10 ** rng.uniform(2, 4)
+        rows.append({"size": size, "psf_size": 2.0, "peak": flux / (2 * np.pi * size ** 2), "flux": flux,
+                     "snr": flux / 50, "ellipticity": 0.05 if star else rng.uniform(0, 0.6),
+                     "area": int(20 * size ** 2), "star": star})
+    features = source_features(rows)
+    assert features.shape == (200, len(FEATURES))
+    truth = np.array([r["star"] for r in rows])
+    clf = fit_star_classifier(features[:150], truth[:150])
+    p = star_probability(features[150:], clf)
+    assert np.mean((p >= 0.5) == truth[150:]) >= 0.95
+    with pytest.raises(ValueError, match="both classes"):
+        fit_star_classifier(features[:20], np.zeros(20, bool))
+    with pytest.raises(ValueError, match="features"):
+        star_probability(features, {**clf, "features": ["other"]})
+
+
+def test_source_table_with_a_classifier_has_p_star_and_class():
+    from napari_segtool.core.sources import fit_star_classifier
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:64, :64].astype(np.float64)
+    image = 10.0 + rng.normal(0, 1.0, yy.shape)
+    labels = np.zeros(yy.shape, np.int32)
+    for i, (y, x, s) in enumerate([(16, 16, 1.5), (40, 45, 4.0)], start=1):
+        r2 = (yy - y) ** 2 + (xx - x) ** 2
+        image += 3000 / (2 * np.pi * s ** 2) * np.exp(-r2 / (2 * s ** 2))
+        labels[r2 < (3 * s) ** 2] = i
+    features = rng.normal(size=(40, 7))
+    clf = fit_star_classifier(features, np.arange(40) % 2 == 0)
+    rows = source_table(image, labels, clf)
+    assert all(0.0 <= r["p_star"] <= 1.0 and r["class"] == ("star" if r["p_star"] >= 0.5 else "galaxy")
+               for r in rows)
+    assert "class" not in source_table(image, labels)[0]
