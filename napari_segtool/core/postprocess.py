@@ -319,7 +319,7 @@ def split_by_shape(
     stack = foreground.ndim == 3
     smooth = (0.5, 1.0, 1.0) if stack else (1.0, 1.0)
     sampling = (float(z_scale), 1.0, 1.0) if stack else None
-    relief = ndi.distance_transform_edt(foreground, sampling=sampling)
+    relief = ndi.distance_transform_edt(foreground, sampling=sampling).astype(np.float32)  # float32: stacks are big
     relief = ndi.gaussian_filter(relief * (0.5 + ndi.gaussian_filter(distance.astype(np.float32), smooth)), smooth)
     peaks = feature.peak_local_max(relief, min_distance=max(2, int(round(seed_spacing * diameter))),
                                    labels=measure.label(foreground), exclude_border=False)

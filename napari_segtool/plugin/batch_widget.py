@@ -7,7 +7,6 @@ with ``dask.array.from_zarr``, so nothing is loaded whole.
 """
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +30,11 @@ from qtpy.QtWidgets import (
 
 from napari_segtool.core.project import DEFAULT_PROJECT_DIR
 from napari_segtool.plugin import _layers as L
-from napari_segtool.plugin._controls import add_job_controls
+from napari_segtool.plugin._controls import add_job_controls, finish_job
 from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
 from napari_segtool.plugin.state import NO_MODEL, get_session, worker_threads
 from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
 
-log = logging.getLogger(__name__)
 
 SCHED_THREADS = "threads (this process)"
 SCHED_LOCAL = "local cluster, N workers"
@@ -306,32 +304,10 @@ class BatchWidget(QWidget):
         self.status_label.setText(text)
 
     def _on_done(self, outcome: JobOutcome) -> None:
-        self._progress.cancel()
-        self.worker = None
-        self.cancel_token = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1 if outcome.ok else 0)
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self.last_outcome = outcome
-        if outcome.status == "cancelled":
-            self.status_label.setText("cancelled — nothing was written")
-            show_info("batch run cancelled")
-            return
-        if outcome.status == "error":
-            self.status_label.setText(f"failed: {outcome.message}")
-            show_error(f"batch run failed: {outcome.message}")
-            return
-        try:
-            self._show_result(outcome.result)
-        except Exception as exc:  # an unreadable result, a closed viewer...
-            log.exception("cannot show the batch result")
-            message = " ".join(str(exc).split())
-            self.status_label.setText(f"failed: {message}")
-            show_error(f"cannot show the batch result: {message}")
+        finish_job(self, outcome, what="batch run", nothing_done="nothing was written", result_name="batch result",
+                   apply=self._show_result, info=show_info, error=show_error)
 
     def _show_result(self, report: Any) -> None:
         """Add (or replace) the lazy Labels layer reading the written zarr."""

@@ -1,7 +1,6 @@
 """The Segment widget: run a model on an image layer, in the background, into a Labels layer."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,12 @@ from qtpy.QtWidgets import (
 )
 
 from napari_segtool.plugin import _layers as L
-from napari_segtool.plugin._controls import add_job_controls
+from napari_segtool.plugin._controls import add_job_controls, finish_job
 from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
 from napari_segtool.plugin.state import (LOAD_FROM_DISK, NO_MODEL, SavesWithWindow, get_session,
                                          worker_threads)
 from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
 
-log = logging.getLogger(__name__)
 
 SCOPE_SLICE = "current slice"
 SCOPE_VIEW = "visible field of view"
@@ -381,29 +379,8 @@ class SegmentWidget(SavesWithWindow, QWidget):
         self.status_label.setText(text)
 
     def _on_done(self, outcome: JobOutcome) -> None:
-        self._progress.cancel()
-        self.worker = None
-        self.cancel_token = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self.last_outcome = outcome
-        if outcome.status == "cancelled":
-            self.status_label.setText("cancelled — nothing was changed")
-            show_info("segmentation cancelled")
-            return
-        if outcome.status == "error":
-            self.status_label.setText(f"failed: {outcome.message}")
-            show_error(f"segmentation failed: {outcome.message}")
-            return
-        try:
-            self._apply(outcome.result)
-        except Exception as exc:  # the viewer may have changed meanwhile (layer deleted...)
-            log.exception("cannot show the segmentation")
-            self.status_label.setText(f"failed: {exc}")
-            show_error(f"cannot show the segmentation: {exc}")
+        finish_job(self, outcome, what="segmentation", nothing_done="nothing was changed",
+                   result_name="segmentation", apply=self._apply, info=show_info, error=show_error)
 
     def _apply(self, prediction: Any) -> None:
         job = self.last_run
