@@ -50,6 +50,19 @@ def add_job_controls(layout: QVBoxLayout, run_text: str, on_run: Callable[[], ob
     return JobControls(run_button, cancel_button, progress_bar, status_label)
 
 
+def reset_controls(widget: Any, outcome: Any, throttle: Any, run_button: QPushButton) -> None:
+    """A job ended: stop its throttled UI updates, forget its worker, re-arm Run, close napari's progress."""
+    throttle.cancel()
+    widget.worker = None
+    widget.cancel_token = None
+    run_button.setEnabled(True)
+    widget.cancel_button.setEnabled(False)
+    if widget._pbar is not None:
+        widget._pbar.close()
+        widget._pbar = None
+    widget.last_outcome = outcome
+
+
 def finish_job(widget: Any, outcome: Any, *, what: str, nothing_done: str, result_name: str,
                apply: Callable[[Any], None], info: Callable[[str], Any], error: Callable[[str], Any]) -> None:
     """The common end of a Segment/Batch job, on the GUI thread: reset the controls, then report.
@@ -61,15 +74,7 @@ def finish_job(widget: Any, outcome: Any, *, what: str, nothing_done: str, resul
     finished one is shown by ``apply``, whose errors (a layer deleted meanwhile...) are reported
     the same way instead of reaching napari's error dialog.
     """
-    widget._progress.cancel()
-    widget.worker = None
-    widget.cancel_token = None
-    widget.run_button.setEnabled(True)
-    widget.cancel_button.setEnabled(False)
-    if widget._pbar is not None:
-        widget._pbar.close()
-        widget._pbar = None
-    widget.last_outcome = outcome
+    reset_controls(widget, outcome, widget._progress, widget.run_button)
     if outcome.status == "cancelled":
         widget.status_label.setText(f"cancelled — {nothing_done}")
         info(f"{what} cancelled")

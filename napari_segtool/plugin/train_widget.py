@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_segtool.plugin._controls import add_job_controls
+from napari_segtool.plugin._controls import add_job_controls, reset_controls
 from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
 from napari_segtool.plugin.plot import LossPlot
 from napari_segtool.plugin.state import SavesWithWindow, get_session, worker_threads
@@ -329,15 +329,7 @@ class TrainWidget(SavesWithWindow, QWidget):
 
     def _on_done(self, outcome: JobOutcome) -> None:
         self._ui.flush()
-        self._ui.cancel()
-        self.worker = None
-        self.cancel_token = None
-        self.train_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self.last_outcome = outcome
+        reset_controls(self, outcome, self._ui, self.train_button)
         self.update_data_summary()
         if outcome.status == "error":
             self.status_label.setText(f"failed: {outcome.message}")
