@@ -306,7 +306,8 @@ def split_by_shape(
     diameter : typical object diameter in XY pixels (e.g. :func:`typical_diameter`).
     z_scale : Z voxel size / XY pixel size (stacks only; 2 suits typical confocal stacks).
     fg_threshold : foreground cut-off.
-    seed_spacing : least distance between seeds, as a fraction of ``diameter``.
+    seed_spacing : least distance between seeds (XY pixels; Z planes count ``z_scale``), as a
+        fraction of ``diameter``.
     min_size : objects smaller than this (pixels/voxels) are dropped; default a quarter
         of a disc (ball) of ``diameter``.
     fill : fill holes inside objects (planes only).
@@ -321,7 +322,10 @@ def split_by_shape(
     sampling = (float(z_scale), 1.0, 1.0) if stack else None
     relief = ndi.distance_transform_edt(foreground, sampling=sampling).astype(np.float32)  # float32: stacks are big
     relief = ndi.gaussian_filter(relief * (0.5 + ndi.gaussian_filter(distance.astype(np.float32), smooth)), smooth)
-    peaks = feature.peak_local_max(relief, min_distance=max(2, int(round(seed_spacing * diameter))),
+    spacing = max(2, int(round(seed_spacing * diameter)))
+    # seeds at least `spacing` XY pixels apart, i.e. spacing / z_scale planes along Z
+    half = (max(1, int(round(spacing / max(float(z_scale), 1e-6)))), spacing, spacing) if stack else (spacing, spacing)
+    peaks = feature.peak_local_max(relief, min_distance=min(half), footprint=np.ones([2 * h + 1 for h in half], bool),
                                    labels=measure.label(foreground), exclude_border=False)
     seeds = np.zeros(foreground.shape, np.int32)
     seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
