@@ -21,8 +21,9 @@ SEED_MODES = ("interior", "shape", "flux")
 #: plane: ``z_mode`` ("link": per-plane objects linked by overlap, or "watershed": one 3D watershed of the
 #: stacked per-plane maps), ``z_scale`` (Z voxel size / XY pixel size for "watershed"), ``z_split_dip``
 #: (cut linked chains at their necks, "link" only), ``source_table`` (a per-source catalogue, astronomy)
-#: and ``star_classifier`` (its star/galaxy column).
-CORE_POSTPROCESS = ("z_split_dip", "z_mode", "z_scale", "source_table", "star_classifier")
+#: and ``star_classifier`` (its star/galaxy column). ``after_fine_tuning`` is not applied at all: it holds the
+#: settings ``core.train`` gives a model fine-tuned from this one.
+CORE_POSTPROCESS = ("z_split_dip", "z_mode", "z_scale", "source_table", "star_classifier", "after_fine_tuning")
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:

@@ -138,6 +138,8 @@ def iter_train(
 
     if init is not None:
         model = SegModel(copy.deepcopy(init.net), ModelMeta.from_dict(copy.deepcopy(init.meta.to_dict())))
+        # a shipped model may post-process differently once it has learnt the user's data
+        model.meta.postprocess.update(model.meta.postprocess.pop("after_fine_tuning", None) or {})
         _check_compatible(model, examples, task)
     else:
         in_ch = examples[0].image.shape[-1]

@@ -200,6 +200,17 @@ def test_fine_tuning_keeps_architecture_and_checks_channels(tiny_model):
         train([rgb], init=init, config=TrainConfig(epochs=1, steps_per_epoch=1))
 
 
+def test_fine_tuned_model_takes_its_parents_after_fine_tuning_settings(tiny_model):
+    init = load_model(tiny_model)
+    init.meta.postprocess.update(seed_mode="shape", after_fine_tuning={"seed_mode": "interior"})
+    ex = make_example(*draw_objects((64, 64), n=5, seed=9))
+    res = train([ex], init=init, config=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, patch_size=32))
+    assert res.model.meta.postprocess["seed_mode"] == "interior"
+    assert "after_fine_tuning" not in res.model.meta.postprocess
+    assert init.meta.postprocess["seed_mode"] == "shape"          # the parent is untouched
+    predict(init, ex.image[..., 0])                                # and still predicts with the key present
+
+
 def test_semantic_training_from_sparse_scribbles():
     """Four classes, ~5% of pixels scribbled: the model labels the whole image."""
     rng = np.random.default_rng(0)
