@@ -202,9 +202,9 @@ def _assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_a
 
     def objects_3d(t: tuple) -> np.ndarray:
         if maps is not None:
-            return split_by_shape(fg[t] / 255.0, dist[t] / 255.0, typical_diameter(labels[t]),
-                                          z_scale=float(stack.get("z_scale", 2.0)),
-                                          fg_threshold=float(stack.get("fg_threshold", 0.5)))
+            return split_by_shape(fg[t].astype(np.float32) / 255, dist[t].astype(np.float32) / 255,
+                                  typical_diameter(labels[t]), z_scale=float(stack.get("z_scale", 2.0)),
+                                  fg_threshold=float(stack.get("fg_threshold", 0.5)))
         linked = link_stack(labels[t])
         dip = float(stack.get("z_split_dip", 0.0))
         return split_z_chains(linked, dip) if dip > 0 else linked
