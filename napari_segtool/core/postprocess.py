@@ -231,6 +231,21 @@ def typical_diameter(plane_labels: np.ndarray, default: float = 10.0) -> float:
     return float(2.0 * np.sqrt(np.median(areas) / np.pi)) if areas.size else default
 
 
+def _flood_from_peaks(relief: np.ndarray, foreground: np.ndarray, spacing: float, z_scale: float = 1.0) -> np.ndarray:
+    """Watershed of ``-relief`` within ``foreground``, seeded at its local maxima.
+
+    Seeds are at least ``spacing`` XY pixels apart (at least 2), which along Z of a
+    ``ZYX`` stack is ``spacing / z_scale`` planes (at least 1).
+    """
+    xy = max(2, int(round(spacing)))
+    half = (max(1, int(round(xy / max(float(z_scale), 1e-6)))), xy, xy) if relief.ndim == 3 else (xy, xy)
+    peaks = feature.peak_local_max(relief, min_distance=min(half), footprint=np.ones([2 * h + 1 for h in half], bool),
+                                   labels=measure.label(foreground), exclude_border=False)
+    seeds = np.zeros(foreground.shape, np.int32)
+    seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return segmentation.watershed(-relief, markers=seeds, mask=foreground)
+
+
 def split_by_flux(
     image: np.ndarray,
     p_foreground: np.ndarray,
@@ -268,11 +283,7 @@ def split_by_flux(
     if not foreground.any():
         return np.zeros(foreground.shape, np.int32)
     relief = ndi.gaussian_filter(np.nan_to_num(image.astype(np.float32)), smooth)
-    peaks = feature.peak_local_max(relief, min_distance=max(2, int(round(seed_spacing * diameter))),
-                                   labels=measure.label(foreground), exclude_border=False)
-    seeds = np.zeros(foreground.shape, np.int32)
-    seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    labels = remove_small(segmentation.watershed(-relief, markers=seeds, mask=foreground), min_size)
+    labels = remove_small(_flood_from_peaks(relief, foreground, seed_spacing * diameter), min_size)
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 
@@ -323,14 +334,7 @@ def split_by_shape(
     sampling = (float(z_scale), 1.0, 1.0) if stack else None
     relief = ndi.distance_transform_edt(foreground, sampling=sampling).astype(np.float32)  # float32: stacks are big
     relief = ndi.gaussian_filter(relief * (0.5 + ndi.gaussian_filter(distance.astype(np.float32), smooth)), smooth)
-    spacing = max(2, int(round(seed_spacing * diameter)))
-    # seeds at least `spacing` XY pixels apart, i.e. spacing / z_scale planes along Z
-    half = (max(1, int(round(spacing / max(float(z_scale), 1e-6)))), spacing, spacing) if stack else (spacing, spacing)
-    peaks = feature.peak_local_max(relief, min_distance=min(half), footprint=np.ones([2 * h + 1 for h in half], bool),
-                                   labels=measure.label(foreground), exclude_border=False)
-    seeds = np.zeros(foreground.shape, np.int32)
-    seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    labels = segmentation.watershed(-relief, markers=seeds, mask=foreground)
+    labels = _flood_from_peaks(relief, foreground, seed_spacing * diameter, z_scale)
     if fill and not stack:
         labels = fill_holes(labels)
     if min_size is None:
