@@ -28,9 +28,9 @@ _EXPORTS = {
     "TrainConfig": "napari_segtool.core.train",
     "Example": "napari_segtool.core.data",
     "make_example": "napari_segtool.core.data",
-    "CancelToken": "napari_segtool.core.events",
-    "instance_scores": "napari_segtool.core.metrics",
-    "semantic_scores": "napari_segtool.core.metrics",
+    "CancelToken": "napari_segtool.kernel.events",
+    "instance_scores": "napari_segtool.ops.metrics",
+    "semantic_scores": "napari_segtool.ops.metrics",
     "read_image": "napari_segtool.io.images",
     "write_labels": "napari_segtool.io.images",
 }

@@ -54,7 +54,7 @@ def _stem(path: Path) -> str:
 
 def _planes_of(image: np.ndarray, axes: str) -> list[np.ndarray]:
     """2D ``YXC`` planes of an image in canonical order."""
-    from napari_segtool.core.axes import to_canonical
+    from napari_segtool.kernel.axes import to_canonical
 
     data, canon = to_canonical(np.asarray(image), axes)
     stack = data.shape[: len(canon) - 3]
@@ -62,7 +62,7 @@ def _planes_of(image: np.ndarray, axes: str) -> list[np.ndarray]:
 
 
 def _label_planes(labels: np.ndarray, image_axes: str, spatial: tuple[int, ...], what: str) -> list[np.ndarray]:
-    from napari_segtool.core.axes import to_canonical
+    from napari_segtool.kernel.axes import to_canonical
 
     if labels.shape != spatial:
         raise CliError(f"{what} has shape {labels.shape} but the image's spatial shape is {spatial}")
@@ -77,7 +77,7 @@ def _label_planes(labels: np.ndarray, image_axes: str, spatial: tuple[int, ...],
 def cmd_train(args: argparse.Namespace) -> int:
     from napari_segtool.core.checkpoint import load_model, save_model
     from napari_segtool.core.data import DataError, make_example
-    from napari_segtool.core.events import TrainEpoch, TrainStep
+    from napari_segtool.kernel.events import TrainEpoch, TrainStep
     from napari_segtool.core.train import TrainConfig, iter_train
     from napari_segtool.io.images import read_image, read_labels
 
@@ -228,7 +228,7 @@ def _predict_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> i
 
 # --------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from napari_segtool.core.metrics import format_scores, instance_scores, semantic_scores
+    from napari_segtool.ops.metrics import format_scores, instance_scores, semantic_scores
     from napari_segtool.io.images import read_labels
 
     pred, gt = read_labels(args.pred), read_labels(args.gt)
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from napari_segtool.core.axes import AxesError
+    from napari_segtool.kernel.axes import AxesError
     from napari_segtool.core.checkpoint import ModelLoadError
     from napari_segtool.core.data import DataError
     from napari_segtool.core.predict import InputError

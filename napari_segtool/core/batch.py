@@ -6,7 +6,7 @@ chunk by chunk, so neither the image nor the labels are ever whole in memory.
 :func:`predict_folder` does the same for many files with one cluster.
 
 How it works (the geometry and merge maths live in
-:mod:`napari_segtool.core.chunked`):
+:mod:`napari_segtool.ops.chunked`):
 
 1. **Predict** (one task per block). Each block reads its *window* -- its core
    plus a margin (for matching objects with its neighbours) plus a halo of half
@@ -23,7 +23,7 @@ How it works (the geometry and merge maths live in
    block and the first plane of the next are overlapped. On the client, ids are
    made globally unique by cumulative counts, equivalences are resolved with
    connected components (Z links use the same one-to-one IoU assignment as
-   :func:`~napari_segtool.core.postprocess.link_stack`) and every block gets a
+   :func:`~napari_segtool.ops.postprocess.link_stack`) and every block gets a
    lookup table.
 3. **Relabel** (one task per block): local ids -> final ids through the lookup
    table, written to the output zarr, which is moved to ``out_path`` only when
@@ -55,12 +55,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from napari_segtool.core.axes import guess_axes, to_canonical
-from napari_segtool.core.chunked import (Block, ChunkPlan, face_matches, merge_labels, overlap_counts,
+from napari_segtool.kernel.axes import guess_axes, to_canonical
+from napari_segtool.ops.chunked import (Block, ChunkPlan, face_matches, merge_labels, overlap_counts,
                                          plan_chunks, round_up)
-from napari_segtool.core.events import CancelToken, Cancelled
+from napari_segtool.kernel.events import CancelToken, Cancelled
 from napari_segtool.core.model import ModelMeta, SegModel
-from napari_segtool.core.normalize import NormalizedPlane, Normalizer, fit_normalizer
+from napari_segtool.ops.normalize import NormalizedPlane, Normalizer, fit_normalizer
 from napari_segtool.core.predict import InputError, check_image
 
 __all__ = ["BatchReport", "BatchError", "predict_to_zarr", "predict_folder", "plan_for", "labels_name"]
@@ -186,7 +186,7 @@ class _ModelRef:
         import torch
         from safetensors.torch import load
 
-        from napari_segtool.core.device import pick_device
+        from napari_segtool.kernel.device import pick_device
         from napari_segtool.models.registry import get_architecture
 
         if self.threads:
@@ -548,7 +548,7 @@ class _Job:
 
     def __init__(self, model: SegModel, image: Any, out_path: str | os.PathLike, axes: str | None,
                  chunk_size: int):
-        from napari_segtool.core.tiling import halo_for
+        from napari_segtool.ops.tiling import halo_for
 
         self.out_path = Path(out_path).expanduser()
         if isinstance(image, (str, os.PathLike)):
@@ -811,7 +811,7 @@ def predict_to_zarr(model: str | Path | SegModel, image, out_path, *, axes: str 
     retries : extra attempts for a failing chunk before giving up.
     progress : called as ``(steps_done, steps_total)``; a chunk counts once when
         predicted and, for instance models, once more when written.
-    cancel : stops the run (raises :class:`~napari_segtool.core.events.Cancelled`;
+    cancel : stops the run (raises :class:`~napari_segtool.kernel.events.Cancelled`;
         nothing is written).
 
     Raises

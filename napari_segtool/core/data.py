@@ -41,7 +41,7 @@ def make_example(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray | 
     instance example counts as fully annotated (0 = background) and a semantic
     example as annotated wherever ``labels > 0`` (scribbles).
     """
-    from napari_segtool.core.normalize import normalize
+    from napari_segtool.ops.normalize import normalize
 
     image = np.asarray(image)
     labels = np.asarray(labels)

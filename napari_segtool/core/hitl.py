@@ -4,7 +4,7 @@ This is the headless twin of the Correct → Train loop of the napari widgets, b
 only on the public core API (:func:`~napari_segtool.core.predict.predict`,
 :func:`~napari_segtool.core.data.make_example`,
 :func:`~napari_segtool.core.train.iter_train`,
-:func:`~napari_segtool.core.metrics.instance_scores`). It answers "how many
+:func:`~napari_segtool.ops.metrics.instance_scores`). It answers "how many
 corrected objects does it take?" on any image with ground truth.
 
 Each round of :func:`iter_hitl`:
@@ -43,8 +43,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_segtool.core.data import DataError, make_example
-from napari_segtool.core.events import CancelToken
-from napari_segtool.core.metrics import instance_scores, iou_matrix
+from napari_segtool.kernel.events import CancelToken
+from napari_segtool.ops.metrics import instance_scores, iou_matrix
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.predict import predict
 from napari_segtool.core.train import TrainConfig, iter_train

@@ -1,7 +1,7 @@
 """Model + image of any dimensionality -> labels with the image's spatial shape.
 
 The image is put in canonical axis order (stack axes, then ``YX``, then ``C``;
-see :mod:`napari_segtool.core.axes`), normalised with percentiles measured once
+see :mod:`napari_segtool.kernel.axes`), normalised with percentiles measured once
 over the whole image (so all planes of a stack look alike), and predicted plane
 by plane with tiling. Instance labels of a Z stack are linked across planes into
 3D objects; in other stacks every plane keeps ids of its own, made unique.
@@ -14,13 +14,13 @@ from typing import Any, Callable, Generator, Iterable, Sequence
 
 import numpy as np
 
-from napari_segtool.core.axes import guess_axes, to_canonical
-from napari_segtool.core.device import configure_threads
-from napari_segtool.core.events import CancelToken, Progress
+from napari_segtool.kernel.axes import guess_axes, to_canonical
+from napari_segtool.kernel.device import configure_threads
+from napari_segtool.kernel.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
-from napari_segtool.core.normalize import NormalizedPlane, fit_normalizer
-from napari_segtool.core.postprocess import link_stack, split_by_shape, split_z_chains, typical_diameter
-from napari_segtool.core.sources import source_table
+from napari_segtool.ops.normalize import NormalizedPlane, fit_normalizer
+from napari_segtool.ops.postprocess import link_stack, split_by_shape, split_z_chains, typical_diameter
+from napari_segtool.ops.sources import source_table
 
 
 class InputError(ValueError):
@@ -177,7 +177,7 @@ def _assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_a
     """Planes into one label array; when ``link``, instance planes of Z stacks become 3D objects.
 
     ``stack`` holds the model's post-processing settings, overrides included
-    (those of :data:`~napari_segtool.core.postprocess.CORE_POSTPROCESS` act here). With
+    (those of :data:`~napari_segtool.ops.postprocess.CORE_POSTPROCESS` act here). With
     ``maps`` (each plane's foreground and distance maps, ``z_mode="watershed"``)
     the objects come from one 3D watershed of the stacked maps
     (:func:`split_by_shape`); otherwise planes are linked by overlap and
@@ -237,7 +237,7 @@ def _write_planes(out: np.ndarray, labels: np.ndarray, planes: Sequence[tuple], 
 
 def predict(model: SegModel, image: Any, **kwargs: Any) -> Prediction:
     """Synchronous :func:`iter_predict`; pass ``callback`` to receive progress events."""
-    from napari_segtool.core.events import run_job
+    from napari_segtool.kernel.events import run_job
 
     callback = kwargs.pop("callback", None)
     return run_job(iter_predict(model, image, **kwargs), callback)

@@ -19,8 +19,8 @@ import torch
 
 from napari_segtool.core.augment import AugmentConfig, augment
 from napari_segtool.core.data import DataError, Example, PatchSampler, split_validation
-from napari_segtool.core.device import configure_threads, pick_device
-from napari_segtool.core.events import CancelToken, TrainEpoch, TrainStep
+from napari_segtool.kernel.device import configure_threads, pick_device
+from napari_segtool.kernel.events import CancelToken, TrainEpoch, TrainStep
 from napari_segtool.core.model import ModelMeta, SegModel
 from napari_segtool.models.registry import get_architecture
 
@@ -226,7 +226,7 @@ def iter_train(
 
 def train(examples: Sequence[Example], **kwargs: Any) -> TrainResult:
     """Synchronous :func:`iter_train` (events are discarded; pass ``callback`` to see them)."""
-    from napari_segtool.core.events import run_job
+    from napari_segtool.kernel.events import run_job
 
     callback = kwargs.pop("callback", None)
     return run_job(iter_train(examples, **kwargs), callback)

@@ -11,7 +11,7 @@ Supported inputs (chosen by extension):
 
 Every reader returns an :class:`ImageData` whose ``axes`` describe ``data``
 as stored (with ``S`` mapped to ``C``); reorder it for processing with
-:func:`napari_segtool.core.axes.to_canonical`.  Every failure is an
+:func:`napari_segtool.kernel.axes.to_canonical`.  Every failure is an
 :class:`ImageReadError` with a one-line message naming the file.
 
 Label images are written atomically (see :mod:`napari_segtool.io.atomic`).
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 import tifffile
 
-from ..core.axes import AxesError, guess_axes, normalize_axes
+from ..kernel.axes import AxesError, guess_axes, normalize_axes
 from .atomic import atomic_write, atomic_write_tiff
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,7 +70,7 @@ class ImageData:
     axes
         Axes of ``data`` as stored, one letter per dimension from ``TZYXC``
         (e.g. ``"ZYX"``, ``"YXC"``, ``"TZCYX"``), from the file's metadata or
-        :func:`~napari_segtool.core.axes.guess_axes`.
+        :func:`~napari_segtool.kernel.axes.guess_axes`.
     metadata
         ``source`` (path string) and ``format`` always; ``scale`` and
         ``units`` (dicts keyed by axis letter) when the file gives pixel sizes;

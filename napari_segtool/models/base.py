@@ -15,8 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from napari_segtool.core.events import CancelToken
-from napari_segtool.core.model import ModelMeta
+from napari_segtool.kernel.events import CancelToken
+from napari_segtool.kernel.meta import ModelMeta
 
 ProgressFn = Callable[[int, int], None]
 
@@ -76,7 +76,7 @@ class Architecture(ABC):
     def validation_score(self, pred: np.ndarray, labels: np.ndarray, annotated: np.ndarray,
                          meta: ModelMeta) -> tuple[str, float]:
         """A validation metric (name, value; higher is better) on annotated pixels."""
-        from napari_segtool.core.metrics import match_instances, semantic_scores
+        from napari_segtool.ops.metrics import match_instances, semantic_scores
 
         if meta.task == "semantic":
             gt = np.where(annotated, labels, 0)

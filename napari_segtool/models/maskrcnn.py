@@ -86,8 +86,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from napari_segtool.core.events import CancelToken
-from napari_segtool.core.model import ModelMeta
+from napari_segtool.kernel.events import CancelToken
+from napari_segtool.kernel.meta import ModelMeta
 from napari_segtool.models.base import Architecture, Patch, PlaneResult, ProgressFn
 
 ALIGN = 32  # largest backbone stride used by the RoI heads; tiles start on this grid

@@ -5,7 +5,7 @@ Heads
 ``semantic``: K logits, one per class (class ids 1..K in label images).
 ``instance``: 3 logits (background / object interior / object boundary) plus one
 distance-to-border channel; instances come from a seeded watershed
-(:func:`napari_segtool.core.postprocess.instances_from_maps`). Predicting the thin
+(:func:`napari_segtool.ops.postprocess.instances_from_maps`). Predicting the thin
 boundary class *between* touching objects is what lets the watershed split them.
 
 Normalisation is BatchNorm: at inference it uses running statistics, so the
@@ -24,10 +24,10 @@ from scipy import ndimage as ndi
 from skimage import segmentation
 from torch import nn
 
-from napari_segtool.core.events import CancelToken
-from napari_segtool.core.model import ModelMeta
-from napari_segtool.core.postprocess import CORE_POSTPROCESS, instances_from_maps
-from napari_segtool.core.tiling import halo_for, tiled_apply
+from napari_segtool.kernel.events import CancelToken
+from napari_segtool.kernel.meta import ModelMeta
+from napari_segtool.ops.postprocess import CORE_POSTPROCESS, instances_from_maps
+from napari_segtool.ops.tiling import halo_for, tiled_apply
 from napari_segtool.models.base import Architecture, Patch, PlaneResult, ProgressFn
 
 INSTANCE_CLASSES = 3  # background, interior, boundary

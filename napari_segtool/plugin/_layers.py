@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_segtool.core.axes import guess_axes, to_canonical
+from napari_segtool.kernel.axes import guess_axes, to_canonical
 
 META_KEY = "segtool"
 

@@ -228,7 +228,7 @@ class BatchWidget(QWidget):
 
         def make_job(cancel, progress):
             from napari_segtool.core.batch import predict_to_zarr
-            from napari_segtool.core.events import Progress
+            from napari_segtool.kernel.events import Progress
 
             yield Progress("load", 0, 1, "loading model…")
             model = session.get_model(job.model_ref)

@@ -74,7 +74,7 @@ def merge_objects(plane: np.ndarray, labels: Iterable[int]) -> np.ndarray:
 
 def split_object_points(plane: np.ndarray, p1: Sequence[int], p2: Sequence[int], new_label: int) -> np.ndarray:
     """Split the object under ``p1`` and ``p2`` (y, x) by a seeded watershed on its distance map."""
-    from napari_segtool.core.postprocess import seeded_watershed
+    from napari_segtool.ops.postprocess import seeded_watershed
 
     label = int(plane[tuple(p1)])
     if label == 0 or int(plane[tuple(p2)]) != label:
@@ -141,7 +141,7 @@ def split_object_line(plane: np.ndarray, line: np.ndarray, first_new_label: int,
 
 
 def fill_object_holes(plane: np.ndarray, label: int | None = None) -> np.ndarray:
-    from napari_segtool.core.postprocess import fill_holes
+    from napari_segtool.ops.postprocess import fill_holes
 
     if label is None:
         return fill_holes(plane)

@@ -134,7 +134,7 @@ def image_layer(image: Any, name: str | None = None) -> tuple:
 
 def _finite_limits(data: Any, zscale: bool = False) -> tuple[float, float] | None:
     """Contrast limits from a subsample, ignoring NaN/inf (zscale for astronomy)."""
-    from napari_segtool.core.normalize import _subsample
+    from napari_segtool.ops.normalize import _subsample
 
     sample = np.asarray(_subsample(data, 1_000_000), dtype=np.float32).ravel()
     sample = sample[np.isfinite(sample)]

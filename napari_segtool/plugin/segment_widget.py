@@ -250,7 +250,7 @@ class SegmentWidget(SavesWithWindow, QWidget):
         session = self.session
 
         def make_job(cancel, tile_callback):
-            from napari_segtool.core.events import Progress
+            from napari_segtool.kernel.events import Progress
             from napari_segtool.core.predict import iter_predict
 
             yield Progress("load", 0, 1, "loading model")

@@ -232,7 +232,7 @@ class TrainWidget(SavesWithWindow, QWidget):
 
         def make_job(cancel, _tiles):
             from napari_segtool.core.data import DataError
-            from napari_segtool.core.events import Progress, TrainEpoch
+            from napari_segtool.kernel.events import Progress, TrainEpoch
             from napari_segtool.core.train import iter_train
 
             yield Progress("data", 0, 1, "collecting corrections")
@@ -301,7 +301,7 @@ class TrainWidget(SavesWithWindow, QWidget):
             self._pbar.refresh()
 
     def _on_event(self, event: Any) -> None:
-        from napari_segtool.core.events import Progress, TrainEpoch, TrainStep
+        from napari_segtool.kernel.events import Progress, TrainEpoch, TrainStep
 
         cfg = self._cfg
         if isinstance(event, Progress):

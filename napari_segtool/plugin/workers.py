@@ -17,7 +17,7 @@ from typing import Any, Callable, Generator
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, Signal
 
-from napari_segtool.core.events import CancelToken, Cancelled
+from napari_segtool.kernel.events import CancelToken, Cancelled
 
 log = logging.getLogger(__name__)
 

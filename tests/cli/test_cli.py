@@ -78,8 +78,8 @@ def test_astro_sources_on_a_fits_field_writes_labels_and_a_source_table(tmp_path
 
     from astropy.io import fits
 
-    from napari_segtool.core.metrics import instance_scores
-    from napari_segtool.core.postprocess import overlap_matrix
+    from napari_segtool.ops.metrics import instance_scores
+    from napari_segtool.ops.postprocess import overlap_matrix
     from napari_segtool.sim import simulate_astro_field
 
     field = simulate_astro_field((128, 128), seed=21)

@@ -7,10 +7,10 @@ import zarr
 
 from napari_segtool.core import batch
 from napari_segtool.core.batch import BatchError, predict_folder, predict_to_zarr
-from napari_segtool.core.chunked import face_matches, merge_labels, overlap_counts, plan_chunks
-from napari_segtool.core.events import CancelToken, Cancelled
-from napari_segtool.core.metrics import instance_scores
-from napari_segtool.core.postprocess import link_stack
+from napari_segtool.ops.chunked import face_matches, merge_labels, overlap_counts, plan_chunks
+from napari_segtool.kernel.events import CancelToken, Cancelled
+from napari_segtool.ops.metrics import instance_scores
+from napari_segtool.ops.postprocess import link_stack
 from napari_segtool.core.predict import predict
 
 CHUNK = 128

@@ -6,8 +6,8 @@ import torch
 
 from napari_segtool.core.checkpoint import ModelLoadError, list_models, load_model, save_model
 from napari_segtool.core.data import DataError, make_example, split_validation
-from napari_segtool.core.events import CancelToken, TrainEpoch, TrainStep, run_job
-from napari_segtool.core.metrics import instance_scores, semantic_scores
+from napari_segtool.kernel.events import CancelToken, TrainEpoch, TrainStep, run_job
+from napari_segtool.ops.metrics import instance_scores, semantic_scores
 from napari_segtool.core.predict import InputError, iter_predict, predict
 from napari_segtool.core.train import TrainConfig, iter_train, train
 from tests.conftest import draw_objects
@@ -134,7 +134,7 @@ def test_nan_pixels_are_tolerated(tiny_model):
 
 
 def test_prediction_cancel(tiny_model):
-    from napari_segtool.core.events import Cancelled
+    from napari_segtool.kernel.events import Cancelled
 
     token = CancelToken()
     job = iter_predict(load_model(tiny_model), np.zeros((5, 64, 64), np.float32), axes="ZYX", cancel=token)

@@ -9,7 +9,7 @@ import tifffile
 import zarr
 from astropy.io import fits
 
-from napari_segtool.core.axes import to_canonical
+from napari_segtool.kernel.axes import to_canonical
 from napari_segtool.io import (
     ImageData,
     ImageReadError,

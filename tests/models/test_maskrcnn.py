@@ -11,8 +11,8 @@ import pytest
 import torch
 from skimage.draw import ellipse
 
-from napari_segtool.core.events import Cancelled, CancelToken, TrainEpoch, TrainStep
-from napari_segtool.core.metrics import instance_scores, match_instances
+from napari_segtool.kernel.events import Cancelled, CancelToken, TrainEpoch, TrainStep
+from napari_segtool.ops.metrics import instance_scores, match_instances
 from napari_segtool.models.base import Patch
 from napari_segtool.models.maskrcnn import (
     MaskRCNNArchitecture,

@@ -31,7 +31,7 @@ id ``l`` becomes the global id ``offset[b] + l`` (cumulative counts). Then:
    one-to-one) are the same object. Touching but distinct objects overlap little
    and stay apart -- unlike merging whatever touches across the face.
 2. *Planes in Z* (instance stacks with a ``Z`` axis). Exactly what
-   :func:`~napari_segtool.core.postprocess.link_stack` does in memory: objects
+   :func:`~napari_segtool.ops.postprocess.link_stack` does in memory: objects
    of consecutive planes are matched one-to-one by IoU (Hungarian assignment)
    and linked when IoU >= 0.25. Intersections and areas are summed over all
    blocks' cores (after step 1), and the assignment is solved separately on

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from napari_segtool.core.postprocess import link_stack, split_z_chains
+from napari_segtool.ops.postprocess import link_stack, split_z_chains
 
 
 def stacked_nuclei(radii, centre=(20, 20), shape=(40, 40)):
@@ -61,8 +61,8 @@ def ball_maps(centres, radius=8.0, shape=(24, 48, 48), z_scale=2.0):
 
 
 def test_3d_watershed_splits_nuclei_touching_along_z_where_linking_chains_them():
-    from napari_segtool.core.metrics import instance_scores
-    from napari_segtool.core.postprocess import split_by_shape
+    from napari_segtool.ops.metrics import instance_scores
+    from napari_segtool.ops.postprocess import split_by_shape
 
     fg, dist, truth = ball_maps([(7, 24, 24), (12, 24, 24)], z_scale=3.0)   # stacked, touching along Z
     plane_objects = np.stack([measure_label(p > 0.5) for p in fg])
@@ -75,7 +75,7 @@ def test_3d_watershed_splits_nuclei_touching_along_z_where_linking_chains_them()
 
 
 def test_3d_watershed_z_scale_is_what_makes_the_neck():
-    from napari_segtool.core.postprocess import split_by_shape
+    from napari_segtool.ops.postprocess import split_by_shape
 
     fg, dist, _ = ball_maps([(7, 24, 24), (12, 24, 24)], z_scale=3.0)
     assert split_by_shape(fg, dist, diameter=16.0, z_scale=3.0).max() == 2
@@ -84,7 +84,7 @@ def test_3d_watershed_z_scale_is_what_makes_the_neck():
 
 
 def test_3d_watershed_of_empty_maps_and_bad_shapes():
-    from napari_segtool.core.postprocess import split_by_shape
+    from napari_segtool.ops.postprocess import split_by_shape
 
     empty = np.zeros((4, 16, 16), np.float32)
     assert split_by_shape(empty, empty, diameter=8.0).max() == 0
@@ -96,8 +96,8 @@ def test_shape_seeds_split_touching_discs_that_show_no_dividing_line():
     from scipy import ndimage as ndi
     from skimage.draw import disk as draw_disk
 
-    from napari_segtool.core.metrics import instance_scores
-    from napari_segtool.core.postprocess import instances_from_maps
+    from napari_segtool.ops.metrics import instance_scores
+    from napari_segtool.ops.postprocess import instances_from_maps
 
     truth = np.zeros((64, 80), np.int32)
     truth[draw_disk((32, 27), 12, shape=truth.shape)] = 1
@@ -122,7 +122,7 @@ def measure_label(mask):
 
 
 def test_flux_seeds_deblend_sources_whose_joint_footprint_has_no_waist():
-    from napari_segtool.core.postprocess import instances_from_maps
+    from napari_segtool.ops.postprocess import instances_from_maps
 
     yy, xx = np.mgrid[:64, :64].astype(np.float32)
     bright = 100 * np.exp(-((yy - 32) ** 2 + (xx - 28) ** 2) / (2 * 3.0 ** 2))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_segtool.core.tiling import blend_window, halo_for, make_tiles, read_padded, tiled_apply
+from napari_segtool.ops.tiling import blend_window, halo_for, make_tiles, read_padded, tiled_apply
 from napari_segtool.models.unet import UNet
 
 
@@ -18,7 +18,7 @@ def test_tiles_cover_plane_and_stay_aligned(shape):
 
 def test_read_padded_reflects_outside_the_plane():
     plane = np.arange(20 * 30, dtype=np.float32).reshape(20, 30, 1)
-    from napari_segtool.core.tiling import Tile
+    from napari_segtool.ops.tiling import Tile
 
     block = read_padded(plane, Tile(-4, -4, 40))
     assert block.shape == (40, 40, 1)
@@ -45,7 +45,7 @@ def test_tiled_equals_whole_plane_prediction():
 
 
 def test_tiled_apply_reports_progress_and_cancels():
-    from napari_segtool.core.events import CancelToken, Cancelled
+    from napari_segtool.kernel.events import CancelToken, Cancelled
 
     net = UNet(1, 2, depth=1, width=2).eval()
     plane = np.zeros((200, 200, 1), np.float32)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_segtool.core.metrics import (
+from napari_segtool.ops.metrics import (
     DEFAULT_THRESHOLDS,
     MatchResult,
     format_scores,

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 import torch
 
-from napari_segtool.core.events import CancelToken
+from napari_segtool.kernel.events import CancelToken
 
 
 class PlaneLike(Protocol):

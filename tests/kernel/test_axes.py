@@ -6,7 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from napari_segtool.core.axes import (
+from napari_segtool.kernel.axes import (
     AxesError,
     canonical_axes,
     from_canonical,

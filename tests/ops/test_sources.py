@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from napari_segtool.core.sources import source_table
+from napari_segtool.ops.sources import source_table
 
 
 def test_fluxes_centroids_and_sky_of_two_gaussian_sources():
@@ -33,7 +33,7 @@ def test_empty_and_mismatched_inputs():
 
 
 def test_star_classifier_learns_compactness_and_fills_the_class_column():
-    from napari_segtool.core.sources import (FEATURES, fit_star_classifier, source_features, star_probability)
+    from napari_segtool.ops.sources import (FEATURES, fit_star_classifier, source_features, star_probability)
 
     rng = np.random.default_rng(1)
     # sources as the table describes them: stars at the PSF size, galaxies wider
@@ -58,7 +58,7 @@ def test_star_classifier_learns_compactness_and_fills_the_class_column():
 
 
 def test_source_table_with_a_classifier_has_p_star_and_class():
-    from napari_segtool.core.sources import fit_star_classifier
+    from napari_segtool.ops.sources import fit_star_classifier
 
     rng = np.random.default_rng(2)
     yy, xx = np.mgrid[:64, :64].astype(np.float64)

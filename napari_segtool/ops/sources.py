@@ -131,7 +131,7 @@ def fit_star_classifier(features: np.ndarray, is_star: np.ndarray, l2: float = 1
 
 def truth_classes(labels: np.ndarray, truth: np.ndarray, classes: dict[int, str]) -> dict[int, str]:
     """Class of each predicted source: that of the true source covering most of it (over half its area)."""
-    from napari_segtool.core.postprocess import overlap_matrix
+    from napari_segtool.ops.postprocess import overlap_matrix
 
     inter, pred_ids, true_ids = overlap_matrix(labels, truth)
     area = np.bincount(labels.ravel())
