@@ -14,7 +14,7 @@ are segmented by
   default 50) over a small grid (threshold, minimum area, deblending contrast and
   levels), and, for reference, with their stock parameters.
 
-Per method, means over the test fields of ``core.metrics.instance_scores``: AP@0.5,
+Per method, means over the test fields of ``ops.metrics.instance_scores``: AP@0.5,
 mean AP (0.5:0.95), precision, recall and F1 at IoU 0.5; the recall at IoU 0.5 of the
 *blended* sources (the simulator's ``blended`` flag: the footprint touches another one,
 8-connected), pooled over all fields because each field has only a few; and seconds
@@ -38,8 +38,8 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from benchmarks.baselines import (  # noqa: E402
     format_row, format_table, matched_count, photutils_sources, sep_sources, write_report,
 )
-from napari_segtool.core.device import configure_threads, pick_device  # noqa: E402
-from napari_segtool.core.metrics import instance_scores, match_instances  # noqa: E402
+from napari_segtool.kernel.device import configure_threads, pick_device  # noqa: E402
+from napari_segtool.ops.metrics import instance_scores, match_instances  # noqa: E402
 from napari_segtool.core.predict import predict  # noqa: E402
 from napari_segtool.sim import AstroField, simulate_astro_dataset  # noqa: E402
 
@@ -69,7 +69,7 @@ def blended_ids(field: AstroField) -> list[int]:
 
 def tune(fn: Callable[..., np.ndarray], grid: dict[str, list], fields: Sequence[AstroField]
          ) -> tuple[dict[str, Any], float, int]:
-    """Grid search maximising mean AP@0.5 (``core.metrics.match_instances``) over ``fields``.
+    """Grid search maximising mean AP@0.5 (``ops.metrics.match_instances``) over ``fields``.
 
     Returns the best parameters, their mean AP@0.5 and how many settings failed (SEP
     raises on buffer overflows; such a setting is skipped, never silently scored).
@@ -109,7 +109,7 @@ def evaluate(method: str, params: str, segment: Segmenter, fields: Sequence[Astr
 
 def star_galaxy(model, fields: Sequence[AstroField]) -> str | None:
     """Accuracy of the model's star/galaxy column on its sources matched to true ones (``None`` if it has none)."""
-    from napari_segtool.core.sources import truth_classes
+    from napari_segtool.ops.sources import truth_classes
 
     pairs = []
     for f in fields:

@@ -12,7 +12,7 @@ SEP, the SExtractor library), with their tunable parameters exposed so the
 benchmarks can tune them fairly. Both return a segmentation map (instance labels).
 
 The last section holds small helpers several benchmark scripts share: the objects
-that touch a neighbour, their matched count (through ``napari_segtool.core.metrics``),
+that touch a neighbour, their matched count (through ``napari_segtool.ops.metrics``),
 and writing a table as markdown + CSV.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import feature, filters, measure, segmentation
 
-from napari_segtool.core.metrics import match_instances
-from napari_segtool.core.postprocess import instances_from_maps
+from napari_segtool.ops.metrics import match_instances
+from napari_segtool.ops.postprocess import instances_from_maps
 from napari_segtool.models.unet import instance_targets
 
 
@@ -176,7 +176,7 @@ def touching_ids(labels: np.ndarray, radius: int = 1, square: bool = False) -> n
 def matched_count(pred: np.ndarray, gt: np.ndarray, ids: Iterable[int], threshold: float = 0.5) -> tuple[int, int]:
     """``(matched, total)`` for the ground-truth objects ``ids``: recall on that subset.
 
-    Matching is ``core.metrics.match_instances`` against the ground truth restricted to
+    Matching is ``ops.metrics.match_instances`` against the ground truth restricted to
     ``ids``. At IoU >= 0.5 an object can overlap at most one other by more than half, so
     every candidate pair is isolated and removing the other ground-truth objects changes
     no match of the subset: this is exactly the subset's share of the full matching.

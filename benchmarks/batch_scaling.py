@@ -188,7 +188,7 @@ def same_labels(model_path, work: Path, base) -> dict:
 
     from napari_segtool.core.batch import predict_to_zarr
     from napari_segtool.core.checkpoint import load_model
-    from napari_segtool.core.metrics import instance_scores
+    from napari_segtool.ops.metrics import instance_scores
     from napari_segtool.core.predict import predict
 
     shape = (4, 512, 512)

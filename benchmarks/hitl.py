@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from napari_segtool.core.data import make_example  # noqa: E402
 from napari_segtool.core.hitl import HitlConfig, HitlRound, iter_hitl, split_image  # noqa: E402
-from napari_segtool.core.metrics import instance_scores  # noqa: E402
+from napari_segtool.ops.metrics import instance_scores  # noqa: E402
 from napari_segtool.core.predict import predict  # noqa: E402
 from napari_segtool.core.train import TrainConfig, train  # noqa: E402
 

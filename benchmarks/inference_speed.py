@@ -38,7 +38,7 @@ def run_one(model_name: str, size: int, tile: int) -> dict:
 
     from napari_segtool.core.checkpoint import load_model
     from napari_segtool.core.predict import predict
-    from napari_segtool.core.tiling import halo_for, make_tiles
+    from napari_segtool.ops.tiling import halo_for, make_tiles
     from napari_segtool.sim import simulate_nuclei
 
     model = load_model(model_name)
@@ -59,7 +59,7 @@ def run_one(model_name: str, size: int, tile: int) -> dict:
     pred = predict(model, image, tile_size=tile)
     seconds = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    from napari_segtool.core.metrics import instance_scores
+    from napari_segtool.ops.metrics import instance_scores
 
     return {"size": size, "seconds": seconds, "mpx_s": size * size / 1e6 / seconds, "peak_mb": peak_mb,
             "gflops": flops / seconds / 1e9, "objects": int(pred.labels.max()), "tiles": n_tiles,

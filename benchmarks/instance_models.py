@@ -13,10 +13,10 @@ shipped ``nuclei`` / ``nuclei-maskrcnn`` models are scored as they are and
 fine-tuned for ``--finetune-budget`` seconds (300, or the architecture's budget if
 smaller), when they exist.
 
-Per row: AP@0.5 and mean AP (IoU 0.5:0.95) from ``core.metrics.instance_scores``; the
+Per row: AP@0.5 and mean AP (IoU 0.5:0.95) from ``ops.metrics.instance_scores``; the
 matched fraction at IoU 0.5 of the *touching* ground-truth objects (dilated by
 ``--touch-radius`` px they overlap another object: where watershed splitting and
-box-based detection differ most), matched by ``core.metrics.match_instances``;
+box-based detection differ most), matched by ``ops.metrics.match_instances``;
 training seconds and steps; inference throughput (Mpx/s, best of ``--repeats`` timed
 runs after one untimed run) on the right half.
 
@@ -39,8 +39,8 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``scri
 from benchmarks.baselines import format_row, format_table, matched_count, touching_ids, write_report  # noqa: E402
 from benchmarks.real_data import nuclei_2d  # noqa: E402
 from napari_segtool.core.data import make_example  # noqa: E402
-from napari_segtool.core.device import configure_threads, pick_device  # noqa: E402
-from napari_segtool.core.metrics import instance_scores  # noqa: E402
+from napari_segtool.kernel.device import configure_threads, pick_device  # noqa: E402
+from napari_segtool.ops.metrics import instance_scores  # noqa: E402
 from napari_segtool.core.model import SegModel  # noqa: E402
 from napari_segtool.core.predict import predict  # noqa: E402
 from napari_segtool.core.train import TrainConfig, train  # noqa: E402

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from benchmarks.baselines import RandomForestSegmenter  # noqa: E402
 from benchmarks.real_data import nuclei_2d  # noqa: E402
 from napari_segtool.core.data import make_example  # noqa: E402
-from napari_segtool.core.metrics import instance_scores, semantic_scores  # noqa: E402
+from napari_segtool.ops.metrics import instance_scores, semantic_scores  # noqa: E402
 from napari_segtool.core.predict import predict  # noqa: E402
 from napari_segtool.core.train import TrainConfig, train  # noqa: E402
 

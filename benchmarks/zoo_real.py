@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks.real_data import nuclei_2d, nuclei_3d  # noqa: E402
 from napari_segtool.core.checkpoint import load_model  # noqa: E402
-from napari_segtool.core.metrics import instance_scores  # noqa: E402
+from napari_segtool.ops.metrics import instance_scores  # noqa: E402
 from napari_segtool.core.predict import predict  # noqa: E402
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from napari_segtool.core.augment import AugmentConfig
 from napari_segtool.core.checkpoint import ZOO_DIR, load_model, save_model
 from napari_segtool.core.data import make_example
-from napari_segtool.core.metrics import instance_scores
+from napari_segtool.ops.metrics import instance_scores
 from napari_segtool.core.predict import predict
 from napari_segtool.core.train import TrainConfig, train
 
@@ -70,7 +70,7 @@ def astro_data(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def fit_astro_classes(model: Any, n_fields: int = 24) -> None:
     """Star/galaxy classifier of the source table, fitted on the model's own sources in the training fields."""
-    from napari_segtool.core.sources import fit_star_classifier, source_features, source_table, truth_classes
+    from napari_segtool.ops.sources import fit_star_classifier, source_features, source_table, truth_classes
     from napari_segtool.sim import simulate_astro_dataset
 
     features, stars = [], []
