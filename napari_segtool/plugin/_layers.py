@@ -139,3 +139,21 @@ def _canvas_size(viewer: Any) -> tuple[int, int]:
         return int(size[0]), int(size[1])
     size = getattr(viewer, "_canvas_size", None)
     return int(size[0]), int(size[1])
+
+
+ASTRO_SOURCES = ("sim:astro", "skimage:hubble")
+
+
+def image_kind(layer: Any) -> str:
+    """``"astro"`` for a sky image (FITS file, FITS header / WCS in the metadata, simulated or sample sky),
+    else ``"microscopy"``: which shipped model to propose for it."""
+    metadata = getattr(layer, "metadata", None) or {}
+    meta = metadata.get(META_KEY, {}) or {}
+    if str(meta.get("format", "")).lower() == "fits" or metadata.get("format") == "fits":
+        return "astro"
+    if any(k in metadata for k in ("wcs", "wcs_header", "fits_header", "header")):
+        return "astro"
+    source = str(meta.get("source") or "")
+    if source.startswith(ASTRO_SOURCES) or source.lower().endswith((".fits", ".fit", ".fts", ".fits.gz")):
+        return "astro"
+    return "microscopy"

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from napari_segtool.core.project import DEFAULT_PROJECT_DIR
 from napari_segtool.plugin import _layers as L
+from napari_segtool.plugin._docking import DocksAsTabs, scroll_layout
 from napari_segtool.plugin._controls import add_job_controls, finish_job
 from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
 from napari_segtool.plugin.state import NO_MODEL, get_session, worker_threads
@@ -63,7 +64,7 @@ class BatchJob:
         return f"{self.image_name} labels (batch)"
 
 
-class BatchWidget(QWidget):
+class BatchWidget(DocksAsTabs, QWidget):
     """Image, model, output .zarr, chunk size and scheduler; Run / Cancel."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
@@ -91,7 +92,7 @@ class BatchWidget(QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         form = QFormLayout()
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("Image layer to segment whole (a dask-backed layer is read chunk by chunk)")

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_segtool.plugin import _layers as L
+from napari_segtool.plugin._docking import DocksAsTabs, scroll_layout
 from napari_segtool.plugin._warmup import ensure_warm
 from napari_segtool.plugin.state import SavesWithWindow, get_session
 
@@ -81,7 +82,7 @@ class ReviewStrip(QWidget):
             self.clicked.emit(self.status[i][0])
 
 
-class CorrectWidget(SavesWithWindow, QWidget):
+class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
     """Correction tools for the annotation (labels) layer of an image."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
@@ -101,7 +102,7 @@ class CorrectWidget(SavesWithWindow, QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         form = QFormLayout()
         self.labels_combo = QComboBox()
         self.labels_combo.currentTextChanged.connect(self._on_labels_changed)

@@ -23,9 +23,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_segtool.plugin import _layers as L
+from napari_segtool.plugin._docking import DocksAsTabs, scroll_layout
 from napari_segtool.plugin._controls import add_job_controls, finish_job
 from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
-from napari_segtool.plugin.state import (LOAD_FROM_DISK, NO_MODEL, SavesWithWindow, get_session,
+from napari_segtool.plugin.state import (DEFAULT_MODELS, LOAD_FROM_DISK, NO_MODEL, SavesWithWindow, get_session,
                                          worker_threads)
 from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
 
@@ -36,7 +37,7 @@ SCOPE_STACK = "whole stack (unreviewed slices)"
 AUTO_OUTPUT = "annotation layer (auto)"
 
 
-class SegmentWidget(SavesWithWindow, QWidget):
+class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
     """Choose image, model, scope, tile size and thresholds; Run / Cancel."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
@@ -54,16 +55,19 @@ class SegmentWidget(SavesWithWindow, QWidget):
         self._progress = Throttle(self._show_progress, 250, self)
         self.refresh_layers()
         self.refresh_models()
-        self.viewer.layers.events.inserted.connect(self.refresh_layers)
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.viewer.layers.events.removed.connect(self.refresh_layers)
         self.viewer.layers.events.reordered.connect(self.refresh_layers)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self.image_combo.currentTextChanged.connect(self._on_image_changed)
+        self._propose_model(self.current_image())
         self.session.models_changed.connect(self.refresh_models)
         self.session.model_selected.connect(self.select_model)
         self.session.predict_requested.connect(self._on_predict_requested)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         form = QFormLayout()
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("Image layer to segment")
@@ -147,6 +151,48 @@ class SegmentWidget(SavesWithWindow, QWidget):
         self.output_combo.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, Labels)])
         if out and self.output_combo.findText(out) >= 0:
             self.output_combo.setCurrentText(out)
+
+    def current_image(self) -> Image | None:
+        name = self.image_combo.currentText()
+        layer = self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return layer if isinstance(layer, Image) else None
+
+    def _on_layer_inserted(self, event: Any = None) -> None:
+        """A new image (File ▸ Open, a sample, a script) becomes the image to segment."""
+        self.refresh_layers()
+        layer = getattr(event, "value", None)
+        if isinstance(layer, Image) and self.image_combo.findText(layer.name) >= 0:
+            self.image_combo.setCurrentText(layer.name)
+
+    def _on_active_layer(self, event: Any = None) -> None:
+        """Selecting an image in the layer list selects it here too (labels and other layers do not)."""
+        layer = self.viewer.layers.selection.active
+        if isinstance(layer, Image) and self.image_combo.findText(layer.name) >= 0:
+            self.image_combo.setCurrentText(layer.name)
+
+    def _on_image_changed(self, name: str) -> None:
+        self._propose_model(self.current_image())
+
+    def _propose_model(self, layer: Image | None) -> None:
+        """Propose the shipped model for this kind of image (``astro-sources`` for FITS / sky images).
+
+        Only the shipped default of another kind of image is swapped: a project, user or file
+        model, or another shipped model the user chose (``nuclei-maskrcnn``), stays selected.
+        """
+        if layer is None or self.running:
+            return
+        ref = self.model_combo.currentData()
+        sources = {c.ref: c.source for c in self.session.model_choices()}
+        kind = L.image_kind(layer)
+        if ref not in (None, LOAD_FROM_DISK):
+            name = Path(ref).name.removesuffix(".safetensors")
+            others = {n for k, names in DEFAULT_MODELS.items() if k != kind for n in names}
+            if sources.get(ref) != "shipped" or name not in others:
+                return
+        wanted = self.session.default_model_ref(kind)
+        if wanted and wanted != ref and sources.get(wanted) == "shipped" and self.model_combo.findData(wanted) >= 0:
+            self.select_model(wanted)
+            self.status_label.setText(f"model {Path(wanted).name} proposed for '{layer.name}'")
 
     def refresh_models(self) -> None:
         current = self.model_combo.currentData()

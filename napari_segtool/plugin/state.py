@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 LOAD_FROM_DISK = "load from disk…"
 NO_MODEL = "no model yet — train one"
+#: shipped models proposed for each kind of image, best first
+DEFAULT_MODELS = {"microscopy": ("nuclei",), "astro": ("astro-sources",)}
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Session(QObject):
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtool-save")
         self.current_model: str | None = None
         self._closed = False
-        self._watched: list[Any] = []
+        self._watched: list[weakref.ref] = []  # weakly: a session must not keep a closed window alive
         root = project_dir or os.environ.get("SEGTOOL_PROJECT_DIR") or DEFAULT_PROJECT_DIR
         self.project: Project | None = None
         try:
@@ -145,9 +147,10 @@ class Session(QObject):
         self.models_changed.emit()
         return choice
 
-    def default_model_ref(self) -> str | None:
+    def default_model_ref(self, kind: str = "microscopy") -> str | None:
+        """The shipped model to propose for an image of ``kind`` (see ``_layers.image_kind``)."""
         choices = self.model_choices()
-        for wanted in ("nuclei",):
+        for wanted in DEFAULT_MODELS.get(kind, DEFAULT_MODELS["microscopy"]):
             for c in choices:
                 if c.source == "shipped" and Path(c.ref).name.removesuffix(".safetensors") == wanted:
                     return c.ref
@@ -292,9 +295,10 @@ class Session(QObject):
 
     def watch_window(self, window: Any) -> None:
         """Flush saves and stop jobs when ``window`` (the viewer's main window) closes."""
-        if window is None or any(w is window for w in self._watched):
+        self._watched = [ref for ref in self._watched if ref() is not None]
+        if window is None or any(ref() is window for ref in self._watched):
             return
-        self._watched.append(window)
+        self._watched.append(weakref.ref(window))
         window.installEventFilter(self)
 
     def eventFilter(self, obj: Any, event: Any) -> bool:

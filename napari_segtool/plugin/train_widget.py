@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_segtool.plugin._docking import DocksAsTabs, scroll_layout
 from napari_segtool.plugin._controls import add_job_controls, reset_controls
 from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
 from napari_segtool.plugin.plot import LossPlot
@@ -67,7 +68,7 @@ def _same_channels(examples: list[Any], channels: int | None) -> list[Any]:
     return out
 
 
-class TrainWidget(SavesWithWindow, QWidget):
+class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
     """Project folder, training settings, live loss plot, Train / Cancel."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
@@ -90,7 +91,7 @@ class TrainWidget(SavesWithWindow, QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         row = QHBoxLayout()
         self.project_edit = QLineEdit()
         self.project_edit.setToolTip("Corrections, reviewed slices, models and training history live here; "

@@ -1,0 +1,167 @@
+"""Issue 13, the napari loop as a user lives it: each test drives the docked widgets with real Qt input
+(menu actions, QTest clicks and keys on the widgets of a ``make_napari_viewer`` window)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+from qtpy.QtTest import QTest
+from qtpy.QtWidgets import QDockWidget, QTabBar
+
+pytestmark = pytest.mark.gui
+
+WIDGETS = ("Segment", "Correct", "Train", "Batch")
+
+
+def _plugin_menu_action(viewer, title):
+    """The action of Plugins ▸ napari-segtool ▸ ``title`` in the window's real menu bar."""
+    for action in viewer.window.plugins_menu.actions():
+        if action.menu() is not None and action.text().replace("&", "") == "napari-segtool":
+            for sub in action.menu().actions():
+                if sub.text().startswith(title):
+                    return sub
+    raise AssertionError(f"no Plugins ▸ napari-segtool ▸ {title}")
+
+
+def _open_from_menu(viewer, qtbot):
+    """Open the four widgets as a user does: one Plugins-menu click each, in order."""
+    for title in WIDGETS:
+        _plugin_menu_action(viewer, title).trigger()
+        qtbot.wait(50)
+    docks = {}
+    for name, dock in viewer.window._wrapped_dock_widgets.items():
+        for title in WIDGETS:
+            if name.startswith(title):
+                docks[title] = dock
+    assert set(docks) == set(WIDGETS)
+    return docks
+
+
+def _tab_bar_with(window, title):
+    for bar in window.findChildren(QTabBar):
+        if bar.isVisible() and any(bar.tabText(i).startswith(title) for i in range(bar.count())):
+            return bar
+    return None
+
+
+def _click_tab(qtbot, window, title):
+    bar = _tab_bar_with(window, title)
+    assert bar is not None, f"no visible tab '{title}'"
+    index = next(i for i in range(bar.count()) if bar.tabText(i).startswith(title))
+    QTest.mouseClick(bar, Qt.LeftButton, pos=bar.tabRect(index).center())
+    qtbot.wait(50)
+
+
+# ---------------------------------------------------------------- item 9: one tabbed dock
+
+
+def test_plugins_menu_opens_the_four_widgets_as_tabs_that_fit_1400x900(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1400, 900)
+    qtbot.wait(50)
+    docks = _open_from_menu(viewer, qtbot)
+    qtbot.wait(100)
+    segment = docks["Segment"]
+    tabbed = window.tabifiedDockWidgets(segment)
+    assert {id(d) for d in tabbed} == {id(docks[t]) for t in WIDGETS[1:]}  # one tab group, not a column
+    assert window.width() <= 1400 and window.height() <= 900  # the window did not grow
+    bar = _tab_bar_with(window, "Segment")
+    assert bar is not None and bar.count() == 4
+    # each widget gets the whole dock height and fits in it: nothing crushed, no need to scroll
+    for title in WIDGETS:
+        _click_tab(qtbot, window, title)
+        dock = docks[title]
+        assert dock.isVisible() and not dock.visibleRegion().isEmpty()
+        area = dock.widget().scroll_area
+        assert area.widget().minimumSizeHint().height() <= area.viewport().height()
+        assert dock.height() > 600  # not a quarter of the column
+    # closing a tab's dock and reopening it from the menu brings it back into the group
+    docks["Train"].setVisible(False)
+    _plugin_menu_action(viewer, "Train").trigger()
+    qtbot.wait(50)
+    assert docks["Train"].isVisible()
+    assert any(d is docks["Train"] for d in window.tabifiedDockWidgets(segment))
+
+
+# ---------------------------------------------------------------- item 8: the Segment widget follows File ▸ Open
+
+
+@pytest.fixture
+def shipped_models(tiny_model_dir, tmp_path, monkeypatch):
+    """A stand-in zoo: 'nuclei' and 'astro-sources' (copies of the seconds-trained tiny U-Net)."""
+    import shutil
+
+    zoo = tmp_path / "zoo"
+    for name in ("nuclei", "astro-sources"):
+        shutil.copytree(tiny_model_dir / "tiny", zoo / name)
+    monkeypatch.setattr("napari_segtool.core.checkpoint.ZOO_DIR", zoo)
+    return zoo
+
+
+def _dock(viewer, qtbot, title):
+    """Open a widget from the Plugins menu; returns the widget napari docked."""
+    _plugin_menu_action(viewer, title).trigger()
+    qtbot.wait(20)
+    for name, dock in viewer.window._wrapped_dock_widgets.items():
+        if name.startswith(title):
+            return dock.widget().findChild(_widget_class(title)) or dock.widget()
+    raise AssertionError(title)
+
+
+def _widget_class(title):
+    from napari_segtool.plugin import batch_widget, correct_widget, segment_widget, train_widget
+
+    return {"Segment": segment_widget.SegmentWidget, "Correct": correct_widget.CorrectWidget,
+            "Train": train_widget.TrainWidget, "Batch": batch_widget.BatchWidget}[title]
+
+
+def _click(qtbot, button):
+    assert button.isEnabled(), button.text()
+    QTest.mouseClick(button, Qt.LeftButton)
+
+
+def test_segment_follows_file_open_and_proposes_astro_sources_for_fits(make_napari_viewer, qtbot, tmp_path,
+                                                                        shipped_models, errors):
+    import tifffile
+    from astropy.io import fits
+
+    rng = np.random.default_rng(0)
+    tif = tmp_path / "cells.tif"
+    tifffile.imwrite(tif, rng.normal(100, 5, (64, 64)).astype(np.float32))
+    sky = tmp_path / "field.fits"
+    header = fits.Header()
+    header.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=150.0, CRVAL2=2.0, CRPIX1=32, CRPIX2=32,
+                  CDELT1=-5e-5, CDELT2=5e-5)
+    fits.PrimaryHDU(rng.normal(10, 1, (64, 64)).astype(np.float32), header=header).writeto(sky)
+
+    viewer = make_napari_viewer(show=True)
+    segment = _dock(viewer, qtbot, "Segment")
+    assert isinstance(segment, _widget_class("Segment"))
+    viewer.open(str(tif), plugin="napari-segtool")  # what File ▸ Open does once a file is chosen
+    assert segment.image_combo.currentText() == "cells"
+    assert segment.current_model_ref().endswith("nuclei")
+    viewer.open(str(sky), plugin="napari-segtool")
+    assert segment.image_combo.currentText() == "field"        # the new image, not the old one
+    assert segment.current_model_ref().endswith("astro-sources")  # a FITS image gets the sky model
+    _click(qtbot, segment.run_button)
+    qtbot.waitUntil(lambda: not segment.running, timeout=60000)
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    assert segment.last_run["image"] is viewer.layers["field"]
+    assert segment.last_run["model_ref"].endswith("astro-sources")
+    # selecting the TIFF in the layer list brings it (and the microscopy model) back
+    viewer.layers.selection.active = viewer.layers["cells"]
+    assert segment.image_combo.currentText() == "cells"
+    assert segment.current_model_ref().endswith("nuclei")
+    # selecting a labels layer does not change the image
+    viewer.layers.selection.active = viewer.layers["field labels"]
+    assert segment.image_combo.currentText() == "cells"
+    # a model the user chose (here one loaded from disk) is kept when the image changes
+    import shutil
+
+    shutil.copytree(shipped_models / "nuclei", tmp_path / "mine")
+    assert segment.load_model_file(str(tmp_path / "mine"))
+    chosen = segment.current_model_ref()
+    viewer.layers.selection.active = viewer.layers["field"]
+    assert segment.image_combo.currentText() == "field" and segment.current_model_ref() == chosen
+    assert not any(kind == "show_error" for kind, _ in errors)
