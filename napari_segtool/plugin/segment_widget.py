@@ -51,6 +51,7 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self._pbar: Any = None
         self.last_outcome: JobOutcome | None = None
         self.last_run: dict[str, Any] = {}
+        self._meta_cache: dict[str, Any] = {}
         self._build()
         self._progress = Throttle(self._show_progress, 250, self)
         self.refresh_layers()
@@ -96,20 +97,32 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         form.addRow("Tile size", self.tile_spin)
         layout.addLayout(form)
 
-        box = QGroupBox("Thresholds (instance models)")
-        tform = QFormLayout(box)
+        # one control per post-processing setting; a model shows those its metadata has (meta.postprocess)
+        self.pp_box = QGroupBox("Post-processing (this model)")
+        tform = QFormLayout(self.pp_box)
         self.fg_spin = self._threshold_spin("Foreground probability cut-off; lower finds fainter objects")
         self.seed_spin = self._threshold_spin("Seed (object interior) cut-off; higher splits touching "
                                               "objects less")
+        self.score_spin = self._threshold_spin("Detection score cut-off (Mask R-CNN); lower keeps less "
+                                               "certain objects")
+        self.mask_spin = self._threshold_spin("Mask probability cut-off (Mask R-CNN); lower makes objects "
+                                              "larger")
         self.min_size_spin = QSpinBox()
         self.min_size_spin.setRange(-1, 100000)
         self.min_size_spin.setValue(-1)
         self.min_size_spin.setSpecialValueText("model default")
         self.min_size_spin.setToolTip("Objects smaller than this (pixels) are removed")
-        tform.addRow("Foreground", self.fg_spin)
-        tform.addRow("Seeds", self.seed_spin)
-        tform.addRow("Min size", self.min_size_spin)
-        layout.addWidget(box)
+        self.pp_controls: dict[str, tuple[QLabel, Any]] = {}
+        for key, text, spin in (("fg_threshold", "Foreground", self.fg_spin),
+                                ("seed_threshold", "Seeds", self.seed_spin),
+                                ("score_threshold", "Score", self.score_spin),
+                                ("mask_threshold", "Mask", self.mask_spin),
+                                ("min_size", "Min size", self.min_size_spin)):
+            label = QLabel(text)
+            tform.addRow(label, spin)
+            self.pp_controls[key] = (label, spin)
+        self._pp_keys: set[str] = set(self.pp_controls)  # until a model is chosen
+        layout.addWidget(self.pp_box)
 
         self.prob_check = QCheckBox("also show probabilities (2D runs)")
         layout.addWidget(self.prob_check)
@@ -161,13 +174,13 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         """A new image (File ▸ Open, a sample, a script) becomes the image to segment."""
         self.refresh_layers()
         layer = getattr(event, "value", None)
-        if isinstance(layer, Image) and self.image_combo.findText(layer.name) >= 0:
+        if _is_input_image(layer) and self.image_combo.findText(layer.name) >= 0:
             self.image_combo.setCurrentText(layer.name)
 
     def _on_active_layer(self, event: Any = None) -> None:
         """Selecting an image in the layer list selects it here too (labels and other layers do not)."""
         layer = self.viewer.layers.selection.active
-        if isinstance(layer, Image) and self.image_combo.findText(layer.name) >= 0:
+        if _is_input_image(layer) and self.image_combo.findText(layer.name) >= 0:
             self.image_combo.setCurrentText(layer.name)
 
     def _on_image_changed(self, name: str) -> None:
@@ -245,6 +258,7 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
 
     def _update_model_info(self) -> None:
         ref = self.model_combo.currentData()
+        self._show_model_controls(self._model_meta(ref))
         if ref in (None, LOAD_FROM_DISK):
             self.model_info.setText("no model yet — train one in the Train widget" if ref is None else "")
             return
@@ -259,14 +273,40 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         return None if ref in (None, LOAD_FROM_DISK) else ref
 
     def postprocess_overrides(self) -> dict[str, Any]:
+        """The settings the user changed, among those the selected model has."""
         out: dict[str, Any] = {}
-        if self.fg_spin.value() >= 0:
-            out["fg_threshold"] = float(self.fg_spin.value())
-        if self.seed_spin.value() >= 0:
-            out["seed_threshold"] = float(self.seed_spin.value())
-        if self.min_size_spin.value() >= 0:
-            out["min_size"] = int(self.min_size_spin.value())
+        for key in self._pp_keys:
+            spin = self.pp_controls[key][1]
+            if spin.value() >= 0:
+                out[key] = int(spin.value()) if isinstance(spin, QSpinBox) else float(spin.value())
         return out
+
+    def _show_model_controls(self, meta: Any) -> None:
+        """Show the post-processing controls that act on this model: the keys of ``meta.postprocess``
+        (score/mask thresholds for Mask R-CNN, foreground/seed thresholds for instance U-Nets)."""
+        keys = set(getattr(meta, "postprocess", None) or {}) & set(self.pp_controls) if meta is not None else set()
+        self._pp_keys = keys
+        for key, (label, spin) in self.pp_controls.items():
+            label.setVisible(key in keys)
+            spin.setVisible(key in keys)
+            default = (getattr(meta, "postprocess", None) or {}).get(key)
+            if default is not None:
+                spin.setSpecialValueText(f"model default ({default:g})")
+        self.pp_box.setVisible(bool(keys))
+        arch = getattr(meta, "arch", "")
+        self.pp_box.setTitle(f"Post-processing ({arch})" if arch else "Post-processing")
+
+    def _model_meta(self, ref: str | None) -> Any:
+        if ref in (None, LOAD_FROM_DISK):
+            return None
+        if ref not in self._meta_cache:
+            from napari_segtool.core.checkpoint import read_meta
+
+            try:
+                self._meta_cache[ref] = read_meta(ref)
+            except Exception:  # unreadable: the run reports why
+                self._meta_cache[ref] = None
+        return self._meta_cache[ref]
 
     # ------------------------------------------------------------------ run
     @property
@@ -488,13 +528,14 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         translate = np.asarray(L.spatial_translate(image)[-2:]) + np.asarray(
             [crop[0].start, crop[1].start]) * np.asarray(scale)
         if instance:
-            data = (probs[1] + probs[2]).astype(np.float32)
+            # Mask R-CNN: one channel (the merged mask probabilities); U-Net: interior + boundary
+            data = (probs[0] if probs.shape[0] == 1 else probs[1] + probs[2]).astype(np.float32)
             name = f"{image.name} object probability"
         else:
             data = probs.astype(np.float32)
             name = f"{image.name} class probabilities"
         kwargs = dict(name=name, colormap="magma", opacity=0.6, blending="additive",
-                      contrast_limits=(0.0, 1.0))
+                      contrast_limits=(0.0, 1.0), metadata={L.META_KEY: {"derived_from": image.name}})
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         if data.ndim == 3:
@@ -522,6 +563,11 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
 
 class _UserError(Exception):
     """A problem the user can fix; shown as a notification, never a traceback."""
+
+
+def _is_input_image(layer: Any) -> bool:
+    """An image layer to segment: not one this plugin derived from another (a probability map)."""
+    return isinstance(layer, Image) and not (layer.metadata.get(L.META_KEY) or {}).get("derived_from")
 
 
 def _plane_of(viewer: Any, image_layer: Image, n_stack: int) -> tuple[int, ...]:

@@ -165,3 +165,72 @@ def test_segment_follows_file_open_and_proposes_astro_sources_for_fits(make_napa
     viewer.layers.selection.active = viewer.layers["field"]
     assert segment.image_combo.currentText() == "field" and segment.current_model_ref() == chosen
     assert not any(kind == "show_error" for kind, _ in errors)
+
+
+# ---------------------------------------------------------------- item 3: Mask R-CNN, probabilities, its controls
+
+
+@pytest.fixture
+def maskrcnn_user_model(tiny_model_dir, tmp_path, monkeypatch):
+    """An untrained Mask R-CNN (small backbone) next to the tiny U-Net among the user's models."""
+    import shutil
+
+    from napari_segtool.core.checkpoint import save_model
+    from napari_segtool.core.model import SegModel
+    from napari_segtool.models.registry import get_architecture
+
+    arch = get_architecture("maskrcnn")
+    meta = arch.default_meta("instance", 1, ["background", "object"])
+    folder = tmp_path / "user-models"
+    save_model(SegModel(arch.build(meta), meta), folder / "rcnn")
+    shutil.copytree(tiny_model_dir / "tiny", folder / "tiny")
+    monkeypatch.setenv("SEGTOOL_MODELS_DIR", str(folder))
+    return folder
+
+
+def _choose_model(qtbot, combo, name):
+    """Pick a model with the keyboard, as a user does (arrow keys emit ``activated``)."""
+    combo.setFocus()
+    QTest.keyClick(combo, Qt.Key_Home)
+    for _ in range(combo.count()):
+        if str(combo.currentData() or "").endswith(name):
+            return
+        QTest.keyClick(combo, Qt.Key_Down)
+    assert str(combo.currentData() or "").endswith(name), name
+
+
+def _type_value(spin, text):
+    spin.setFocus()
+    spin.selectAll()
+    QTest.keyClicks(spin, text)
+    QTest.keyClick(spin, Qt.Key_Enter)
+
+
+def test_maskrcnn_with_probabilities_and_its_own_controls(make_napari_viewer, qtbot, maskrcnn_user_model, errors):
+    from napari_segtool.sim import simulate_nuclei
+
+    viewer = make_napari_viewer(show=True)
+    segment = _dock(viewer, qtbot, "Segment")
+    viewer.add_image(simulate_nuclei((96, 96), seed=1).image, name="cells")
+    _choose_model(qtbot, segment.model_combo, "rcnn")
+    shown = {k for k, (label, spin) in segment.pp_controls.items() if spin.isVisibleTo(segment)}
+    assert shown == {"score_threshold", "mask_threshold", "min_size"}  # from the model's meta.postprocess
+    _type_value(segment.score_spin, "0.05")
+    QTest.mouseClick(segment.prob_check, Qt.LeftButton, pos=segment.prob_check.rect().center())
+    assert segment.prob_check.isChecked()
+    _click(qtbot, segment.run_button)
+    qtbot.waitUntil(lambda: not segment.running, timeout=120000)
+    outcome = segment.last_outcome
+    assert outcome.ok, outcome.message
+    assert not segment.status_label.text().startswith("failed"), segment.status_label.text()
+    assert segment.last_run["postprocess"] == {"score_threshold": 0.05}
+    probs = viewer.layers["cells object probability"]
+    assert probs.data.shape == (96, 96) and 0.0 <= float(probs.data.min()) and float(probs.data.max()) <= 1.0
+    assert segment.image_combo.currentText() == "cells"  # a derived layer does not become the input
+    assert not any(kind == "show_error" for kind, _ in errors)
+    # a U-Net instance model shows its own thresholds instead, and only they are passed on
+    _choose_model(qtbot, segment.model_combo, "tiny")
+    shown = {k for k, (label, spin) in segment.pp_controls.items() if spin.isVisibleTo(segment)}
+    assert {"fg_threshold", "seed_threshold"} <= shown and not shown & {"score_threshold", "mask_threshold"}
+    _type_value(segment.fg_spin, "0.3")
+    assert segment.postprocess_overrides() == {"fg_threshold": 0.3}  # the hidden score setting is not sent
