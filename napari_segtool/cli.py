@@ -3,24 +3,64 @@
 A thin layer over the core: it parses arguments, reads files with
 :mod:`napari_segtool.io`, drives the core's generators with a progress bar, and
 turns every expected failure (unreadable file, shape mismatch, empty labels,
-unknown model) into one clear line on stderr and exit code 2.
+unknown model, out-of-range argument, an output that would overwrite an input or
+a file it did not create) into one clear line on stderr and exit code 2, before
+any work starts and with nothing touched. Anything else is a bug: one line on
+stderr with the path of a log file holding the traceback, exit code 1.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import math
+import os
 import sys
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from napari_segtool.kernel.errors import SegtoolError
+
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
 IMAGE_SUFFIXES = (".tif", ".tiff", ".fits", ".fit", ".fts", ".fits.gz", ".npy", ".zarr")
 
 
-class CliError(Exception):
+class CliError(SegtoolError):
     """An expected, user-facing failure: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (no usage block) through :class:`CliError`."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CliError(f"{message} (see {self.prog} --help)")
+
+
+def _number(kind: Callable[[str], Any], lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int or float), finite, within ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``)."""
+    name = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        low_bad = lo is not None and (value <= lo if lo_open else value < lo)
+        if low_bad or (hi is not None and value > hi):
+            low = "" if lo is None else (f"> {lo:g}" if lo_open else f">= {lo:g}")
+            high = "" if hi is None else f"<= {hi:g}"
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in (low, high) if x)}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -81,6 +121,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from napari_segtool.core.train import TrainConfig, iter_train
     from napari_segtool.io.images import read_image, read_labels
 
+    from napari_segtool.core.validate import check_device
+    from napari_segtool.io.outputs import check_model_output
+
     pairs = args.pairs
     if len(pairs) % 2:
         raise CliError("train needs IMAGE LABELS pairs (an even number of paths)")
@@ -88,6 +131,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     masks = args.mask or []
     if masks and len(masks) != len(images):
         raise CliError(f"got {len(masks)} --mask for {len(images)} images (give one per image or none)")
+    if args.device is not None:
+        check_device(args.device)
+    for path in [*pairs, *masks]:
+        if not Path(path).expanduser().exists():
+            raise CliError(f"cannot read {path}: no such file or folder")
+    check_model_output(args.out, [*pairs, *masks], overwrite=args.overwrite)
     init = load_model(args.init) if args.init else None
     if init is not None and args.model != init.meta.arch:
         args.model = init.meta.arch
@@ -131,8 +180,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             elif isinstance(event, TrainEpoch) and not args.quiet:
                 bar.write(f"epoch {event.epoch:3d}  loss {event.train_loss:.4f}  "
                           f"{event.metric_name} {event.val_metric:.3f}{'  *' if event.is_best else ''}")
-    except KeyboardInterrupt:
-        raise CliError("interrupted")
     finally:
         bar.close()
     model = result.model
@@ -160,17 +207,45 @@ def _write_table(path: Path, rows: dict[tuple, list[dict[str, Any]]]) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from napari_segtool.core.checkpoint import load_model
-    from napari_segtool.core.predict import iter_predict
-    from napari_segtool.io.images import read_image, write_labels
+    from napari_segtool.io.images import read_image
 
+    from napari_segtool.core.validate import check_device
+    from napari_segtool.io.outputs import made_dirs, plan_label_outputs, remove_empty_dirs
+
+    from napari_segtool.core.checkpoint import resolve_model_path
+
+    if args.device is not None:
+        check_device(args.device)
+    resolve_model_path(args.model)  # an unknown model is refused first
     inputs = _expand_inputs(args.images)
-    out = Path(args.out)
+    for path in inputs:
+        if not path.expanduser().exists():
+            raise CliError(f"cannot read {path}: no such file or folder")
+    out = Path(args.out).expanduser()
     if out.suffix == ".zarr" or args.workers or args.scheduler:
         return _predict_batch(args, inputs, out)
+    plans = plan_label_outputs(inputs, out, [_stem(p) for p in inputs], ("_labels.tif", "_objects.csv"),
+                               overwrite=args.overwrite)
     model = load_model(args.model, device=args.device)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in inputs:
-        img = read_image(path, axes=args.axes, lazy=True)
+    if args.tile_size is not None and args.tile_size <= model.meta.receptive_field:
+        raise CliError(f"--tile-size {args.tile_size} is too small for model '{model.meta.name}' "
+                       f"(receptive field {model.meta.receptive_field} px): use more than {model.meta.receptive_field}")
+    images = [read_image(path, axes=args.axes, lazy=True) for path in inputs]  # all readable before any work
+    created = made_dirs(out)
+    try:
+        _predict_files(args, model, inputs, images, plans)
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
+    return 0
+
+
+def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], images: list[Any],
+                   plans: list[list[Path]]) -> None:
+    from napari_segtool.core.predict import iter_predict
+    from napari_segtool.io.images import write_labels
+
+    for path, img, (target, table) in zip(inputs, images, plans):
         bar = _progress_bar(None, path.name, not args.quiet)
 
         def tiles(done: int, total: int) -> None:
@@ -192,17 +267,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.close()
         for note in pred.notes:
             print(f"note: {note}", file=sys.stderr)
-        target = out / f"{_stem(path)}_labels.tif"
         write_labels(target, pred.labels, axes=pred.axes)
         if pred.tables:
-            _write_table(out / f"{_stem(path)}_objects.csv", pred.tables)
+            _write_table(table, pred.tables)
         n = len(np.unique(pred.labels)) - 1 if model.meta.task == "instance" else int(pred.labels.max())
         kind = "objects" if model.meta.task == "instance" else "max class id"
         print(f"{path.name}: {n} {kind} -> {target}")
-    return 0
 
 
 def _predict_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> int:
+    from napari_segtool.core.checkpoint import resolve_model_path
+    from napari_segtool.io.outputs import check_output_path, made_dirs, remove_empty_dirs
+
+    resolve_model_path(args.model)  # an unknown model is refused before any folder is made
+    if out.suffix == ".zarr" and len(inputs) == 1:
+        check_output_path(out, inputs, overwrite=args.overwrite)
+        created = made_dirs(out.parent)
+    else:
+        from napari_segtool.core.batch import labels_name
+
+        names = [labels_name(p) for p in inputs]
+        seen: dict[str, Path] = {}
+        for path, name in zip(inputs, names):
+            if name in seen:
+                raise CliError(f"{seen[name]} and {path} would both write {out / name}; "
+                               f"rename one or run them separately")
+            seen[name] = path
+        if out.exists() and not out.is_dir():
+            raise CliError(f"--out {out} is a file; give a folder for the results")
+        for name in names:
+            check_output_path(out / name, inputs, overwrite=args.overwrite)
+        created = made_dirs(out)
+    try:
+        return _run_batch(args, inputs, out)
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
+
+
+def _run_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> int:
     from napari_segtool.core.batch import predict_folder, predict_to_zarr
 
     kwargs = dict(axes=args.axes, workers=args.workers, scheduler=args.scheduler,
@@ -234,6 +337,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pred, gt = read_labels(args.pred), read_labels(args.gt)
     if pred.shape != gt.shape:
         raise CliError(f"prediction has shape {pred.shape} but ground truth has shape {gt.shape}")
+    for what, path, labels in (("prediction", args.pred, pred), ("ground truth", args.gt, gt)):
+        if labels.dtype.kind == "i" and labels.size and int(labels.min()) < 0:
+            raise CliError(f"{what} {path} has negative label ids (min {int(labels.min())}); ids must be >= 0")
+        if labels.size and int(labels.max()) > 2**32 - 1:
+            raise CliError(f"{what} {path} has label id {int(labels.max())}, above 2**32 - 1")
     scores = semantic_scores(pred, gt) if args.semantic else instance_scores(pred, gt)
     print(format_scores(scores))
     return 0
@@ -255,9 +363,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segtool", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="segtool", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train or fine-tune a model from IMAGE LABELS pairs")
     t.add_argument("pairs", nargs="+", metavar="IMAGE LABELS", help="image and label files, alternating")
@@ -265,16 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task", choices=["instance", "semantic"], default="instance")
     t.add_argument("--mask", nargs="+", help="annotated-pixel mask per image (0 = not annotated)")
     t.add_argument("--init", help="fine-tune from this model (name or path)")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--time-budget", type=float, help="stop after this many seconds")
+    t.add_argument("--epochs", type=_number(int, 1, 1_000_000), default=100)
+    t.add_argument("--time-budget", type=_number(float, 0, None, lo_open=True), help="stop after this many seconds")
     t.add_argument("--axes", help="axes of the images, e.g. ZYX, YXC (default: from metadata or guessed)")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--patch-size", type=int)
-    t.add_argument("--steps-per-epoch", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=_number(int, 1, 4096))
+    t.add_argument("--patch-size", type=_number(int, 16, 4096))
+    t.add_argument("--steps-per-epoch", type=_number(int, 1, 1_000_000))
+    t.add_argument("--lr", type=_number(float, 0, 10, lo_open=True))
+    t.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=0)
     t.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-    t.add_argument("--out", required=True, help="model folder (or .safetensors file) to write")
+    t.add_argument("--out", required=True, help="model folder (or .safetensors file) to write; "
+                   "an existing model there is replaced")
+    t.add_argument("--overwrite", action="store_true",
+                   help="allow --out to replace an existing file or folder that is not a model")
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment images (files or folders) with a model")
@@ -282,13 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--out", required=True, help="output folder, or a .zarr for chunked/distributed runs")
     p.add_argument("--axes")
-    p.add_argument("--tile-size", type=int)
-    p.add_argument("--z-scale", type=float,
+    p.add_argument("--tile-size", type=_number(int, 32, 16384))
+    p.add_argument("--z-scale", type=_number(float, 0, 1000, lo_open=True),
                    help="Z voxel size / XY pixel size of stacks (default: from the file's metadata, else the model's)")
     p.add_argument("--device")
-    p.add_argument("--workers", type=int, help="run chunked on a local dask cluster with N workers")
+    p.add_argument("--workers", type=_number(int, 1, 1024), help="run chunked on a local dask cluster with N workers")
     p.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://host:8786")
-    p.add_argument("--chunk-size", type=int, default=1024, help="chunk edge for chunked runs (pixels)")
+    p.add_argument("--chunk-size", type=_number(int, 64, 65536), default=1024,
+                   help="chunk edge for chunked runs (pixels)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predicted labels against ground truth")
@@ -305,22 +418,73 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from napari_segtool.kernel.axes import AxesError
-    from napari_segtool.core.checkpoint import ModelLoadError
-    from napari_segtool.core.data import DataError
-    from napari_segtool.core.predict import InputError
-    from napari_segtool.io.images import ImageReadError
 
-    return (CliError, AxesError, ModelLoadError, DataError, InputError, ImageReadError, FileNotFoundError)
+    found: list[type[BaseException]] = [SegtoolError, AxesError, OSError, MemoryError]
+    try:  # until core.predict takes InputError from kernel.errors
+        from napari_segtool.core.predict import InputError
+
+        found.append(InputError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(found)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "not enough memory (try a smaller --tile-size, or chunked prediction with a .zarr --out)"
+    if isinstance(exc, OSError) and not isinstance(exc, SegtoolError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def log_dir() -> Path:
+    """Where tracebacks of internal errors go: ``$SEGTOOL_LOG_DIR``, else ``~/.cache/napari-segtool/logs``."""
+    env = os.environ.get("SEGTOOL_LOG_DIR")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "napari-segtool" / "logs"
+
+
+def _log_internal_error(argv: Sequence[str] | None) -> str:
+    """Write the current exception's traceback to a log file; return its path (or why not)."""
+    import tempfile
+    import traceback
+
+    args = list(argv) if argv is not None else sys.argv[1:]
+    text = (f"segtool {' '.join(map(str, args))}\ntime: {time.strftime('%Y-%m-%dT%H:%M:%S')}\n\n"
+            f"{traceback.format_exc()}")
+    for folder in (log_dir(), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"segtool-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+        except OSError:
+            continue
+    return "(could not write a log file)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run ``segtool``; returns the exit code (0 ok, 1 internal error, 2 bad input, 130 interrupted)."""
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
+    except KeyboardInterrupt:
+        print("segtool: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit:  # --help, --version
+        raise
     except _expected_errors() as exc:
-        print(f"segtool: error: {exc}", file=sys.stderr)
+        print(f"segtool: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as exc:
+        log = _log_internal_error(argv)
+        print(f"segtool: internal error: {type(exc).__name__}: {_one_line(exc)[:300]} "
+              f"(please report it; traceback in {log})", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ def _coordinate_map(out: int, src: int, rng: np.random.Generator, cfg: AugmentCo
 
 def augment(patch: Patch, out_size: int, rng: np.random.Generator, cfg: AugmentConfig) -> Patch:
     """Augment a (larger, square) source patch and return an ``out_size``² patch."""
+    if int(out_size) < 1:
+        raise ValueError(f"patch size must be at least 1 pixel, got {out_size}")
     src = patch.labels.shape[0]
     img, lab, ann = patch.image, patch.labels, patch.annotated
     if cfg.enabled and cfg.flips:

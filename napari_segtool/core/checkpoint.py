@@ -7,14 +7,29 @@ safetensors and JSON: nothing is unpickled, so a model file cannot run code.
 
 Models are found by name in the shipped zoo (``napari_segtool/zoo``) and in the user
 model folder (``$SEGTOOL_MODELS_DIR``, default ``~/.local/share/napari-segtool/models``).
+
+Loading validates before it allocates: ``model.json`` is checked field by field
+(known architecture, task, types, ranges), then the network is built on torch's
+``meta`` device (no memory) and its parameter names and shapes are compared with
+the tensor shapes in the safetensors header; only a model that fits is built for
+real and filled. Every failure is a :class:`ModelLoadError` (a
+:class:`~napari_segtool.kernel.errors.ModelError`) with one line.
+
+Saving is crash-safe: the new model is written to a hidden temporary folder
+(``.NAME.<pid>-<random>.tmp``), each file fsynced, then swapped with the old
+folder in one atomic exchange (see :func:`napari_segtool.io.atomic.replace_dir`),
+so ``NAME`` always holds the old or the new complete model. Temporaries left by
+killed processes are removed by the next save of the same name.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -22,6 +37,8 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from napari_segtool.core.model import ModelMeta, SegModel
+from napari_segtool.io.atomic import clean_stale_temps, recover_dir, replace_dir, temp_prefix
+from napari_segtool.kernel.errors import ModelError
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -29,7 +46,7 @@ CARD_FILE = "card.md"
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(ModelError):
     """A model name or path could not be turned into a usable model."""
 
 
@@ -50,17 +67,21 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def _atomic_replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written temp folder into place, keeping the old one until then."""
-    if final.exists():
-        backup = final.with_name(final.name + ".old")
-        if backup.exists():
-            _rmtree(backup)
-        os.replace(final, backup)
-        os.replace(tmp, final)
-        _rmtree(backup)
-    else:
-        os.replace(tmp, final)
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _clean_leftovers(path: Path) -> None:
+    """Temporaries of killed saves of ``path``, and the ``NAME.old`` backup older versions left."""
+    clean_stale_temps(path.parent, path.name)
+    legacy = path.with_name(path.name + ".old")
+    if _is_model_dir(path) and _is_model_dir(legacy):
+        _rmtree(legacy)
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and (path / WEIGHTS_FILE).is_file() and (path / META_FILE).is_file()
 
 
 def _rmtree(path: Path) -> None:
@@ -81,7 +102,12 @@ def _state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: SegModel, path: str | os.PathLike) -> Path:
-    """Write ``model`` atomically to a folder, or to one file if ``path`` ends in ``.safetensors``."""
+    """Write ``model`` atomically to a folder, or to one file if ``path`` ends in ``.safetensors``.
+
+    Whatever ``path`` held is replaced (check it first, e.g. with
+    :func:`napari_segtool.io.outputs.check_model_output`); at no instant is it
+    missing or partly written, even if the process is killed (see module doc).
+    """
     path = Path(path).expanduser()
     meta = model.meta
     if not meta.version:
@@ -89,55 +115,178 @@ def save_model(model: SegModel, path: str | os.PathLike) -> Path:
     meta_json = json.dumps(meta.to_dict(), indent=2, sort_keys=True)
     tensors = _state_dict(model.net)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(path)
     if path.suffix == ".safetensors":
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
         os.close(fd)
-        save_file(tensors, tmp, metadata={"segtool": meta_json})
-        os.chmod(tmp, _default_mode(directory=False))
-        os.replace(tmp, path)
+        tmp = Path(name)
+        try:
+            save_file(tensors, str(tmp), metadata={"segtool": meta_json})
+            _fsync_file(tmp)
+            os.chmod(tmp, _default_mode(directory=False))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
-    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    os.chmod(tmp_dir, _default_mode(directory=True))
-    save_file(tensors, str(tmp_dir / WEIGHTS_FILE), metadata={"segtool": meta_json})
-    os.chmod(tmp_dir / WEIGHTS_FILE, _default_mode(directory=False))
-    (tmp_dir / META_FILE).write_text(meta_json)
-    if meta.card:
-        (tmp_dir / CARD_FILE).write_text(meta.card)
-    _atomic_replace_dir(tmp_dir, path)
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp"))
+    try:
+        os.chmod(tmp_dir, _default_mode(directory=True))
+        save_file(tensors, str(tmp_dir / WEIGHTS_FILE), metadata={"segtool": meta_json})
+        (tmp_dir / META_FILE).write_text(meta_json, encoding="utf-8")
+        if meta.card:
+            (tmp_dir / CARD_FILE).write_text(meta.card, encoding="utf-8")
+        for item in tmp_dir.iterdir():
+            os.chmod(item, _default_mode(directory=False))
+            _fsync_file(item)
+        replace_dir(tmp_dir, path)
+    except BaseException:
+        _rmtree(tmp_dir)
+        raise
     return path
+
+
+def _existing(path: Path) -> Path | None:
+    """``path``, or what an interrupted swap left of it (hidden backup, legacy ``NAME.old``)."""
+    found = recover_dir(path)
+    if found is not None:
+        return found
+    legacy = path.with_name(path.name + ".old")
+    return legacy if _is_model_dir(legacy) else None
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     """Find a model by path, or by name in the user folder, then in the shipped zoo."""
+    if not str(name_or_path).strip():
+        raise ModelLoadError("empty model name")
     candidate = Path(name_or_path).expanduser()
-    if candidate.exists():
-        return candidate
+    found = _existing(candidate)
+    if found is not None:
+        return found
     name = str(name_or_path)
-    for root in (user_models_dir(), ZOO_DIR):
-        for option in (root / name, root / f"{name}.safetensors"):
-            if option.exists():
-                return option
+    if "/" not in name and os.sep not in name:
+        for root in (user_models_dir(), ZOO_DIR):
+            for option in (root / name, root / f"{name}.safetensors"):
+                found = _existing(option)
+                if found is not None:
+                    return found
     known = ", ".join(m.name for m in list_models()) or "none"
     raise ModelLoadError(f"unknown model '{name}' (known models: {known})")
 
 
+#: Field -> accepted JSON types of ``model.json`` (bool is never an int here).
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "arch": (str,), "task": (str,), "in_channels": (int,), "arch_kwargs": (dict,), "classes": (list,),
+    "normalization": (dict,), "postprocess": (dict,), "receptive_field": (int, float), "tile_size": (int,),
+    "name": (str,), "description": (str,), "card": (str,), "history": (list,), "training": (dict,),
+    "version": (str,),
+}
+_REQUIRED = ("arch", "task", "in_channels")
+_MAX_KWARG_INT = 2**16
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list"}
+
+
+def _check_kwarg_value(key: str, value: Any, depth: int = 0) -> None:
+    if depth > 3:
+        raise ValueError(f"arch_kwargs['{key}'] is nested too deeply")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not -_MAX_KWARG_INT <= value <= _MAX_KWARG_INT:
+            raise ValueError(f"arch_kwargs['{key}'] = {value} is out of range (|value| <= {_MAX_KWARG_INT})")
+    elif isinstance(value, float):
+        if not math.isfinite(value) or abs(value) > _MAX_KWARG_INT:
+            raise ValueError(f"arch_kwargs['{key}'] = {value} is not a finite number <= {_MAX_KWARG_INT}")
+    elif isinstance(value, str):
+        if len(value) > 200:
+            raise ValueError(f"arch_kwargs['{key}'] is a string of {len(value)} characters")
+    elif isinstance(value, list):
+        if len(value) > 64:
+            raise ValueError(f"arch_kwargs['{key}'] is a list of {len(value)} items (at most 64)")
+        for item in value:
+            _check_kwarg_value(key, item, depth + 1)
+    else:
+        raise ValueError(f"arch_kwargs['{key}'] has unsupported type {type(value).__name__}")
+
+
+def validate_meta_dict(data: Any) -> ModelMeta:
+    """Check ``model.json`` content field by field and return its :class:`ModelMeta`.
+
+    Required: ``arch`` (a registered architecture), ``task`` (``"instance"`` or
+    ``"semantic"``), ``in_channels`` (1..4096). Every other known field must have
+    its JSON type; ``classes`` is a list of at least two strings; ``tile_size``
+    16..16384; ``arch_kwargs`` holds only numbers (|value| <= 65536), strings,
+    booleans and short lists of them. Unknown fields are ignored. Raises
+    :class:`ValueError` with one line saying what is wrong.
+    """
+    from napari_segtool.models.registry import available_architectures
+
+    if not isinstance(data, dict):
+        raise ValueError(f"the metadata must be a JSON object, not {type(data).__name__}")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ValueError(f"the metadata lacks {', '.join(missing)}")
+    for key, types in _META_TYPES.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"'{key}' must be {_TYPE_NAMES[types[0]]}, got {json.dumps(value)[:40]}")
+    if data["arch"] not in available_architectures():
+        raise ValueError(f"unknown architecture '{data['arch'][:40]}' (known: {', '.join(available_architectures())})")
+    if data["task"] not in ("instance", "semantic"):
+        raise ValueError(f"'task' must be 'instance' or 'semantic', got '{data['task'][:40]}'")
+    if not 1 <= data["in_channels"] <= 4096:
+        raise ValueError(f"'in_channels' must be 1..4096, got {data['in_channels']}")
+    if "tile_size" in data and not 16 <= data["tile_size"] <= 16384:
+        raise ValueError(f"'tile_size' must be 16..16384, got {data['tile_size']}")
+    if "receptive_field" in data and not (math.isfinite(data["receptive_field"]) and
+                                          0 <= data["receptive_field"] <= 1_000_000):
+        raise ValueError(f"'receptive_field' must be 0..1000000, got {data['receptive_field']}")
+    if "classes" in data:
+        classes = data["classes"]
+        if len(classes) < 2 or not all(isinstance(c, str) for c in classes) or len(classes) > 65536:
+            raise ValueError("'classes' must be a list of 2..65536 class names (strings)")
+    for key, value in data.get("arch_kwargs", {}).items():
+        _check_kwarg_value(str(key), value)
+    try:
+        return ModelMeta.from_dict(data)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _load_json(path: Path) -> Any:
+    text = path.read_bytes()
+    if len(text) > 64 * 2**20:
+        raise ValueError(f"{path.name} is {len(text) >> 20} MiB; model metadata is small JSON")
+    return json.loads(text.decode("utf-8"))
+
+
 def read_meta(path: Path) -> ModelMeta:
-    """Read a model's metadata without loading its weights."""
+    """Read and validate a model's metadata without loading its weights."""
+    path = Path(path)
     try:
         if path.is_dir():
             meta_path = path / META_FILE
             if meta_path.exists():
-                data = json.loads(meta_path.read_text())
-            else:
+                data = _load_json(meta_path)
+            elif (path / WEIGHTS_FILE).exists():
                 data = _header_meta(path / WEIGHTS_FILE)
-            meta = ModelMeta.from_dict(data)
+            else:
+                raise ModelLoadError(f"{path} is not a model folder (no {META_FILE} or {WEIGHTS_FILE})")
+            meta = validate_meta_dict(data)
             card = path / CARD_FILE
             if card.exists() and not meta.card:
-                meta.card = card.read_text()
+                meta.card = card.read_text(encoding="utf-8", errors="replace")
             return meta
-        return ModelMeta.from_dict(_header_meta(path))
-    except (OSError, json.JSONDecodeError, SafetensorError, TypeError) as exc:
-        raise ModelLoadError(f"cannot read model metadata from {path}: {exc}") from exc
+        return validate_meta_dict(_header_meta(path))
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, SafetensorError, TypeError, RecursionError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, UnicodeDecodeError):
+            reason = "not UTF-8 text"
+        raise ModelLoadError(f"cannot read model metadata from {path}: {reason}") from None
 
 
 def _header_meta(weights: Path) -> dict:
@@ -148,23 +297,74 @@ def _header_meta(weights: Path) -> dict:
     return json.loads(header["segtool"])
 
 
-def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> SegModel:
-    """Load a model by shipped/user name or path; weights via safetensors only."""
+def weight_shapes(weights: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header (nothing is loaded)."""
+    with safe_open(str(weights), framework="pt") as f:
+        return {k: tuple(int(d) for d in f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def check_weights_fit(meta: ModelMeta, weights: str | os.PathLike) -> None:
+    """Raise :class:`ModelLoadError` unless ``weights`` has exactly the tensors ``meta``'s network has.
+
+    The network is built on torch's ``meta`` device, which allocates nothing, so
+    absurd ``arch_kwargs`` (huge widths, depths) are caught before any memory is used.
+    """
     from napari_segtool.models.registry import get_architecture
 
+    try:
+        shapes = weight_shapes(weights)
+    except (OSError, SafetensorError) as exc:
+        raise ModelLoadError(f"cannot read weights {weights}: {' '.join(str(exc).split())}") from None
+    try:
+        with torch.device("meta"):
+            net = get_architecture(meta.arch).build(meta)
+        expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    except Exception as exc:  # any failure to build means the metadata is unusable
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ModelLoadError(f"model metadata of {weights} does not describe a valid '{meta.arch}' network "
+                             f"(arch_kwargs {json.dumps(meta.arch_kwargs)[:120]}): {reason}") from None
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    wrong = [k for k in expected if k in shapes and expected[k] != shapes[k]]
+    if missing or extra or wrong:
+        if wrong:
+            k = wrong[0]
+            detail = f"'{k}' is {list(shapes[k])} in the file but {list(expected[k])} for the metadata"
+        elif missing:
+            detail = f"{len(missing)} tensor(s) missing, e.g. '{missing[0]}'"
+        else:
+            detail = f"{len(extra)} unexpected tensor(s), e.g. '{extra[0]}'"
+        raise ModelLoadError(f"weights in {weights} do not fit architecture '{meta.arch}' with arch_kwargs "
+                             f"{json.dumps(meta.arch_kwargs)[:120]}: {detail}")
+
+
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> SegModel:
+    """Load a model by shipped/user name or path; weights via safetensors only.
+
+    Raises :class:`ModelLoadError` (unknown, unreadable, invalid metadata, weights
+    that do not fit) or :class:`~napari_segtool.kernel.errors.ConfigError` (a
+    device that is not available).
+    """
+    from napari_segtool.core.validate import check_device
+    from napari_segtool.models.registry import get_architecture
+
+    if device is not None:
+        device = check_device(device)
     path = resolve_model_path(name_or_path)
     meta = read_meta(path)
     weights = path / WEIGHTS_FILE if path.is_dir() else path
+    check_weights_fit(meta, weights)
     try:
         state = load_file(str(weights), device="cpu")
     except (OSError, SafetensorError) as exc:
-        raise ModelLoadError(f"cannot read weights {weights}: {exc}") from exc
+        raise ModelLoadError(f"cannot read weights {weights}: {' '.join(str(exc).split())}") from None
     arch = get_architecture(meta.arch)
-    net = arch.build(meta)
     try:
+        net = arch.build(meta)
         net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"weights in {weights} do not fit architecture '{meta.arch}': {exc}") from exc
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"weights in {weights} do not fit architecture '{meta.arch}': "
+                             f"{' '.join(str(exc).split())[:300]}") from None
     net.eval()
     if not meta.name:
         meta.name = path.name.removesuffix(".safetensors")
@@ -199,7 +399,13 @@ def list_models() -> list[ModelInfo]:
     for source, root in (("shipped", ZOO_DIR), ("user", user_models_dir())):
         if not root.is_dir():
             continue
-        for entry in sorted(root.iterdir()):
+        try:
+            entries = sorted(root.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # temporaries of a save in progress
             is_model = (entry.is_dir() and (entry / WEIGHTS_FILE).exists()) or entry.suffix == ".safetensors"
             if not is_model:
                 continue

@@ -12,10 +12,14 @@ from typing import Sequence
 
 import numpy as np
 
+from napari_segtool.kernel.errors import InputError
 from napari_segtool.models.base import Patch
 
+#: Largest label id training accepts (labels are stored as int32).
+MAX_LABEL_ID = 2**31 - 1
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """Training data that cannot be used (message says why)."""
 
 
@@ -59,8 +63,15 @@ def make_example(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray | 
             labels = labels.astype(np.int64)
         else:
             raise DataError(f"labels{where} must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0:
+    if labels.size and labels.min() < 0:
         raise DataError(f"labels{where} contain negative values")
+    if labels.size and int(labels.max()) > MAX_LABEL_ID:
+        raise DataError(f"labels{where} use id {int(labels.max())}, above the largest supported id {MAX_LABEL_ID} "
+                        f"(relabel them, e.g. with skimage.segmentation.relabel_sequential)")
+    if not np.issubdtype(image.dtype, np.number) and image.dtype != bool:
+        raise DataError(f"image{where} has unsupported pixel type {image.dtype}")
+    if image.dtype.kind == "f" and not np.isfinite(image).any():
+        raise DataError(f"image{where} has no finite pixel values")
     if annotated is None:
         annotated = np.ones(labels.shape, bool) if task == "instance" else labels > 0
     annotated = np.asarray(annotated).astype(bool)
@@ -141,6 +152,21 @@ class PatchSampler:
             cy, cx = int(self.rng.integers(h)), int(self.rng.integers(w))
         y0 = int(np.clip(cy - size // 2 + self.rng.integers(-size // 4, size // 4 + 1), 0, max(0, h - size)))
         x0 = int(np.clip(cx - size // 2 + self.rng.integers(-size // 4, size // 4 + 1), 0, max(0, w - size)))
+        return crop_patch(ex, y0, x0, size)
+
+    def sample_annotated(self, size: int | None = None) -> Patch:
+        """A ``size``² patch centred on an annotated pixel (so it always holds one), unaugmented."""
+        size = size or self.size
+        choices = [i for i, c in enumerate(self._coords) if c.size]
+        if not choices:
+            raise DataError("no annotated pixels to train on")
+        p = self.weights[choices] / self.weights[choices].sum()
+        i = choices[int(self.rng.choice(len(choices), p=p))]
+        ex = self.examples[i]
+        h, w = ex.shape
+        cy, cx = divmod(int(self.rng.choice(self._coords[i])), w)
+        y0 = int(np.clip(cy - size // 2, 0, max(0, h - size)))
+        x0 = int(np.clip(cx - size // 2, 0, max(0, w - size)))
         return crop_patch(ex, y0, x0, size)
 
 

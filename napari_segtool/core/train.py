@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generator, Sequence
 
 import numpy as np
@@ -19,7 +19,9 @@ import torch
 
 from napari_segtool.core.augment import AugmentConfig, augment
 from napari_segtool.core.data import DataError, Example, PatchSampler, split_validation
+from napari_segtool.core.scale import object_scale_from_labels
 from napari_segtool.kernel.device import configure_threads, pick_device
+from napari_segtool.kernel.errors import ConfigError
 from napari_segtool.kernel.events import CancelToken, TrainEpoch, TrainStep
 from napari_segtool.core.model import ModelMeta, SegModel
 from napari_segtool.models.registry import get_architecture
@@ -61,7 +63,7 @@ def new_model(arch: str, task: str, in_channels: int, classes: Sequence[str] | N
     """A fresh model of architecture ``arch``; semantic ``classes`` list starts with 'unlabelled'."""
     architecture = get_architecture(arch)
     if task not in architecture.supported_tasks:
-        raise ValueError(f"architecture '{arch}' does not support task '{task}'")
+        raise ConfigError(f"architecture '{arch}' does not support task '{task}'")
     if classes is None:
         classes = ["background", "object"]
     meta = architecture.default_meta(task, in_channels, classes, **arch_kwargs)
@@ -86,13 +88,27 @@ def _lr_at(base: float, progress: float) -> float:
     return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+#: Augmented draws per batch item before falling back to an unaugmented patch around an annotated pixel.
+MAX_DRAWS_PER_PATCH = 20
+
+
 def _batch(sampler: PatchSampler, cfg: TrainConfig, rng: np.random.Generator):
+    """``batch_size`` augmented patches that each hold annotated pixels; always terminates.
+
+    Augmentation can rotate or zoom the annotated pixels of a tiny or sparsely
+    annotated image out of the patch; after ``MAX_DRAWS_PER_PATCH`` such draws per
+    patch the rest of the batch is cropped around annotated pixels, unaugmented.
+    """
     src = int(math.ceil(cfg.patch_size * cfg.augment.margin))
     patches = []
-    while len(patches) < cfg.batch_size:
+    for _ in range(MAX_DRAWS_PER_PATCH * cfg.batch_size):
+        if len(patches) >= cfg.batch_size:
+            break
         p = augment(sampler.sample(src), cfg.patch_size, rng, cfg.augment)
         if p.annotated.any():
             patches.append(p)
+    while len(patches) < cfg.batch_size:
+        patches.append(sampler.sample_annotated(cfg.patch_size))
     return patches
 
 
@@ -127,7 +143,10 @@ def iter_train(
     ``make_example(..., normalization=...)`` with ``init.meta.normalization`` when
     fine-tuning, or with the ``normalization`` passed here (stored in the new model).
     """
+    from napari_segtool.core.validate import check_train_config
+
     cfg = config or TrainConfig()
+    check_train_config(cfg)  # ConfigError before any work
     if not examples:
         raise DataError("no training examples")
     configure_threads(cfg.num_threads)
@@ -151,8 +170,13 @@ def iter_train(
             model.meta.normalization = dict(normalization)
         _check_compatible(model, examples, task)
     architecture = model.architecture
+    annotated_labels = [np.where(ex.annotated, ex.labels, 0) for ex in examples]
     architecture.configure_from_data(model.meta, [ex.labels[ex.annotated] for ex in examples] if task == "semantic"
-                                     else [np.where(ex.annotated, ex.labels, 0) for ex in examples])
+                                     else annotated_labels)
+    if task == "instance":  # the model now works at the object size of the data it learns from
+        scale = object_scale_from_labels(annotated_labels)
+        if scale.diameter:
+            model.meta.scale = replace(scale, auto=model.meta.scale.auto)
 
     train_set, val_set = split_validation(examples, cfg.val_fraction)
     sampler = PatchSampler(train_set, cfg.patch_size, rng)

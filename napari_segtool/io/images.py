@@ -32,7 +32,8 @@ import numpy as np
 import tifffile
 
 from ..kernel.axes import AxesError, guess_axes, normalize_axes
-from .atomic import atomic_write, atomic_write_tiff
+from ..kernel.errors import InputError
+from .atomic import atomic_write, atomic_write_tiff, clean_stale_temps, replace_dir, temp_prefix
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array
@@ -55,7 +56,7 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
 _UNKNOWN = "?"
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """An image could not be read: missing, unsupported, corrupt or unusable."""
 
 
@@ -345,11 +346,25 @@ def _native(data: Any) -> Any:
 
 
 def _read_fits(path: Path, axes: str | None, lazy: bool) -> ImageData:
-    """FITS via astropy: the first HDU holding image data."""
+    """FITS via astropy: the first HDU holding image data.
+
+    Scaled data (``BSCALE``/``BZERO``/``BLANK``) cannot be memory-mapped by astropy:
+    such files are read into memory (scaled to physical values) even when ``lazy``.
+    """
+    compressed = path.name.lower().endswith(".gz")
+    memmap = lazy and not compressed
+    try:
+        return _read_fits_hdus(path, axes, lazy, memmap)
+    except ValueError as exc:
+        if memmap and "memory-mapped" in str(exc):
+            return _read_fits_hdus(path, axes, lazy, False)
+        raise
+
+
+def _read_fits_hdus(path: Path, axes: str | None, lazy: bool, memmap: bool) -> ImageData:
     from astropy.io import fits
 
-    compressed = path.name.lower().endswith(".gz")
-    hdul = fits.open(path, memmap=lazy and not compressed, lazy_load_hdus=True)
+    hdul = fits.open(path, memmap=memmap, lazy_load_hdus=True)
     try:
         found = None
         for index, hdu in enumerate(hdul):
@@ -636,11 +651,12 @@ def _write_tiff(path: Path, arr: np.ndarray, axes: str | None, metadata: dict) -
 
 
 def _write_zarr(path: Path, arr: np.ndarray, axes: str | None, metadata: dict) -> Path:
-    """A zarr array folder, written aside and swapped in (near-atomic for folders)."""
+    """A zarr array folder, written aside and swapped in (atomic exchange on Linux)."""
     import zarr
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale_temps(path.parent, path.name, once=True)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         target = tmp / "data.zarr"
         z = zarr.open_array(str(target), mode="w", shape=arr.shape, dtype=arr.dtype)
@@ -649,11 +665,7 @@ def _write_zarr(path: Path, arr: np.ndarray, axes: str | None, metadata: dict) -
         if axes:
             attrs["axes"] = axes
         z.attrs.update(attrs)
-        old = None
-        if path.exists():
-            old = tmp / "old"
-            os.replace(path, old)
-        os.replace(target, path)
+        replace_dir(target, path)  # atomic exchange: the old or the new array, never neither
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
