@@ -73,25 +73,16 @@ def merge_objects(plane: np.ndarray, labels: Iterable[int]) -> np.ndarray:
 
 
 def split_object_points(plane: np.ndarray, p1: Sequence[int], p2: Sequence[int], new_label: int) -> np.ndarray:
-    """Split the object under ``p1`` and ``p2`` (y, x) by a seeded watershed on its distance map."""
-    from napari_segtool.ops.postprocess import seeded_watershed
+    """Split the object under ``p1`` and ``p2`` (y, x) at its neck between them; ``p2``'s piece gets
+    ``new_label`` (see :func:`napari_segtool.core.edits.split_mask_at_neck`)."""
+    from napari_segtool.core.edits import split_mask_at_neck
 
     label = int(plane[tuple(p1)])
     if label == 0 or int(plane[tuple(p2)]) != label:
         raise ValueError("both split points must be inside the same object")
-    if tuple(p1) == tuple(p2):
-        raise ValueError("the two split points are the same pixel")
-    mask = plane == label
-    sl = bbox(mask, pad=1)
-    sub = mask[sl]
-    seeds = np.zeros(sub.shape, np.int32)
-    seeds[p1[0] - sl[0].start, p1[1] - sl[1].start] = 1
-    seeds[p2[0] - sl[0].start, p2[1] - sl[1].start] = 2
-    relief = -ndi.distance_transform_edt(sub)
-    ws = seeded_watershed(sub, seeds, relief)
+    pieces = split_mask_at_neck(plane == label, p1, p2)
     out = plane.copy()
-    region = out[sl]
-    region[sub & (ws == 2)] = new_label
+    out[pieces == 2] = new_label
     return out
 
 

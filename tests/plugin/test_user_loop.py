@@ -234,3 +234,86 @@ def test_maskrcnn_with_probabilities_and_its_own_controls(make_napari_viewer, qt
     assert {"fg_threshold", "seed_threshold"} <= shown and not shown & {"score_threshold", "mask_threshold"}
     _type_value(segment.fg_spin, "0.3")
     assert segment.postprocess_overrides() == {"fg_threshold": 0.3}  # the hidden score setting is not sent
+
+
+# ---------------------------------------------------------------- the canvas: mouse position and keys
+
+
+def _canvas(viewer):
+    return viewer.window._qt_viewer.canvas.native
+
+
+def _hover(viewer, qtbot, layer, yx):
+    """Move the mouse over the canvas to the data point ``yx`` of ``layer`` (2D view)."""
+    from qtpy.QtCore import QPoint
+
+    native = _canvas(viewer)
+    world = np.asarray(layer.data_to_world(list(yx)), float)[-2:]
+    centre = np.asarray(viewer.camera.center, float)[-2:]
+    zoom = viewer.camera.zoom
+    ratio = native.devicePixelRatioF() if hasattr(native, "devicePixelRatioF") else 1.0
+    x = (world[1] - centre[1]) * zoom / ratio + native.width() / 2
+    y = (world[0] - centre[0]) * zoom / ratio + native.height() / 2
+    QTest.mouseMove(native, QPoint(int(round(x)), int(round(y))))
+    qtbot.wait(20)
+    seen = np.round(layer.world_to_data(viewer.cursor.position)[-2:]).astype(int)
+    assert tuple(seen) == tuple(int(v) for v in yx), (seen, yx)
+
+
+def _key(viewer, qtbot, key, modifier=Qt.NoModifier):
+    QTest.keyClick(_canvas(viewer), key, modifier)
+    qtbot.wait(20)
+
+
+def _two_discs(a1=125, a2=212, shape=(60, 80)):
+    """One object made of two touching discs of ``a1`` and ``a2`` pixels, a bridge of prediction between
+    them; returns the plane, both centres and the discs' own areas."""
+    r1, r2 = np.sqrt(a1 / np.pi), np.sqrt(a2 / np.pi)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    c1 = (30, 25)
+    c2 = (30, int(round(c1[1] + r1 + r2 - 1)))
+    d1 = (yy - c1[0]) ** 2 + (xx - c1[1]) ** 2 <= r1 ** 2
+    d2 = (yy - c2[0]) ** 2 + (xx - c2[1]) ** 2 <= r2 ** 2
+    plane = np.zeros(shape, np.int32)
+    plane[d1 | d2] = 1
+    plane[27:34, 28:40] = 1  # the prediction bleeds between the nuclei: a fat bridge
+    return plane, c1, c2, int(d1.sum()), int(d2.sum())
+
+
+def _correct_setup(make_napari_viewer, qtbot, plane, image=None):
+    viewer = make_napari_viewer(show=True)
+    correct = _dock(viewer, qtbot, "Correct")
+    image = np.random.default_rng(0).normal(10, 1, plane.shape).astype(np.float32) if image is None else image
+    img = viewer.add_image(image, name="cells")
+    session = correct.session
+    labels = session.annotation_layer(img)
+    tracker = session.tracker_for_labels(labels)
+    tracker.apply_prediction({(): ((slice(None), slice(None)), plane)})
+    viewer.layers.selection.active = labels
+    viewer.reset_view()
+    qtbot.wait(50)
+    correct.refresh_layers()
+    return viewer, labels, tracker, correct
+
+
+# ---------------------------------------------------------------- item 2: K twice splits at the neck
+
+
+@pytest.mark.parametrize("offset", [(0, 0), (2, 2), (-3, 2)])
+def test_k_twice_splits_two_touching_discs_at_the_neck(make_napari_viewer, qtbot, offset):
+    plane, c1, c2, a1, a2 = _two_discs()
+    viewer, labels, tracker, correct = _correct_setup(make_napari_viewer, qtbot, plane)
+    p1 = (c1[0] + offset[0], c1[1] + offset[1])  # a click near, not exactly at, each centre
+    p2 = (c2[0] - offset[0], c2[1] - offset[1])
+    _hover(viewer, qtbot, labels, p1)
+    _key(viewer, qtbot, Qt.Key_K)
+    assert "split point 1" in correct.selection_label.text()
+    _hover(viewer, qtbot, labels, p2)
+    _key(viewer, qtbot, Qt.Key_K)
+    out = np.asarray(labels.data)
+    first, second = int(out[p1]), int(out[p2])
+    assert first != second and first > 0 and second > 0
+    n1, n2 = int((out == first).sum()), int((out == second).sum())
+    assert n1 + n2 == int((plane > 0).sum())
+    assert abs(n1 - a1) <= 0.15 * a1 and abs(n2 - a2) <= 0.15 * a2, (n1, n2, a1, a2)
+    assert tracker.edited[out > 0].all()  # the split object is training data
