@@ -196,6 +196,11 @@ class LabelsTracker(QObject):
         self.saves = 0
         self._suppress = 0
         self.shadow = np.array(labels_layer.data, copy=True)
+        # what the labels were before the user touched them (predictions, restored corrections) and
+        # the regions marked annotated outright: ``edited`` is recomputed from these, so undoing an
+        # edit (Ctrl-Z) also undoes its annotation
+        self.base = self.shadow.copy()
+        self.marks = np.zeros(self.shape, bool)
         self.project: Project | None = None
         self.key = ""
         self._save_timer = QTimer(self)
@@ -234,7 +239,9 @@ class LabelsTracker(QObject):
                     self.labels_layer.data[...] = stored.labels
                     self.labels_layer.refresh()
             self.shadow = np.array(self.labels_layer.data, copy=True)
+            self.base = self.shadow.copy()
             self.edited = stored.edited
+            self.marks = stored.edited.copy()
             self.reviewed = set(stored.reviewed)
             self.dirty = set()
         else:
@@ -322,29 +329,44 @@ class LabelsTracker(QObject):
         return self._mark_changes(region, old, new, self.labels_layer.data)
 
     def _mark_changes(self, region: tuple[slice, ...], old: np.ndarray, new: np.ndarray, source: Any) -> bool:
-        """Annotate changed pixels and the whole (in-plane) extent of every object they touch."""
+        """Re-derive the annotated pixels of every plane the change touched.
+
+        A plane's annotated pixels are those that differ from what was predicted (``base``)
+        plus the whole (in-plane) extent of every object such a pixel belongs to, before or
+        after, plus what was marked outright (``marks``). Undoing an edit therefore removes
+        its annotation again.
+        """
         changed = old != new
         if not changed.any():
             return False
         starts = [s.indices(n)[0] for s, n in zip(region, self.shape)]
         stack_ranges = [range(s.indices(n)[0], s.indices(n)[1]) for s, n in
                         zip(region[: self.n_stack], self.shape[: self.n_stack])]
-        yx = region[self.n_stack:]
         for index in itertools.product(*stack_ranges) if self.n_stack else [()]:
             local = tuple(i - s for i, s in zip(index, starts))
-            c = changed[local]
-            if not c.any():
+            if not changed[local].any():
                 continue
-            ids = np.union1d(np.unique(old[local][c]), np.unique(new[local][c]))
-            ids = ids[ids != 0]
-            mask = self.edited[index]
-            if ids.size:
-                mask |= np.isin(np.asarray(source[index] if index else source), ids)
-            mask[yx] |= c
+            current = np.asarray(source[index] if index else source)
+            self._derive_edited(index, current)
             self.dirty.add(index)
         self.schedule_save()
         self.changed.emit()
         return True
+
+    def _derive_edited(self, index: Index, current: np.ndarray) -> None:
+        base = self.base[index] if index else self.base
+        differ = base != current
+        mask = self.marks[index].copy() if index else self.marks.copy()
+        if differ.any():
+            ids = np.union1d(np.unique(base[differ]), np.unique(current[differ]))
+            ids = ids[ids != 0]
+            mask |= differ
+            if ids.size:
+                mask |= np.isin(current, ids)
+        if index:
+            self.edited[index] = mask
+        else:
+            self.edited[...] = mask
 
     # ----------------------------------------------------------- predictions
     def apply_prediction(self, updates: dict[Index, tuple[tuple[slice, slice], np.ndarray]],
@@ -365,6 +387,7 @@ class LabelsTracker(QObject):
                 merged = merge_prediction(np.asarray(data[key]), pred, self.edited[key], instance)
                 data[key] = merged
                 self.shadow[key] = merged
+                self.base[key] = np.where(self.edited[key], self.base[key], merged)
                 self.dirty.add(index)
                 written.append(index)
             self.labels_layer.refresh()
@@ -380,6 +403,8 @@ class LabelsTracker(QObject):
             self.labels_layer.refresh()
         changed_planes = [p for p in self.planes if not np.array_equal(self.shadow[p], labels[p])]
         self.shadow = np.array(labels, copy=True)
+        self.marks |= self.edited  # ids changed: what was annotated stays so, from here on
+        self.base = self.shadow.copy()
         self.dirty.update(changed_planes)
         self.schedule_save()
 
@@ -408,6 +433,7 @@ class LabelsTracker(QObject):
     def mark_region_reviewed(self, index: Index, yx: tuple[slice, slice]) -> None:
         self.check_all()
         self.edited[tuple(index) + tuple(yx)] = True
+        self.marks[tuple(index) + tuple(yx)] = True
         self.dirty.add(tuple(index))
         self.schedule_save(soon=True)
         self.changed.emit()
@@ -457,6 +483,7 @@ class LabelsTracker(QObject):
                     project.save_plane(key, index, labels, edited, image=image)
                 project.save_entry(entry)
                 self.saves += 1
+                self.session.saved.emit()  # queued to the GUI thread: the Train widget's summary
             except Exception as exc:  # disk full, permissions...: keep the planes dirty, say so
                 log.exception("autosave failed")
                 self.last_error = f"autosave to {project.root} failed: {exc}"

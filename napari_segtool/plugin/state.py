@@ -62,6 +62,7 @@ class Session(QObject):
     reviewed_changed = Signal(object)     # LabelsTracker
     predict_requested = Signal(object)    # image layer to re-predict (after training)
     status = Signal(str)
+    saved = Signal()                      # corrections were written to the project (emitted from the saver)
     closing = Signal()                    # the viewer window is closing: stop background jobs
 
     def __init__(self, viewer: Any, project_dir: str | os.PathLike | None = None):

@@ -68,6 +68,49 @@ def _same_channels(examples: list[Any], channels: int | None) -> list[Any]:
     return out
 
 
+def project_examples(project: Any, task: str = "instance",
+                     normalization: dict | None = None) -> tuple[list[Any], list[str]]:
+    """Every correction of the project as training examples, deletions included.
+
+    ``Project.training_examples`` skips a plane whose annotated pixels hold no object
+    (``make_example`` refuses them). For an instance model such a plane is what the user
+    said by deleting false objects: "there is nothing here". It is kept as a background
+    example (the loss only sees its annotated pixels), so a correction that only
+    deletes objects trains the model too.
+    """
+    from napari_segtool.core.data import Example
+    from napari_segtool.ops.normalize import normalize
+
+    examples, notes = project.training_examples(task=task, normalization=normalization)
+    if task != "instance":
+        return examples, notes
+    have = {ex.name for ex in examples}
+    for entry in project.entries():
+        reviewed = {tuple(i) for i in entry.reviewed if len(i) == entry.n_stack}
+        for index in project.annotated_planes(entry.key):
+            name = f"{entry.name}" + (f" plane {index}" if index else "")
+            if name in have:
+                continue
+            plane = project.load_plane(entry.key, index)
+            image = project.load_image_plane(entry.key, index)
+            if plane is None or image is None:
+                continue
+            labels, edited = plane
+            annotated = np.ones_like(edited) if index in reviewed else np.asarray(edited, bool)
+            if not annotated.any() or (labels[annotated] > 0).any() or image.shape[:2] != labels.shape:
+                continue  # not a background-only plane: the project's note says why
+            image = np.asarray(image, np.float32)
+            image = image[..., None] if image.ndim == 2 else image
+            try:
+                img = normalize(image, **(normalization or {}))
+            except ValueError:
+                continue
+            examples.append(Example(img.astype(np.float32), labels.astype(np.int32), annotated,
+                                    name + " · background only"))
+            notes = [n for n in notes if not (name in n and "no objects" in n)]
+    return examples, notes
+
+
 class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
     """Project folder, training settings, live loss plot, Train / Cancel."""
 
@@ -87,6 +130,7 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self._ui = Throttle(self._refresh_ui, 250, self)
         self.session.project_changed.connect(self._show_project)
         self.session.models_changed.connect(self._suggest_name)
+        self.session.saved.connect(self.update_data_summary)
         self._show_project()
 
     # ------------------------------------------------------------------ UI
@@ -185,7 +229,14 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
         if project is None:
             self.data_label.setText("no project folder: corrections cannot be saved")
             return
-        entries = project.entries()
+        live = {t.key: t for t in self.session.trackers.values() if t.project is project}
+        def annotated(entry: Any) -> bool:
+            tracker = live.get(entry.key)
+            if tracker is not None:  # an open image: what it holds now (its saves are on the way)
+                return bool(tracker.reviewed) or bool(tracker.edited.any())
+            return bool(entry.reviewed) or bool(project.annotated_planes(entry.key))
+
+        entries = [e for e in project.entries() if annotated(e)]
         runs = len(project.history())
         models = len(project.list_models())
         self.data_label.setText(f"{len(entries)} image(s) with annotations · {models} model(s) · "
@@ -240,7 +291,7 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
             init = session.get_model(ref) if finetune else None
             job_task = init.meta.task if init is not None else task
             norm = init.meta.normalization if init is not None else None
-            examples, notes = project.training_examples(task=job_task, normalization=norm)
+            examples, notes = project_examples(project, task=job_task, normalization=norm)
             if not examples:
                 why = f" ({notes[0]})" if notes else ""
                 raise DataError("no training data yet: correct some objects or mark slices reviewed (R) "

@@ -112,8 +112,17 @@ def test_edits_reviewed_autosave_and_reopen(make_napari_viewer, qtbot, tmp_path)
     np.testing.assert_array_equal(stored.edited, tracker.edited)
     assert stored.reviewed == {(2,)}
     examples, notes = project.training_examples()
-    assert len(examples) == 2  # slice 0 (edited) and slice 1 (edited); slice 2 is reviewed but empty
-    assert any("no objects" in n for n in notes)
+    assert len(examples) == 1  # slice 0 (painted); the core skips slices with no object
+    assert sum("no objects" in n for n in notes) == 2
+    from napari_segtool.plugin.train_widget import project_examples
+
+    examples, notes = project_examples(project)
+    # + slice 1 (object 2 deleted; the undone split is not an edit) and slice 2 (reviewed, empty) as background
+    assert sorted(ex.name.split(" · ")[0] for ex in examples) == ["cells plane (0,)", "cells plane (1,)",
+                                                                 "cells plane (2,)"]
+    assert not any("no objects" in n for n in notes)
+    background = [ex for ex in examples if ex.name.startswith("cells plane (1,)")][0]
+    assert background.annotated.sum() == 24 and background.labels[background.annotated].max() == 0
 
     # a new edit right before closing is flushed on close
     viewer.dims.set_current_step(0, 0)

@@ -317,3 +317,47 @@ def test_k_twice_splits_two_touching_discs_at_the_neck(make_napari_viewer, qtbot
     assert n1 + n2 == int((plane > 0).sum())
     assert abs(n1 - a1) <= 0.15 * a1 and abs(n2 - a2) <= 0.15 * a2, (n1, n2, a1, a2)
     assert tracker.edited[out > 0].all()  # the split object is training data
+
+
+# ---------------------------------------------------------------- item 5 (+10): deletions are training data
+
+
+def test_del_undo_del_then_train_on_the_deletion(make_napari_viewer, qtbot, user_model, errors):
+    from napari_segtool.sim import simulate_nuclei
+
+    sim = simulate_nuclei((96, 96), seed=4, snr=20.0)
+    viewer, labels, tracker, correct = _correct_setup(make_napari_viewer, qtbot, sim.labels.astype(np.int32),
+                                                      image=sim.image)
+    train = _dock(viewer, qtbot, "Train")
+    viewer.layers.selection.active = labels
+    ids, counts = np.unique(sim.labels[sim.labels > 0], return_counts=True)
+    victim = int(ids[np.argmax(counts)])
+    ys, xs = np.nonzero(sim.labels == victim)
+    inside = (int(ys[len(ys) // 2]), int(xs[len(xs) // 2]))
+    assert sim.labels[inside] == victim
+    _hover(viewer, qtbot, labels, inside)
+    _key(viewer, qtbot, Qt.Key_Delete)
+    assert not (np.asarray(labels.data) == victim).any()
+    assert tracker.edited[sim.labels == victim].all() and tracker.edited.sum() == (sim.labels == victim).sum()
+    _key(viewer, qtbot, Qt.Key_Z, Qt.ControlModifier)  # napari's undo
+    qtbot.waitUntil(lambda: (np.asarray(labels.data) == victim).sum() == len(ys), timeout=5000)
+    qtbot.waitUntil(lambda: not tracker.edited.any(), timeout=5000)  # undone: no longer an edit
+    assert "0 edited" not in correct.summary.text() and tracker.plane_status() == {(): ""}
+    # delete it for good: the only correction is a deletion, and it is training data
+    _key(viewer, qtbot, Qt.Key_Delete)
+    assert tracker.edited.sum() == len(ys)
+    qtbot.waitUntil(lambda: tracker.saves > 0 and not tracker.dirty, timeout=10000)
+    qtbot.waitUntil(lambda: train.data_label.text().startswith("1 image(s) with annotations"), timeout=5000)
+    _type_value(train.epochs_spin, "1")
+    _type_value(train.steps_spin, "2")
+    _type_value(train.batch_spin, "2")
+    _type_value(train.patch_spin, "64")
+    QTest.mouseClick(train.repredict_check, Qt.LeftButton, pos=train.repredict_check.rect().center())
+    assert not train.repredict_check.isChecked()
+    _click(qtbot, train.train_button)
+    qtbot.waitUntil(lambda: train.worker is None, timeout=120000)
+    outcome = train.last_outcome
+    assert outcome.ok, outcome.message
+    assert outcome.result.n_examples == 1 and outcome.result.path is not None
+    assert train.status_label.text().startswith("saved"), train.status_label.text()
+    assert not any(kind == "show_error" for kind, _ in errors)
