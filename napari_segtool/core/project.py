@@ -24,10 +24,21 @@ stack writes one small file. Image planes are stored with the annotations, so
 later sessions can train on earlier corrections even when the source image has
 moved.
 
+Several processes (two napari windows, a script) may write one project at once:
+every read-modify-write of ``project.json``, ``entry.json`` and ``history.json``
+holds an exclusive lock on ``<root>/.segtool.lock`` (``fcntl.flock``; where that
+is unavailable, only threads of one process are serialised) and re-reads the file
+inside the lock, so no writer's changes are lost: settings are merged key by key,
+reviewed planes by what each writer added or removed, runs by id. Plane files
+are one per plane (the last save of a plane wins, as in one window). Each open
+:class:`Project` also registers itself in ``<root>/.sessions/``;
+:meth:`Project.other_sessions` lists the other live processes that have it open.
+
 This module only uses numpy (and the core's data helpers); never Qt or napari.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -66,15 +77,24 @@ except ImportError:  # pragma: no cover - fallback when io is unavailable
         return atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: thread locks only
+    fcntl = None  # type: ignore[assignment]
+
+from napari_segtool.kernel.errors import SegtoolError
+
 FORMAT_VERSION = 1
 PROJECT_FILE = "project.json"
 HISTORY_FILE = "history.json"
+LOCK_FILE = ".segtool.lock"
+SESSIONS_DIR = ".sessions"
 DEFAULT_PROJECT_DIR = Path.home() / "napari-segtool-projects" / "default"
 
 Index = tuple[int, ...]
 
 
-class ProjectError(ValueError):
+class ProjectError(SegtoolError):
     """The project folder cannot be used (message says why)."""
 
 
@@ -156,25 +176,123 @@ class Project:
     def __init__(self, root: str | os.PathLike, *, create: bool = True):
         self.root = Path(root).expanduser().resolve()
         self._lock = threading.RLock()
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+        self._seen_reviewed: dict[str, set[Index]] = {}
+        self._session_file: Path | None = None
         info = self.root / PROJECT_FILE
         if info.exists():
-            try:
-                self.info = json.loads(info.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ProjectError(f"cannot read {info}: {exc}") from exc
-            if int(self.info.get("format", 0)) > FORMAT_VERSION:
-                raise ProjectError(f"{self.root} was written by a newer napari-segtool "
-                                   f"(format {self.info.get('format')})")
+            self.info = self._read_info()
         elif create:
             if self.root.exists() and not self.root.is_dir():
                 raise ProjectError(f"{self.root} is a file, not a folder")
-            self.info = {"format": FORMAT_VERSION, "created": _now(), "settings": {}}
             try:
-                atomic_write_json(info, self.info)
+                self.root.mkdir(parents=True, exist_ok=True)
+                with self.locked():
+                    if info.exists():  # another process created it meanwhile
+                        self.info = self._read_info()
+                    else:
+                        self.info = {"format": FORMAT_VERSION, "created": _now(), "settings": {}}
+                        atomic_write_json(info, self.info)
             except OSError as exc:
                 raise ProjectError(f"cannot create a project in {self.root}: {exc}") from exc
         else:
             raise ProjectError(f"{self.root} is not a napari-segtool project (no {PROJECT_FILE})")
+        self._register_session()
+
+    def _read_info(self) -> dict[str, Any]:
+        path = self.root / PROJECT_FILE
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ProjectError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(info, dict):
+            raise ProjectError(f"cannot read {path}: not a JSON object")
+        try:
+            newer = int(info.get("format", 0)) > FORMAT_VERSION
+        except (TypeError, ValueError):
+            raise ProjectError(f"cannot read {path}: bad format version {info.get('format')!r}") from None
+        if newer:
+            raise ProjectError(f"{self.root} was written by a newer napari-segtool (format {info.get('format')})")
+        return info
+
+    # ---------------------------------------------------------------- locking
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the project's lock: threads of this process and other processes wait.
+
+        Re-entrant within one thread. Use it around any read-modify-write of the
+        project's shared files.
+        """
+        with self._lock:
+            if self._lock_depth == 0 and fcntl is not None:
+                try:
+                    fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+                except OSError:
+                    fd = None  # read-only project: writes will fail with their own error
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    self._lock_fd = fd
+            self._lock_depth += 1
+            try:
+                yield self
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_fd is not None:
+                    fd, self._lock_fd = self._lock_fd, None
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                    finally:
+                        os.close(fd)
+
+    # --------------------------------------------------------------- sessions
+    def _register_session(self) -> None:
+        """Leave ``.sessions/<host>-<pid>`` so other processes can see this one has the project open."""
+        import socket
+
+        folder = self.root / SESSIONS_DIR
+        name = f"{socket.gethostname()}-{os.getpid()}"
+        try:
+            folder.mkdir(exist_ok=True)
+            path = folder / name
+            if not path.exists():
+                path.write_text(_now())
+            self._session_file = path
+        except OSError:
+            self._session_file = None
+
+    def other_sessions(self) -> list[str]:
+        """Other live processes on this machine (``host-pid``) that have this project open.
+
+        Entries of processes that no longer exist are removed. Processes on other
+        machines are listed as long as their entry exists (they cannot be checked).
+        """
+        import socket
+
+        folder = self.root / SESSIONS_DIR
+        host = socket.gethostname()
+        out = []
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            return out
+        for path in entries:
+            owner, _, pid = path.name.rpartition("-")
+            if not pid.isdigit() or (owner == host and int(pid) == os.getpid()):
+                continue
+            if owner == host and not _pid_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            out.append(path.name)
+        return out
+
+    def close(self) -> None:
+        """Unregister this session (optional: stale entries of dead processes are ignored)."""
+        if self._session_file is not None:
+            with contextlib.suppress(OSError):
+                self._session_file.unlink()
+            self._session_file = None
 
     # ------------------------------------------------------------------ paths
     def __repr__(self) -> str:
@@ -203,7 +321,12 @@ class Project:
         return dict(self.info.get("settings", {}))
 
     def update_settings(self, **values: Any) -> None:
-        with self._lock:
+        """Set some settings; other processes' settings written meanwhile are kept."""
+        with self.locked():
+            try:
+                self.info = self._read_info()
+            except ProjectError:
+                pass  # unreadable on disk: rewrite it from what this session knows
             self.info.setdefault("settings", {}).update(values)
             atomic_write_json(self.root / PROJECT_FILE, self.info, default=str)
 
@@ -219,6 +342,9 @@ class Project:
         return out
 
     def entry(self, key: str) -> ImageEntry | None:
+        return self._read_entry(key)
+
+    def _read_entry(self, key: str) -> ImageEntry | None:
         path = self._image_dir(key) / "entry.json"
         if not path.exists():
             return None
@@ -240,9 +366,28 @@ class Project:
         return None
 
     def save_entry(self, entry: ImageEntry) -> None:
-        with self._lock:
+        """Write an image's entry, merged with what other writers saved meanwhile.
+
+        Reviewed planes: the planes this session added or removed since it last
+        :meth:`load`-ed or saved the entry are applied to the entry on disk, so
+        planes another process marked reviewed meanwhile are kept (a session that
+        never loaded it only adds). ``entry.reviewed`` becomes the merged list.
+        ``extra`` is merged key by key; the other fields are this session's.
+        """
+        with self.locked():
+            on_disk = self._read_entry(entry.key)
+            mine = set(entry.reviewed)
+            if on_disk is not None:
+                base = self._seen_reviewed.get(entry.key, set())
+                added, removed = mine - base, base - mine
+                merged = (set(on_disk.reviewed) - removed) | added
+                entry.extra = {**on_disk.extra, **entry.extra}
+            else:
+                merged = mine
+            entry.reviewed = sorted(merged)
             entry.updated = _now()
             atomic_write_json(self._image_dir(entry.key) / "entry.json", entry.to_dict(), default=str)
+            self._seen_reviewed[entry.key] = mine
 
     def save_plane(self, key: str, index: Sequence[int], labels: np.ndarray, edited: np.ndarray | None = None,
                    image: np.ndarray | None = None) -> None:
@@ -257,7 +402,7 @@ class Project:
         if edited is not None and np.any(edited):
             arrays["edited"] = np.packbits(np.asarray(edited, bool), axis=None)
         arrays["shape"] = np.asarray(labels.shape, np.int64)
-        with self._lock:
+        with self.locked():
             atomic_write(self._plane_file(key, index), lambda fh: np.savez_compressed(fh, **arrays))
             img_file = self._image_plane_file(key, index)
             if image is not None and not img_file.exists():
@@ -273,7 +418,7 @@ class Project:
         img = np.asarray(image)
         if img.ndim == 2:
             img = img[..., None]
-        with self._lock:
+        with self.locked():
             atomic_write(img_file, lambda fh: np.save(fh, img, allow_pickle=False))
 
     def has_image_plane(self, key: str, index: Sequence[int]) -> bool:
@@ -336,13 +481,15 @@ class Project:
                 continue
             stored.add(index)
         reviewed = {i for i in entry.reviewed if len(i) == entry.n_stack}
+        self._seen_reviewed[key] = set(entry.reviewed)  # the base this session's later saves are relative to
         return Annotation(entry, labels, edited, reviewed, stored)
 
     def remove_image(self, key: str) -> None:
         import shutil
 
-        with self._lock:
+        with self.locked():
             shutil.rmtree(self._image_dir(key), ignore_errors=True)
+            self._seen_reviewed.pop(key, None)
 
     # --------------------------------------------------------------- training
     def annotated_planes(self, key: str) -> list[Index]:
@@ -404,7 +551,7 @@ class Project:
         name = name or model.meta.name or time.strftime("model-%Y%m%d-%H%M%S")
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
         model.meta.name = name
-        with self._lock:
+        with self.locked():
             return save_model(model, self.model_path(name))
 
     def unique_model_name(self, base: str) -> str:
@@ -436,10 +583,16 @@ class Project:
         return data if isinstance(data, list) else []
 
     def record_run(self, record: dict[str, Any]) -> str:
-        """Add or update (by ``record["id"]``) a training run; returns its id."""
-        with self._lock:
+        """Add or update (by ``record["id"]``) a training run; returns its id (runs of other writers are kept)."""
+        with self.locked():
             runs = self.history()
-            run_id = str(record.get("id") or time.strftime("run-%Y%m%d-%H%M%S"))
+            run_id = str(record.get("id") or "")
+            if not run_id:  # a new run: an id no other writer has taken
+                taken = {str(run.get("id")) for run in runs}
+                base = run_id = time.strftime("run-%Y%m%d-%H%M%S")
+                i = 2
+                while run_id in taken:
+                    run_id, i = f"{base}-{i}", i + 1
             record = {**record, "id": run_id, "updated": _now()}
             for i, run in enumerate(runs):
                 if run.get("id") == run_id:
@@ -449,6 +602,16 @@ class Project:
                 runs.append(record)
             atomic_write_json(self.root / HISTORY_FILE, runs, default=_json_default)
             return run_id
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _json_default(value: Any) -> Any:

@@ -130,3 +130,90 @@ def test_failed_write_keeps_previous_plane(tmp_path, monkeypatch):
     leftovers = [f for f in os.listdir(tmp_path / "images" / key / "planes") if f.endswith(".tmp")]
     assert leftovers == []
     assert json.loads((tmp_path / "images" / key / "entry.json").read_text())["name"] == "img"
+
+
+# ----------------------------------------------------------------------------- concurrent writers
+_WRITER = r"""
+import sys, time
+from pathlib import Path
+import numpy as np
+from napari_segtool.core.project import ImageEntry, Project
+
+root, who, first, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+project = Project(root)
+stored = project.load("img")
+mine = set(stored.reviewed) if stored is not None else set()
+(Path(root) / f"ready-{who}").write_text("")
+while not (Path(root) / "go").exists():
+    time.sleep(0.005)
+for plane in range(first, first + n):
+    project.save_plane("img", (plane,), np.full((4, 4), plane + 1), np.ones((4, 4), bool))
+    mine.add((plane,))  # like the Correct widget: a fresh entry holding this window's reviewed planes
+    project.save_entry(ImageEntry(key="img", name="img", shape=(2 * n, 4, 4), axes="ZYX", reviewed=sorted(mine),
+                                  extra={f"by-{who}": plane}))
+    project.update_settings(**{f"{who}-{plane}": plane})
+    project.record_run({"who": who, "plane": plane})
+print(len(project.other_sessions()))
+"""
+
+
+def test_two_processes_writing_one_project_lose_nothing(tmp_path):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = tmp_path / "proj"
+    Project(root).close()
+    n = 16
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(root), who, str(first), str(n)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for who, first in (("a", 0), ("b", n))]
+    deadline = time.monotonic() + 120
+    while not all((root / f"ready-{w}").exists() for w in "ab"):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), procs[0].stderr.read()
+        time.sleep(0.01)
+    (root / "go").write_text("")
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert all(out.strip() == "1" for out, _ in outputs)  # each saw the other window open
+    project = Project(root)
+    entry = project.entry("img")
+    assert entry.reviewed == [(i,) for i in range(2 * n)]  # every plane either process reviewed
+    assert set(entry.extra) == {"by-a", "by-b"}
+    settings = project.settings
+    assert all(settings[f"a-{i}"] == i and settings[f"b-{n + i}"] == n + i for i in range(n))
+    runs = project.history()
+    assert sorted((r["who"], r["plane"]) for r in runs) == sorted(
+        [("a", i) for i in range(n)] + [("b", n + i) for i in range(n)])
+    assert len({r["id"] for r in runs}) == 2 * n
+    annotation = project.load("img")
+    assert annotation.stored_planes == {(i,) for i in range(2 * n)}
+    assert all(annotation.labels[i].max() == i + 1 for i in range(2 * n))
+
+
+def test_removing_a_reviewed_plane_keeps_the_other_writers_planes(tmp_path):
+    a, b = Project(tmp_path / "p"), Project(tmp_path / "p")
+    shape = (4, 8, 8)
+    a.save_entry(ImageEntry("k", "k", shape, reviewed=[(0,), (1,)]))
+    b.load("k")
+    b.save_entry(ImageEntry("k", "k", shape, reviewed=[(0,), (1,), (2,)]))  # b adds plane 2
+    a.save_entry(ImageEntry("k", "k", shape, reviewed=[(0,)]))             # a un-reviews plane 1
+    assert Project(tmp_path / "p").entry("k").reviewed == [(0,), (2,)]
+
+
+def test_a_second_session_on_the_same_project_is_reported(tmp_path):
+    import subprocess
+    import sys
+
+    a = Project(tmp_path / "p")
+    assert a.other_sessions() == []
+    # a process that opened the project and died is not reported (its entry is removed)
+    subprocess.run([sys.executable, "-c", "import sys; from napari_segtool.core.project import Project; "
+                    "Project(sys.argv[1])", str(tmp_path / "p")], check=True,
+                   env={**os.environ, "PYTHONPATH": str(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))})
+    assert a.other_sessions() == []
+    assert [p.name.rpartition("-")[2] for p in (tmp_path / "p" / ".sessions").iterdir()] == [str(os.getpid())]
+    a.close()
+    assert list((tmp_path / "p" / ".sessions").iterdir()) == []
