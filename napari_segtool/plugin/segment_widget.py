@@ -217,8 +217,7 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         if not choices:
             self.model_combo.addItem(NO_MODEL, None)
         self.model_combo.addItem(LOAD_FROM_DISK, LOAD_FROM_DISK)
-        wanted = current or self.session.current_model or \
-            (self.session.project.settings.get("model") if self.session.project else None) or \
+        wanted = self.session.current_model or current or self.session.stored_model_ref() or \
             self.session.default_model_ref()
         self.select_model(wanted)
 

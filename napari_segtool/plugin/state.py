@@ -99,11 +99,16 @@ class Session(QObject):
         new = Project(root)
         self.save_all(wait=True)
         self.project = new
+        stored = self.stored_model_ref()  # read before any widget re-selects (and so re-saves) a model
+        if stored is not None:
+            self.current_model = stored
         for tracker in list(self.trackers.values()):
             tracker.attach_project(new)
         self.restore_open_images()
         self.project_changed.emit(new)
-        self.models_changed.emit()
+        self.models_changed.emit()  # widgets refresh their lists and select ``current_model``
+        if stored is not None:
+            self.model_selected.emit(stored)
         return new
 
     def submit_save(self, fn: Callable[[], Any]) -> Future:
@@ -191,10 +196,58 @@ class Session(QObject):
     def select_model(self, ref: str | None) -> None:
         self.current_model = ref
         if self.project is not None and ref:
+            stored = self.project.settings.get("model")
+            value = self._portable_ref(ref)
+            if stored == value:
+                return
             try:
-                self.project.update_settings(model=ref)
+                self.project.update_settings(model=value)
             except OSError:
                 pass
+
+    def _portable_ref(self, ref: str) -> str:
+        """How a model is written in the project settings: relative to the project folder for the
+        project's own models (a copied or moved project keeps them), a name for shipped and user
+        models, else the path."""
+        from napari_segtool.core.checkpoint import ZOO_DIR, user_models_dir
+
+        path = Path(ref)
+        if self.project is not None:
+            try:
+                return path.resolve().relative_to(self.project.root).as_posix()
+            except ValueError:
+                pass
+        for root in (ZOO_DIR, user_models_dir()):
+            try:
+                if path.resolve().parent == Path(root).resolve():
+                    return path.name.removesuffix(".safetensors")
+            except OSError:
+                pass
+        return ref
+
+    def stored_model_ref(self) -> str | None:
+        """The model the project was last used with, as a ref of this machine, or ``None``.
+
+        Accepts what older versions wrote too: an absolute path into a project's ``models/``
+        folder that no longer exists (the project was copied) finds the same model here.
+        """
+        from napari_segtool.core.checkpoint import ModelLoadError, resolve_model_path
+
+        project = self.project
+        value = project.settings.get("model") if project is not None else None
+        if not value or not isinstance(value, str):
+            return None
+        path = Path(value)
+        candidates = [project.root / path] if not path.is_absolute() else [path]
+        if path.is_absolute() and path.parent.name == "models":
+            candidates.append(project.models_dir / path.name)
+        for candidate in candidates:
+            if candidate.exists():
+                return str(candidate)
+        try:
+            return str(resolve_model_path(value))
+        except (ModelLoadError, OSError):
+            return None
 
     # --------------------------------------------------------------- trackers
     def tracker_for_labels(self, layer: Any) -> Any | None:

@@ -361,3 +361,67 @@ def test_del_undo_del_then_train_on_the_deletion(make_napari_viewer, qtbot, user
     assert outcome.result.n_examples == 1 and outcome.result.path is not None
     assert train.status_label.text().startswith("saved"), train.status_label.text()
     assert not any(kind == "show_error" for kind, _ in errors)
+
+
+# ---------------------------------------------------------------- item 4: a project folder brings its model back
+
+
+def test_opening_a_copied_project_restores_its_model_and_keeps_it(make_napari_viewer, qtbot, tmp_path,
+                                                                    shipped_models, errors):
+    import json
+    import shutil
+
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.project import Project
+
+    first = Project(tmp_path / "first")
+    first.save_model(load_model(str(shipped_models / "nuclei")), "mine")
+    viewer = make_napari_viewer(show=True)
+    segment = _dock(viewer, qtbot, "Segment")
+    train = _dock(viewer, qtbot, "Train")
+
+    def open_project(path):
+        train.project_edit.setFocus()
+        train.project_edit.selectAll()
+        QTest.keyClicks(train.project_edit, str(path))
+        QTest.keyClick(train.project_edit, Qt.Key_Return)
+        qtbot.wait(20)
+
+    open_project(first.root)
+    _choose_model(qtbot, segment.model_combo, "first/models/mine")
+    settings = json.loads((first.root / "project.json").read_text())["settings"]
+    assert settings["model"] == "models/mine"  # relative to the project
+
+    # the user goes back to the default project, then copies the first one elsewhere and deletes it
+    open_project(tmp_path / "other")
+    assert not segment.current_model_ref().startswith(str(first.root))
+    shutil.copytree(first.root, tmp_path / "copy")
+    shutil.rmtree(first.root)
+    open_project(tmp_path / "copy")
+    assert segment.current_model_ref() == str((tmp_path / "copy" / "models" / "mine").resolve())
+    settings = json.loads((tmp_path / "copy" / "project.json").read_text())["settings"]
+    assert settings["model"] == "models/mine"  # never overwritten with the shipped model
+    assert not any(kind == "show_error" for kind, _ in errors)
+
+
+def test_project_written_with_absolute_model_paths_still_finds_its_model(make_napari_viewer, qtbot, tmp_path,
+                                                                          shipped_models):
+    """Projects saved by earlier versions hold absolute paths: a copy finds the model in its own models/."""
+    import shutil
+
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.project import Project
+
+    old = Project(tmp_path / "old")
+    path = old.save_model(load_model(str(shipped_models / "nuclei")), "mine")
+    old.update_settings(model=str(path))
+    shutil.copytree(old.root, tmp_path / "moved")
+    shutil.rmtree(old.root)
+    viewer = make_napari_viewer(show=True)
+    segment = _dock(viewer, qtbot, "Segment")
+    train = _dock(viewer, qtbot, "Train")
+    train.project_edit.setFocus()
+    train.project_edit.selectAll()
+    QTest.keyClicks(train.project_edit, str(tmp_path / "moved"))
+    QTest.keyClick(train.project_edit, Qt.Key_Return)
+    assert segment.current_model_ref() == str((tmp_path / "moved" / "models" / "mine").resolve())
