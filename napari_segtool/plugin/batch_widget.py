@@ -140,6 +140,8 @@ class BatchWidget(DocksAsTabs, QWidget):
         controls = add_job_controls(layout, "Run batch", self.run, self.cancel)
         self.run_button, self.cancel_button = controls.run_button, controls.cancel_button
         self.progress_bar, self.status_label = controls.progress_bar, controls.status_label
+        self.progress_bar.setToolTip("Steps: one chunk in one pass. Instance models make two passes over the "
+                                     "chunks (predict, then join objects cut by chunk borders).")
         layout.addStretch(1)
         self._update_scheduler_fields()
 
@@ -220,6 +222,7 @@ class BatchWidget(DocksAsTabs, QWidget):
             return None
         self.last_job = job
         self.progress_bar.setRange(0, 0)  # busy until the first chunk reports
+        self._steps_total = 0
         self._pbar = napari_progress(total=0, desc=f"batch {job.image_name}") if use_napari_progress() else None
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -290,7 +293,8 @@ class BatchWidget(DocksAsTabs, QWidget):
         self._progress.push(0, 0, getattr(event, "message", "") or "working…")
 
     def _on_steps(self, done: int, total: int) -> None:
-        self._progress.push(done, total, f"chunks: {done}/{total} steps")
+        self._steps_total = total
+        self._progress.push(done, total, f"step {done}/{total}")
 
     def _show_progress(self, done: int, total: int, text: str) -> None:
         """Progress bar (busy while total is 0), napari's activity progress and the status line."""
@@ -324,7 +328,9 @@ class BatchWidget(DocksAsTabs, QWidget):
                                    "source": str(report.out_path)}})
         self.viewer.layers.selection.active = layer
         objects = f"{report.n_objects} objects, " if report.n_objects else ""
-        self.status_label.setText(f"done: {objects}{report.n_chunks} chunks in {report.seconds:.1f} s "
+        steps = self._steps_total
+        steps_text = f"{steps} steps ({report.n_chunks} chunks)" if steps else f"{report.n_chunks} chunks"
+        self.status_label.setText(f"done: {objects}{steps_text} in {report.seconds:.1f} s "
                                   f"({report.mpx_per_s:.2f} Mpx/s) → {report.out_path}")
 
     def closeEvent(self, event: Any) -> None:  # pragma: no cover - GUI teardown

@@ -126,6 +126,7 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self._pbar: Any = None
         self._t0 = 0.0
         self._cfg: Any = None
+        self._repredict_planned = ""  # the labels layer a finished run will re-predict into
         self._build()
         self._ui = Throttle(self._refresh_ui, 250, self)
         self.session.project_changed.connect(self._show_project)
@@ -337,6 +338,8 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self.train_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status_label.setText("collecting corrections…")
+        planned = self._tracker_to_repredict()
+        self._repredict_planned = planned.labels_layer.name if planned is not None else ""
         self.worker, self.cancel_token = start_job(make_job, on_event=self._on_event, on_done=self._on_done)
         return self.worker
 
@@ -405,18 +408,27 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self.name_edit.clear()
         self._suggest_name()
         if self.repredict_check.isChecked():
-            image = self._image_to_repredict()
-            if image is not None:
-                self.session.predict_requested.emit(image)
+            tracker = self._tracker_to_repredict()
+            if tracker is not None:
+                self.session.predict_requested.emit(tracker.image_layer)
+                return
+            planned = self._repredict_planned
+            why = (f"the labels layer '{planned}' was deleted during training" if planned
+                   else "no image with a labels layer is open")
+            self.status_label.setText(self.status_label.text() + f" — re-predict skipped: {why}")
+            show_warning(f"model saved; re-predict skipped: {why}")
 
-    def _image_to_repredict(self) -> Any:
+    def _tracker_to_repredict(self) -> Any:
+        """The tracker (labels + image) whose unreviewed slices a finished training re-predicts."""
         active = self.viewer.layers.selection.active
-        trackers = list(self.session.trackers.values())
+        trackers = [t for t in self.session.trackers.values()
+                    if t.labels_layer in self.viewer.layers and t.image_layer in self.viewer.layers]
         if isinstance(active, Labels):
             tracker = self.session.tracker_for_labels(active)
-            if tracker is not None:
-                return tracker.image_layer
-        for tracker in reversed(trackers):
-            if tracker.image_layer in self.viewer.layers:
-                return tracker.image_layer
-        return None
+            if tracker is not None and tracker in trackers:
+                return tracker
+        return trackers[-1] if trackers else None
+
+    def _image_to_repredict(self) -> Any:
+        tracker = self._tracker_to_repredict()
+        return tracker.image_layer if tracker is not None else None

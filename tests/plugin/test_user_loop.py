@@ -425,3 +425,34 @@ def test_project_written_with_absolute_model_paths_still_finds_its_model(make_na
     QTest.keyClicks(train.project_edit, str(tmp_path / "moved"))
     QTest.keyClick(train.project_edit, Qt.Key_Return)
     assert segment.current_model_ref() == str((tmp_path / "moved" / "models" / "mine").resolve())
+
+
+# ---------------------------------------------------------------- item 10: re-predict after the labels are gone
+
+
+def test_deleting_the_labels_during_training_says_repredict_was_skipped(make_napari_viewer, qtbot, user_model,
+                                                                        errors):
+    from napari_segtool.sim import simulate_nuclei
+
+    sim = simulate_nuclei((96, 96), seed=2)
+    viewer = make_napari_viewer(show=True)
+    train = _dock(viewer, qtbot, "Train")
+    img = viewer.add_image(sim.image, name="cells")
+    labels = train.session.annotation_layer(img)
+    idx = np.nonzero(sim.labels)
+    labels.data_setitem(idx, sim.labels[idx])  # a corrected image
+    for spin, value in ((train.epochs_spin, "1"), (train.steps_spin, "2"), (train.batch_spin, "2"),
+                        (train.patch_spin, "64")):
+        _type_value(spin, value)
+    assert train.repredict_check.isChecked()
+    _click(qtbot, train.train_button)
+    assert train.worker is not None
+    # the user deletes the labels layer with the layer list's bin while the model trains
+    viewer.layers.selection.active = labels
+    QTest.mouseClick(viewer.window._qt_viewer.layerButtons.deleteButton, Qt.LeftButton)
+    assert "cells labels" not in viewer.layers
+    qtbot.waitUntil(lambda: train.worker is None, timeout=120000)
+    assert train.last_outcome.ok, train.last_outcome.message
+    warnings = [m for kind, m in errors if kind == "show_warning" and "re-predict" in m]
+    assert len(warnings) == 1 and "re-predict skipped" in warnings[0] and "'cells labels'" in warnings[0]
+    assert "re-predict skipped" in train.status_label.text()
