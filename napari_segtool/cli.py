@@ -11,11 +11,14 @@ stderr with the path of a log file holding the traceback, exit code 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import logging
 import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,6 +43,10 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see {self.prog} --help)")
 
 
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _number(kind: Callable[[str], Any], lo: float | None = None, hi: float | None = None,
             lo_open: bool = False) -> Callable[[str], Any]:
     """An argparse type: ``kind`` (int or float), finite, within ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``)."""
@@ -54,8 +61,8 @@ def _number(kind: Callable[[str], Any], lo: float | None = None, hi: float | Non
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         low_bad = lo is not None and (value <= lo if lo_open else value < lo)
         if low_bad or (hi is not None and value > hi):
-            low = "" if lo is None else (f"> {lo:g}" if lo_open else f">= {lo:g}")
-            high = "" if hi is None else f"<= {hi:g}"
+            low = "" if lo is None else (f"> {_fmt(lo)}" if lo_open else f">= {_fmt(lo)}")
+            high = "" if hi is None else f"<= {_fmt(hi)}"
             raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in (low, high) if x)}, got {text}")
         return value
 
@@ -467,11 +474,50 @@ def _log_internal_error(argv: Sequence[str] | None) -> str:
     return "(could not write a log file)"
 
 
+class _Held(logging.Handler):
+    """Keeps library log records (tifffile, astropy...) until the command's outcome is known."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(f"{record.name}: {' '.join(record.getMessage().split())}")
+        except Exception:  # a broken record must not break the command
+            pass
+
+
+@contextlib.contextmanager
+def _held_messages():
+    """Hold library warnings and log records: printed as ``segtool: warning:`` lines only on success.
+
+    A failing command then prints exactly one line; a library's complaint about a
+    corrupt file is already in that line.
+    """
+    held = _Held()
+    root = logging.getLogger()
+    root.addHandler(held)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield held
+        finally:
+            root.removeHandler(held)
+            held.lines += [f"{w.category.__name__}: {' '.join(str(w.message).split())}" for w in caught
+                           if not issubclass(w.category, DeprecationWarning)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``segtool``; returns the exit code (0 ok, 1 internal error, 2 bad input, 130 interrupted)."""
+    held = None
     try:
-        args = build_parser().parse_args(argv)
-        return args.func(args)
+        with _held_messages() as held:
+            args = build_parser().parse_args(argv)
+            code = args.func(args)
+        for line in dict.fromkeys(held.lines):  # de-duplicated, in order
+            print(f"segtool: warning: {line[:300]}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("segtool: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -75,7 +75,8 @@ def _check_compatible(model: SegModel, examples: Sequence[Example], task: str) -
     if channels != {model.meta.in_channels}:
         raise DataError(f"model expects {model.meta.in_channels} channel(s) but the images have {sorted(channels)}")
     if model.meta.task != task:
-        raise DataError(f"cannot fine-tune a {model.meta.task} model for the {task} task")
+        raise DataError(f"cannot fine-tune an {model.meta.task} model for the {task} task" if model.meta.task == "instance"
+                        else f"cannot fine-tune a {model.meta.task} model for the {task} task")
     if task == "semantic":
         top = max(int(ex.labels.max()) for ex in examples)
         if top > len(model.meta.classes) - 1:
@@ -174,7 +175,9 @@ def iter_train(
     architecture.configure_from_data(model.meta, [ex.labels[ex.annotated] for ex in examples] if task == "semantic"
                                      else annotated_labels)
     if task == "instance":  # the model now works at the object size of the data it learns from
-        scale = object_scale_from_labels(annotated_labels)
+        aug = cfg.augment
+        scale = object_scale_from_labels(annotated_labels, aug.scale_range if aug.enabled and aug.p_similarity > 0
+                                         else (1.0, 1.0))
         if scale.diameter:
             model.meta.scale = replace(scale, auto=model.meta.scale.auto)
 
