@@ -27,6 +27,7 @@ from napari_segtool.core.checkpoint import ZOO_DIR, load_model, save_model
 from napari_segtool.core.data import make_example
 from napari_segtool.ops.metrics import instance_scores
 from napari_segtool.core.predict import predict
+from napari_segtool.core.scale import object_scale_from_labels
 from napari_segtool.core.train import TrainConfig, train
 
 
@@ -46,6 +47,7 @@ class Recipe:
     limits: str = ""
     training_data: str = ""
     finish: Callable[[Any], None] | None = None  # fits what the network does not (after training, before scoring)
+    auto_scale: bool = True  # estimate each image's object size (off where objects span all sizes: astronomy)
 
 
 def nuclei_data(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -140,6 +142,7 @@ RECIPES = {
         # deblending: the network's footprints cut at the saddles between brightness peaks (split_by_flux)
         postprocess={"seed_mode": "flux", "source_table": True},  # + a catalogue: flux, centroid, size, S/N
         finish=fit_astro_classes,                                  # + its star/galaxy column
+        auto_scale=False,  # a field holds stars of a few pixels and galaxies of hundreds: no one object size
         training_data="48 simulated 256x256 GalSim fields (napari_segtool.sim.simulate_astro_dataset, seed 1): "
                       "bulge+disk Sersic galaxies, Moffat/Kolmogorov PSF stars, sky + Poisson/Gaussian noise "
                       "(30% correlated), 10-50% blends; ground truth = max-flux source above 1 sigma.",
@@ -171,6 +174,17 @@ def card(recipe: Recipe, scores: dict[str, float], seconds: float, steps: int, n
 """
 
 
+def apply_scale(model: Any, recipe: Recipe) -> None:
+    """The object size range the model knows, from the recipe's training labels and scale augmentation
+    (``core.train`` measures the same; re-done here so ``--rescore`` brings older models up to date)."""
+    from dataclasses import replace
+
+    aug = recipe.config.augment
+    labels = [lab for _, lab in recipe.make_data(recipe.n_train, 1)]
+    scale = object_scale_from_labels(labels, aug.scale_range if aug.enabled and aug.p_similarity > 0 else (1.0, 1.0))
+    model.meta.scale = replace(scale, auto=recipe.auto_scale)
+
+
 def heldout_scores(model: Any, recipe: Recipe) -> tuple[dict[str, float], int]:
     """Mean scores over the recipe's held-out simulated images (seed 2), and their number."""
     test = recipe.make_data(recipe.n_test, 2)
@@ -184,6 +198,7 @@ def rescore(recipe: Recipe, out_dir: Path) -> dict[str, float]:
     line (no training: for a post-processing change; the weights are not touched)."""
     model = load_model(out_dir / recipe.name)
     model.meta.postprocess.update(recipe.postprocess)
+    apply_scale(model, recipe)
     if recipe.finish is not None:
         recipe.finish(model)
     model.meta.description = recipe.description
@@ -214,6 +229,7 @@ def run(recipe: Recipe, out_dir: Path, steps_scale: float) -> dict[str, float]:
                    normalization=recipe.normalization, callback=log)
     model = result.model
     model.meta.postprocess.update(recipe.postprocess)  # scored as shipped
+    apply_scale(model, recipe)
     if recipe.finish is not None:
         recipe.finish(model)
     scores, n_test = heldout_scores(model, recipe)

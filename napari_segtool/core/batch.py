@@ -48,6 +48,7 @@ import shutil
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +61,11 @@ from napari_segtool.ops.chunked import (Block, ChunkPlan, face_matches, merge_la
                                          plan_chunks, round_up)
 from napari_segtool.kernel.events import CancelToken, Cancelled
 from napari_segtool.core.model import ModelMeta, SegModel
-from napari_segtool.ops.normalize import NormalizedPlane, Normalizer, fit_normalizer
-from napari_segtool.core.predict import InputError, check_image
+from napari_segtool.core.predict import InputError, model_diameter, plan_image
+from napari_segtool.core.window import predict_window
+from napari_segtool.kernel.events import run_job
 
-__all__ = ["BatchReport", "BatchError", "predict_to_zarr", "predict_folder", "plan_for", "labels_name"]
+__all__ = ["BatchReport", "BatchError", "predict_to_zarr", "predict_folder", "labels_name"]
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +270,8 @@ def _retrying(fn: Callable[[], Any], retries: int, cancel: CancelToken | None, w
 
 
 def _read_window(source: _Source, block: Block) -> np.ndarray:
-    """The block's window, all its planes: ``(planes, h, w, C)``."""
-    raw = source.read(block.slices(block.window) + (slice(None),))
-    return raw.reshape((-1,) + raw.shape[-3:])
+    """The block's window, all its planes, canonical: ``(stack..., h, w, C)``."""
+    return source.read(block.slices(block.window) + (slice(None),))
 
 
 def _predict_block_once(source: _Source, model_ref: _ModelRef, ctx: _Ctx, block: Block, pos: int,
@@ -278,24 +279,13 @@ def _predict_block_once(source: _Source, model_ref: _ModelRef, ctx: _Ctx, block:
     import zarr
 
     model = model_ref.get()
-    arch = model.architecture
     raw = _read_window(source, block)
+    result = run_job(predict_window(model, raw, ctx.spatial_axes, ctx.settings,
+                                    offset=(block.window[0], block.window[2]), cancel=cancel))
     ry, rx = block.region_in_window()
-    region_hw = (ry.stop - ry.start, rx.stop - rx.start)
-    labels = np.zeros((raw.shape[0],) + region_hw, np.uint32)
-    offset = 0
-    for i, plane in enumerate(raw):
-        if ctx.channel_mean:
-            plane = plane.astype(np.float32).mean(axis=-1, keepdims=True)
-        result = arch.predict_plane(model.net, NormalizedPlane(plane, ctx.normalizer), model.meta,
-                                    device=model.device, tile_size=ctx.tile_size, cancel=cancel)
-        lab = np.asarray(result.labels)[ry, rx]
-        if ctx.instance:
-            n = int(result.labels.max())
-            labels[i] = np.where(lab > 0, lab.astype(np.uint32) + np.uint32(offset), 0)
-            offset += n
-        else:
-            labels[i] = lab
+    labels = result.labels[..., ry, rx]
+    labels = labels.reshape((-1,) + labels.shape[-2:]).astype(np.uint32)
+    offset = int(labels.max()) if ctx.instance else 0
     cy, cx = block.core_in_region()
     core = labels[:, cy, cx]
     core_nd = core.reshape(block.stack_shape + core.shape[-2:])
@@ -317,7 +307,7 @@ def _predict_block_once(source: _Source, model_ref: _ModelRef, ctx: _Ctx, block:
 
 
 def _block_task(source, model_ref, ctx, block, pos, strips, cancel=None, inflight=None) -> _BlockResult:
-    with inflight if inflight is not None else _nullcontext():
+    with inflight if inflight is not None else nullcontext():
         value, attempts, error = _retrying(
             lambda: _predict_block_once(source, model_ref, ctx, block, pos, strips, cancel),
             ctx.retries, cancel, f"chunk {block.index}")
@@ -353,7 +343,7 @@ def _zface_task(sum_a: _BlockResult, sum_b: _BlockResult, ctx: _Ctx, block_a: Bl
         sb[z] = slice(sb[z].start, sb[z].start + 1)
         return overlap_counts(arr[tuple(sa)], arr[tuple(sb)])
 
-    with inflight if inflight is not None else _nullcontext():
+    with inflight if inflight is not None else nullcontext():
         value, _, error = _retrying(run, ctx.retries, cancel, f"Z border {block_a.index}/{block_b.index}")
     if error is not None:
         return _TaskError(RuntimeError(error))
@@ -368,17 +358,9 @@ def _relabel_task(ctx: _Ctx, block: Block, lut: np.ndarray, cancel=None, infligh
         out = zarr.open_array(ctx.final_path, mode="r+")
         out[_permute(block.core_slices, ctx.perm)] = np.transpose(lut[local], ctx.perm)
 
-    with inflight if inflight is not None else _nullcontext():
+    with inflight if inflight is not None else nullcontext():
         _, attempts, error = _retrying(run, ctx.retries, cancel, f"writing chunk {block.index}")
     return attempts, error
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _permute(items: Sequence, perm: Sequence[int]) -> tuple:
@@ -535,19 +517,18 @@ def labels_name(path: str | os.PathLike) -> str:
     return Path(name).stem + "_labels.zarr"
 
 
-def _margin(meta: ModelMeta, align: int) -> int:
-    """Margin for matching objects across borders: about twice the typical object diameter."""
+def _margin(meta: ModelMeta, diameter: float, align: int) -> int:
+    """Margin for matching objects across borders: about twice the objects' diameter (input pixels)."""
     if meta.task != "instance":
         return 0
-    diameter = float((meta.training.get("object_size") or {}).get("median_diameter") or 0)
     return round_up(max(MIN_MARGIN, 2 * diameter), align)
 
 
 class _Job:
-    """One image, planned: source, axes, chunks (the normaliser is fitted when it runs)."""
+    """One image, planned: source, axes, the settings every window shares (:func:`plan_image`), chunks."""
 
     def __init__(self, model: SegModel, image: Any, out_path: str | os.PathLike, axes: str | None,
-                 chunk_size: int):
+                 chunk_size: int, diameter: float | None = None):
         from napari_segtool.ops.tiling import halo_for
 
         self.out_path = Path(out_path).expanduser()
@@ -560,48 +541,38 @@ class _Job:
         else:
             data, path = image, None
             self.source_name = f"<{type(image).__module__}.{type(image).__name__} {tuple(image.shape)}>"
-        check_image(data)
-        try:
-            axes = guess_axes(tuple(data.shape), axes)
-        except ValueError as exc:
-            raise InputError(str(exc)) from exc
+        plan = plan_image(model, data, axes, diameter=diameter)
+        axes = guess_axes(tuple(data.shape), axes)
         self.axes = axes
         self.data = data
         self.source = _Source(axes, array=data, path=path)
-        canon, canon_axes = to_canonical(data, axes)
-        self.canon = canon
-        spatial = canon_axes[:-1]
+        self.canon = plan.data
+        spatial = plan.spatial_axes
         self.target = "".join(a for a in axes if a not in "CS")
         self.perm = tuple(spatial.index(a) for a in self.target)
         meta = model.meta
         self.meta = meta
-        channels = int(canon.shape[-1])
-        self.channel_mean = channels != meta.in_channels
-        if self.channel_mean and meta.in_channels != 1:
-            raise InputError(f"model '{meta.name}' expects {meta.in_channels} channel(s), the image has {channels}")
-        align = int(getattr(model.net, "align", 1) or 1)
+        self.settings = plan.settings
+        self.spatial_axes = spatial
+        self.notes = plan.notes
+        factor = self.settings.factor
+        align = self.settings.align
         rf = meta.receptive_field or (model.net.receptive_field() if hasattr(model.net, "receptive_field") else 0)
-        halo = halo_for(rf, align) if rf else 0
+        halo = int(np.ceil(halo_for(rf, align) / factor)) + align if rf else 0  # input pixels
         self.instance = meta.task == "instance"
         stack_axes = spatial[:-2]
-        self.plan: ChunkPlan = plan_chunks(canon.shape[:-1], stack_axes, chunk_size,
-                                           margin=_margin(meta, align), halo=halo, align=align)
-        self.z_dim = stack_axes.index("Z") if (self.instance and "Z" in stack_axes) else None
+        three_d = self.instance and self.settings.want_maps  # one 3D watershed per block: Z never cut
+        self.settings.link = three_d
+        diameter = plan.scale.diameter or model_diameter(meta) / factor
+        self.plan: ChunkPlan = plan_chunks(self.canon.shape[:-1], stack_axes, chunk_size,
+                                           margin=_margin(meta, diameter, align), halo=halo, align=align,
+                                           whole="Z" if three_d else "")
+        self.z_dim = stack_axes.index("Z") if (self.instance and "Z" in stack_axes and not three_d) else None
         self.steps = len(self.plan.blocks) * (2 if self.instance else 1)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
         return _permute(self.plan.shape, self.perm)
-
-    def fit_normalizer(self) -> Normalizer:
-        try:  # exactly as the in-memory path (core.predict) does it
-            norm = fit_normalizer(self.canon, **self.meta.normalization)
-        except ValueError as exc:
-            raise InputError(str(exc)) from exc
-        if self.channel_mean:
-            norm.lo = norm.lo.mean(keepdims=True)
-            norm.hi = norm.hi.mean(keepdims=True)
-        return norm
 
 
 def _create(path: Path, shape, chunks, attrs: dict | None = None):
@@ -638,8 +609,8 @@ def _run_job(runner, job: _Job, model_ref_shared, retries: int, progress, cancel
     try:
         if cancel is not None:
             cancel.raise_if_cancelled()
-        ctx = _Ctx(normalizer=job.fit_normalizer(), channel_mean=job.channel_mean, instance=job.instance,
-                   tile_size=None, retries=int(retries), z_dim=job.z_dim, perm=job.perm,
+        ctx = _Ctx(settings=job.settings, spatial_axes=job.spatial_axes, instance=job.instance,
+                   retries=int(retries), z_dim=job.z_dim, perm=job.perm,
                    local_path=str(work / "local.zarr"), final_path=str(work / "final.zarr"))
         _create(work / "final.zarr", job.out_shape, _permute(plan.chunks, job.perm))
         if job.instance:
@@ -775,17 +746,11 @@ def _swap_into_place(new: Path, target: Path, work: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- public API
-def plan_for(model: str | os.PathLike | SegModel, image: Any, *, axes: str | None = None,
-             chunk_size: int = 1024) -> ChunkPlan:
-    """The chunk plan :func:`predict_to_zarr` would use (for previews and cost estimates)."""
-    return _Job(_resolve_model(model), image, "unused.zarr", axes, chunk_size).plan
-
-
 def predict_to_zarr(model: str | Path | SegModel, image, out_path, *, axes: str | None = None,
                     chunk_size: int = 1024, workers: int | None = None, scheduler: str | None = None,
                     threads_per_worker: int | None = None, retries: int = 2,
                     progress: Callable[[int, int], None] | None = None,
-                    cancel: CancelToken | None = None) -> BatchReport:
+                    cancel: CancelToken | None = None, diameter: float | None = None) -> BatchReport:
     """Segment ``image`` chunk by chunk and write ``uint32`` labels to the zarr array ``out_path``.
 
     Parameters
@@ -813,6 +778,9 @@ def predict_to_zarr(model: str | Path | SegModel, image, out_path, *, axes: str 
         predicted and, for instance models, once more when written.
     cancel : stops the run (raises :class:`~napari_segtool.kernel.events.Cancelled`;
         nothing is written).
+    diameter : the image's object diameter in pixels (``None``: estimated, as
+        :func:`~napari_segtool.core.predict.iter_predict` does; both paths share
+        :func:`~napari_segtool.core.predict.plan_image`).
 
     Raises
     ------
@@ -822,7 +790,7 @@ def predict_to_zarr(model: str | Path | SegModel, image, out_path, *, axes: str 
         an image the model cannot segment.
     """
     seg = _resolve_model(model)
-    job = _Job(seg, image, out_path, axes, chunk_size)
+    job = _Job(seg, image, out_path, axes, chunk_size, diameter)
     with _runner(workers, scheduler, threads_per_worker) as runner:
         ref = runner.share(runner.model_ref(seg))
         return _run_job(runner, job, ref, retries, progress, cancel, 0, job.steps)
@@ -832,7 +800,7 @@ def predict_folder(model: str | Path | SegModel, inputs: Sequence[str | os.PathL
                    axes: str | None = None, chunk_size: int = 1024, workers: int | None = None,
                    scheduler: str | None = None, threads_per_worker: int | None = None, retries: int = 2,
                    progress: Callable[[int, int], None] | None = None,
-                   cancel: CancelToken | None = None) -> list[BatchReport]:
+                   cancel: CancelToken | None = None, diameter: float | None = None) -> list[BatchReport]:
     """:func:`predict_to_zarr` for many files as one job: one cluster, the model sent once.
 
     Each input ``name.ext`` becomes ``out_dir/name_labels.zarr`` (see
@@ -846,7 +814,7 @@ def predict_folder(model: str | Path | SegModel, inputs: Sequence[str | os.PathL
     names = [labels_name(p) for p in inputs]
     if len(set(names)) != len(names):
         raise ValueError("two inputs would write the same output name; use separate runs")
-    jobs = [_Job(seg, p, out_dir / n, axes, chunk_size) for p, n in zip(inputs, names)]
+    jobs = [_Job(seg, p, out_dir / n, axes, chunk_size, diameter) for p, n in zip(inputs, names)]
     total = sum(j.steps for j in jobs)
     reports: list[BatchReport] = []
     errors: list[str] = []

@@ -2,10 +2,14 @@
 
 The image is put in canonical axis order (stack axes, then ``YX``, then ``C``;
 see :mod:`napari_segtool.kernel.axes`), normalised with percentiles measured once
-over the whole image (so all planes of a stack look alike), and predicted plane
-by plane with tiling. Instance labels of a Z stack are linked across planes into
-3D objects; in other stacks every plane keeps ids of its own, made unique.
-Lazy (dask/zarr) inputs are read tile by tile.
+over the whole image (so all planes of a stack look alike), resampled so that its
+objects have the size the model was trained on (:mod:`napari_segtool.core.scale`;
+the object size is given or estimated) and predicted plane by plane with tiling.
+Post-processing works on that model grid with the model's own object size, so it
+does not depend on what else is in the image; labels are then mapped back to the
+input grid, exact shape. Instance labels of a Z stack become 3D objects; in other
+stacks every plane keeps ids of its own, made unique. Lazy (dask/zarr) inputs are
+read tile by tile.
 """
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ from napari_segtool.kernel.axes import guess_axes, to_canonical
 from napari_segtool.kernel.device import configure_threads
 from napari_segtool.kernel.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
-from napari_segtool.ops.normalize import NormalizedPlane, fit_normalizer
-from napari_segtool.ops.postprocess import link_stack, split_by_shape, split_z_chains, typical_diameter
+from napari_segtool.core.scale import ScaleEstimate, estimate_diameter, scale_factor
+from napari_segtool.core.window import WindowSettings, plane_view, predict_window
+from napari_segtool.ops.normalize import Normalizer, fit_normalizer
+from napari_segtool.ops.resample import is_identity
 from napari_segtool.ops.sources import source_table
 
 
@@ -36,17 +42,8 @@ class Prediction:
     probabilities: np.ndarray | None = None  # (K, *spatial) when requested
     tables: dict[tuple, list[dict[str, Any]]] = field(default_factory=dict)  # plane index -> object rows
     notes: list[str] = field(default_factory=list)
-
-
-class _ChannelMean:
-    """Lazy mean over channels, for running a 1-channel model on RGB/multichannel data."""
-
-    def __init__(self, plane: Any):
-        self.plane = plane
-        self.shape = tuple(plane.shape[:-1]) + (1,)
-
-    def __getitem__(self, key):
-        return np.asarray(self.plane[key], dtype=np.float32).mean(axis=-1, keepdims=True)
+    diameter: float | None = None  # the image's object diameter (input pixels), given or estimated
+    scale_factor: float = 1.0      # model-grid pixels per input pixel the model ran at
 
 
 def check_image(image: Any) -> None:
@@ -58,6 +55,84 @@ def check_image(image: Any) -> None:
     kind = np.dtype(image.dtype).kind
     if kind not in "biuf":
         raise InputError(f"cannot segment an image of dtype {image.dtype}")
+
+
+def model_diameter(meta: Any) -> float:
+    """Object diameter (pixels) the model works at: its :class:`ObjectScale`, else its training median."""
+    if meta.scale.diameter:
+        return float(meta.scale.diameter)
+    return float((meta.training.get("object_size") or {}).get("median_diameter") or 0.0)
+
+
+def resolve_scale(model: SegModel, diameter: float | None, estimate_plane: Callable[[], Any]) -> ScaleEstimate:
+    """The image's object diameter: ``diameter`` when given, else estimated when the model allows it."""
+    if diameter is not None:
+        if not np.isfinite(diameter) or diameter <= 0:
+            raise InputError(f"the object diameter must be a positive number of pixels, got {diameter}")
+        return ScaleEstimate(float(diameter))
+    meta = model.meta
+    if meta.task != "instance" or not meta.scale.diameter or not meta.scale.auto:
+        return ScaleEstimate(None)
+    return estimate_diameter(model, estimate_plane())
+
+
+@dataclass
+class ImagePlan:
+    """How one image is run: canonical data, the settings every window shares, and the scale found."""
+
+    data: Any                      # canonical (stack axes, Y, X, C)
+    spatial_axes: str              # canonical spatial axes, e.g. "ZYX"
+    settings: WindowSettings
+    scale: ScaleEstimate
+    notes: list[str]
+
+
+def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float | None = None,
+               link_z: bool = True, tile_size: int | None = None, batch_size: int = 2,
+               postprocess: dict[str, Any] | None = None) -> ImagePlan:
+    """Check ``image``, fit the normaliser, find the object scale and fix every window's settings.
+
+    The in-memory path (:func:`iter_predict`) and the chunked one (:mod:`napari_segtool.core.batch`)
+    both start here, so both run the model with the same normalisation, scale and post-processing.
+    """
+    check_image(image)
+    try:
+        axes = guess_axes(tuple(image.shape), axes)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    data, canon = to_canonical(image, axes)
+    spatial_axes = canon[:-1]
+    stack_shape = tuple(data.shape[: len(spatial_axes) - 2])
+    meta = model.meta
+    channels = data.shape[-1]
+    notes: list[str] = []
+    channel_mean = channels != meta.in_channels
+    if channel_mean:
+        if meta.in_channels == 1:
+            notes.append(f"averaged {channels} channels for the single-channel model '{meta.name}'")
+        else:
+            raise InputError(f"model '{meta.name}' expects {meta.in_channels} channel(s), the image has {channels}")
+    if tile_size is not None and tile_size < 16:
+        raise InputError(f"the tile size must be at least 16 pixels, got {tile_size}")
+    normalizer = fit_image_normalizer(data, meta.normalization, channel_mean)
+    settings = WindowSettings(normalizer, channel_mean=channel_mean, image_hw=tuple(int(n) for n in data.shape[-3:-1]),
+                              align=int(getattr(model.net, "align", 1) or 1), tile_size=tile_size,
+                              batch_size=batch_size)
+    middle = tuple(n // 2 if a == "Z" else 0 for a, n in zip(spatial_axes, stack_shape))
+    scale = resolve_scale(model, diameter, lambda: plane_view(data[middle] if middle else data, settings))
+    factor = scale_factor(meta.scale, scale.diameter)
+    settings.factor = 1.0 if is_identity(factor) else factor
+    if scale.diameter is not None and diameter is None:
+        notes.append(scale.describe())
+    overrides = {k: v for k, v in (postprocess or {}).items() if v is not None}
+    grid_diameter = scale.diameter * settings.factor if scale.diameter else model_diameter(meta)
+    if grid_diameter and "diameter" not in overrides:
+        overrides["diameter"] = grid_diameter  # the objects' size on the model grid
+    settings.postprocess = overrides
+    settings.stack = {**meta.postprocess, **overrides}
+    settings.stack["z_scale"] = float(settings.stack.get("z_scale", 2.0)) * settings.factor  # Z step, model pixels
+    settings.link = link_z and meta.task == "instance" and "Z" in spatial_axes
+    return ImagePlan(data, spatial_axes, settings, scale, notes)
 
 
 def iter_predict(
@@ -74,6 +149,7 @@ def iter_predict(
     cancel: CancelToken | None = None,
     tile_callback: Callable[[int, int], None] | None = None,
     num_threads: int | None = None,
+    diameter: float | None = None,
     **postprocess: Any,
 ) -> Generator[Progress, None, Prediction]:
     """Predict ``image`` plane by plane, yielding :class:`Progress` after each plane.
@@ -90,132 +166,52 @@ def iter_predict(
     link_z : link instance labels across Z into 3D objects (only when all planes run).
     return_probabilities : also return the network's per-class maps (2D inputs only).
     tile_callback : called as ``(tiles_done, tiles_total)`` within each plane.
+    diameter : the image's typical object diameter in XY pixels; ``None`` estimates it
+        (instance models that know their own object size). The image is run at the
+        model's object size and the labels mapped back (``Prediction.scale_factor``).
     postprocess : overrides of the model's post-processing (e.g. ``fg_threshold``).
     """
-    check_image(image)
     configure_threads(num_threads)
-    try:
-        axes = guess_axes(tuple(image.shape), axes)
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
-    data, canon = to_canonical(image, axes)
-    spatial_axes = canon[:-1]
+    plan = plan_image(model, image, axes, diameter=diameter, link_z=link_z and planes is None, tile_size=tile_size,
+                      batch_size=batch_size, postprocess=postprocess)
+    axes = guess_axes(tuple(image.shape), axes)
+    data, spatial_axes, settings = plan.data, plan.spatial_axes, plan.settings
+    todo = None if planes is None else [tuple(p) for p in planes]
+    window = yield from predict_window(model, data, spatial_axes, settings, planes=todo,
+                                       first_probabilities=return_probabilities, cancel=cancel,
+                                       tile_callback=tile_callback)
+    labels, tables = window.labels, window.tables
     stack_shape = tuple(data.shape[: len(spatial_axes) - 2])
-    meta = model.meta
-    channels = data.shape[-1]
-    notes: list[str] = []
-    if channels != meta.in_channels:
-        if meta.in_channels == 1:
-            notes.append(f"averaged {channels} channels for the single-channel model '{meta.name}'")
-        else:
-            raise InputError(f"model '{meta.name}' expects {meta.in_channels} channel(s), the image has {channels}")
-    try:
-        normalizer = fit_normalizer(data, **meta.normalization)
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
-    if channels != meta.in_channels:
-        normalizer.lo = normalizer.lo.mean(keepdims=True)
-        normalizer.hi = normalizer.hi.mean(keepdims=True)
-
-    all_planes = list(np.ndindex(*stack_shape)) if stack_shape else [()]
-    todo = all_planes if planes is None else [tuple(p) for p in planes]
-    stack_params = {**meta.postprocess, **{k: v for k, v in postprocess.items() if v is not None}}
-    link = link_z and planes is None and meta.task == "instance" and "Z" in spatial_axes
-    want_maps = link and stack_params.get("z_mode") == "watershed"
-    maps: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-    result_planes: dict[tuple, np.ndarray] = {}
-    tables: dict[tuple, list[dict[str, Any]]] = {}
-    probs = None
-    arch = model.architecture
-    model.net.eval()
-    for i, index in enumerate(todo):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        plane = data[index] if index else data
-        if channels != meta.in_channels:
-            plane = _ChannelMean(plane)
-        result = arch.predict_plane(model.net, NormalizedPlane(plane, normalizer), meta, device=model.device,
-                                    tile_size=tile_size, batch_size=batch_size,
-                                    return_probabilities=want_maps or (return_probabilities and not index),
-                                    progress=tile_callback, cancel=cancel, **postprocess)
-        result_planes[index] = result.labels
-        if result.table:
-            tables[index] = result.table
-        elif meta.task == "instance" and stack_params.get("source_table"):
-            tables[index] = source_table(np.asarray(plane[:, :, :], dtype=np.float32).mean(axis=-1), result.labels,
-                                         stack_params.get("star_classifier"))
-        if want_maps and result.probabilities is not None:
-            plane_maps = arch.stack_maps(result.probabilities, meta)
-            want_maps = plane_maps is not None
-            if want_maps:
-                maps[index] = tuple(_to_uint8(m) for m in plane_maps)
-        if result.probabilities is not None and return_probabilities and not index:
-            probs = result.probabilities
-        yield Progress("predict", i + 1, len(todo), f"plane {index}" if index else "image")
-
-    labels = _assemble(result_planes, data.shape[:-1], spatial_axes, meta.task, link, stack_params,
-                       maps if want_maps else None)
+    todo = todo if todo is not None else (list(np.ndindex(*stack_shape)) if stack_shape else [()])
+    if model.meta.task == "instance" and settings.stack.get("source_table"):
+        for index in todo:
+            if index not in tables:
+                plane = data[index] if index else data
+                tables[index] = source_table(np.asarray(plane[:, :, :], dtype=np.float32).mean(axis=-1),
+                                             labels[index] if index else labels,
+                                             settings.stack.get("star_classifier"))
     labels = _to_original_order(labels, spatial_axes, axes)
     if out is not None:
         if out.shape != labels.shape:
             raise InputError(f"output layer has shape {out.shape}, expected {labels.shape}")
-        if meta.task == "instance" and out.max() > 0:  # new ids must not collide with kept planes
+        if model.meta.task == "instance" and out.max() > 0:  # new ids must not collide with kept planes
             labels = np.where(labels > 0, labels + int(out.max()), 0).astype(np.int32)
         _write_planes(out, labels, todo, spatial_axes, axes)
         labels = out
-    return Prediction(labels, "".join(a for a in axes if a not in "CS"), probs, tables, notes)
+    return Prediction(labels, "".join(a for a in axes if a not in "CS"), window.probabilities, tables, plan.notes,
+                      plan.scale.diameter, settings.factor)
 
 
-def _to_uint8(p: np.ndarray) -> np.ndarray:
-    """A 0..1 map stored in a quarter of the memory (kept for every plane of a stack)."""
-    return np.round(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_axes: str, task: str,
-              link: bool, stack: dict[str, Any] | None = None,
-              maps: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
-    """Planes into one label array; when ``link``, instance planes of Z stacks become 3D objects.
-
-    ``stack`` holds the model's post-processing settings, overrides included
-    (those of :data:`~napari_segtool.ops.postprocess.CORE_POSTPROCESS` act here). With
-    ``maps`` (each plane's foreground and distance maps, ``z_mode="watershed"``)
-    the objects come from one 3D watershed of the stacked maps
-    (:func:`split_by_shape`); otherwise planes are linked by overlap and
-    ``z_split_dip > 0`` cuts chains stacked along Z at their area necks
-    (:func:`split_z_chains`).
-    """
-    stack = stack or {}
-    labels = np.zeros(shape, np.int32)
-    offset = 0
-    for index, plane in planes.items():
-        if task == "instance" and index:
-            plane = np.where(plane > 0, plane + offset, 0)
-            offset = max(offset, int(plane.max()))
-        labels[index] = plane
-    if not link:
-        return labels
-    if maps is not None:
-        fg = np.zeros(shape, np.uint8)
-        dist = np.zeros(shape, np.uint8)
-        for index, (f, d) in maps.items():
-            fg[index], dist[index] = f, d
-
-    def objects_3d(t: tuple) -> np.ndarray:
-        if maps is not None:
-            return split_by_shape(fg[t].astype(np.float32) / 255, dist[t].astype(np.float32) / 255,
-                                  typical_diameter(labels[t]), z_scale=float(stack.get("z_scale", 2.0)),
-                                  fg_threshold=float(stack.get("fg_threshold", 0.5)))
-        linked = link_stack(labels[t])
-        dip = float(stack.get("z_split_dip", 0.0))
-        return split_z_chains(linked, dip) if dip > 0 else linked
-
-    z = spatial_axes.index("Z")
-    offset = 0
-    for t in np.ndindex(*shape[:z]):  # T before Z: each time point on its own, ids kept unique
-        objects = objects_3d(t)
-        labels[t] = np.where(objects > 0, objects + offset, 0)
-        offset = int(labels[t].max())
-    return labels
+def fit_image_normalizer(data: Any, config: dict[str, Any], channel_mean: bool) -> Normalizer:
+    """The model's normaliser fitted on a canonical (``...YXC``) image; one range when channels are averaged."""
+    try:
+        normalizer = fit_normalizer(data, **config)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    if channel_mean:
+        normalizer.lo = normalizer.lo.mean(keepdims=True)
+        normalizer.hi = normalizer.hi.mean(keepdims=True)
+    return normalizer
 
 
 def _to_original_order(labels: np.ndarray, spatial_axes: str, original_axes: str) -> np.ndarray:

@@ -14,6 +14,31 @@ Task = Literal["instance", "semantic"]
 
 
 @dataclass
+class ObjectScale:
+    """The object size a model works at, measured on its training labels (pixels).
+
+    ``diameter`` is where the engine runs it: images whose objects have another size are
+    resampled so that theirs become this one (:mod:`napari_segtool.core.scale`). It is the
+    geometric middle of ``low``..``high``, the 10th and 90th percentiles of the per-image
+    median object diameters the model was trained on. ``diameter == 0`` means unknown: the
+    model runs at the image's own scale. ``auto`` lets the engine estimate each image's
+    object size when the user gives none (models whose objects span all sizes, like
+    astronomical sources, turn it off).
+    """
+
+    diameter: float = 0.0
+    low: float = 0.0
+    high: float = 0.0
+    auto: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "ObjectScale":
+        data = data or {}
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
 class ModelMeta:
     """Metadata stored next to the weights (JSON), never pickled."""
 
@@ -27,6 +52,7 @@ class ModelMeta:
     )
     postprocess: dict[str, Any] = field(default_factory=dict)
     receptive_field: int = 0
+    scale: ObjectScale = field(default_factory=ObjectScale)
     tile_size: int = 256
     name: str = ""
     description: str = ""
@@ -44,4 +70,6 @@ class ModelMeta:
         missing = {"arch", "task", "in_channels"} - set(data)
         if missing:
             raise ValueError(f"model metadata lacks {sorted(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        values["scale"] = ObjectScale.from_dict(values.get("scale"))
+        return cls(**values)

@@ -181,11 +181,12 @@ def stack_chunks(stack_shape: Sequence[int], plane_core: int, chunk_size: int) -
 
 
 def plan_chunks(shape: Sequence[int], stack_axes: str, chunk_size: int, *, margin: int, halo: int,
-                align: int = 1) -> ChunkPlan:
+                align: int = 1, whole: str = "") -> ChunkPlan:
     """Cut a canonical spatial ``shape`` (stack axes, Y, X) into blocks.
 
     ``chunk_size`` (YX edge of a core) and ``margin``/``halo`` are rounded up to
     multiples of ``align`` so every window starts on the network's pooling grid.
+    Stack axes named in ``whole`` are never cut (e.g. ``"Z"`` for a 3D watershed per block).
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != len(stack_axes) + 2:
@@ -196,7 +197,8 @@ def plan_chunks(shape: Sequence[int], stack_axes: str, chunk_size: int, *, margi
     halo = round_up(max(0, halo), align)
     H, W = shape[-2:]
     cy, cx = min(chunk, H), min(chunk, W)
-    schunks = stack_chunks(shape[:-2], cy * cx, chunk)
+    schunks = tuple(size if axis in whole else c
+                    for axis, size, c in zip(stack_axes, shape[:-2], stack_chunks(shape[:-2], cy * cx, chunk)))
     chunks = schunks + (cy, cx)
     grid = tuple(math.ceil(s / c) for s, c in zip(shape, chunks))
     blocks = []

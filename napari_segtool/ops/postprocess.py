@@ -75,6 +75,7 @@ def instances_from_maps(
     fill: bool = True,
     seed_mode: str = "interior",
     image: np.ndarray | None = None,
+    diameter: float | None = None,
 ) -> np.ndarray:
     """Instance labels from foreground / interior probabilities and a distance map.
 
@@ -94,6 +95,9 @@ def instances_from_maps(
         (no dark line needed; nuclei) or :func:`split_by_flux` at the saddles between
         brightness peaks of ``image`` (blended astronomical sources).
     image : the (normalised) plane, for ``seed_mode="flux"``.
+    diameter : typical object diameter (pixels) for the ``shape``/``flux`` splits, from the
+        model (its training labels at the scale it runs at), so that the split does not depend
+        on what else is in the image; ``None`` falls back to the objects found here.
     """
     if seed_mode not in SEED_MODES:
         raise ValueError(f"unknown seed_mode '{seed_mode}' (choose {', '.join(SEED_MODES)})")
@@ -107,12 +111,12 @@ def instances_from_maps(
     if fill:
         labels = fill_holes(labels)
     labels = remove_small(labels, min_size)
-    if seed_mode == "shape" and labels.max():
-        return split_by_shape(p_foreground, distance, typical_diameter(labels), fg_threshold=fg_threshold,
-                              min_size=min_size, fill=fill)
-    if seed_mode == "flux" and labels.max():
-        return split_by_flux(image, p_foreground, typical_diameter(labels), fg_threshold=fg_threshold,
-                             min_size=min_size)
+    if seed_mode in ("shape", "flux") and labels.max():
+        size = float(diameter) if diameter else typical_diameter(labels)
+        if seed_mode == "shape":
+            return split_by_shape(p_foreground, distance, size, fg_threshold=fg_threshold, min_size=min_size,
+                                  fill=fill)
+        return split_by_flux(image, p_foreground, size, fg_threshold=fg_threshold, min_size=min_size)
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 

@@ -1,0 +1,181 @@
+"""The per-window pipeline every path runs: a whole image, a napari view or one dask chunk.
+
+A *window* is a canonical array (stack axes, ``Y``, ``X``, ``C``) -- the whole image, or a
+block of it read by :mod:`napari_segtool.core.batch`. :func:`predict_window` reads each
+plane through :func:`plane_view` (channel mean, the image's normaliser, the model grid of
+:mod:`napari_segtool.ops.resample`), runs the architecture's ``predict_plane``, assembles
+the planes (3D watershed or Z linking, :func:`assemble`) on the model grid, and maps the
+labels back to the window's input pixels. In-memory and chunked prediction call this same
+function with the same settings, so they cannot drift apart; only how windows are cut and
+stitched differs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+
+from napari_segtool.kernel.events import CancelToken, Progress
+from napari_segtool.ops.normalize import NormalizedPlane, Normalizer
+from napari_segtool.ops.postprocess import link_stack, split_by_shape, split_z_chains, typical_diameter
+from napari_segtool.ops.resample import ResampledPlane, is_identity, labels_to_input
+
+
+class ChannelMean:
+    """Lazy mean over channels, for running a 1-channel model on RGB/multichannel data."""
+
+    def __init__(self, plane: Any):
+        self.plane = plane
+        self.shape = tuple(plane.shape[:-1]) + (1,)
+
+    def __getitem__(self, key):
+        return np.asarray(self.plane[key], dtype=np.float32).mean(axis=-1, keepdims=True)
+
+
+@dataclass
+class WindowSettings:
+    """Everything that decides a window's labels, the same for every window of an image."""
+
+    normalizer: Normalizer
+    factor: float = 1.0                 # model-grid pixels per input pixel
+    channel_mean: bool = False
+    image_hw: tuple[int, int] | None = None  # the whole image's (Y, X): windows mirror at its border only
+    align: int = 1                      # the network's pooling grid, kept global on the model grid
+    postprocess: dict[str, Any] = field(default_factory=dict)  # overrides passed to predict_plane
+    stack: dict[str, Any] = field(default_factory=dict)        # the assembled settings (model's + overrides)
+    link: bool = False                  # instance planes of a Z stack become 3D objects
+    tile_size: int | None = None
+    batch_size: int = 2
+
+    @property
+    def want_maps(self) -> bool:
+        return self.link and self.stack.get("z_mode") == "watershed"
+
+
+@dataclass
+class WindowResult:
+    labels: np.ndarray                  # stack + window YX, on the input grid
+    tables: dict[tuple, list[dict[str, Any]]] = field(default_factory=dict)
+    probabilities: np.ndarray | None = None  # (K, Y, X) of the first plane, when asked
+
+
+def plane_view(plane: Any, settings: WindowSettings, offset: tuple[int, int] = (0, 0)) -> Any:
+    """What the network reads of one ``YXC`` plane or window: channel mean, normalised, on the model grid.
+
+    ``offset`` places a window in its image; the view's first model pixel is put on the
+    network's pooling grid (``settings.align``) of the whole image's model grid.
+    """
+    view: Any = NormalizedPlane(ChannelMean(plane) if settings.channel_mean else plane, settings.normalizer)
+    if is_identity(settings.factor):
+        return view
+    natural = ResampledPlane(view, settings.factor, offset=offset, image_shape=settings.image_hw)
+    start = tuple((g // settings.align) * settings.align for g in natural.grid_start)
+    return ResampledPlane(view, settings.factor, offset=offset, image_shape=settings.image_hw,
+                          grid_start=start, grid_stop=natural.grid_stop)
+
+
+def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowSettings, *,
+                   offset: tuple[int, int] = (0, 0), planes: Sequence[tuple] | None = None,
+                   first_probabilities: bool = False, cancel: CancelToken | None = None,
+                   tile_callback: Callable[[int, int], None] | None = None
+                   ) -> Generator[Progress, None, WindowResult]:
+    """Labels of a canonical window (stack axes, ``Y``, ``X``, ``C``), yielding progress per plane.
+
+    ``planes`` limits the work to some stack indices (the others stay 0); ``offset`` is the
+    window's ``(y, x)`` in the image. Returns labels on the window's input grid.
+    """
+    meta = model.meta
+    arch = model.architecture
+    stack_shape = tuple(window.shape[: len(spatial_axes) - 2])
+    window_hw = tuple(int(n) for n in window.shape[-3:-1])
+    todo = list(planes) if planes is not None else (list(np.ndindex(*stack_shape)) if stack_shape else [()])
+    want_maps = settings.want_maps
+    identity = is_identity(settings.factor)
+    result_planes: dict[tuple, np.ndarray] = {}
+    maps: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    tables: dict[tuple, list[dict[str, Any]]] = {}
+    probs = None
+    grid_start, grid_hw = (0, 0), window_hw
+    model.net.eval()
+    for i, index in enumerate(todo):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        view = plane_view(window[index] if index else window, settings, offset)
+        if not identity:
+            grid_start, grid_hw = view.grid_start, tuple(view.shape[:2])
+        want_probs = want_maps or (first_probabilities and i == 0)
+        result = arch.predict_plane(model.net, view, meta, device=model.device, tile_size=settings.tile_size,
+                                    batch_size=settings.batch_size, return_probabilities=want_probs,
+                                    progress=tile_callback, cancel=cancel, **settings.postprocess)
+        result_planes[index] = result.labels
+        if result.table:
+            tables[index] = result.table
+        if want_maps and result.probabilities is not None:
+            plane_maps = arch.stack_maps(result.probabilities, meta)
+            want_maps = plane_maps is not None
+            if want_maps:
+                maps[index] = tuple(_to_uint8(m) for m in plane_maps)
+        if first_probabilities and i == 0 and result.probabilities is not None:
+            probs = result.probabilities
+        yield Progress("predict", i + 1, len(todo), f"plane {index}" if index else "image")
+    labels = assemble(result_planes, stack_shape + grid_hw, spatial_axes, meta.task, settings.link,
+                      settings.stack, maps if want_maps else None)
+    if not identity:
+        labels = labels_to_input(labels, settings.factor, window_hw, offset=offset, grid_start=grid_start)
+        if probs is not None:
+            probs = labels_to_input(probs, settings.factor, window_hw, offset=offset, grid_start=grid_start)
+    return WindowResult(labels, tables, probs)
+
+
+def _to_uint8(p: np.ndarray) -> np.ndarray:
+    """A 0..1 map stored in a quarter of the memory (kept for every plane of a stack)."""
+    return np.round(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_axes: str, task: str,
+             link: bool, stack: dict[str, Any] | None = None,
+             maps: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
+    """Planes into one label array; when ``link``, instance planes of Z stacks become 3D objects.
+
+    ``stack`` holds the model's post-processing settings, overrides included
+    (those of :data:`~napari_segtool.ops.postprocess.CORE_POSTPROCESS` act here). With
+    ``maps`` (each plane's foreground and distance maps, ``z_mode="watershed"``)
+    the objects come from one 3D watershed of the stacked maps
+    (:func:`split_by_shape`, seeds spaced by ``stack["diameter"]``, the objects' size on
+    the model grid); otherwise planes are linked by overlap and ``z_split_dip > 0`` cuts
+    chains stacked along Z at their area necks (:func:`split_z_chains`).
+    """
+    stack = stack or {}
+    labels = np.zeros(shape, np.int32)
+    offset = 0
+    for index, plane in planes.items():
+        if task == "instance" and index:
+            plane = np.where(plane > 0, plane + offset, 0)
+            offset = max(offset, int(plane.max()))
+        labels[index] = plane
+    if not link:
+        return labels
+    if maps is not None:
+        fg = np.zeros(shape, np.uint8)
+        dist = np.zeros(shape, np.uint8)
+        for index, (f, d) in maps.items():
+            fg[index], dist[index] = f, d
+
+    def objects_3d(t: tuple) -> np.ndarray:
+        if maps is not None:
+            size = float(stack.get("diameter") or 0) or typical_diameter(labels[t])
+            return split_by_shape(fg[t].astype(np.float32) / 255, dist[t].astype(np.float32) / 255,
+                                  size, z_scale=float(stack.get("z_scale", 2.0)),
+                                  fg_threshold=float(stack.get("fg_threshold", 0.5)))
+        linked = link_stack(labels[t])
+        dip = float(stack.get("z_split_dip", 0.0))
+        return split_z_chains(linked, dip) if dip > 0 else linked
+
+    z = spatial_axes.index("Z")
+    offset = 0
+    for t in np.ndindex(*shape[:z]):  # T before Z: each time point on its own, ids kept unique
+        objects = objects_3d(t)
+        labels[t] = np.where(objects > 0, objects + offset, 0)
+        offset = int(labels[t].max())
+    return labels
