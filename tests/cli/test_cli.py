@@ -99,3 +99,107 @@ def test_astro_sources_on_a_fits_field_writes_labels_and_a_source_table(tmp_path
              for r in rows if int(r["label"]) in pred_ids]
     measured, true = np.log10(np.clip(np.array(pairs), 1e-3, None)).T
     assert np.corrcoef(measured, true)[0, 1] > 0.8
+
+
+# ----------------------------------------------------------------------------- outputs never destroy data
+@pytest.fixture
+def raw_model(tmp_path):
+    """An untrained, tiny U-Net on disk (prediction runs; what it finds does not matter here)."""
+    from napari_segtool.core.checkpoint import save_model
+    from napari_segtool.core.train import new_model
+
+    path = tmp_path / "raw-model"
+    save_model(new_model("unet", "instance", 1, depth=1, width=4), path)
+    return path
+
+
+def _tiny_train(files, out, *extra):
+    return main(["-q", "train", str(files / "img.tif"), str(files / "lab.tif"), "--epochs", "1",
+                 "--steps-per-epoch", "1", "--batch-size", "1", "--patch-size", "16", "--out", str(out), *extra])
+
+
+def test_train_replaces_a_model_but_a_data_folder_only_with_overwrite(files, capsys):
+    out = files / "model"
+    assert _tiny_train(files, out) == 0
+    first = (out / "model.safetensors").read_bytes()
+    assert _tiny_train(files, out, "--seed", "1") == 0  # retraining to the same name replaces the model
+    assert (out / "model.safetensors").read_bytes() != first
+    data = files / "mydata"
+    data.mkdir()
+    (data / "thesis.txt").write_text("years of work")
+    capsys.readouterr()
+    assert _tiny_train(files, data) == 2
+    assert "not a model" in capsys.readouterr().err and (data / "thesis.txt").read_text() == "years of work"
+    assert _tiny_train(files, data, "--overwrite") == 0
+    assert (data / "model.json").exists() and not (data / "thesis.txt").exists()
+    assert [p.name for p in files.iterdir() if p.name.startswith(".")] == []  # no temporaries left
+
+
+def test_predict_refuses_existing_outputs_and_names_colliding_stems_apart(files, raw_model, capsys):
+    (files / "other").mkdir()
+    tifffile.imwrite(files / "other" / "img.tif", tifffile.imread(files / "img.tif")[:64, :64])
+    out = files / "res"
+    args = ["-q", "predict", str(raw_model), str(files / "img.tif"), str(files / "other" / "img.tif"), "--out", str(out)]
+    assert main(args) == 0
+    assert read_labels(out / "img_labels.tif").shape == (96, 96)
+    assert read_labels(out / "img-2_labels.tif").shape == (64, 64)  # same stem, both kept
+    before = (out / "img_labels.tif").read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--overwrite" in err and (out / "img_labels.tif").read_bytes() == before
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_a_failed_prediction_leaves_no_output_folder(files, capsys):
+    from napari_segtool.core.checkpoint import save_model
+    from napari_segtool.core.train import new_model
+
+    rgb_model = files / "rgb-model"
+    save_model(new_model("unet", "instance", 3, depth=1, width=4), rgb_model)  # a gray image cannot be segmented
+    out = files / "new" / "deeper"
+    assert main(["-q", "predict", str(rgb_model), str(files / "img.tif"), "--out", str(out)]) == 2
+    assert "channel" in capsys.readouterr().err
+    assert not (files / "new").exists()
+
+
+def test_an_internal_error_is_one_line_with_a_log_file(files, capsys, monkeypatch):
+    import napari_segtool.cli as cli
+
+    def broken(args):
+        raise RuntimeError("something inside broke\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_evaluate", broken)
+    monkeypatch.setenv("SEGTOOL_LOG_DIR", str(files / "logs"))
+    assert main(["evaluate", "a.tif", "b.tif"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("segtool: internal error: RuntimeError: something inside broke")
+    logs = list((files / "logs").iterdir())
+    assert len(logs) == 1 and str(logs[0]) in err
+    assert "Traceback" in logs[0].read_text() and "second line" in logs[0].read_text()
+
+
+def test_library_log_messages_do_not_add_lines_to_an_error(files):
+    """tifffile logs a warning for a corrupt file: outside pytest's log capture it must not reach stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (files / "corrupt.tif").write_bytes(b"II*\x00garbage")
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    run = subprocess.run([sys.executable, "-m", "napari_segtool.cli", "evaluate", "corrupt.tif", "lab.tif"],
+                         cwd=files, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == ["segtool: error: cannot read corrupt.tif: the TIFF file has no image series"]
+
+
+def test_models_lists_a_non_utf8_user_model_as_broken(files, raw_model, capsys, monkeypatch):
+    import shutil
+
+    user = files / "user"
+    shutil.copytree(raw_model, user / "broken")
+    (user / "broken" / "model.json").write_bytes(b"\xff\xfe\x00")
+    monkeypatch.setenv("SEGTOOL_MODELS_DIR", str(user))
+    assert main(["models"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("broken")]
+    assert len(line) == 1 and "unreadable" in line[0] and "UTF-8" in line[0]

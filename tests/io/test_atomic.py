@@ -79,3 +79,40 @@ def test_tiff_round_trip_and_failure(tmp_path):
         atomic_write_tiff(target, np.zeros((2, 2), dtype=object))
     np.testing.assert_array_equal(tifffile.imread(target), data)
     assert _leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- temporaries and folder swaps
+def test_stale_temporaries_of_dead_processes_are_cleaned_on_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    from napari_segtool.io.atomic import clean_stale_temps
+
+    pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                             text=True).stdout)
+    dead = tmp_path / f".f.json.{pid}-abc123.tmp"
+    dead.write_text("half")
+    live = tmp_path / f".f.json.{os.getpid()}-abc123.tmp"
+    live.write_text("being written")
+    old = tmp_path / ".f.json.k2j3h4g5.tmp"  # older naming, no pid: removed once over an hour old
+    old.write_text("x")
+    os.utime(old, (0, 0))
+    young = tmp_path / ".f.json.a1b2c3d4.tmp"
+    young.write_text("x")
+    other = tmp_path / ".g.json.99999999-abc.tmp"
+    other.write_text("another file's temp")
+    assert sorted(p.name for p in clean_stale_temps(tmp_path, "f.json")) == sorted([dead.name, old.name])
+    assert live.exists() and young.exists() and other.exists()
+
+
+def test_replace_dir_swaps_folders_and_keeps_nothing_of_the_old(tmp_path):
+    from napari_segtool.io.atomic import replace_dir
+
+    final = tmp_path / "out"
+    for content in ("one", "two"):
+        tmp = tmp_path / f".out.{content}.tmp"
+        tmp.mkdir()
+        (tmp / "data").write_text(content)
+        replace_dir(tmp, final)
+        assert (final / "data").read_text() == content and not tmp.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

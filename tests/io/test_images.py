@@ -329,3 +329,17 @@ def test_z_anisotropy_needs_both_sizes_in_one_unit(tmp_path):
     img = read_image(tmp_path / "ij.tif")
     img.metadata["units"] = {"X": "nm", "Z": "um"}
     assert img.z_anisotropy() is None                                      # units differ: not comparable
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_fits_with_bscale_bzero_is_read_scaled(tmp_path, lazy):
+    """astropy cannot memory-map scaled data; such files are read into memory instead of refused."""
+    from astropy.io import fits
+
+    raw = np.arange(48 * 40, dtype=np.int16).reshape(48, 40)
+    hdu = fits.PrimaryHDU(raw)
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 2.0, 10.0
+    hdu.writeto(tmp_path / "scaled.fits")
+    image = read_image(tmp_path / "scaled.fits", lazy=lazy)
+    np.testing.assert_allclose(np.asarray(image.data), raw * 2.0 + 10.0)
+    assert image.axes == "YX"
