@@ -95,6 +95,13 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self.tile_spin.setSpecialValueText("model default")
         self.tile_spin.setToolTip("Tile edge in pixels; smaller uses less memory")
         form.addRow("Tile size", self.tile_spin)
+        self.diameter_spin = QSpinBox()
+        self.diameter_spin.setRange(0, 4096)
+        self.diameter_spin.setSuffix(" px")
+        self.diameter_spin.setSpecialValueText("auto")
+        self.diameter_spin.setToolTip("Typical object diameter in image pixels; the model runs at the scale it "
+                                      "was trained at. 'auto' estimates it (the estimate is shown after a run)")
+        form.addRow("Object size", self.diameter_spin)
         layout.addLayout(form)
 
         # one control per post-processing setting; a model shows those its metadata has (meta.postprocess)
@@ -344,7 +351,8 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
             prediction = yield from iter_predict(
                 model, job["data"], axes=job["axes"], planes=job["planes"], out=job["out"],
                 tile_size=job["tile_size"], return_probabilities=job["probabilities"], cancel=cancel,
-                tile_callback=tile_callback, num_threads=worker_threads(), **job["postprocess"])
+                tile_callback=tile_callback, num_threads=worker_threads(), diameter=job["diameter"],
+                **job["postprocess"])
             return prediction
 
         self.worker, self.cancel_token = start_job(make_job, on_event=self._on_event, on_tiles=self._on_tiles,
@@ -383,6 +391,7 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         reviewed = tracker.reviewed if tracker is not None else set()
         job: dict[str, Any] = dict(image=image_layer, model_ref=ref, target=target, scope=scope,
                                    tile_size=self.tile_spin.value() or None,
+                                   diameter=float(self.diameter_spin.value()) or None,
                                    postprocess=self.postprocess_overrides(), probabilities=False,
                                    shape=shape, n_stack=n_stack)
         if scope == SCOPE_STACK and n_stack > 0:
@@ -499,6 +508,11 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         msg = f"done: {n} objects in '{target.name}' ({len(written)} slice(s) written" + \
             (f", {kept} reviewed slice(s) kept" if kept else "") + \
             (", your edits kept" if edited else "") + ")"
+        size = getattr(prediction, "diameter", None)  # an estimate is also in the core's notes
+        if job.get("diameter"):
+            msg += f" · object size {job['diameter']:.0f} px (given)"
+        elif size:
+            self.diameter_spin.setSpecialValueText(f"auto (last: {size:.0f})")
         self.status_label.setText(msg + (f" — {notes}" if notes else ""))
         self.viewer.layers.selection.active = target
         self.refresh_layers()

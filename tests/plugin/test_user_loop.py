@@ -456,3 +456,30 @@ def test_deleting_the_labels_during_training_says_repredict_was_skipped(make_nap
     warnings = [m for kind, m in errors if kind == "show_warning" and "re-predict" in m]
     assert len(warnings) == 1 and "re-predict skipped" in warnings[0] and "'cells labels'" in warnings[0]
     assert "re-predict skipped" in train.status_label.text()
+
+
+# ---------------------------------------------------------------- object size (core.predict's diameter option)
+
+
+def test_object_size_is_passed_and_the_estimate_shown(make_napari_viewer, qtbot, user_model, errors):
+    from napari_segtool.sim import simulate_nuclei
+
+    viewer = make_napari_viewer(show=True)
+    segment = _dock(viewer, qtbot, "Segment")
+    viewer.add_image(simulate_nuclei((96, 96), seed=1).image, name="cells")
+    assert segment.diameter_spin.value() == 0 and segment.diameter_spin.text() == "auto"
+    _click(qtbot, segment.run_button)
+    qtbot.waitUntil(lambda: not segment.running, timeout=60000)
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    assert segment.last_run["diameter"] is None
+    estimated = segment.last_outcome.result.diameter
+    assert estimated and estimated > 0
+    assert segment.diameter_spin.text() == f"auto (last: {estimated:.0f})"  # the estimate, where it is set
+    assert f"{estimated:.1f} px" in segment.status_label.text()
+    _type_value(segment.diameter_spin, "20")
+    _click(qtbot, segment.run_button)
+    qtbot.waitUntil(lambda: not segment.running, timeout=60000)
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    assert segment.last_run["diameter"] == 20.0 and segment.last_outcome.result.diameter == 20.0
+    assert "object size 20 px (given)" in segment.status_label.text()
+    assert not any(kind == "show_error" for kind, _ in errors)
