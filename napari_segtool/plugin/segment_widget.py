@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QLabel,
     QSpinBox,
@@ -106,7 +107,7 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
 
         # one control per post-processing setting; a model shows those its metadata has (meta.postprocess)
         self.pp_box = QGroupBox("Post-processing (this model)")
-        tform = QFormLayout(self.pp_box)
+        tform = QGridLayout(self.pp_box)  # hidden rows of a grid take no space (a QFormLayout's keep their spacing)
         self.fg_spin = self._threshold_spin("Foreground probability cut-off; lower finds fainter objects")
         self.seed_spin = self._threshold_spin("Seed (object interior) cut-off; higher splits touching "
                                               "objects less")
@@ -126,8 +127,11 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
                                 ("mask_threshold", "Mask", self.mask_spin),
                                 ("min_size", "Min size", self.min_size_spin)):
             label = QLabel(text)
-            tform.addRow(label, spin)
+            row = len(self.pp_controls)
+            tform.addWidget(label, row, 0)
+            tform.addWidget(spin, row, 1)
             self.pp_controls[key] = (label, spin)
+        tform.setColumnStretch(1, 1)
         self._pp_keys: set[str] = set(self.pp_controls)  # until a model is chosen
         layout.addWidget(self.pp_box)
 
