@@ -237,22 +237,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.tile_size is not None and args.tile_size <= model.meta.receptive_field:
         raise CliError(f"--tile-size {args.tile_size} is too small for model '{model.meta.name}' "
                        f"(receptive field {model.meta.receptive_field} px): use more than {model.meta.receptive_field}")
-    images = [read_image(path, axes=args.axes, lazy=True) for path in inputs]  # all readable before any work
+    for path in inputs:  # every input readable before any work (lazy: headers only; not kept open)
+        read_image(path, axes=args.axes, lazy=True)
     created = made_dirs(out)
     try:
-        _predict_files(args, model, inputs, images, plans)
+        _predict_files(args, model, inputs, plans)
     except BaseException:
         remove_empty_dirs(created)
         raise
     return 0
 
 
-def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], images: list[Any],
-                   plans: list[list[Path]]) -> None:
+def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], plans: list[list[Path]]) -> None:
     from napari_segtool.core.predict import iter_predict
-    from napari_segtool.io.images import write_labels
+    from napari_segtool.io.images import read_image, write_labels
 
-    for path, img, (target, table) in zip(inputs, images, plans):
+    for path, (target, table) in zip(inputs, plans):
+        img = read_image(path, axes=args.axes, lazy=True)
         bar = _progress_bar(None, path.name, not args.quiet)
 
         def tiles(done: int, total: int) -> None:

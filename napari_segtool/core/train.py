@@ -146,8 +146,14 @@ def iter_train(
     """
     from napari_segtool.core.validate import check_train_config
 
+    from napari_segtool.models.registry import available_architectures
+
     cfg = config or TrainConfig()
     check_train_config(cfg)  # ConfigError before any work
+    if task not in ("instance", "semantic"):
+        raise ConfigError(f"task must be 'instance' or 'semantic', got {task!r}")
+    if init is None and arch not in available_architectures():
+        raise ConfigError(f"unknown architecture {arch!r} (choose from {', '.join(available_architectures())})")
     if not examples:
         raise DataError("no training examples")
     configure_threads(cfg.num_threads)
