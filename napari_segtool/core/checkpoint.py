@@ -179,7 +179,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "arch": (str,), "task": (str,), "in_channels": (int,), "arch_kwargs": (dict,), "classes": (list,),
     "normalization": (dict,), "postprocess": (dict,), "receptive_field": (int, float), "tile_size": (int,),
     "name": (str,), "description": (str,), "card": (str,), "history": (list,), "training": (dict,),
-    "version": (str,),
+    "version": (str,), "scale": (dict,),
 }
 _REQUIRED = ("arch", "task", "in_channels")
 _MAX_KWARG_INT = 2**16
@@ -249,10 +249,18 @@ def validate_meta_dict(data: Any) -> ModelMeta:
             raise ValueError("'classes' must be a list of 2..65536 class names (strings)")
     for key, value in data.get("arch_kwargs", {}).items():
         _check_kwarg_value(str(key), value)
+    for key, value in data.get("scale", {}).items():
+        if key == "auto":
+            if not isinstance(value, bool):
+                raise ValueError(f"'scale.auto' must be true or false, got {json.dumps(value)[:40]}")
+        elif key in ("diameter", "low", "high"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and 0 <= value <= 1_000_000):
+                raise ValueError(f"'scale.{key}' must be a number 0..1000000, got {json.dumps(value)[:40]}")
     try:
         return ModelMeta.from_dict(data)
-    except TypeError as exc:
-        raise ValueError(str(exc)) from None
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(" ".join(str(exc).split())) from None
 
 
 def _load_json(path: Path) -> Any:

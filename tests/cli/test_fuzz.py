@@ -156,6 +156,8 @@ BAD_MODELS: list = [
     {"arch_kwargs": {"depth": -1, "width": 4, "out_channels": 4}},
     {"arch_kwargs": {"depth": 1, "width": [4] * 100, "out_channels": 4}},
     b"\xff\xfe{not utf-8", b"{not json", b"[1, 2, 3]", b"", b"null", b'"a string"', b"1" * 10,
+    {"scale": [1, 2]}, {"scale": {"diameter": -3}}, {"scale": {"diameter": "big"}}, {"scale": {"auto": "yes"}},
+    {"scale": {"low": float("inf")}},
     "weights:truncated", "weights:missing", "weights:garbage", "weights:empty",
 ]
 
