@@ -84,35 +84,37 @@ def _remove(path: Path) -> None:
             pass
 
 
-def clean_stale_temps(folder: str | os.PathLike, name: str, *, once: bool = False) -> list[Path]:
-    """Remove temporary files/folders for ``name`` in ``folder`` left by killed processes.
+def clean_stale_temps(folder: str | os.PathLike, name: str | None = None, *, once: bool = False) -> list[Path]:
+    """Remove temporary files/folders left in ``folder`` by killed processes.
 
     A temp whose name carries a pid (``.<name>.<pid>-<random>.tmp``) is stale
-    when that process no longer exists; one without a pid (older versions:
-    ``.<name>.<random>.tmp``, ``.<name>.<random>``) when it is over an hour old.
-    With ``once``, a (folder, name) pair is checked only once per process.
-    Returns what was removed.
+    when that process no longer exists. With ``name``, temps of that destination
+    without a pid (older versions: ``.<name>.<random>.tmp``, ``.<name>.<random>``)
+    are stale too when over an hour old. ``name=None`` checks the pid-tagged
+    temps of every destination in the folder. With ``once``, a (folder, name)
+    pair is checked only once per process. Returns what was removed.
     """
     folder = Path(folder)
-    key = (str(folder), name)
+    key = (str(folder), name or "")
     if once and key in _cleaned:
         return []
     _cleaned.add(key)
     removed = []
-    with_pid = re.compile(rf"^\.{re.escape(name)}\.(\d+)-[^/]+\.tmp$")
-    without_pid = re.compile(rf"^\.{re.escape(name)}\.[A-Za-z0-9_]{{6,12}}(\.tmp)?$")
+    stem = re.escape(name) if name is not None else ".+"
+    with_pid = re.compile(rf"^\.{stem}\.(\d+)-[^/]+\.tmp$")
+    without_pid = re.compile(rf"^\.{stem}\.[A-Za-z0-9_]{{6,12}}(\.tmp)?$") if name is not None else None
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     now = time.time()
     for entry in entries:
-        if not entry.name.startswith(f".{name}."):
+        if not entry.name.startswith("." if name is None else f".{name}."):
             continue
         match = with_pid.match(entry.name)
         if match:
             stale = not _pid_alive(int(match.group(1)))
-        elif without_pid.match(entry.name):
+        elif without_pid is not None and without_pid.match(entry.name):
             try:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > _STALE_AGE
             except OSError:
@@ -222,7 +224,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[IO[bytes]], Any]) 
     path = Path(path)
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(folder, path.name, once=True)
+    clean_stale_temps(folder, once=True)  # any destination's temps of dead processes, once per folder
     fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=folder)
     tmp = Path(tmp_name)
     os.close(fd)  # reopen by name: some writers (tifffile) need ``fh.name`` to be a path

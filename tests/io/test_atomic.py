@@ -116,3 +116,18 @@ def test_replace_dir_swaps_folders_and_keeps_nothing_of_the_old(tmp_path):
         replace_dir(tmp, final)
         assert (final / "data").read_text() == content and not tmp.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_write_cleans_the_folder_of_dead_processes_temporaries_once(tmp_path):
+    import subprocess
+    import sys
+
+    from napari_segtool.io.atomic import atomic_write_text
+
+    pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                             text=True).stdout)
+    for name in ("a.npz", "b.json"):
+        (tmp_path / f".{name}.{pid}-x1y2z3.tmp").write_text("torn")
+    (tmp_path / ".user-file.tmp").write_text("not ours")
+    atomic_write_text(tmp_path / "c.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".user-file.tmp", "c.json"]
