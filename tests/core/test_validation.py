@@ -75,3 +75,23 @@ def test_images_without_finite_values_or_of_text_are_refused():
         make_example(np.full((8, 8), np.nan, np.float32), labels)
     with pytest.raises(DataError, match="pixel type"):
         make_example(np.full((8, 8), "a"), labels)
+
+
+def test_patch_sizes_the_network_cannot_take_are_config_errors():
+    example = _example((40, 40))
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        train([example], config=TrainConfig(patch_size=17, epochs=1), arch_kwargs={"depth": 3, "width": 4})
+    with pytest.raises(ConfigError, match="batch_size >= 2"):
+        train([example], arch="maskrcnn", config=TrainConfig(patch_size=32, batch_size=1, epochs=1))
+
+
+def test_exception_types_are_one_documented_family():
+    from napari_segtool.core.checkpoint import ModelLoadError
+    from napari_segtool.core.project import ProjectError
+    from napari_segtool.io.images import ImageReadError
+    from napari_segtool.kernel.errors import ModelError, OutputError, SegtoolError
+
+    assert issubclass(DataError, InputError) and issubclass(ImageReadError, InputError)
+    assert issubclass(ConfigError, InputError) and issubclass(ModelLoadError, ModelError)
+    for cls in (InputError, ModelError, OutputError, ProjectError):
+        assert issubclass(cls, SegtoolError) and issubclass(cls, ValueError)
