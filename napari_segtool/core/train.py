@@ -66,7 +66,10 @@ def new_model(arch: str, task: str, in_channels: int, classes: Sequence[str] | N
         raise ConfigError(f"architecture '{arch}' does not support task '{task}'")
     if classes is None:
         classes = ["background", "object"]
-    meta = architecture.default_meta(task, in_channels, classes, **arch_kwargs)
+    try:
+        meta = architecture.default_meta(task, in_channels, classes, **arch_kwargs)
+    except (ValueError, TypeError) as exc:  # arguments the architecture refuses (too few classes, unknown kwargs)
+        raise ConfigError(f"{arch}: {' '.join(str(exc).split())}") from None
     return SegModel(architecture.build(meta), meta)
 
 

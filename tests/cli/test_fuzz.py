@@ -117,6 +117,10 @@ def _cases() -> list[tuple[str, list[str]]]:
     add("train-data", ["train", "rgb.tif", "lab.tif", "--init", "good-model", "--out", "new-model"])
     add("train-data", [*TRAIN, "--model", "resnet", "--out", "new-model"])
     add("train-data", [*TRAIN, "--task", "panoptic", "--out", "new-model"])
+    add("train-data", ["train", "img.tif", "one-class.tif", "--task", "semantic", "--out", "new-model"])
+    add("train-data", [*TRAIN, "--task", "semantic", "--model", "maskrcnn", "--out", "new-model"])
+    add("train-data", [*TRAIN, "--patch-size", "17", "--out", "new-model"])
+    add("train-data", [*TRAIN, "--model", "maskrcnn", "--patch-size", "32", "--batch-size", "1", "--out", "new-model"])
 
     # ---- evaluate
     for pred, gt in (("neg.tif", "lab.tif"), ("lab.tif", "neg.tif"), ("lab.tif", "short.tif"),
@@ -201,6 +205,7 @@ def workspace(tmp_path_factory):
     tifffile.imwrite(ws / "lab.tif", lab)
     tifffile.imwrite(ws / "rgb.tif", np.stack([img] * 3, -1).astype(np.uint8))
     tifffile.imwrite(ws / "short.tif", lab[:10, :10])
+    tifffile.imwrite(ws / "one-class.tif", (lab > 0).astype(np.uint8))
     tifffile.imwrite(ws / "empty-labels.tif", np.zeros_like(lab))
     tifffile.imwrite(ws / "frac.tif", lab.astype(np.float32) + 0.5)
     tifffile.imwrite(ws / "neg.tif", lab.astype(np.int32) * -3)
