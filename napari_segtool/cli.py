@@ -189,6 +189,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                           f"{event.metric_name} {event.val_metric:.3f}{'  *' if event.is_best else ''}")
     finally:
         bar.close()
+    if result.steps == 0:
+        raise CliError(f"training stopped before its first step ({result.stop_reason}); nothing saved to {args.out}"
+                       + (" (raise --time-budget)" if result.stop_reason == "time budget" else ""))
     model = result.model
     model.meta.name = Path(args.out).name.removesuffix(".safetensors")
     path = save_model(model, args.out)

@@ -58,6 +58,8 @@ def make_example(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray | 
         raise DataError(f"labels{where} must be 2D, got shape {labels.shape}")
     if image.shape[:2] != labels.shape:
         raise DataError(f"image{where} has spatial shape {image.shape[:2]} but labels have shape {labels.shape}")
+    if labels.dtype == bool:  # a binary mask: one object / class 1
+        labels = labels.astype(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
         if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
             labels = labels.astype(np.int64)

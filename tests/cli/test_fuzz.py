@@ -120,6 +120,8 @@ def _cases() -> list[tuple[str, list[str]]]:
     add("train-data", ["train", "img.tif", "one-class.tif", "--task", "semantic", "--out", "new-model"])
     add("train-data", [*TRAIN, "--task", "semantic", "--model", "maskrcnn", "--out", "new-model"])
     add("train-data", [*TRAIN, "--patch-size", "17", "--out", "new-model"])
+    add("train-data", [*TRAIN, "--time-budget", "1e-9", "--out", "new-model"])  # no step: nothing saved
+    add("train-data", [*TRAIN, "--time-budget", "1e-9", "--out", "good-model"])  # ... and the model is kept
     add("train-data", [*TRAIN, "--model", "maskrcnn", "--patch-size", "32", "--batch-size", "1", "--out", "new-model"])
 
     # ---- evaluate
