@@ -32,7 +32,7 @@ import numpy as np
 import tifffile
 
 from ..kernel.axes import AxesError, guess_axes, normalize_axes
-from ..kernel.errors import InputError
+from ..kernel.errors import InputError, OutputError
 from .atomic import atomic_write, atomic_write_tiff, clean_stale_temps, replace_dir, temp_prefix
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -551,6 +551,8 @@ def read_image(path: str | os.PathLike, axes: str | None = None, lazy: bool = Fa
         Missing file, unknown extension, unreadable/corrupt file, empty image,
         unsupported pixel type (complex, text...) or axes that do not fit.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ImageReadError(f"cannot read an image from {type(path).__name__}: expected a file path")
     path = Path(path).expanduser()
     if not path.exists():
         raise _fail(path, "no such file or folder")
@@ -592,18 +594,18 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
 def _label_array(labels: Any) -> np.ndarray:
     """Labels as uint16 (max < 65536) or uint32; materialises Dask input."""
     arr = np.asarray(labels.compute() if hasattr(labels, "compute") else labels)
-    if arr.dtype.kind not in "biu":
-        raise ValueError(f"labels must be integers or bool, got dtype {arr.dtype}")
+    if arr.dtype.kind not in "biu":  # InputError is a ValueError: callers catching that still work
+        raise InputError(f"labels must be integers or bool, got dtype {arr.dtype}")
     if arr.size == 0:
-        raise ValueError(f"labels are empty (shape {arr.shape})")
+        raise InputError(f"labels are empty (shape {arr.shape})")
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0:
-        raise ValueError(f"labels must not be negative (min {lo})")
+        raise InputError(f"labels must not be negative (min {lo})")
     if hi < 2**16:
         return arr.astype(np.uint16, copy=False)
     if hi < 2**32:
         return arr.astype(np.uint32, copy=False)
-    raise ValueError(f"label id {hi} does not fit in uint32")
+    raise InputError(f"label id {hi} does not fit in uint32")
 
 
 def _is_imagej_order(axes: str) -> bool:
@@ -694,13 +696,19 @@ def write_labels(
     * Zarr: ``axes`` and JSON-serialisable metadata go to the array's attributes.
     * NPY: only the array.
 
-    Returns the written path.
+    Returns the written path. Raises :class:`~napari_segtool.kernel.errors.InputError`
+    for labels that cannot be stored (not integers, negative, empty, ids above
+    uint32, axes that do not fit), :class:`~napari_segtool.kernel.errors.OutputError`
+    for an unsupported extension and :class:`OSError` when the file cannot be written.
     """
     path = Path(path).expanduser()
     arr = _label_array(labels)
     metadata = dict(metadata or {})
     if axes is not None:
-        axes = guess_axes(arr.shape, axes)
+        try:
+            axes = guess_axes(arr.shape, axes)
+        except AxesError as exc:
+            raise InputError(f"cannot write labels to {path}: {exc}") from None
     name = path.name.lower()
     if name.endswith(TIFF_SUFFIXES):
         return _write_tiff(path, arr, axes, metadata)
@@ -708,4 +716,4 @@ def write_labels(
         return atomic_write(path, lambda fh: np.save(fh, arr, allow_pickle=False))
     if name.endswith(".zarr"):
         return _write_zarr(path, arr, axes, metadata)
-    raise ValueError(f"cannot write labels to {path}: use a .tif, .tiff, .npy or .zarr path")
+    raise OutputError(f"cannot write labels to {path}: use a .tif, .tiff, .npy or .zarr path")

@@ -343,3 +343,21 @@ def test_fits_with_bscale_bzero_is_read_scaled(tmp_path, lazy):
     image = read_image(tmp_path / "scaled.fits", lazy=lazy)
     np.testing.assert_allclose(np.asarray(image.data), raw * 2.0 + 10.0)
     assert image.axes == "YX"
+
+
+def test_api_errors_are_documented_types(tmp_path):
+    from napari_segtool.kernel.errors import InputError, OutputError
+
+    with pytest.raises(ImageReadError, match="expected a file path"):
+        read_image(None)
+    with pytest.raises(InputError, match="integers"):
+        write_labels(tmp_path / "x.tif", np.full((4, 4), 0.5, np.float32))
+    with pytest.raises(InputError, match="negative"):
+        write_labels(tmp_path / "x.tif", -np.ones((4, 4), np.int8))
+    with pytest.raises(InputError, match="uint32"):
+        write_labels(tmp_path / "x.tif", np.full((4, 4), 2**40, np.uint64))
+    with pytest.raises(InputError, match="3 letters"):
+        write_labels(tmp_path / "x.tif", np.ones((4, 4), np.uint8), axes="ZYX")
+    with pytest.raises(OutputError, match=".tif"):
+        write_labels(tmp_path / "x.txt", np.ones((4, 4), np.uint8))
+    assert list(tmp_path.iterdir()) == []
