@@ -53,6 +53,7 @@ def _cases() -> list[tuple[str, list[str]]]:
         "--chunk-size": ["0", "-1", "x", "10"],
         "--workers": ["0", "-2", "x"],
     }
+    add("predict-number", ["predict", "nuclei", "img.tif", "--out", "results-new", "--tile-size", "64"])  # < its field
     for flag, values in predict_numbers.items():
         for value in values:
             add("predict-number", [*PREDICT, "--out", "results-new", f"{flag}={value}"])
