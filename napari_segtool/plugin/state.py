@@ -439,6 +439,9 @@ def get_session(viewer: Any) -> Session:
     session = Session(viewer)
     _SESSIONS[id(viewer)] = (weakref.ref(viewer), session)
     _connect_quit()
+    from napari_segtool.plugin._prefs import prefer_our_reader
+
+    prefer_our_reader()  # File ▸ Open of .tif/.fits stops asking "Choose reader" (unless the user chose one)
     return session
 
 

@@ -483,3 +483,62 @@ def test_object_size_is_passed_and_the_estimate_shown(make_napari_viewer, qtbot,
     assert segment.last_run["diameter"] == 20.0 and segment.last_outcome.result.diameter == 20.0
     assert "object size 20 px (given)" in segment.status_label.text()
     assert not any(kind == "show_error" for kind, _ in errors)
+
+
+# ---------------------------------------------------------------- item 10: File ▸ Open does not ask "Choose reader"
+
+
+def _file_open(viewer, qtbot, monkeypatch, path):
+    """File ▸ Open File(s)… from the real menu bar, the file dialog answering ``path``."""
+    qt_viewer = viewer.window._qt_viewer
+    monkeypatch.setattr(type(qt_viewer), "_open_file_dialog_uni", lambda self, *a, **k: [str(path)])
+    action = next(a for a in viewer.window.file_menu.actions() if a.text().replace("&", "").startswith("Open File"))
+    action.trigger()
+    qtbot.wait(20)
+
+
+def _sample_files(tmp_path):
+    import tifffile
+    from astropy.io import fits
+
+    rng = np.random.default_rng(0)
+    tif = tmp_path / "cells.tif"
+    tifffile.imwrite(tif, rng.normal(100, 5, (3, 32, 32)).astype(np.float32), imagej=True,
+                     metadata={"axes": "ZYX"})
+    sky = tmp_path / "field.fits"
+    fits.PrimaryHDU(rng.normal(10, 1, (32, 32)).astype(np.float32)).writeto(sky)
+    return tif, sky
+
+
+def test_file_open_of_tif_and_fits_uses_our_reader_without_asking(make_napari_viewer, qtbot, tmp_path,
+                                                                   monkeypatch, user_model):
+    import napari._qt.qt_viewer as qv
+    from napari.settings import get_settings
+
+    asked = []
+    monkeypatch.setattr(qv, "handle_gui_reading", lambda paths, *a, **k: asked.append(paths))
+    tif, sky = _sample_files(tmp_path)
+    viewer = make_napari_viewer(show=True)
+    assert not get_settings().plugins.extension2reader  # a user who never chose a reader
+    _dock(viewer, qtbot, "Segment")  # the plugin is used: it becomes the reader of its files
+    for path in (tif, sky):
+        _file_open(viewer, qtbot, monkeypatch, path)
+    assert asked == []  # no "Choose reader" dialog
+    assert viewer.layers["cells"].metadata["segtool"]["axes"] == "ZYX"   # read by napari-segtool
+    assert "fits_header" in viewer.layers["field"].metadata
+    prefs = get_settings().plugins.extension2reader
+    assert prefs["*.tif"] == prefs["*.fits"] == "napari-segtool"
+
+
+def test_a_reader_the_user_chose_is_kept(make_napari_viewer, qtbot, tmp_path, monkeypatch, user_model):
+    import napari._qt.qt_viewer as qv
+    from napari.settings import get_settings
+
+    asked = []
+    monkeypatch.setattr(qv, "handle_gui_reading", lambda paths, *a, **k: asked.append(paths))
+    tif, _sky = _sample_files(tmp_path)
+    viewer = make_napari_viewer(show=True)
+    get_settings().plugins.extension2reader = {"*.TIF": "napari"}  # chosen once, "remember my choice"
+    _dock(viewer, qtbot, "Segment")
+    prefs = get_settings().plugins.extension2reader
+    assert prefs["*.TIF"] == "napari" and "*.tif" not in prefs and prefs["*.fits"] == "napari-segtool"
