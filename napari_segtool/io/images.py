@@ -348,8 +348,9 @@ def _native(data: Any) -> Any:
 def _read_fits(path: Path, axes: str | None, lazy: bool) -> ImageData:
     """FITS via astropy: the first HDU holding image data.
 
-    Scaled data (``BSCALE``/``BZERO``/``BLANK``) cannot be memory-mapped by astropy:
-    such files are read into memory (scaled to physical values) even when ``lazy``.
+    Scaled data (``BSCALE``/``BZERO``/``BLANK``) cannot be memory-mapped by astropy
+    once scaled: when ``lazy``, the stored integers are memory-mapped unscaled and
+    scaled chunk by chunk (``value * BSCALE + BZERO`` as float32, ``BLANK`` -> NaN).
     """
     compressed = path.name.lower().endswith(".gz")
     memmap = lazy and not compressed
@@ -357,14 +358,27 @@ def _read_fits(path: Path, axes: str | None, lazy: bool) -> ImageData:
         return _read_fits_hdus(path, axes, lazy, memmap)
     except ValueError as exc:
         if memmap and "memory-mapped" in str(exc):
-            return _read_fits_hdus(path, axes, lazy, False)
+            return _read_fits_hdus(path, axes, lazy, memmap, raw=True)
         raise
 
 
-def _read_fits_hdus(path: Path, axes: str | None, lazy: bool, memmap: bool) -> ImageData:
+def _scale_lazily(data: Any, header: Any) -> Any:
+    """Physical values of raw (unscaled) FITS integers, as a lazy float32 dask array."""
+    import dask.array as da
+
+    raw = da.from_array(data, chunks="auto")
+    bscale, bzero = float(header.get("BSCALE", 1.0)), float(header.get("BZERO", 0.0))
+    out = raw.astype(np.float32) * np.float32(bscale) + np.float32(bzero)
+    blank = header.get("BLANK")
+    if blank is not None and raw.dtype.kind in "iu":
+        out = da.where(raw == blank, np.float32(np.nan), out)
+    return out
+
+
+def _read_fits_hdus(path: Path, axes: str | None, lazy: bool, memmap: bool, raw: bool = False) -> ImageData:
     from astropy.io import fits
 
-    hdul = fits.open(path, memmap=memmap, lazy_load_hdus=True)
+    hdul = fits.open(path, memmap=memmap, lazy_load_hdus=True, do_not_scale_image_data=raw)
     try:
         found = None
         for index, hdu in enumerate(hdul):
@@ -388,7 +402,9 @@ def _read_fits_hdus(path: Path, axes: str | None, lazy: bool, memmap: bool) -> I
         wcs = _wcs_header(header)
         if wcs:
             meta["wcs_header"] = wcs
-        if lazy:  # a .gz file cannot be memory-mapped: it is in memory, wrapped all the same
+        if raw:
+            data = _scale_lazily(data, header)
+        elif lazy:  # a .gz file cannot be memory-mapped: it is in memory, wrapped all the same
             import dask.array as da
 
             data = _native(da.from_array(data, chunks="auto"))

@@ -340,9 +340,13 @@ def test_fits_with_bscale_bzero_is_read_scaled(tmp_path, lazy):
     hdu = fits.PrimaryHDU(raw)
     hdu.header["BSCALE"], hdu.header["BZERO"] = 2.0, 10.0
     hdu.writeto(tmp_path / "scaled.fits")
+    hdu.header["BLANK"] = 7
+    hdu.writeto(tmp_path / "blank.fits")
     image = read_image(tmp_path / "scaled.fits", lazy=lazy)
+    assert image.is_lazy == lazy and image.axes == "YX"  # lazy stays lazy: scaled chunk by chunk
     np.testing.assert_allclose(np.asarray(image.data), raw * 2.0 + 10.0)
-    assert image.axes == "YX"
+    blank = np.asarray(read_image(tmp_path / "blank.fits", lazy=lazy).data)
+    assert np.isnan(blank[0, 7]) and np.isnan(blank).sum() == 1 and blank[0, 8] == 8 * 2.0 + 10.0
 
 
 def test_api_errors_are_documented_types(tmp_path):
