@@ -191,6 +191,8 @@ def plan_label_outputs(inputs: Sequence[str | os.PathLike], out_dir: str | os.Pa
             for src, given in real_inputs.items():
                 if _same_or_inside(real, src) or _same_or_inside(src, real):
                     raise OutputError(f"output {path} would overwrite the input {given}; choose another --out")
+            if path.is_dir():
+                raise OutputError(f"output {path} is a folder; move it away or choose another --out")
             if path.exists() or path.is_symlink():
                 existing.append(path)
     if existing and not overwrite:

@@ -31,6 +31,9 @@ def test_plan_refuses_inputs_and_existing_outputs(tmp_path):
     with pytest.raises(OutputError, match="exists"):
         plan_label_outputs([tmp_path / "x.tif"], tmp_path / "out", ["x"], ("_labels.tif", ".csv"))
     assert plan_label_outputs([tmp_path / "x.tif"], tmp_path / "out", ["x"], (".csv",), overwrite=True)
+    (tmp_path / "out" / "x_labels.tif").mkdir()  # --overwrite replaces files, never a folder
+    with pytest.raises(OutputError, match="is a folder"):
+        plan_label_outputs([tmp_path / "x.tif"], tmp_path / "out", ["x"], overwrite=True)
 
 
 def test_model_output_rules(tmp_path):
