@@ -146,6 +146,7 @@ mine = set(stored.reviewed) if stored is not None else set()
 (Path(root) / f"ready-{who}").write_text("")
 while not (Path(root) / "go").exists():
     time.sleep(0.005)
+others = len(project.other_sessions())  # both registered before "go", neither exits before both are done
 for plane in range(first, first + n):
     project.save_plane("img", (plane,), np.full((4, 4), plane + 1), np.ones((4, 4), bool))
     mine.add((plane,))  # like the Correct widget: a fresh entry holding this window's reviewed planes
@@ -153,7 +154,10 @@ for plane in range(first, first + n):
                                   extra={f"by-{who}": plane}))
     project.update_settings(**{f"{who}-{plane}": plane})
     project.record_run({"who": who, "plane": plane})
-print(len(project.other_sessions()))
+(Path(root) / f"done-{who}").write_text("")
+while len(list(Path(root).glob("done-*"))) < 2:
+    time.sleep(0.005)
+print(others)
 """
 
 
