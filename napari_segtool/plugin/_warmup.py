@@ -1,19 +1,66 @@
-"""One-time warm-up of torch on the main thread, so background workers never freeze the GUI.
+"""One-time warm-up of torch and the core, in a background thread, so the GUI never waits for it.
 
-The first ``torch.optim.AdamW()`` / ``import torchvision`` imports ~900 modules
-while holding the GIL (a 200-380 ms freeze of the viewer when it first happens
-in a worker thread; see SETUP-NOTES). Doing it once here, when the first widget
-is created, moves that cost to a moment where the user expects a short wait.
+``import torch`` + torchvision + the core take 3-6 s and the first
+``torch.optim.AdamW()`` imports ~900 more modules (SETUP-NOTES). Done on the GUI
+thread when the first widget opened, that froze the window for seconds; done
+lazily inside the first job, it froze it for 200-380 ms mid-run. Here it runs
+once in a daemon thread started by the first widget (:func:`start_warm`):
+
+* the model lists (which need ``core.checkpoint``, hence torch) fill in when it
+  is ready (:func:`when_models_ready`; the combo boxes say "loading models…"),
+* the nuclei sample is simulated and cached meanwhile (``samples.prepare_cache``),
+* napari's layer types get their first-use imports (pandas for label features).
+
+Nothing here creates Qt widgets off the GUI thread: the thread only imports and
+computes; :class:`_Notifier`'s queued signals call back on the GUI thread.
 """
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import time
+from typing import Callable
+
+from qtpy.QtCore import QObject, Signal
 
 log = logging.getLogger(__name__)
-_DONE = False
+
+_lock = threading.Lock()
+_thread: threading.Thread | None = None
+_models_ready = threading.Event()   # core.checkpoint (and torch) imported: model lists can be read
+_done = threading.Event()           # the whole warm-up finished
 _SECONDS = 0.0
+_CORE = "napari_segtool.core.checkpoint"
+
+
+class _Notifier(QObject):
+    """Created on the GUI thread; its signals, emitted by the warm-up thread, are delivered there."""
+
+    models_ready = Signal()
+    done = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done.connect(self.warm_napari_progress)
+
+    def warm_napari_progress(self) -> None:
+        """napari builds its activity widgets on the first progress bar: once, on the GUI thread, now
+        rather than at the first Segment click."""
+        if not use_napari_progress():
+            return
+        try:
+            from napari.utils import progress
+
+            bar = progress(total=1, desc="napari-segtool ready")
+            bar.update(1)
+            bar.close()
+        except Exception as exc:  # pragma: no cover
+            log.debug("napari progress warm-up failed: %s", exc)
+
+
+_notifier: _Notifier | None = None
 
 
 def use_napari_progress() -> bool:
@@ -25,13 +72,88 @@ def use_napari_progress() -> bool:
     return os.environ.get("SEGTOOL_NAPARI_PROGRESS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def ensure_warm() -> float:
-    """Import torch/torchvision and the core, run a tiny forward/backward/AdamW step; once."""
-    global _DONE, _SECONDS
-    if _DONE:
-        return 0.0
-    _DONE = True
+def models_ready() -> bool:
+    """True once the model lists can be read without importing torch on the caller's thread."""
+    return _models_ready.is_set()
+
+
+def is_warm() -> bool:
+    return _done.is_set()
+
+
+def start_warm() -> None:
+    """Start the warm-up thread (once per process); call on the GUI thread. Returns at once."""
+    global _thread, _notifier
+    with _lock:
+        if _thread is not None:
+            return
+        _notifier = _Notifier()
+        if _CORE in sys.modules and not getattr(sys.modules[_CORE].__spec__, "_initializing", False):
+            _models_ready.set()  # a script or test imported the core already
+        _thread = threading.Thread(target=_run, name="segtool-warmup", daemon=True)
+        _thread.start()
+
+
+def when_models_ready(callback: Callable[[], object]) -> None:
+    """Call ``callback`` on the GUI thread once the model lists can be read (now, if they can).
+
+    ``callback`` should be a bound method of a QObject living on the GUI thread (so the
+    queued signal reaches it there); it may run twice around the moment of readiness.
+    """
+    start_warm()
+    if _models_ready.is_set():
+        callback()
+        return
+    assert _notifier is not None
+    _notifier.models_ready.connect(callback)
+    if _models_ready.is_set():  # became ready while connecting
+        callback()
+
+
+def wait_warm(timeout: float | None = None) -> bool:
+    """Block until the warm-up is done (scripts, benchmarks); True if it is."""
+    start_warm()
+    return _done.wait(timeout)
+
+
+def _run() -> None:
+    global _SECONDS
     t0 = time.perf_counter()
+    try:
+        _warm_torch()
+    finally:
+        _models_ready.set()
+        _emit("models_ready")
+    try:
+        from napari_segtool.plugin.samples import prepare_cache
+
+        prepare_cache()
+    except Exception as exc:  # pragma: no cover - a cache is only a speed-up
+        log.debug("sample cache not prepared: %s", exc)
+    try:  # napari's own first-use costs of the layers we add later (pandas for label features...)
+        import numpy as np
+        import skimage.segmentation  # noqa: F401  (correction tools)
+        from napari.layers import Image, Labels
+
+        Labels(np.zeros((4, 4), np.int32))
+        Image(np.zeros((4, 4), np.float32))
+    except Exception as exc:  # pragma: no cover
+        log.debug("napari layer warm-up failed: %s", exc)
+    _SECONDS = time.perf_counter() - t0
+    _done.set()
+    _emit("done")
+
+
+def _emit(name: str) -> None:
+    try:
+        if _notifier is not None:
+            getattr(_notifier, name).emit()
+    except RuntimeError:  # the application is gone
+        pass
+
+
+def _warm_torch() -> None:
+    """Import torch/torchvision and the core, run a tiny forward/backward/AdamW step."""
     try:
         import torch
 
@@ -57,21 +179,3 @@ def ensure_warm() -> float:
             net.eval()(x)
     except Exception as exc:  # never let the warm-up break the widget
         log.warning("napari-segtool warm-up failed: %s", exc)
-    try:  # napari's own first-use costs of the layers we add later (pandas for label features...)
-        import numpy as np
-        from napari.layers import Image, Labels
-
-        Labels(np.zeros((4, 4), np.int32))
-        Image(np.zeros((4, 4), np.float32))
-        import skimage.segmentation  # noqa: F401  (correction tools)
-
-        if use_napari_progress():  # napari builds its activity widgets on the first progress bar
-            from napari.utils import progress
-
-            bar = progress(total=1, desc="napari-segtool ready")
-            bar.update(1)
-            bar.close()
-    except Exception as exc:  # pragma: no cover
-        log.debug("napari layer warm-up failed: %s", exc)
-    _SECONDS = time.perf_counter() - t0
-    return _SECONDS

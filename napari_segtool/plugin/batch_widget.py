@@ -13,28 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from napari.layers import Image
-from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_segtool.core.project import DEFAULT_PROJECT_DIR
 from napari_segtool.plugin import _layers as L
-from napari_segtool.plugin._docking import DocksAsTabs, scroll_layout
-from napari_segtool.plugin._controls import add_job_controls, finish_job
-from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
-from napari_segtool.plugin.state import NO_MODEL, get_session, worker_threads
-from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
+from napari_segtool.plugin._components import LayerCombo, ModelCombo, choice_combo, spin_box
+from napari_segtool.plugin._docking import scroll_layout
+from napari_segtool.plugin._jobs import JobWidget, UserError
+from napari_segtool.plugin._warmup import when_models_ready
+from napari_segtool.plugin.state import worker_threads
+from napari_segtool.plugin.workers import JobOutcome, Throttle
 
 
 SCHED_THREADS = "threads (this process)"
@@ -64,42 +60,33 @@ class BatchJob:
         return f"{self.image_name} labels (batch)"
 
 
-class BatchWidget(DocksAsTabs, QWidget):
+class BatchWidget(JobWidget):
     """Image, model, output .zarr, chunk size and scheduler; Run / Cancel."""
 
+    busy_message = "a batch run is already going; cancel it first"
+
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
-        super().__init__(parent)
-        ensure_warm()
-        self.session = get_session(napari_viewer)
-        self.viewer = self.session.viewer  # the real viewer, not napari's per-widget proxy
-        self.session.closing.connect(self.cancel)
-        self.worker: Any = None
-        self.cancel_token: Any = None
+        super().__init__(napari_viewer, parent)
         self.last_job: BatchJob | None = None
-        self.last_outcome: JobOutcome | None = None
-        self._pbar: Any = None
         self._auto_path = True  # follow the image's name until the user types a path
+        self._steps_total = 0
         self._build()
-        self._progress = Throttle(self._show_progress, 250, self)
-        self.refresh_layers()
-        self.refresh_models()
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
-                      self.viewer.layers.events.reordered):
-            event.connect(self.refresh_layers)
-        self.session.models_changed.connect(self.refresh_models)
-        self.session.model_selected.connect(self.select_model)
+        self.throttle = Throttle(self._show_progress, 250, self)
+        self._update_default_path()
+        when_models_ready(self.model_combo.refresh)
+        self.image_combo.refreshed.connect(self._update_default_path)
         self.session.project_changed.connect(self._update_default_path)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
         layout = scroll_layout(self)
         form = QFormLayout()
-        self.image_combo = QComboBox()
-        self.image_combo.setToolTip("Image layer to segment whole (a dask-backed layer is read chunk by chunk)")
+        self.image_combo = LayerCombo(
+            self.viewer, Image, tip="Image layer to segment whole (a dask-backed layer is read chunk by chunk)")
         self.image_combo.currentTextChanged.connect(self._update_default_path)
         form.addRow("Image", self.image_combo)
-        self.model_combo = QComboBox()
-        self.model_combo.setToolTip("The models of the Segment widget (load other files there)")
+        self.model_combo = ModelCombo(self.session, follow_session=False,
+                                      tip="The models of the Segment widget (load other files there)")
         form.addRow("Model", self.model_combo)
         self.path_edit = QLineEdit()
         self.path_edit.setToolTip("Output zarr folder (replaced only once the run is complete). "
@@ -113,17 +100,12 @@ class BatchWidget(DocksAsTabs, QWidget):
         row.addWidget(self.path_edit)
         row.addWidget(browse)
         form.addRow("Output", row)
-        self.chunk_spin = QSpinBox()
-        self.chunk_spin.setRange(64, 8192)
-        self.chunk_spin.setSingleStep(128)
-        self.chunk_spin.setValue(1024)
-        self.chunk_spin.setSuffix(" px")
-        self.chunk_spin.setToolTip("YX edge of a chunk; memory per task grows with its square")
+        self.chunk_spin = spin_box(64, 8192, 1024, step=128, suffix=" px",
+                                   tip="YX edge of a chunk; memory per task grows with its square")
         form.addRow("Chunk size", self.chunk_spin)
-        self.scheduler_combo = QComboBox()
-        self.scheduler_combo.addItems([SCHED_THREADS, SCHED_LOCAL, SCHED_ADDRESS])
-        self.scheduler_combo.setToolTip("Where chunks run: threads here, worker processes started here, "
-                                        "or a running dask scheduler")
+        self.scheduler_combo = choice_combo([SCHED_THREADS, SCHED_LOCAL, SCHED_ADDRESS],
+                                            "Where chunks run: threads here, worker processes started here, "
+                                            "or a running dask scheduler")
         self.scheduler_combo.currentTextChanged.connect(self._update_scheduler_fields)
         form.addRow("Run on", self.scheduler_combo)
         self.workers_spin = QSpinBox()
@@ -137,9 +119,7 @@ class BatchWidget(DocksAsTabs, QWidget):
         form.addRow("Address", self.address_edit)
         layout.addLayout(form)
 
-        controls = add_job_controls(layout, "Run batch", self.run, self.cancel)
-        self.run_button, self.cancel_button = controls.run_button, controls.cancel_button
-        self.progress_bar, self.status_label = controls.progress_bar, controls.status_label
+        self.add_job_controls(layout, "Run batch", self.run)
         self.progress_bar.setToolTip("Steps: one chunk in one pass. Instance models make two passes over the "
                                      "chunks (predict, then join objects cut by chunk borders).")
         layout.addStretch(1)
@@ -153,34 +133,10 @@ class BatchWidget(DocksAsTabs, QWidget):
     # --------------------------------------------------------------- combos
     def refresh_layers(self, event: Any = None) -> None:
         """List the image layers, keeping the current choice (else the selected layer)."""
-        current = self.image_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        active = self.viewer.layers.selection.active
-        if current in names:
-            self.image_combo.setCurrentText(current)
-        elif active is not None and active.name in names:
-            self.image_combo.setCurrentText(active.name)
-        self.image_combo.blockSignals(False)
-        self._update_default_path()
-
-    def refresh_models(self) -> None:
-        """The session's model choices (the Segment widget's list)."""
-        current = self.model_combo.currentData()
-        self.model_combo.clear()
-        choices = self.session.model_choices()
-        for choice in choices:
-            self.model_combo.addItem(choice.label, choice.ref)
-            self.model_combo.setItemData(self.model_combo.count() - 1, choice.summary, Qt.ToolTipRole)
-        if not choices:
-            self.model_combo.addItem(NO_MODEL, None)
-        self.select_model(current or self.session.current_model or self.session.default_model_ref())
+        self.image_combo.refresh()
 
     def select_model(self, ref: str | None) -> None:
-        index = self.model_combo.findData(ref) if ref else -1
-        self.model_combo.setCurrentIndex(max(index, 0))
+        self.model_combo.select(ref)
 
     def default_output(self, image_name: str) -> Path:
         """``<project>/batch/<image>_labels.zarr``."""
@@ -205,28 +161,14 @@ class BatchWidget(DocksAsTabs, QWidget):
             self._auto_path = False
 
     # ------------------------------------------------------------------ run
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
     def run(self, image_layer: Image | None = None) -> Any:
         """Start the batch run; returns the worker, or ``None`` (with a message) when it cannot start."""
-        if self.running:
-            show_warning("a batch run is already going; cancel it first")
-            return None
-        try:
-            job = self._prepare(image_layer)
-        except _UserError as exc:
-            show_error(str(exc))
-            self.status_label.setText(str(exc))
+        job = self.begin(lambda: self._prepare(image_layer))
+        if job is None:
             return None
         self.last_job = job
         self.progress_bar.setRange(0, 0)  # busy until the first chunk reports
         self._steps_total = 0
-        self._pbar = napari_progress(total=0, desc=f"batch {job.image_name}") if use_napari_progress() else None
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText("loading model…")
         session = self.session
         cluster = job.workers is not None or job.scheduler is not None
 
@@ -241,39 +183,21 @@ class BatchWidget(DocksAsTabs, QWidget):
                                    workers=job.workers, scheduler=job.scheduler,
                                    threads_per_worker=job.threads_per_worker, progress=progress, cancel=cancel)
 
-        self.worker, self.cancel_token = start_job(make_job, on_event=self._on_event, on_tiles=self._on_steps,
-                                                   on_done=self._on_done)
-        return self.worker
-
-    def cancel(self) -> None:
-        if self.cancel_token is not None:
-            self.cancel_token.cancel()
-            self.status_label.setText("cancelling…")
+        return self.launch(make_job, status="loading model…", progress_total=0, progress_desc=f"batch {job.image_name}",
+                           on_event=self._on_event, on_tiles=self._on_steps)
 
     def _prepare(self, image_layer: Image | None) -> BatchJob:
-        if image_layer is None:
-            name = self.image_combo.currentText()
-            if not name or name not in self.viewer.layers:
-                raise _UserError("choose an image layer to segment (open an image or File > Open Sample)")
-            image_layer = self.viewer.layers[name]
-        if not isinstance(image_layer, Image):
-            raise _UserError(f"layer '{image_layer.name}' is not an image layer")
-        ref = self.model_combo.currentData()
+        image_layer, axes = self.input_image(image_layer, self.image_combo.layer())
+        ref = self.model_combo.current_ref()
         if not ref:
-            raise _UserError("no model yet — train one in the Train widget, or load one in the Segment widget")
-        try:
-            axes = L.image_axes(image_layer)
-        except ValueError as exc:
-            raise _UserError(f"cannot tell the axes of '{image_layer.name}': {exc}") from exc
-        if not L.labels_from_image_order(axes):
-            raise _UserError(f"image axes {axes} are not supported here (Y and X must be the last spatial axes)")
+            raise UserError("no model yet — train one in the Train widget, or load one in the Segment widget")
         text = self.path_edit.text().strip()
         if not text.endswith(".zarr"):
-            raise _UserError("the output must be a folder ending in .zarr")
+            raise UserError("the output must be a folder ending in .zarr")
         out_path = Path(text).expanduser()
         source = L.source_of(image_layer)
         if source and Path(source).expanduser().resolve() == out_path.resolve():
-            raise _UserError("the output would replace the image it reads; choose another path")
+            raise UserError("the output would replace the image it reads; choose another path")
         workers = scheduler = threads = None
         choice = self.scheduler_combo.currentText()
         if choice == SCHED_LOCAL:
@@ -281,7 +205,7 @@ class BatchWidget(DocksAsTabs, QWidget):
         elif choice == SCHED_ADDRESS:
             scheduler = self.address_edit.text().strip()
             if "://" not in scheduler:
-                raise _UserError("enter the dask scheduler's address, e.g. tcp://host:8786")
+                raise UserError("enter the dask scheduler's address, e.g. tcp://host:8786")
         else:  # torch threads per dask thread: the viewer keeps a core, dask runs 2 threads
             threads = max(1, worker_threads() // 2)
         return BatchJob(image_layer.name, ref, L.layer_data(image_layer), axes, out_path,
@@ -290,11 +214,11 @@ class BatchWidget(DocksAsTabs, QWidget):
 
     # --------------------------------------------------------------- events
     def _on_event(self, event: Any) -> None:
-        self._progress.push(0, 0, getattr(event, "message", "") or "working…")
+        self.throttle.push(0, 0, getattr(event, "message", "") or "working…")
 
     def _on_steps(self, done: int, total: int) -> None:
         self._steps_total = total
-        self._progress.push(done, total, f"step {done}/{total}")
+        self.throttle.push(done, total, f"step {done}/{total}")
 
     def _show_progress(self, done: int, total: int, text: str) -> None:
         """Progress bar (busy while total is 0), napari's activity progress and the status line."""
@@ -302,17 +226,18 @@ class BatchWidget(DocksAsTabs, QWidget):
             return
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(done)
-        if self._pbar is not None and total:
-            self._pbar.total = total
-            self._pbar.n = done
-            self._pbar.refresh()
+        bar = self.napari_progress
+        if bar is not None and total:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
         self.status_label.setText(text)
 
-    def _on_done(self, outcome: JobOutcome) -> None:
+    def on_job_done(self, outcome: JobOutcome) -> None:
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1 if outcome.ok else 0)
-        finish_job(self, outcome, what="batch run", nothing_done="nothing was written", result_name="batch result",
-                   apply=self._show_result, info=show_info, error=show_error)
+        self.finish_job(outcome, what="batch run", nothing_done="nothing was written", result_name="batch result",
+                        apply=self._show_result)
 
     def _show_result(self, report: Any) -> None:
         """Add (or replace) the lazy Labels layer reading the written zarr."""
@@ -332,11 +257,3 @@ class BatchWidget(DocksAsTabs, QWidget):
         steps_text = f"{steps} steps ({report.n_chunks} chunks)" if steps else f"{report.n_chunks} chunks"
         self.status_label.setText(f"done: {objects}{steps_text} in {report.seconds:.1f} s "
                                   f"({report.mpx_per_s:.2f} Mpx/s) → {report.out_path}")
-
-    def closeEvent(self, event: Any) -> None:  # pragma: no cover - GUI teardown
-        self.cancel()
-        super().closeEvent(event)
-
-
-class _UserError(Exception):
-    """A problem the user can fix; shown as a notification, never a traceback."""

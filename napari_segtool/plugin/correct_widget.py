@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 
 from napari_segtool.plugin import _layers as L
 from napari_segtool.plugin._docking import DocksAsTabs, scroll_layout
-from napari_segtool.plugin._warmup import ensure_warm
+from napari_segtool.plugin._warmup import start_warm
 from napari_segtool.plugin.state import SavesWithWindow, get_session
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
-        ensure_warm()
+        start_warm()  # torch and the core are imported in a thread, never on the GUI thread
         self.session = get_session(napari_viewer)
         self.viewer = self.session.viewer  # the real viewer, not napari's per-widget proxy
         self._tracker: Any = None

@@ -1,20 +1,82 @@
-"""Sample data: simulated nuclei stack, simulated galaxy field, and the real Hubble Deep Field."""
+"""Sample data: simulated nuclei stack, simulated galaxy field, and the real Hubble Deep Field.
+
+napari calls sample providers on the GUI thread. Simulating the nuclei stack takes
+1.5-2 s, so it is simulated once, in the warm-up thread the first widget starts
+(:func:`prepare_cache`), and kept in the user's cache folder
+(``$SEGTOOL_CACHE_DIR``, else ``$XDG_CACHE_HOME/napari-segtool`` or ``~/.cache/napari-segtool``);
+opening the sample then reads a 4 MB file.
+"""
 from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
 
 import numpy as np
 
 from napari_segtool.plugin._layers import META_KEY
 
+NUCLEI_SHAPE = (16, 256, 256)
+NUCLEI_SEED = 7
+_cache_lock = threading.Lock()  # the warm-up thread and the GUI thread never simulate the same stack twice
 
-def nuclei_stack(shape: tuple[int, int, int] = (16, 256, 256), seed: int = 7) -> list[tuple]:
+
+def cache_dir() -> Path:
+    root = os.environ.get("SEGTOOL_CACHE_DIR")
+    if root:
+        return Path(root).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "napari-segtool"
+
+
+def _cache_path(shape: tuple[int, ...], seed: int) -> Path:
+    return cache_dir() / "samples" / f"nuclei-{'x'.join(map(str, shape))}-{seed}.npz"
+
+
+def _simulated_nuclei(shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, dict]:
+    """The stack and its simulation metadata: from the cache, else simulated (and cached)."""
+    path = _cache_path(shape, seed)
+    with _cache_lock:
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return npz["image"], json.loads(str(npz["meta"]))
+        except (OSError, KeyError, ValueError):
+            pass
+        from napari_segtool.sim import simulate_nuclei
+
+        sim = simulate_nuclei(shape, seed=seed, anisotropy=2.0, snr=20.0)
+        image = np.asarray(sim.image)
+        meta = json.loads(json.dumps(sim.meta, default=_plain))
+        try:  # atomic: write a temporary in the folder, then rename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.npz")
+            np.savez(tmp, image=image, meta=np.array(json.dumps(meta)))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+        return image, meta
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def prepare_cache() -> None:
+    """Simulate (once) what the sample menu's nuclei stack shows; run from the warm-up thread."""
+    _simulated_nuclei(NUCLEI_SHAPE, NUCLEI_SEED)
+
+
+def nuclei_stack(shape: tuple[int, int, int] = NUCLEI_SHAPE, seed: int = NUCLEI_SEED) -> list[tuple]:
     """A simulated fluorescence stack of nuclei (Z spacing 2x the XY pixel size)."""
-    from napari_segtool.sim import simulate_nuclei
-
-    sim = simulate_nuclei(shape, seed=seed, anisotropy=2.0, snr=20.0)
-    meta = {META_KEY: {"axes": "ZYX", "source": f"sim:nuclei:{shape}:{seed}"}, "simulation": sim.meta}
-    lo, hi = np.percentile(sim.image, [0.5, 99.8])
-    return [(sim.image, {"name": "nuclei (simulated)", "scale": (2.0, 1.0, 1.0), "metadata": meta,
-                         "axis_labels": ("z", "y", "x"), "contrast_limits": (float(lo), float(hi))}, "image")]
+    image, sim_meta = _simulated_nuclei(tuple(shape), seed)
+    meta = {META_KEY: {"axes": "ZYX", "source": f"sim:nuclei:{tuple(shape)}:{seed}"}, "simulation": sim_meta}
+    lo, hi = np.percentile(image, [0.5, 99.8])
+    return [(image, {"name": "nuclei (simulated)", "scale": (2.0, 1.0, 1.0), "metadata": meta,
+                     "axis_labels": ("z", "y", "x"), "contrast_limits": (float(lo), float(hi))}, "image")]
 
 
 def galaxy_field(shape: tuple[int, int] = (384, 384), seed: int = 11) -> list[tuple]:

@@ -1,17 +1,15 @@
 """The Segment widget: run a model on an image layer, in the background, into a Labels layer."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
+from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -19,17 +17,16 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QLabel,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_segtool.plugin import _layers as L
-from napari_segtool.plugin._docking import DocksAsTabs, scroll_layout
-from napari_segtool.plugin._controls import add_job_controls, finish_job
-from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
-from napari_segtool.plugin.state import (DEFAULT_MODELS, LOAD_FROM_DISK, NO_MODEL, SavesWithWindow, get_session,
-                                         worker_threads)
-from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
+from napari_segtool.plugin._components import LayerCombo, ModelCombo, choice_combo
+from napari_segtool.plugin._docking import scroll_layout
+from napari_segtool.plugin._jobs import JobWidget, UserError
+from napari_segtool.plugin._warmup import models_ready, when_models_ready
+from napari_segtool.plugin.state import DEFAULT_MODELS, LOAD_FROM_DISK, SavesWithWindow, worker_threads
+from napari_segtool.plugin.workers import JobOutcome, Throttle
 
 
 SCOPE_SLICE = "current slice"
@@ -38,57 +35,68 @@ SCOPE_STACK = "whole stack (unreviewed slices)"
 AUTO_OUTPUT = "annotation layer (auto)"
 
 
-class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
+@dataclass
+class SegmentJob:
+    """Everything one Segment run needs, collected on the GUI thread before it starts."""
+
+    image: Image
+    model_ref: str
+    target: Labels | None        # the labels layer to write into (None: the annotation layer, made at the end)
+    scope: str
+    tile_size: int | None
+    diameter: float | None       # object size given by the user (None: estimated)
+    postprocess: dict[str, Any]  # the settings the user changed, among the model's
+    shape: tuple[int, ...]       # spatial shape of the labels
+    n_stack: int
+    data: Any = None             # what iter_predict reads: the whole layer, or one (cropped) plane YXC
+    axes: str = "YXC"
+    planes: list[tuple[int, ...]] | None = None  # whole stack: the planes to predict (None: all)
+    out: np.ndarray | None = None                # whole stack: labels to fill (reviewed planes kept)
+    todo: list[tuple[int, ...]] = field(default_factory=list)
+    total: int = 1
+    crop: tuple[slice, slice] | None = None      # one plane: the (Y, X) region predicted
+    index: tuple[int, ...] = ()                  # one plane: its stack index
+    probabilities: bool = False
+    task: str = "instance"                       # the model's, known once it is loaded
+
+
+class SegmentWidget(SavesWithWindow, JobWidget):
     """Choose image, model, scope, tile size and thresholds; Run / Cancel."""
 
+    busy_message = "a segmentation is already running; cancel it first"
+
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
-        super().__init__(parent)
-        ensure_warm()
-        self.session = get_session(napari_viewer)
-        self.viewer = self.session.viewer  # the real viewer, not napari's per-widget proxy
-        self.session.closing.connect(self.cancel)
-        self.worker: Any = None
-        self.cancel_token: Any = None
-        self._pbar: Any = None
-        self.last_outcome: JobOutcome | None = None
-        self.last_run: dict[str, Any] = {}
+        super().__init__(napari_viewer, parent)
+        self.last_run: SegmentJob | None = None
         self._meta_cache: dict[str, Any] = {}
         self._build()
-        self._progress = Throttle(self._show_progress, 250, self)
-        self.refresh_layers()
-        self.refresh_models()
+        self.throttle = Throttle(self._show_progress, 250, self)
+        when_models_ready(self._on_models_ready)
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
-        self.viewer.layers.events.removed.connect(self.refresh_layers)
-        self.viewer.layers.events.reordered.connect(self.refresh_layers)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self.image_combo.currentTextChanged.connect(self._on_image_changed)
-        self._propose_model(self.current_image())
-        self.session.models_changed.connect(self.refresh_models)
-        self.session.model_selected.connect(self.select_model)
         self.session.predict_requested.connect(self._on_predict_requested)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
         layout = scroll_layout(self)
         form = QFormLayout()
-        self.image_combo = QComboBox()
-        self.image_combo.setToolTip("Image layer to segment")
+        self.image_combo = LayerCombo(self.viewer, Image, tip="Image layer to segment")
         form.addRow("Image", self.image_combo)
-        self.model_combo = QComboBox()
-        self.model_combo.setToolTip("Project models, shipped models, your models, or a file")
-        self.model_combo.activated.connect(self._on_model_activated)
+        self.model_combo = ModelCombo(self.session, load_from_disk=True,
+                                      tip="Project models, shipped models, your models, or a file")
+        self.model_combo.selected.connect(self._update_model_info)
+        self.model_combo.load_requested.connect(self._on_load_requested)
         form.addRow("Model", self.model_combo)
         self.model_info = QLabel("")
         self.model_info.setWordWrap(True)
         self.model_info.setStyleSheet("color: gray;")
         form.addRow("", self.model_info)
-        self.scope_combo = QComboBox()
-        self.scope_combo.addItems([SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK])
-        self.scope_combo.setToolTip("What to segment. Reviewed slices are never overwritten; "
-                                    "your edits are kept.")
+        self.scope_combo = choice_combo([SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK],
+                                        "What to segment. Reviewed slices are never overwritten; your edits are kept.")
         form.addRow("Scope", self.scope_combo)
-        self.output_combo = QComboBox()
-        self.output_combo.setToolTip("Labels layer that receives the result")
+        self.output_combo = LayerCombo(self.viewer, Labels, first_item=AUTO_OUTPUT, prefer_active=False,
+                                       tip="Labels layer that receives the result")
         form.addRow("Output", self.output_combo)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
@@ -137,9 +145,7 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
 
         self.prob_check = QCheckBox("also show probabilities (2D runs)")
         layout.addWidget(self.prob_check)
-        controls = add_job_controls(layout, "Segment", self.run, self.cancel)
-        self.run_button, self.cancel_button = controls.run_button, controls.cancel_button
-        self.progress_bar, self.status_label = controls.progress_bar, controls.status_label
+        self.add_job_controls(layout, "Segment", self.run)
         layout.addStretch(1)
 
     @staticmethod
@@ -154,36 +160,19 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         return spin
 
     # --------------------------------------------------------------- combos
-    def image_layers(self) -> list[Image]:
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
-
     def refresh_layers(self, event: Any = None) -> None:
-        current = self.image_combo.currentText()
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        names = [layer.name for layer in self.image_layers()]
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
-        elif self.viewer.layers.selection.active is not None and \
-                self.viewer.layers.selection.active.name in names:
-            self.image_combo.setCurrentText(self.viewer.layers.selection.active.name)
-        self.image_combo.blockSignals(False)
-        out = self.output_combo.currentText()
-        self.output_combo.clear()
-        self.output_combo.addItem(AUTO_OUTPUT)
-        self.output_combo.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, Labels)])
-        if out and self.output_combo.findText(out) >= 0:
-            self.output_combo.setCurrentText(out)
+        self.image_combo.refresh()
+        self.output_combo.refresh()
 
     def current_image(self) -> Image | None:
-        name = self.image_combo.currentText()
-        layer = self.viewer.layers[name] if name and name in self.viewer.layers else None
-        return layer if isinstance(layer, Image) else None
+        return self.image_combo.layer()
+
+    def _on_models_ready(self) -> None:
+        self.model_combo.refresh()
+        self._propose_model(self.current_image())
 
     def _on_layer_inserted(self, event: Any = None) -> None:
         """A new image (File ▸ Open, a sample, a script) becomes the image to segment."""
-        self.refresh_layers()
         layer = getattr(event, "value", None)
         if _is_input_image(layer) and self.image_combo.findText(layer.name) >= 0:
             self.image_combo.setCurrentText(layer.name)
@@ -203,7 +192,7 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         Only the shipped default of another kind of image is swapped: a project, user or file
         model, or another shipped model the user chose (``nuclei-maskrcnn``), stays selected.
         """
-        if layer is None or self.running:
+        if layer is None or self.running or not models_ready():
             return
         ref = self.model_combo.currentData()
         sources = {c.ref: c.source for c in self.session.model_choices()}
@@ -218,36 +207,15 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
             self.select_model(wanted)
             self.status_label.setText(f"model {Path(wanted).name} proposed for '{layer.name}'")
 
-    def refresh_models(self) -> None:
-        current = self.model_combo.currentData()
-        self.model_combo.clear()
-        choices = self.session.model_choices()
-        for choice in choices:
-            self.model_combo.addItem(choice.label, choice.ref)
-            self.model_combo.setItemData(self.model_combo.count() - 1, choice.summary, Qt.ToolTipRole)
-        if not choices:
-            self.model_combo.addItem(NO_MODEL, None)
-        self.model_combo.addItem(LOAD_FROM_DISK, LOAD_FROM_DISK)
-        wanted = self.session.current_model or current or self.session.stored_model_ref() or \
-            self.session.default_model_ref()
-        self.select_model(wanted)
-
     def select_model(self, ref: str | None) -> None:
-        index = self.model_combo.findData(ref) if ref else -1
-        if index < 0:
-            index = 0
-        self.model_combo.setCurrentIndex(index)
-        self._update_model_info()
+        self.model_combo.select(ref)
 
-    def _on_model_activated(self, index: int) -> None:
-        if self.model_combo.itemData(index) == LOAD_FROM_DISK:
-            path = self._ask_model_path()
-            if path:
-                self.load_model_file(path)
-            else:
-                self.select_model(self.session.current_model)
-            return
-        self._update_model_info()
+    def _on_load_requested(self) -> None:
+        path = self._ask_model_path()
+        if path:
+            self.load_model_file(path)
+        else:
+            self.select_model(self.session.current_model)
 
     def _ask_model_path(self) -> str:  # pragma: no cover - interactive
         path, _ = QFileDialog.getOpenFileName(self, "Load a napari-segtool model", str(Path.home()),
@@ -266,7 +234,7 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self.select_model(choice.ref)
         return True
 
-    def _update_model_info(self) -> None:
+    def _update_model_info(self, *_args: Any) -> None:
         ref = self.model_combo.currentData()
         self._show_model_controls(self._model_meta(ref))
         if ref in (None, LOAD_FROM_DISK):
@@ -279,8 +247,7 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
                 return
 
     def current_model_ref(self) -> str | None:
-        ref = self.model_combo.currentData()
-        return None if ref in (None, LOAD_FROM_DISK) else ref
+        return self.model_combo.current_ref()
 
     def postprocess_overrides(self) -> dict[str, Any]:
         """The settings the user changed, among those the selected model has."""
@@ -319,30 +286,14 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         return self._meta_cache[ref]
 
     # ------------------------------------------------------------------ run
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
     def run(self, image_layer: Image | None = None, scope: str | None = None) -> Any:
         """Start segmentation; returns the worker, or ``None`` (with a message) when it cannot start."""
-        if self.running:
-            show_warning("a segmentation is already running; cancel it first")
-            return None
-        try:
-            job = self._prepare(image_layer, scope)
-        except _UserError as exc:
-            show_error(str(exc))
-            self.status_label.setText(str(exc))
+        job = self.begin(lambda: self._prepare(image_layer, scope))
+        if job is None:
             return None
         self.last_run = job
-        total = job["total"]
-        self.progress_bar.setRange(0, max(1, total))
+        self.progress_bar.setRange(0, max(1, job.total))
         self.progress_bar.setValue(0)
-        self._pbar = napari_progress(total=max(1, total), desc=f"segmenting {job['image'].name}") \
-            if use_napari_progress() else None
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText("loading model…")
         session = self.session
 
         def make_job(cancel, tile_callback):
@@ -350,41 +301,24 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
             from napari_segtool.core.predict import iter_predict
 
             yield Progress("load", 0, 1, "loading model")
-            model = session.get_model(job["model_ref"])
-            job["task"] = model.meta.task
+            model = session.get_model(job.model_ref)
+            job.task = model.meta.task
             prediction = yield from iter_predict(
-                model, job["data"], axes=job["axes"], planes=job["planes"], out=job["out"],
-                tile_size=job["tile_size"], return_probabilities=job["probabilities"], cancel=cancel,
-                tile_callback=tile_callback, num_threads=worker_threads(), diameter=job["diameter"],
-                **job["postprocess"])
+                model, job.data, axes=job.axes, planes=job.planes, out=job.out,
+                tile_size=job.tile_size, return_probabilities=job.probabilities, cancel=cancel,
+                tile_callback=tile_callback, num_threads=worker_threads(), diameter=job.diameter,
+                **job.postprocess)
             return prediction
 
-        self.worker, self.cancel_token = start_job(make_job, on_event=self._on_event, on_tiles=self._on_tiles,
-                                                   on_done=self._on_done)
-        return self.worker
+        return self.launch(make_job, status="loading model…", progress_total=max(1, job.total),
+                           progress_desc=f"segmenting {job.image.name}", on_event=self._on_event,
+                           on_tiles=self._on_tiles)
 
-    def cancel(self) -> None:
-        if self.cancel_token is not None:
-            self.cancel_token.cancel()
-            self.status_label.setText("cancelling…")
-
-    def _prepare(self, image_layer: Image | None, scope: str | None) -> dict[str, Any]:
-        if image_layer is None:
-            name = self.image_combo.currentText()
-            if not name or name not in self.viewer.layers:
-                raise _UserError("choose an image layer to segment (open an image or File > Open Sample)")
-            image_layer = self.viewer.layers[name]
-        if not isinstance(image_layer, Image):
-            raise _UserError(f"layer '{image_layer.name}' is not an image layer")
+    def _prepare(self, image_layer: Image | None, scope: str | None) -> SegmentJob:
+        image_layer, axes = self.input_image(image_layer, self.current_image())
         ref = self.current_model_ref()
         if ref is None:
-            raise _UserError("no model yet — train one in the Train widget, or load one from disk")
-        try:
-            axes = L.image_axes(image_layer)
-        except ValueError as exc:
-            raise _UserError(f"cannot tell the axes of '{image_layer.name}': {exc}") from exc
-        if not L.labels_from_image_order(axes):
-            raise _UserError(f"image axes {axes} are not supported here (Y and X must be the last spatial axes)")
+            raise UserError("no model yet — train one in the Train widget, or load one from disk")
         scope = scope or self.scope_combo.currentText()
         shape = L.spatial_shape(image_layer)
         n_stack = len(shape) - 2
@@ -393,38 +327,36 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
             target = self.session.annotation_layer(image_layer)
         tracker = self.session.tracker_for_labels(target) if target is not None else None
         reviewed = tracker.reviewed if tracker is not None else set()
-        job: dict[str, Any] = dict(image=image_layer, model_ref=ref, target=target, scope=scope,
-                                   tile_size=self.tile_spin.value() or None,
-                                   diameter=float(self.diameter_spin.value()) or None,
-                                   postprocess=self.postprocess_overrides(), probabilities=False,
-                                   shape=shape, n_stack=n_stack)
+        job = SegmentJob(image=image_layer, model_ref=ref, target=target, scope=scope,
+                         tile_size=self.tile_spin.value() or None,
+                         diameter=float(self.diameter_spin.value()) or None,
+                         postprocess=self.postprocess_overrides(), shape=shape, n_stack=n_stack)
         if scope == SCOPE_STACK and n_stack > 0:
             all_planes = [tuple(int(i) for i in p) for p in np.ndindex(*shape[:n_stack])]
             todo = [p for p in all_planes if p not in reviewed]
             if not todo:
-                raise _UserError("every slice is reviewed: nothing to segment")
-            out = np.array(target.data, dtype=np.int32, copy=True) if target is not None \
+                raise UserError("every slice is reviewed: nothing to segment")
+            job.out = np.array(target.data, dtype=np.int32, copy=True) if target is not None \
                 else np.zeros(shape, np.int32)
-            job.update(data=L.layer_data(image_layer), axes=axes, planes=None if len(todo) == len(all_planes)
-                       else todo, out=out, todo=todo, total=len(todo), crop=None)
-            job["postprocess"].setdefault("z_scale", L.z_anisotropy(image_layer))  # 3D watershed of stacks
+            job.data, job.axes, job.todo, job.total = L.layer_data(image_layer), axes, todo, len(todo)
+            job.planes = None if len(todo) == len(all_planes) else todo
+            job.postprocess.setdefault("z_scale", L.z_anisotropy(image_layer))  # 3D watershed of stacks
             return job
         # a single plane (current slice, or its visible part)
         data, _canon = L.canonical(image_layer)
         index = L.current_plane(self.viewer, target) if target is not None else \
             _plane_of(self.viewer, image_layer, n_stack)
         if index in reviewed:
-            raise _UserError(f"slice {index} is marked reviewed; unmark it (R) to segment it again")
+            raise UserError(f"slice {index} is marked reviewed; unmark it (R) to segment it again")
         crop = (slice(0, shape[-2]), slice(0, shape[-1]))
         if scope == SCOPE_VIEW:
             region = L.visible_region(self.viewer, image_layer)
             if region is None:
-                raise _UserError("the visible field of view needs the 2D view with the image on screen")
+                raise UserError("the visible field of view needs the 2D view with the image on screen")
             crop = region
         plane = data[index] if index else data
-        plane = plane[crop]
-        job.update(data=plane, axes="YXC", planes=None, out=None, todo=[index], total=1, crop=crop,
-                   index=index, probabilities=self.prob_check.isChecked())
+        job.data, job.todo, job.crop, job.index = plane[crop], [index], crop, index
+        job.probabilities = self.prob_check.isChecked()
         return job
 
     def _target_layer(self, image_layer: Image, shape: tuple[int, ...]) -> Labels | None:
@@ -433,7 +365,7 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
         if choice and choice != AUTO_OUTPUT and choice in self.viewer.layers:
             layer = self.viewer.layers[choice]
             if tuple(layer.data.shape) != tuple(shape):
-                raise _UserError(f"labels layer '{choice}' has shape {tuple(layer.data.shape)}, "
+                raise UserError(f"labels layer '{choice}' has shape {tuple(layer.data.shape)}, "
                                  f"the image needs {tuple(shape)}")
             tracker = self.session.tracker_for_labels(layer)
             if tracker is None or tracker.image_layer is not image_layer:
@@ -454,14 +386,14 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
     def _on_event(self, event: Any) -> None:
         stage = getattr(event, "stage", "")
         if stage == "load":
-            self._progress.push(0, 1, "segmenting…")
+            self.throttle.push(0, 1, "segmenting…")
             return
         done, total = getattr(event, "done", 0), getattr(event, "total", 1)
-        self._progress.push(done, total, f"{event.message or 'segmenting'}: {done}/{total}")
+        self.throttle.push(done, total, f"{event.message or 'segmenting'}: {done}/{total}")
 
     def _on_tiles(self, done: int, total: int) -> None:
-        if self.last_run.get("total", 1) == 1 and total:
-            self._progress.push(done, total, f"tiles {done}/{total}")
+        if (self.last_run is None or self.last_run.total == 1) and total:
+            self.throttle.push(done, total, f"tiles {done}/{total}")
 
     def _show_progress(self, done: int, total: int, text: str) -> None:
         """Progress bar, napari's activity progress and the status line (throttled to 4 Hz)."""
@@ -469,52 +401,53 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
             return
         self.progress_bar.setRange(0, max(1, total))
         self.progress_bar.setValue(done)
-        if self._pbar is not None:
-            if self._pbar.total != max(1, total):
-                self._pbar.total = max(1, total)
-            self._pbar.n = done
-            self._pbar.refresh()
+        bar = self.napari_progress
+        if bar is not None:
+            if bar.total != max(1, total):
+                bar.total = max(1, total)
+            bar.n = done
+            bar.refresh()
         self.status_label.setText(text)
 
-    def _on_done(self, outcome: JobOutcome) -> None:
-        finish_job(self, outcome, what="segmentation", nothing_done="nothing was changed",
-                   result_name="segmentation", apply=self._apply, info=show_info, error=show_error)
+    def on_job_done(self, outcome: JobOutcome) -> None:
+        self.finish_job(outcome, what="segmentation", nothing_done="nothing was changed",
+                        result_name="segmentation", apply=self._apply)
 
     def _apply(self, prediction: Any) -> None:
         job = self.last_run
-        image = job["image"]
+        image = job.image
         if image not in self.viewer.layers:
             raise RuntimeError(f"image layer '{image.name}' was removed meanwhile")
-        target = job["target"]
+        target = job.target
         if target is None or target not in self.viewer.layers:
             target = self.session.annotation_layer(image)
         tracker = self.session.tracker_for_labels(target) or self.session.track(target, image)
-        instance = job.get("task", "instance") == "instance"
-        if job["crop"] is None:  # whole stack: `out` holds new planes, ids already made unique
+        instance = job.task == "instance"
+        if job.crop is None:  # whole stack: `out` holds new planes, ids already made unique
             labels = prediction.labels
-            updates = {p: ((slice(None), slice(None)), np.asarray(labels[p])) for p in job["todo"]}
+            updates = {p: ((slice(None), slice(None)), np.asarray(labels[p])) for p in job.todo}
         else:
             pred = np.asarray(prediction.labels).astype(np.int32)
             offset = 0
             if instance and pred.max() > 0:
                 offset = int(np.asarray(target.data).max())
                 pred = np.where(pred > 0, pred + offset, 0)
-            updates = {job["index"]: (job["crop"], pred)}
-            self._show_table(target, prediction.tables.get((), []), offset, job["crop"])
+            updates = {job.index: (job.crop, pred)}
+            self._show_table(target, prediction.tables.get((), []), offset, job.crop)
         written = tracker.apply_prediction(updates, instance=instance)
-        if prediction.probabilities is not None and job["crop"] is not None:
+        if prediction.probabilities is not None and job.crop is not None:
             self._show_probabilities(prediction.probabilities, image, job, instance)
-        n = len(np.unique(np.asarray(target.data)[job["index"]] if job["crop"] is not None and job["index"]
+        n = len(np.unique(np.asarray(target.data)[job.index] if job.crop is not None and job.index
                           else np.asarray(target.data))) - 1
         notes = "; ".join(prediction.notes)
-        kept = len(tracker.reviewed) if job["crop"] is None else 0
+        kept = len(tracker.reviewed) if job.crop is None else 0
         edited = int(tracker.edited.any())
         msg = f"done: {n} objects in '{target.name}' ({len(written)} slice(s) written" + \
             (f", {kept} reviewed slice(s) kept" if kept else "") + \
             (", your edits kept" if edited else "") + ")"
         size = getattr(prediction, "diameter", None)  # an estimate is also in the core's notes
-        if job.get("diameter"):
-            msg += f" · object size {job['diameter']:.0f} px (given)"
+        if job.diameter:
+            msg += f" · object size {job.diameter:.0f} px (given)"
         elif size:
             self.diameter_spin.setSpecialValueText(f"auto (last: {size:.0f})")
         self.status_label.setText(msg + (f" — {notes}" if notes else ""))
@@ -539,8 +472,8 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
             table = pd.concat([old[~old["index"].isin(table["index"])], table], ignore_index=True)
         target.features = table
 
-    def _show_probabilities(self, probs: np.ndarray, image: Image, job: dict, instance: bool) -> None:
-        crop = job["crop"]
+    def _show_probabilities(self, probs: np.ndarray, image: Image, job: SegmentJob, instance: bool) -> None:
+        crop = job.crop
         scale = L.spatial_scale(image)[-2:]
         translate = np.asarray(L.spatial_translate(image)[-2:]) + np.asarray(
             [crop[0].start, crop[1].start]) * np.asarray(scale)
@@ -572,14 +505,6 @@ class SegmentWidget(DocksAsTabs, SavesWithWindow, QWidget):
             self.status_label.setText("every slice is reviewed: nothing to re-predict")
             return
         self.run(image_layer, scope)
-
-    def closeEvent(self, event: Any) -> None:  # pragma: no cover - GUI teardown
-        self.cancel()
-        super().closeEvent(event)
-
-
-class _UserError(Exception):
-    """A problem the user can fix; shown as a notification, never a traceback."""
 
 
 def _is_input_image(layer: Any) -> bool:

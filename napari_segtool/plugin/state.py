@@ -124,6 +124,11 @@ class Session(QObject):
 
     # ----------------------------------------------------------------- models
     def model_choices(self) -> list[ModelChoice]:
+        """Project, shipped, user and loaded models; none until the warm-up has imported the core (torch)."""
+        from napari_segtool.plugin._warmup import models_ready
+
+        if not models_ready():
+            return []
         from napari_segtool.core.checkpoint import list_models, read_meta
 
         choices: list[ModelChoice] = []

@@ -9,29 +9,24 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Labels
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
-    QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
-from napari_segtool.plugin._docking import DocksAsTabs, scroll_layout
-from napari_segtool.plugin._controls import add_job_controls, reset_controls
-from napari_segtool.plugin._warmup import ensure_warm, use_napari_progress
+from napari_segtool.plugin._components import choice_combo, spin_box
+from napari_segtool.plugin._docking import scroll_layout
+from napari_segtool.plugin._jobs import JobWidget, UserError
 from napari_segtool.plugin.plot import LossPlot
-from napari_segtool.plugin.state import SavesWithWindow, get_session, worker_threads
-from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
+from napari_segtool.plugin.state import SavesWithWindow, worker_threads
+from napari_segtool.plugin.workers import JobOutcome, Throttle
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +44,17 @@ class TrainOutcome:
     n_examples: int = 0
     notes: list[str] = field(default_factory=list)
     keep_when_cancelled: bool = True  # cancelling keeps the best weights so far
+
+
+@dataclass
+class TrainJob:
+    """What one training run starts from, collected on the GUI thread."""
+
+    project: Any          # the project folder whose corrections are the training data
+    init_ref: str | None  # the model to fine-tune, or None to train a new one
+    task: str             # of a new model (fine-tuning keeps the model's)
+    config: Any           # core.train.TrainConfig
+    name: str             # the trained model's name in the project
 
 
 def _same_channels(examples: list[Any], channels: int | None) -> list[Any]:
@@ -111,24 +117,20 @@ def project_examples(project: Any, task: str = "instance",
     return examples, notes
 
 
-class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
+class TrainWidget(SavesWithWindow, JobWidget):
     """Project folder, training settings, live loss plot, Train / Cancel."""
 
+    busy_message = "training is already running"
+    cancel_message = "stopping after this step…"
+    cancel_on_close = False  # closing the dock leaves the training running (its Cancel keeps the best model)
+
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
-        super().__init__(parent)
-        ensure_warm()
-        self.session = get_session(napari_viewer)
-        self.viewer = self.session.viewer  # the real viewer, not napari's per-widget proxy
-        self.session.closing.connect(self.cancel)
-        self.worker: Any = None
-        self.cancel_token: Any = None
-        self.last_outcome: JobOutcome | None = None
-        self._pbar: Any = None
+        super().__init__(napari_viewer, parent)
         self._t0 = 0.0
         self._cfg: Any = None
         self._repredict_planned = ""  # the labels layer a finished run will re-predict into
         self._build()
-        self._ui = Throttle(self._refresh_ui, 250, self)
+        self.throttle = Throttle(self._refresh_ui, 250, self)
         self.session.project_changed.connect(self._show_project)
         self.session.models_changed.connect(self._suggest_name)
         self.session.saved.connect(self.update_data_summary)
@@ -154,37 +156,20 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
         layout.addWidget(self.data_label)
 
         form = QFormLayout()
-        self.init_combo = QComboBox()
-        self.init_combo.addItems([FINE_TUNE, SCRATCH])
+        self.init_combo = choice_combo([FINE_TUNE, SCRATCH])
         form.addRow("Start from", self.init_combo)
-        self.task_combo = QComboBox()
-        self.task_combo.addItems(["instance", "semantic"])
-        self.task_combo.setToolTip("Task of a new model (fine-tuning keeps the model's task)")
+        self.task_combo = choice_combo(["instance", "semantic"], "Task of a new model (fine-tuning keeps the model's task)")
         form.addRow("Task (new model)", self.task_combo)
-        self.epochs_spin = QSpinBox()
-        self.epochs_spin.setRange(1, 10000)
-        self.epochs_spin.setValue(20)
+        self.epochs_spin = spin_box(1, 10000, 20)
         form.addRow("Epochs", self.epochs_spin)
-        self.budget_spin = QDoubleSpinBox()
-        self.budget_spin.setRange(0, 24 * 60)
-        self.budget_spin.setDecimals(1)
-        self.budget_spin.setValue(2.0)
-        self.budget_spin.setSuffix(" min")
-        self.budget_spin.setSpecialValueText("no limit")
-        self.budget_spin.setToolTip("Stop after this much time (the best model so far is kept)")
+        self.budget_spin = spin_box(0, 24 * 60, 2.0, decimals=1, suffix=" min", special="no limit",
+                                    tip="Stop after this much time (the best model so far is kept)")
         form.addRow("Time budget", self.budget_spin)
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(1, 10000)
-        self.steps_spin.setValue(25)
+        self.steps_spin = spin_box(1, 10000, 25)
         form.addRow("Steps per epoch", self.steps_spin)
-        self.patch_spin = QSpinBox()
-        self.patch_spin.setRange(32, 1024)
-        self.patch_spin.setSingleStep(32)
-        self.patch_spin.setValue(128)
+        self.patch_spin = spin_box(32, 1024, 128, step=32)
         form.addRow("Patch size", self.patch_spin)
-        self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(1, 64)
-        self.batch_spin.setValue(4)
+        self.batch_spin = spin_box(1, 64, 4)
         form.addRow("Batch size", self.batch_spin)
         self.name_edit = QLineEdit()
         self.name_edit.setToolTip("Name of the trained model in the project")
@@ -195,10 +180,9 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
         layout.addWidget(self.repredict_check)
 
         self.plot = LossPlot()
-        controls = add_job_controls(layout, "Train", self.train, self.cancel, progress_range=1000, between=self.plot,
-                                    cancel_tip="Stop now; the best model so far is saved")
-        self.train_button, self.cancel_button = controls.run_button, controls.cancel_button
-        self.progress_bar, self.status_label = controls.progress_bar, controls.status_label
+        self.add_job_controls(layout, "Train", self.train, progress_range=1000, between=self.plot,
+                              cancel_tip="Stop now; the best model so far is saved")
+        self.train_button = self.run_button
 
     # -------------------------------------------------------------- project
     def _browse_project(self) -> None:  # pragma: no cover - interactive
@@ -260,15 +244,10 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
                            batch_size=self.batch_spin.value(), patch_size=self.patch_spin.value(),
                            time_budget=budget if budget > 0 else None)
 
-    def train(self, config: Any = None) -> Any:
-        """Start training in the background; returns the worker, or ``None`` with a message."""
-        if self.worker is not None:
-            show_warning("training is already running")
-            return None
+    def _prepare(self, config: Any) -> TrainJob:
         project = self.session.project
         if project is None:
-            show_error("choose a project folder first: that is where the corrections are")
-            return None
+            raise UserError("choose a project folder first: that is where the corrections are")
         finetune = self.init_combo.currentText() == FINE_TUNE
         ref = self.session.current_model
         if finetune and not ref:
@@ -278,9 +257,17 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
         cfg = config or self.config()
         if cfg.num_threads is None:
             cfg.num_threads = worker_threads()  # leave a core to the viewer
-        self._cfg = cfg
-        task = self.task_combo.currentText()
         name = self.name_edit.text().strip() or self.name_edit.placeholderText() or "model"
+        return TrainJob(project, ref if finetune else None, self.task_combo.currentText(), cfg, name)
+
+    def train(self, config: Any = None) -> Any:
+        """Start training in the background; returns the worker, or ``None`` with a message."""
+        job = self.begin(lambda: self._prepare(config))
+        if job is None:
+            return None
+        self._cfg = cfg = job.config
+        project, ref, task, name = job.project, job.init_ref, job.task, job.name
+        finetune = ref is not None
         session = self.session
 
         def make_job(cancel, _tiles):
@@ -334,45 +321,36 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self.plot.clear()
         self.progress_bar.setValue(0)
         self._t0 = time.perf_counter()
-        self._pbar = napari_progress(total=1000, desc="training") if use_napari_progress() else None
-        self.train_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText("collecting corrections…")
         planned = self._tracker_to_repredict()
         self._repredict_planned = planned.labels_layer.name if planned is not None else ""
-        self.worker, self.cancel_token = start_job(make_job, on_event=self._on_event, on_done=self._on_done)
-        return self.worker
-
-    def cancel(self) -> None:
-        if self.cancel_token is not None:
-            self.cancel_token.cancel()
-            self.status_label.setText("stopping after this step…")
+        return self.launch(make_job, status="collecting corrections…", progress_total=1000, progress_desc="training",
+                           on_event=self._on_event)
 
     def _set_progress(self, fraction: float) -> None:
         value = int(1000 * min(1.0, max(0.0, fraction)))
         self.progress_bar.setValue(value)
-        if self._pbar is not None:
-            self._pbar.n = value
-            self._pbar.refresh()
+        if self.napari_progress is not None:
+            self.napari_progress.n = value
+            self.napari_progress.refresh()
 
     def _on_event(self, event: Any) -> None:
         from napari_segtool.kernel.events import Progress, TrainEpoch, TrainStep
 
         cfg = self._cfg
         if isinstance(event, Progress):
-            self._ui.push(None, event.message)
+            self.throttle.push(None, event.message)
         elif isinstance(event, TrainStep):
             self.plot.add_step(event.step, event.loss, redraw=False)  # drawn with the next throttled update
             fraction = event.step / event.total_steps if event.total_steps else 0.0
             if cfg is not None and cfg.time_budget:
                 fraction = max(fraction, event.elapsed / cfg.time_budget)
-            self._ui.push(fraction, f"epoch {event.epoch + 1} · step {event.step} · loss {event.loss:.3f} · "
+            self.throttle.push(fraction, f"epoch {event.epoch + 1} · step {event.step} · loss {event.loss:.3f} · "
                                     f"{event.elapsed:.0f} s")
         elif isinstance(event, TrainEpoch):
             step = self.plot.steps[-1][0] if self.plot.steps else 0
             self.plot.add_epoch(step, event.val_metric, event.metric_name, redraw=False)
             best = " (best)" if event.is_best else ""
-            self._ui.push(None, f"epoch {event.epoch + 1}: loss {event.train_loss:.3f}, "
+            self.throttle.push(None, f"epoch {event.epoch + 1}: loss {event.train_loss:.3f}, "
                                 f"{event.metric_name} {event.val_metric:.3f}{best}")
 
     def _refresh_ui(self, fraction: float | None, text: str) -> None:
@@ -382,9 +360,9 @@ class TrainWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self.status_label.setText(text)
         self.plot.update()
 
-    def _on_done(self, outcome: JobOutcome) -> None:
-        self._ui.flush()
-        reset_controls(self, outcome, self._ui, self.train_button)
+    def on_job_done(self, outcome: JobOutcome) -> None:
+        self.throttle.flush()
+        self.end_job(outcome)
         self.update_data_summary()
         if outcome.status == "error":
             self.status_label.setText(f"failed: {outcome.message}")

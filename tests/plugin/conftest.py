@@ -10,6 +10,7 @@ def _isolated_folders(tmp_path, monkeypatch):
     # no shipped models either: the widget tests run the seconds-trained 'tiny' model
     monkeypatch.setattr("napari_segtool.core.checkpoint.ZOO_DIR", tmp_path / "no-zoo")
     monkeypatch.setenv("SEGTOOL_NUM_THREADS", "1")  # 2 cores, shared
+    monkeypatch.setenv("SEGTOOL_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="session")
@@ -46,12 +47,13 @@ def nuclei_stack():
 def errors(monkeypatch):
     """Messages passed to show_error / show_warning by the plugin (instead of popping up)."""
     seen = []
+    import napari_segtool.plugin._jobs as jw
     import napari_segtool.plugin.batch_widget as bw
     import napari_segtool.plugin.correct_widget as cw
     import napari_segtool.plugin.segment_widget as sw
     import napari_segtool.plugin.train_widget as tw
 
-    for mod in (sw, tw, cw, bw):
+    for mod in (sw, tw, cw, bw, jw):
         for name in ("show_error", "show_warning", "show_info"):
             if hasattr(mod, name):
                 monkeypatch.setattr(mod, name, lambda msg, _n=name: seen.append((_n, str(msg))))

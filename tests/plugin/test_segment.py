@@ -72,7 +72,7 @@ def test_visible_field_of_view(make_napari_viewer, qtbot, user_model):
     viewer.camera.zoom = 8.0  # ~100 x 75 px visible on the 800 x 600 canvas
     assert widget.run(scope=sw.SCOPE_VIEW) is not None
     assert _wait(qtbot, widget).ok
-    crop = widget.last_run["crop"]
+    crop = widget.last_run.crop
     assert 0 < crop[0].start < 110 < crop[0].stop < 256
     assert 0 < crop[1].start < 110 < crop[1].stop < 256
 

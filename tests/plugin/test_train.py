@@ -64,7 +64,7 @@ def test_correct_train_swap_repredict(make_napari_viewer, qtbot, user_model, nuc
     # ...and the unreviewed slices are re-predicted
     qtbot.waitUntil(lambda: not segment.running and segment.last_outcome is not None, timeout=60000)
     assert segment.last_outcome.ok, segment.last_outcome.message
-    assert segment.last_run["todo"] == [(1,), (2,), (3,)]
+    assert segment.last_run.todo == [(1,), (2,), (3,)]
     np.testing.assert_array_equal(labels.data[0], gt)  # the corrected slice is untouched
     history = json.loads((session.project.root / "history.json").read_text())
     assert history[-1]["model"] == result.name and len(history[-1]["epochs"]) == 1

@@ -147,8 +147,8 @@ def test_segment_follows_file_open_and_proposes_astro_sources_for_fits(make_napa
     _click(qtbot, segment.run_button)
     qtbot.waitUntil(lambda: not segment.running, timeout=60000)
     assert segment.last_outcome.ok, segment.last_outcome.message
-    assert segment.last_run["image"] is viewer.layers["field"]
-    assert segment.last_run["model_ref"].endswith("astro-sources")
+    assert segment.last_run.image is viewer.layers["field"]
+    assert segment.last_run.model_ref.endswith("astro-sources")
     # selecting the TIFF in the layer list brings it (and the microscopy model) back
     viewer.layers.selection.active = viewer.layers["cells"]
     assert segment.image_combo.currentText() == "cells"
@@ -223,7 +223,7 @@ def test_maskrcnn_with_probabilities_and_its_own_controls(make_napari_viewer, qt
     outcome = segment.last_outcome
     assert outcome.ok, outcome.message
     assert not segment.status_label.text().startswith("failed"), segment.status_label.text()
-    assert segment.last_run["postprocess"] == {"score_threshold": 0.05}
+    assert segment.last_run.postprocess == {"score_threshold": 0.05}
     probs = viewer.layers["cells object probability"]
     assert probs.data.shape == (96, 96) and 0.0 <= float(probs.data.min()) and float(probs.data.max()) <= 1.0
     assert segment.image_combo.currentText() == "cells"  # a derived layer does not become the input
@@ -471,7 +471,7 @@ def test_object_size_is_passed_and_the_estimate_shown(make_napari_viewer, qtbot,
     _click(qtbot, segment.run_button)
     qtbot.waitUntil(lambda: not segment.running, timeout=60000)
     assert segment.last_outcome.ok, segment.last_outcome.message
-    assert segment.last_run["diameter"] is None
+    assert segment.last_run.diameter is None
     estimated = segment.last_outcome.result.diameter
     assert estimated and estimated > 0
     assert segment.diameter_spin.text() == f"auto (last: {estimated:.0f})"  # the estimate, where it is set
@@ -480,7 +480,7 @@ def test_object_size_is_passed_and_the_estimate_shown(make_napari_viewer, qtbot,
     _click(qtbot, segment.run_button)
     qtbot.waitUntil(lambda: not segment.running, timeout=60000)
     assert segment.last_outcome.ok, segment.last_outcome.message
-    assert segment.last_run["diameter"] == 20.0 and segment.last_outcome.result.diameter == 20.0
+    assert segment.last_run.diameter == 20.0 and segment.last_outcome.result.diameter == 20.0
     assert "object size 20 px (given)" in segment.status_label.text()
     assert not any(kind == "show_error" for kind, _ in errors)
 
