@@ -37,6 +37,8 @@ class ModelCombo(QComboBox):
         self.activated.connect(self._on_activated)
         session.models_changed.connect(self.refresh)
         session.model_selected.connect(self.select)
+        if not models_ready():
+            self.addItem(LOADING, None)  # the owner refreshes the list when the warm-up is done
 
     def refresh(self) -> None:
         """List the choices again, keeping the model that should stay selected."""

@@ -542,3 +542,68 @@ def test_a_reader_the_user_chose_is_kept(make_napari_viewer, qtbot, tmp_path, mo
     _dock(viewer, qtbot, "Segment")
     prefs = get_settings().plugins.extension2reader
     assert prefs["*.TIF"] == "napari" and "*.tif" not in prefs and prefs["*.fits"] == "napari-segtool"
+
+
+# ---------------------------------------------------------------- item 7: the first widget and the sample off the GUI thread
+
+_FIRST_OPEN = r'''
+import sys, threading, time
+importers = {}
+
+class Spy:  # records the thread that first imports torch
+    def find_spec(self, name, path=None, target=None):
+        if name in ("torch", "napari_segtool.sim.nuclei") and name not in importers:
+            importers[name] = threading.current_thread().name
+        return None
+
+sys.meta_path.insert(0, Spy())
+import napari
+from qtpy.QtWidgets import QApplication
+
+viewer = napari.Viewer(show=True)
+app = QApplication.instance()
+menu = next(a.menu() for a in viewer.window.plugins_menu.actions()
+            if a.menu() is not None and a.text().replace("&", "") == "napari-segtool")
+next(a for a in menu.actions() if a.text().startswith("Segment")).trigger()  # Plugins > napari-segtool > Segment
+from napari_segtool.plugin.segment_widget import SegmentWidget
+segment = next(w for w in viewer.window._qt_window.findChildren(SegmentWidget))
+print("after open:", "torch" in sys.modules and importers.get("torch"), segment.model_combo.currentText())
+end = time.time() + 120
+from napari_segtool.plugin import _warmup
+while not _warmup.is_warm() and time.time() < end:
+    app.processEvents(); time.sleep(0.01)
+for _ in range(20):
+    app.processEvents(); time.sleep(0.01)
+print("models:", segment.model_combo.count(), segment.model_combo.currentText())
+print("torch imported by:", importers.get("torch"))
+print("simulated by:", importers.get("napari_segtool.sim.nuclei"))
+viewer.open_sample("napari-segtool", "nuclei-3d")
+print("sample:", viewer.layers[-1].data.shape)
+print("simulated by (after opening the sample):", importers.get("napari_segtool.sim.nuclei"))
+viewer.close()
+'''
+
+
+def test_first_widget_open_and_the_nuclei_sample_leave_torch_and_simulation_to_a_thread(tiny_model_dir, tmp_path):
+    """A fresh napari: opening Segment from the Plugins menu imports no torch on the GUI thread; the model
+    list fills in when the warm-up thread is done, and the nuclei sample is read from the cache it filled."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, SEGTOOL_CACHE_DIR=str(tmp_path / "cache"), SEGTOOL_PROJECT_DIR=str(tmp_path / "p"),
+               SEGTOOL_MODELS_DIR=str(tiny_model_dir), SEGTOOL_NUM_THREADS="1", QT_QPA_PLATFORM="xcb",
+               NAPARI_CONFIG=str(tmp_path / "napari-settings.yaml"))
+    run = subprocess.run([sys.executable, "-c", _FIRST_OPEN], env=env, capture_output=True, text=True, timeout=300)
+    out = run.stdout
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    opened_with = lines["after open"].split(maxsplit=1)
+    assert opened_with[0] in ("False", "segtool-warmup"), out  # never the GUI thread
+    assert opened_with[1] == "loading models…" or opened_with[0] == "segtool-warmup", out
+    assert lines["torch imported by"] == "segtool-warmup", out
+    assert lines["simulated by"] == "segtool-warmup", out
+    assert lines["simulated by (after opening the sample)"] == "segtool-warmup", out  # read from the cache
+    assert lines["sample"] == "(16, 256, 256)", out
+    assert int(lines["models"].split()[0]) >= 3 and "loading" not in lines["models"], out  # filled in
+    assert list((tmp_path / "cache" / "samples").glob("nuclei-16x256x256-7.npz"))
