@@ -24,7 +24,7 @@ from napari_segtool.kernel.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.scale import ScaleEstimate, estimate_diameter, scale_factor
 from napari_segtool.core.window import WindowSettings, plane_view, predict_window
-from napari_segtool.ops.normalize import Normalizer, fit_normalizer
+from napari_segtool.ops.normalize import Normalizer, content_box, fit_normalizer
 from napari_segtool.ops.resample import is_identity
 from napari_segtool.ops.sources import source_table
 
@@ -115,11 +115,13 @@ def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float
     if tile_size is not None and tile_size < 16:
         raise InputError(f"the tile size must be at least 16 pixels, got {tile_size}")
     normalizer = fit_image_normalizer(data, meta.normalization, channel_mean)
-    settings = WindowSettings(normalizer, channel_mean=channel_mean, image_hw=tuple(int(n) for n in data.shape[-3:-1]),
-                              align=int(getattr(model.net, "align", 1) or 1), tile_size=tile_size,
-                              batch_size=batch_size)
+    align = int(getattr(model.net, "align", 1) or 1)
+    settings = WindowSettings(normalizer, channel_mean=channel_mean, content=content_box(data), align=align,
+                              tile_size=tile_size, batch_size=batch_size)
+    y0, y1, x0, x1 = settings.content
     middle = tuple(n // 2 if a == "Z" else 0 for a, n in zip(spatial_axes, stack_shape))
-    scale = resolve_scale(model, diameter, lambda: plane_view(data[middle] if middle else data, settings))
+    scale = resolve_scale(model, diameter,
+                          lambda: plane_view((data[middle] if middle else data)[y0:y1, x0:x1], settings))
     factor = scale_factor(meta.scale, scale.diameter)
     settings.factor = 1.0 if is_identity(factor) else factor
     if scale.diameter is not None and diameter is None:

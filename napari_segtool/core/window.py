@@ -11,7 +11,7 @@ stitched differs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
@@ -40,13 +40,22 @@ class WindowSettings:
     normalizer: Normalizer
     factor: float = 1.0                 # model-grid pixels per input pixel
     channel_mean: bool = False
-    image_hw: tuple[int, int] | None = None  # the whole image's (Y, X): windows mirror at its border only
+    content: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) of the image's informative pixels:
+    # outside it (flat or NaN padding) labels are 0 and nothing runs; the model grid and its mirrored
+    # borders are those of this box, so padding around an image cannot change its objects
     align: int = 1                      # the network's pooling grid, kept global on the model grid
     postprocess: dict[str, Any] = field(default_factory=dict)  # overrides passed to predict_plane
     stack: dict[str, Any] = field(default_factory=dict)        # the assembled settings (model's + overrides)
     link: bool = False                  # instance planes of a Z stack become 3D objects
     tile_size: int | None = None
     batch_size: int = 2
+
+    @property
+    def content_hw(self) -> tuple[int, int] | None:
+        if self.content is None:
+            return None
+        y0, y1, x0, x1 = self.content
+        return y1 - y0, x1 - x0
 
     @property
     def want_maps(self) -> bool:
@@ -63,15 +72,15 @@ class WindowResult:
 def plane_view(plane: Any, settings: WindowSettings, offset: tuple[int, int] = (0, 0)) -> Any:
     """What the network reads of one ``YXC`` plane or window: channel mean, normalised, on the model grid.
 
-    ``offset`` places a window in its image; the view's first model pixel is put on the
-    network's pooling grid (``settings.align``) of the whole image's model grid.
+    ``offset`` places a window in the image's content box; the view's first model pixel is
+    put on the network's pooling grid (``settings.align``) of the whole content's model grid.
     """
     view: Any = NormalizedPlane(ChannelMean(plane) if settings.channel_mean else plane, settings.normalizer)
     if is_identity(settings.factor):
         return view
-    natural = ResampledPlane(view, settings.factor, offset=offset, image_shape=settings.image_hw)
+    natural = ResampledPlane(view, settings.factor, offset=offset, image_shape=settings.content_hw)
     start = tuple((g // settings.align) * settings.align for g in natural.grid_start)
-    return ResampledPlane(view, settings.factor, offset=offset, image_shape=settings.image_hw,
+    return ResampledPlane(view, settings.factor, offset=offset, image_shape=settings.content_hw,
                           grid_start=start, grid_stop=natural.grid_stop)
 
 
@@ -83,8 +92,46 @@ def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowS
     """Labels of a canonical window (stack axes, ``Y``, ``X``, ``C``), yielding progress per plane.
 
     ``planes`` limits the work to some stack indices (the others stay 0); ``offset`` is the
-    window's ``(y, x)`` in the image. Returns labels on the window's input grid.
+    window's ``(y, x)`` in the image. Returns labels on the window's input grid, 0 outside the
+    image's content box (``settings.content``; the window is the whole image when it is ``None``).
     """
+    window_hw = tuple(int(n) for n in window.shape[-3:-1])
+    if settings.content is None:
+        settings = replace(settings, content=(offset[0], offset[0] + window_hw[0], offset[1], offset[1] + window_hw[1]))
+    y0, y1, x0, x1 = settings.content
+    ya, yb = _aligned_start(offset[0], y0, settings.align), min(offset[0] + window_hw[0], y1)
+    xa, xb = _aligned_start(offset[1], x0, settings.align), min(offset[1] + window_hw[1], x1)
+    labels = np.zeros(tuple(window.shape[:-1]), np.int32)
+    if yb <= ya or xb <= xa:
+        return WindowResult(labels)
+    inner = window[..., ya - offset[0]:yb - offset[0], xa - offset[1]:xb - offset[1], :]
+    result = yield from _predict_content(model, inner, spatial_axes, settings, (ya - y0, xa - x0), planes,
+                                         first_probabilities, cancel, tile_callback)
+    labels[..., ya - offset[0]:yb - offset[0], xa - offset[1]:xb - offset[1]] = result.labels
+    probs = result.probabilities
+    if probs is not None and probs.shape[-2:] != window_hw:
+        full = np.zeros(probs.shape[:-2] + window_hw, probs.dtype)
+        full[..., ya - offset[0]:yb - offset[0], xa - offset[1]:xb - offset[1]] = probs
+        probs = full
+    return WindowResult(labels, result.tables, probs)
+
+
+def _aligned_start(window_start: int, content_start: int, align: int) -> int:
+    """Where a window's work starts: inside the content, on the pooling grid counted from its start.
+
+    A window that starts inside the content drops its first few (halo) pixels so that its tiles
+    line up with those of a whole-image run.
+    """
+    if window_start <= content_start:
+        return content_start
+    return content_start + -(-(window_start - content_start) // align) * align
+
+
+def _predict_content(model: Any, window: Any, spatial_axes: str, settings: WindowSettings,
+                     offset: tuple[int, int], planes: Sequence[tuple] | None, first_probabilities: bool,
+                     cancel: CancelToken | None, tile_callback: Callable[[int, int], None] | None
+                     ) -> Generator[Progress, None, WindowResult]:
+    """:func:`predict_window` on a window inside the content box (``offset`` relative to the box)."""
     meta = model.meta
     arch = model.architecture
     stack_shape = tuple(window.shape[: len(spatial_axes) - 2])

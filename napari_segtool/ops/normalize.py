@@ -51,16 +51,79 @@ class Normalizer:
 ASINH_SCALE = 4.0  # asinh(x)/4: ~1 for sources ~27 softening units above the sky
 
 
+def _informative_grid(image: Any, max_samples: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """A strided sample of a ``...YXC`` array, which sampled pixels are informative, and the stride.
+
+    Sampled pixels are rows and columns ``1, 1 + stride, ...`` (each has all four neighbours).
+    A pixel is *uninformative* when it equals both its lower and right neighbours, or both its
+    upper and left ones, in every channel (constant padding, empty mosaic gaps, zero-filled
+    borders of a registered stack; the second test makes a padding edge that touches content
+    count as padding too), or is not finite (NaN masks). Such regions say nothing about the
+    objects, and counting them would let the amount of padding around an image move its
+    percentiles.
+    """
+    shape = tuple(image.shape)
+    size = int(np.prod(shape))
+    if len(shape) < 3 or shape[-3] < 3 or shape[-2] < 3:
+        v = _subsample(image, max_samples).astype(np.float32, copy=False)
+        return v, np.isfinite(v).all(axis=-1), 0
+    stride = 1 if size <= max_samples else int(np.ceil((size / max_samples) ** (1.0 / (len(shape) - 1))))
+    h, w = shape[-3], shape[-2]
+
+    def read(dy: int, dx: int) -> np.ndarray:
+        key = [slice(None, None, stride)] * (len(shape) - 3) + [slice(1 + dy, h - 1 + dy, stride),
+                                                              slice(1 + dx, w - 1 + dx, stride), slice(None)]
+        return np.asarray(image[tuple(key)], dtype=np.float32)
+
+    v = read(0, 0)
+    flat = (((v == read(1, 0)) & (v == read(0, 1))) | ((v == read(-1, 0)) & (v == read(0, -1)))).all(axis=-1)
+    return v, ~flat & np.isfinite(v).all(axis=-1), stride
+
+
+def content_box(image: Any, max_samples: int = MAX_SAMPLES) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` around the informative pixels of a ``...YXC`` array (any plane).
+
+    Flat or NaN borders (padding) fall outside it; it is the whole plane when nothing is
+    informative. Exact for arrays up to ``max_samples`` values; for larger ones it errs by
+    less than the sampling stride towards keeping pixels.
+    """
+    h, w = int(image.shape[-3]), int(image.shape[-2])
+    _, informative, stride = _informative_grid(image, max_samples)
+    if not stride:
+        return 0, h, 0, w
+    plane = informative.reshape((-1,) + informative.shape[-2:]).any(axis=0)
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    if not rows.size:
+        return 0, h, 0, w
+
+    def bounds(first: int, last: int, n_sampled: int, length: int) -> tuple[int, int]:
+        lo = 0 if first == 0 else 2 + (first - 1) * stride       # just past the last padding sample
+        hi = length if last == n_sampled - 1 else 1 + (last + 1) * stride  # the next padding sample
+        return lo, min(length, hi)
+
+    y0, y1 = bounds(int(rows[0]), int(rows[-1]), plane.shape[0], h)
+    x0, x1 = bounds(int(cols[0]), int(cols[-1]), plane.shape[1], w)
+    return y0, y1, x0, x1
+
+
+#: Fewer informative pixels than this fraction of the sample: the image is mostly flat, use all of it.
+MIN_INFORMATIVE = 0.05
+
+
 def _finite_channels(image: Any, max_samples: int) -> list[np.ndarray]:
-    sample = _subsample(image, max_samples).astype(np.float32, copy=False)
-    sample = sample.reshape(-1, sample.shape[-1])
+    v, informative, _ = _informative_grid(image, max_samples)
+    sample = v.reshape(-1, v.shape[-1])
+    informative = informative.reshape(-1)
+    if informative.mean() < MIN_INFORMATIVE:
+        informative = np.ones_like(informative)
     out = []
     for c in range(sample.shape[1]):
         values = sample[:, c]
-        values = values[np.isfinite(values)]
-        if values.size == 0:
+        finite = np.isfinite(values)
+        if not finite.any():
             raise ValueError(f"channel {c} of the image has no finite values (all NaN/inf)")
-        out.append(values)
+        chosen = values[finite & informative]
+        out.append(chosen if chosen.size else values[finite])
     return out
 
 
