@@ -359,6 +359,10 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
     if device is not None:
         device = check_device(device)
     path = resolve_model_path(name_or_path)
+    if path.suffix.lower() == ".zip" or path.name.endswith(("rdf.yaml", "bioimageio.yaml")):
+        from napari_segtool.core.export import load_bioimageio  # a bioimage.io package we exported
+
+        return load_bioimageio(path, device=device)
     meta = read_meta(path)
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     check_weights_fit(meta, weights)
