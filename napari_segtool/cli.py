@@ -232,6 +232,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not path.expanduser().exists():
             raise CliError(f"cannot read {path}: no such file or folder")
     out = Path(args.out).expanduser()
+    if out.name.lower().endswith(".ome.zarr"):
+        return _predict_ome_zarr(args, inputs, out)
     if out.suffix == ".zarr" or args.workers or args.scheduler:
         return _predict_batch(args, inputs, out)
     plans = plan_label_outputs(inputs, out, [_stem(p) for p in inputs], ("_labels.tif", "_objects.csv"),
@@ -266,7 +268,7 @@ def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], pla
 
         z_scale = args.z_scale or img.z_anisotropy()
         job = iter_predict(model, img.data, axes=img.axes, tile_size=args.tile_size, tile_callback=tiles,
-                           z_scale=z_scale)
+                           z_scale=z_scale, diameter=args.diameter)
         try:
             while True:
                 try:
@@ -284,6 +286,62 @@ def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], pla
         n = len(np.unique(pred.labels)) - 1 if model.meta.task == "instance" else int(pred.labels.max())
         kind = "objects" if model.meta.task == "instance" else "max class id"
         print(f"{path.name}: {n} {kind} -> {target}")
+
+
+def _predict_ome_zarr(args: argparse.Namespace, inputs: list[Path], out: Path) -> int:
+    """One image -> NGFF label image ``out`` (``io/ome_zarr.py``), with the input's pixel sizes and units."""
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.predict import iter_predict
+    from napari_segtool.io.images import read_image
+    from napari_segtool.io.ome_zarr import write_ome_zarr_labels
+    from napari_segtool.io.outputs import check_output_path, made_dirs, remove_empty_dirs
+
+    if len(inputs) != 1:
+        raise CliError(f"--out {out.name} (OME-Zarr) holds one image's labels, got {len(inputs)} images; "
+                       f"give a folder for several")
+    if args.workers or args.scheduler:
+        raise CliError("--workers/--scheduler write a plain .zarr; OME-Zarr labels (--out *.ome.zarr) are made in memory")
+    check_output_path(out, inputs, overwrite=args.overwrite)
+    table = out.with_name(out.name[: -len(".ome.zarr")] + "_objects.csv")
+    check_output_path(table, inputs, overwrite=args.overwrite)
+    model = load_model(args.model, device=args.device)
+    if args.tile_size is not None and args.tile_size <= model.meta.receptive_field:
+        raise CliError(f"--tile-size {args.tile_size} is too small for model '{model.meta.name}' "
+                       f"(receptive field {model.meta.receptive_field} px): use more than {model.meta.receptive_field}")
+    img = read_image(inputs[0], axes=args.axes, lazy=True)
+    created = made_dirs(out.parent)
+    try:
+        bar = _progress_bar(None, inputs[0].name, not args.quiet)
+
+        def tiles(done: int, total: int) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        extra = {"diameter": args.diameter} if getattr(args, "diameter", None) is not None else {}
+        job = iter_predict(model, img.data, axes=img.axes, tile_size=args.tile_size, tile_callback=tiles,
+                           z_scale=args.z_scale or img.z_anisotropy(), **extra)
+        try:
+            while True:
+                try:
+                    next(job)
+                except StopIteration as stop:
+                    pred = stop.value
+                    break
+        finally:
+            bar.close()
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
+    for note in pred.notes:
+        print(f"note: {note}", file=sys.stderr)
+    write_ome_zarr_labels(out, pred.labels, pred.axes, scale=img.metadata.get("scale"),
+                          units=img.metadata.get("units"),
+                          attrs={"model": model.meta.name, "task": model.meta.task, "source": str(inputs[0])})
+    if pred.tables:
+        _write_table(table, pred.tables)
+    n = len(np.unique(pred.labels)) - 1 if model.meta.task == "instance" else int(pred.labels.max())
+    print(f"{inputs[0].name}: {n} {'objects' if model.meta.task == 'instance' else 'max class id'} -> {out}")
+    return 0
 
 
 def _predict_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> int:
@@ -319,8 +377,8 @@ def _predict_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> i
 def _run_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> int:
     from napari_segtool.core.batch import predict_folder, predict_to_zarr
 
-    kwargs = dict(axes=args.axes, workers=args.workers, scheduler=args.scheduler,
-                  chunk_size=args.chunk_size)
+    kwargs = dict(axes=args.axes, workers=args.workers, scheduler=args.scheduler, chunk_size=args.chunk_size,
+                  diameter=args.diameter, tile_size=args.tile_size, z_scale=args.z_scale, overwrite=args.overwrite)
     bar = _progress_bar(None, "chunks", not args.quiet)
 
     def progress(done: int, total: int) -> None:
@@ -407,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=_number(int, 32, 16384))
     p.add_argument("--z-scale", type=_number(float, 0, 1000, lo_open=True),
                    help="Z voxel size / XY pixel size of stacks (default: from the file's metadata, else the model's)")
+    p.add_argument("--diameter", type=_number(float, 0, 100000, lo_open=True),
+                   help="typical object diameter in pixels (default: estimated per image with the model); the "
+                        "image is run at the model's object size and the labels mapped back")
     p.add_argument("--device")
     p.add_argument("--workers", type=_number(int, 1, 1024), help="run chunked on a local dask cluster with N workers")
     p.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://host:8786")

@@ -63,6 +63,8 @@ from napari_segtool.kernel.events import CancelToken, Cancelled
 from napari_segtool.core.model import ModelMeta, SegModel
 from napari_segtool.core.predict import InputError, model_diameter, plan_image
 from napari_segtool.core.window import predict_window
+from napari_segtool.io.atomic import replace_dir
+from napari_segtool.io.outputs import check_output_path, unique_stems
 from napari_segtool.kernel.events import run_job
 
 __all__ = ["BatchReport", "BatchError", "predict_to_zarr", "predict_folder", "labels_name"]
@@ -528,7 +530,8 @@ class _Job:
     """One image, planned: source, axes, the settings every window shares (:func:`plan_image`), chunks."""
 
     def __init__(self, model: SegModel, image: Any, out_path: str | os.PathLike, axes: str | None,
-                 chunk_size: int, diameter: float | None = None):
+                 chunk_size: int, diameter: float | None = None, tile_size: int | None = None,
+                 z_scale: float | None = None):
         from napari_segtool.ops.tiling import halo_for
 
         self.out_path = Path(out_path).expanduser()
@@ -538,10 +541,12 @@ class _Job:
             img = read_image(image, axes=axes, lazy=True)
             data, axes, path = img.data, img.axes, str(Path(image).expanduser().resolve())
             self.source_name = path
+            z_scale = z_scale or img.z_anisotropy()  # as segtool predict does for in-memory files
         else:
             data, path = image, None
             self.source_name = f"<{type(image).__module__}.{type(image).__name__} {tuple(image.shape)}>"
-        plan = plan_image(model, data, axes, diameter=diameter)
+        plan = plan_image(model, data, axes, diameter=diameter, tile_size=tile_size,
+                          postprocess={"z_scale": z_scale})
         axes = guess_axes(tuple(data.shape), axes)
         self.axes = axes
         self.data = data
@@ -682,7 +687,7 @@ def _run_job(runner, job: _Job, model_ref_shared, retries: int, progress, cancel
         final.attrs.update({"axes": job.target, "model": job.meta.name, "source": job.source_name,
                             "task": job.meta.task, "n_objects": int(n_objects),
                             "classes": list(job.meta.classes)})
-        _swap_into_place(work / "final.zarr", out_path, work)
+        replace_dir(work / "final.zarr", out_path)
     except BaseException:
         if local:
             runner.inflight.wait()
@@ -739,18 +744,14 @@ def _merge(sums: list[_BlockResult], faces, face_results) -> tuple[list[np.ndarr
     return luts, merged.n_objects
 
 
-def _swap_into_place(new: Path, target: Path, work: Path) -> None:
-    if target.exists():
-        os.replace(target, work / "previous")
-    os.replace(new, target)
-
-
 # ----------------------------------------------------------------------------- public API
 def predict_to_zarr(model: str | Path | SegModel, image, out_path, *, axes: str | None = None,
                     chunk_size: int = 1024, workers: int | None = None, scheduler: str | None = None,
                     threads_per_worker: int | None = None, retries: int = 2,
                     progress: Callable[[int, int], None] | None = None,
-                    cancel: CancelToken | None = None, diameter: float | None = None) -> BatchReport:
+                    cancel: CancelToken | None = None, diameter: float | None = None,
+                    tile_size: int | None = None, z_scale: float | None = None,
+                    overwrite: bool = False) -> BatchReport:
     """Segment ``image`` chunk by chunk and write ``uint32`` labels to the zarr array ``out_path``.
 
     Parameters
@@ -781,6 +782,10 @@ def predict_to_zarr(model: str | Path | SegModel, image, out_path, *, axes: str 
     diameter : the image's object diameter in pixels (``None``: estimated, as
         :func:`~napari_segtool.core.predict.iter_predict` does; both paths share
         :func:`~napari_segtool.core.predict.plan_image`).
+    tile_size, z_scale : as for :func:`~napari_segtool.core.predict.iter_predict`
+        (``z_scale`` defaults to the file's voxel size, then the model's).
+    overwrite : replace an existing ``out_path`` (never an input); otherwise an
+        existing ``out_path`` is an :class:`~napari_segtool.kernel.errors.OutputError`.
 
     Raises
     ------
@@ -789,8 +794,9 @@ def predict_to_zarr(model: str | Path | SegModel, image, out_path, *, axes: str 
     InputError
         an image the model cannot segment.
     """
+    check_output_path(out_path, [image] if isinstance(image, (str, os.PathLike)) else [], overwrite)
     seg = _resolve_model(model)
-    job = _Job(seg, image, out_path, axes, chunk_size, diameter)
+    job = _Job(seg, image, out_path, axes, chunk_size, diameter, tile_size, z_scale)
     with _runner(workers, scheduler, threads_per_worker) as runner:
         ref = runner.share(runner.model_ref(seg))
         return _run_job(runner, job, ref, retries, progress, cancel, 0, job.steps)
@@ -800,7 +806,9 @@ def predict_folder(model: str | Path | SegModel, inputs: Sequence[str | os.PathL
                    axes: str | None = None, chunk_size: int = 1024, workers: int | None = None,
                    scheduler: str | None = None, threads_per_worker: int | None = None, retries: int = 2,
                    progress: Callable[[int, int], None] | None = None,
-                   cancel: CancelToken | None = None, diameter: float | None = None) -> list[BatchReport]:
+                   cancel: CancelToken | None = None, diameter: float | None = None,
+                   tile_size: int | None = None, z_scale: float | None = None,
+                   overwrite: bool = False) -> list[BatchReport]:
     """:func:`predict_to_zarr` for many files as one job: one cluster, the model sent once.
 
     Each input ``name.ext`` becomes ``out_dir/name_labels.zarr`` (see
@@ -811,10 +819,11 @@ def predict_folder(model: str | Path | SegModel, inputs: Sequence[str | os.PathL
     """
     seg = _resolve_model(model)
     out_dir = Path(out_dir).expanduser()
-    names = [labels_name(p) for p in inputs]
-    if len(set(names)) != len(names):
-        raise ValueError("two inputs would write the same output name; use separate runs")
-    jobs = [_Job(seg, p, out_dir / n, axes, chunk_size, diameter) for p, n in zip(inputs, names)]
+    names = [f"{stem}_labels.zarr" for stem in unique_stems([labels_name(p)[: -len("_labels.zarr")]
+                                                             for p in inputs])]
+    for name in names:
+        check_output_path(out_dir / name, inputs, overwrite)
+    jobs = [_Job(seg, p, out_dir / n, axes, chunk_size, diameter, tile_size, z_scale) for p, n in zip(inputs, names)]
     total = sum(j.steps for j in jobs)
     reports: list[BatchReport] = []
     errors: list[str] = []

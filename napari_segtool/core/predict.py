@@ -20,6 +20,7 @@ import numpy as np
 
 from napari_segtool.kernel.axes import guess_axes, to_canonical
 from napari_segtool.kernel.device import configure_threads
+from napari_segtool.kernel.errors import InputError
 from napari_segtool.kernel.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.scale import ScaleEstimate, estimate_diameter, scale_factor
@@ -29,8 +30,6 @@ from napari_segtool.ops.resample import is_identity
 from napari_segtool.ops.sources import source_table
 
 
-class InputError(ValueError):
-    """The image cannot be segmented by this model (message says why)."""
 
 
 @dataclass
