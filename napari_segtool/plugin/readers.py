@@ -57,6 +57,11 @@ def read_one(path: str | os.PathLike) -> list[tuple]:
         return [fits_layer(image)]
     if image.metadata.get("format") == "zarr" and _is_batch_labels(path):
         return [batch_labels_layer(image)]
+    if image.metadata.get("format") == "ome-zarr":
+        from napari_segtool.io.ome_zarr import is_ome_zarr_labels
+
+        if is_ome_zarr_labels(path):  # NGFF labels (``segtool predict --out x.ome.zarr``)
+            return [batch_labels_layer(image)]
     return [image_layer(image)]
 
 
