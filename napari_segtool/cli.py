@@ -430,6 +430,41 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from napari_segtool.core.checkpoint import load_model, resolve_model_path
+    from napari_segtool.core.export import export_model
+    from napari_segtool.io.outputs import check_output_path, made_dirs, remove_empty_dirs
+
+    source = resolve_model_path(args.model)  # an unknown model is refused first
+    out = Path(args.out).expanduser()
+    if args.format == "bioimageio" and out.suffix.lower() != ".zip":
+        raise CliError(f"--out {out} must end in .zip for a bioimage.io package")
+    inputs = [source, *([args.sample] if args.sample else [])]
+    check_output_path(out, inputs, overwrite=args.overwrite)
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder; give a file name")
+    sample = None
+    if args.sample:
+        if args.format != "bioimageio":
+            raise CliError("--sample is the test image of a bioimage.io package (--format bioimageio)")
+        from napari_segtool.io.images import read_image
+
+        img = read_image(args.sample, axes=args.axes, lazy=True)
+        plane = _planes_of(img.data, img.axes)[0]
+        sample = np.asarray(plane[:512, :512])  # a test tensor, not the whole image
+    model = load_model(source)
+    created = made_dirs(out.parent)
+    try:
+        path = export_model(model, args.format, out, **({"sample": sample, "authors": args.author}
+                                                         if args.format == "bioimageio" else {}))
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
+    print(f"exported {model.meta.name} ({model.meta.arch}, {model.meta.task}) as {args.format} -> {path}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="segtool", description=__doc__.splitlines()[0])
@@ -485,6 +520,17 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list shipped and user models")
     m.add_argument("-v", "--verbose", action="store_true", help="also print model cards")
     m.set_defaults(func=cmd_models)
+
+    x = sub.add_parser("export", help="export a model as a bioimage.io package, ONNX or TorchScript")
+    x.add_argument("model", help="shipped model name or path")
+    x.add_argument("--format", required=True, choices=["bioimageio", "onnx", "torchscript"])
+    x.add_argument("--out", required=True, help="file to write (.zip for bioimageio, e.g. .onnx, .pt)")
+    x.add_argument("--sample", help="image whose first plane becomes the bioimage.io test input "
+                   "(default: a simulated nuclei image)")
+    x.add_argument("--axes", help="axes of --sample, e.g. YXC")
+    x.add_argument("--author", action="append", help="author name for the bioimage.io package (repeatable)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    x.set_defaults(func=cmd_export)
     return parser
 
 
