@@ -273,6 +273,10 @@ def _load_json(path: Path) -> Any:
 def read_meta(path: Path) -> ModelMeta:
     """Read and validate a model's metadata without loading its weights."""
     path = Path(path)
+    if path.suffix.lower() == ".zip":
+        from napari_segtool.core.export import read_bioimageio_meta  # a bioimage.io package we exported
+
+        return read_bioimageio_meta(path)
     try:
         if path.is_dir():
             meta_path = path / META_FILE

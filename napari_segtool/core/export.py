@@ -628,6 +628,27 @@ def _read_member(path: Path, name: str) -> bytes | None:
     return member.read_bytes() if member.is_file() else None
 
 
+def read_bioimageio_meta(path: str | os.PathLike):
+    """The :class:`~napari_segtool.kernel.meta.ModelMeta` of a package napari-segtool exported (no weights read)."""
+    from napari_segtool.core.checkpoint import ModelLoadError, validate_meta_dict
+
+    path = Path(path).expanduser()
+    try:
+        data = _read_member(path, PACKAGE_META)
+        if data is None:
+            raise ModelLoadError(f"{path} is not a bioimage.io package exported by napari-segtool (no {PACKAGE_META})")
+        if len(data) > 64 * 2**20:
+            raise ModelLoadError(f"{PACKAGE_META} in {path} is {len(data) >> 20} MiB; model metadata is small JSON")
+        meta = validate_meta_dict(json.loads(data.decode("utf-8")))
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, ModelError) as exc:
+        raise ModelLoadError(f"cannot read model metadata from {path}: {' '.join(str(exc).split())}") from None
+    if not meta.name:
+        meta.name = path.name.removesuffix(".zip")
+    return meta
+
+
 def load_bioimageio(path: str | os.PathLike, device: str | torch.device | None = None) -> SegModel:
     """Load a bioimage.io package that napari-segtool exported as a :class:`SegModel`.
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_segtool.core.checkpoint import ModelLoadError, load_model, save_model
+from napari_segtool.core.checkpoint import ModelLoadError, load_model, read_meta, save_model
 from napari_segtool.core.export import (
     ExportError, export_bioimageio, export_network, export_onnx, export_torchscript, load_bioimageio, run_network,
 )
@@ -220,6 +220,7 @@ def test_bioimageio_package_loads_back_and_predicts_the_same_labels(package, tra
 
 @needs_bioimageio
 def test_imported_package_can_be_saved_as_a_segtool_model(package, tmp_path):
+    assert read_meta(package).arch == "unet"  # what the Segment widget's model list reads
     model = load_bioimageio(package)
     path = save_model(model, tmp_path / "again")
     assert load_model(path).meta.arch == "unet"
@@ -232,6 +233,8 @@ def test_foreign_or_broken_packages_are_refused(tmp_path):
         zf.writestr("weights.pt", b"not read")
     with pytest.raises(ModelLoadError, match="did not export"):
         load_model(foreign)
+    with pytest.raises(ModelLoadError, match="not a bioimage.io package exported"):
+        read_meta(foreign)
     broken = tmp_path / "broken.zip"
     broken.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ModelLoadError):
