@@ -54,8 +54,7 @@ ASINH_SCALE = 4.0  # asinh(x)/4: ~1 for sources ~27 softening units above the sk
 def _informative_grid(image: Any, max_samples: int) -> tuple[np.ndarray, np.ndarray, int]:
     """A strided sample of a ``...YXC`` array, which sampled pixels are informative, and the stride.
 
-    Sampled pixels are rows and columns ``1, 1 + stride, ...`` (each has all four neighbours).
-    A pixel is *uninformative* when it equals both its lower and right neighbours, or both its
+    Sampled pixels are rows and columns ``0, stride, 2 * stride, ...``. A pixel is *uninformative* when it equals both its lower and right neighbours, or both its
     upper and left ones, in every channel (constant padding, empty mosaic gaps, zero-filled
     borders of a registered stack; the second test makes a padding edge that touches content
     count as padding too), or is not finite (NaN masks). Such regions say nothing about the
@@ -64,19 +63,30 @@ def _informative_grid(image: Any, max_samples: int) -> tuple[np.ndarray, np.ndar
     """
     shape = tuple(image.shape)
     size = int(np.prod(shape))
-    if len(shape) < 3 or shape[-3] < 3 or shape[-2] < 3:
+    if len(shape) < 3 or shape[-3] < 2 or shape[-2] < 2:
         v = _subsample(image, max_samples).astype(np.float32, copy=False)
         return v, np.isfinite(v).all(axis=-1), 0
     stride = 1 if size <= max_samples else int(np.ceil((size / max_samples) ** (1.0 / (len(shape) - 1))))
     h, w = shape[-3], shape[-2]
+    lead = [slice(None, None, stride)] * (len(shape) - 3)
 
-    def read(dy: int, dx: int) -> np.ndarray:
-        key = [slice(None, None, stride)] * (len(shape) - 3) + [slice(1 + dy, h - 1 + dy, stride),
-                                                              slice(1 + dx, w - 1 + dx, stride), slice(None)]
-        return np.asarray(image[tuple(key)], dtype=np.float32)
+    def read(ys: slice, xs: slice) -> np.ndarray:
+        return np.asarray(image[tuple(lead + [ys, xs, slice(None)])], dtype=np.float32)
 
-    v = read(0, 0)
-    flat = (((v == read(1, 0)) & (v == read(0, 1))) | ((v == read(-1, 0)) & (v == read(0, -1)))).all(axis=-1)
+    def neighbour(v: np.ndarray, shifted: np.ndarray, axis: int, before: bool) -> np.ndarray:
+        """``shifted`` completed to ``v``'s shape with ``v``'s own edge (no neighbour there)."""
+        missing = v.shape[axis] - shifted.shape[axis]
+        if not missing:
+            return shifted
+        edge = np.take(v, [0] * missing if before else [v.shape[axis] - 1] * missing, axis=axis)
+        return np.concatenate([edge, shifted] if before else [shifted, edge], axis=axis)
+
+    v = read(slice(0, h, stride), slice(0, w, stride))
+    down = neighbour(v, read(slice(1, h, stride), slice(0, w, stride)), -3, before=False)
+    up = neighbour(v, read(slice(stride - 1, h - 1, stride), slice(0, w, stride)), -3, before=True)
+    right = neighbour(v, read(slice(0, h, stride), slice(1, w, stride)), -2, before=False)
+    left = neighbour(v, read(slice(0, h, stride), slice(stride - 1, w - 1, stride)), -2, before=True)
+    flat = (((v == down) & (v == right)) | ((v == up) & (v == left))).all(axis=-1)
     return v, ~flat & np.isfinite(v).all(axis=-1), stride
 
 
@@ -97,8 +107,8 @@ def content_box(image: Any, max_samples: int = MAX_SAMPLES) -> tuple[int, int, i
         return 0, h, 0, w
 
     def bounds(first: int, last: int, n_sampled: int, length: int) -> tuple[int, int]:
-        lo = 0 if first == 0 else 2 + (first - 1) * stride       # just past the last padding sample
-        hi = length if last == n_sampled - 1 else 1 + (last + 1) * stride  # the next padding sample
+        lo = 0 if first == 0 else (first - 1) * stride + 1        # just past the last padding sample
+        hi = length if last == n_sampled - 1 else (last + 1) * stride  # the next padding sample
         return lo, min(length, hi)
 
     y0, y1 = bounds(int(rows[0]), int(rows[-1]), plane.shape[0], h)

@@ -1,0 +1,134 @@
+"""Object scale and context: the same objects give the same labels rescaled, framed and chunked.
+
+These run the shipped models (napari_segtool/zoo) on simulated images, through the
+public functions the CLI and the widgets call.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.transform import rescale, resize
+
+from napari_segtool.core.batch import predict_to_zarr
+from napari_segtool.core.checkpoint import load_model
+from napari_segtool.core.predict import predict
+from napari_segtool.core.scale import median_diameter, object_scale_from_labels, scale_factor
+from napari_segtool.kernel.errors import InputError
+from napari_segtool.kernel.meta import ObjectScale
+from napari_segtool.ops.metrics import instance_scores
+from napari_segtool.sim import simulate_astro_field, simulate_nuclei
+
+
+@pytest.fixture(scope="module")
+def nuclei_model():
+    return load_model("nuclei")
+
+
+@pytest.fixture(scope="module")
+def nuclei_image():
+    sim = simulate_nuclei((256, 256), radius_range=(7.0, 8.0), snr=30, seed=11)
+    return sim.image.astype(np.float32), sim.labels
+
+
+def magnify(image, labels, m):
+    img = rescale(image, m, order=1, anti_aliasing=m < 1, preserve_range=True).astype(np.float32)
+    return img, resize(labels, img.shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+
+
+def same_objects(a, b) -> float:
+    """AP@0.5 of one label image against another: 1.0 means the same objects up to ids."""
+    return instance_scores(a, b)["ap50"]
+
+
+def test_object_scale_comes_from_training_labels_widened_by_augmentation():
+    labels = []
+    for r in (4, 6, 8, 10, 12):
+        lab = np.zeros((64, 64), np.int32)
+        yy, xx = np.mgrid[:64, :64]
+        lab[(yy - 32) ** 2 + (xx - 32) ** 2 <= r * r] = 1
+        labels.append(lab)
+    scale = object_scale_from_labels(labels, (0.8, 1.25))
+    diameters = [median_diameter(lab)[0] for lab in labels]
+    low, high = np.percentile(diameters, [10, 90])
+    assert scale.low == pytest.approx(0.8 * low) and scale.high == pytest.approx(1.25 * high)
+    assert scale.diameter == pytest.approx(np.sqrt(low * high))
+
+
+def test_scale_factor_leaves_known_sizes_alone_and_brings_others_into_range():
+    scale = ObjectScale(diameter=14, low=7, high=28)
+    assert scale_factor(scale, 20) == 1.0
+    assert scale_factor(scale, 56) == pytest.approx(0.5)
+    assert scale_factor(scale, 3.5) == pytest.approx(2.0)
+    assert scale_factor(ObjectScale(), 56) == 1.0  # a model that does not know its size runs as is
+
+
+def test_object_size_is_estimated_at_any_magnification(nuclei_model, nuclei_image):
+    image, labels = nuclei_image
+    truth = median_diameter(labels)[0]
+    for m in (1.0, 3.0):
+        img, lab = magnify(image, labels, m)
+        pred = predict(nuclei_model, img)
+        assert pred.diameter == pytest.approx(truth * m, rel=0.25)
+        assert pred.labels.shape == img.shape
+
+
+def test_labels_follow_object_scale(nuclei_model, nuclei_image):
+    """×3 nuclei (~45 px) are shrunk into the model's range and mapped back: same quality as ×1."""
+    image, labels = nuclei_image
+    plain = same_objects(predict(nuclei_model, image).labels, labels)
+    img, lab = magnify(image, labels, 3.0)
+    pred = predict(nuclei_model, img)
+    assert pred.scale_factor < 0.7
+    assert same_objects(pred.labels, lab) > plain - 0.1
+    unscaled = predict(nuclei_model, img, diameter=float(nuclei_model.meta.scale.high)).labels  # the old behaviour
+    assert same_objects(unscaled, lab) < same_objects(pred.labels, lab)
+
+
+def test_flat_and_nan_frames_change_nothing(nuclei_model, nuclei_image):
+    image, _ = nuclei_image
+    plain = predict(nuclei_model, image).labels
+    flat = np.pad(image, 48, constant_values=float(np.median(image)))
+    nan = np.pad(image, ((0, 40), (24, 0)), constant_values=np.nan)
+    assert same_objects(predict(nuclei_model, flat).labels[48:-48, 48:-48], plain) == 1.0
+    framed = predict(nuclei_model, nan).labels
+    assert same_objects(framed[:-40, 24:], plain) == 1.0 and not framed[-40:].any()
+
+
+def test_a_given_diameter_must_be_positive(nuclei_model, nuclei_image):
+    with pytest.raises(InputError, match="diameter"):
+        predict(nuclei_model, nuclei_image[0], diameter=-3)
+
+
+def test_chunked_equals_in_memory_when_rescaled(nuclei_model, nuclei_image, tmp_path):
+    import zarr
+
+    image, labels = magnify(nuclei_image[0][:144, :144], nuclei_image[1][:144, :144], 3.0)
+    ref = predict(nuclei_model, image)
+    assert ref.scale_factor < 0.8
+    predict_to_zarr(nuclei_model, image, tmp_path / "out.zarr", chunk_size=192)
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
+    assert out.shape == image.shape
+    assert same_objects(out, ref.labels) > 0.97
+
+
+def test_chunked_equals_in_memory_for_a_3d_stack(nuclei_model, tmp_path):
+    import zarr
+
+    sim = simulate_nuclei((12, 160, 160), radius_range=(6.0, 8.0), anisotropy=2.0, snr=30, seed=3)
+    stack = sim.image.astype(np.float32)
+    ref = predict(nuclei_model, stack, axes="ZYX")
+    predict_to_zarr(nuclei_model, stack, tmp_path / "out.zarr", axes="ZYX", chunk_size=96)
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
+    assert same_objects(out, ref.labels) > 0.95
+    assert same_objects(ref.labels, sim.labels) > 0.5  # and they are 3D nuclei, not noise
+
+
+def test_chunked_equals_in_memory_for_a_sky_field(tmp_path):
+    import zarr
+
+    model = load_model("astro-sources")
+    field = simulate_astro_field((256, 256), seed=5)
+    ref = predict(model, field.image)
+    predict_to_zarr(model, field.image, tmp_path / "out.zarr", chunk_size=128)
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
+    assert same_objects(out, ref.labels) > 0.95
