@@ -223,7 +223,12 @@ def export_torchscript(model: SegModel | str | os.PathLike, out: str | os.PathLi
     except Exception as exc:
         raise ExportError(f"TorchScript export of '{model.meta.arch}' failed: {' '.join(str(exc).split())[:300]}") \
             from exc
-    return _atomic_file(Path(out), lambda tmp: torch.jit.save(scripted, str(tmp)))
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.save is deprecated, still supported
+            torch.jit.save(scripted, str(tmp))
+
+    return _atomic_file(Path(out), write)
 
 
 def _onnx_export(net: nn.Module, model: SegModel, path: Path) -> None:
@@ -547,17 +552,25 @@ def _package_name(name: str) -> str:
     return clean[:128]
 
 
-def validate_bioimageio(path: str | os.PathLike) -> Any:
+def validate_bioimageio(path: str | os.PathLike) -> None:
     """Validate a package with ``bioimageio.spec`` (format and files); raise :class:`ExportError` if invalid."""
     try:
         from bioimageio.spec import InvalidDescr, load_description
     except ImportError as exc:
         raise ExportError(f"bioimage.io export needs bioimageio.spec (pip install bioimageio.core): {exc}") from None
-    descr = load_description(str(path), perform_io_checks=True)
-    if isinstance(descr, InvalidDescr):
-        errors = [f"{'.'.join(map(str, e.loc))}: {e.msg}" for d in descr.validation_summary.details for e in d.errors]
-        raise ExportError(f"bioimage.io description is invalid: {'; '.join(errors)[:500] or 'see bioimageio validate'}")
-    return descr
+    import gc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # bioimageio.spec leaves the zip open until collected
+        descr = load_description(str(path), perform_io_checks=True)
+        errors = []
+        if isinstance(descr, InvalidDescr):
+            errors = [f"{'.'.join(map(str, e.loc))}: {e.msg}" for d in descr.validation_summary.details
+                      for e in d.errors] or ["see `bioimageio validate`"]
+        del descr
+        gc.collect()
+    if errors:
+        raise ExportError(f"bioimage.io description is invalid: {'; '.join(errors)[:500]}")
 
 
 def export_bioimageio(model: SegModel | str | os.PathLike, out: str | os.PathLike, *,

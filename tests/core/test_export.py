@@ -100,6 +100,7 @@ def maskrcnn_and_image():
     return model, torch.from_numpy(image.transpose(2, 0, 1).copy())
 
 
+@pytest.mark.filterwarnings("ignore:RCNN always returns")
 def test_maskrcnn_torchscript_gives_the_same_detections(maskrcnn_and_image, tmp_path):
     model, x = maskrcnn_and_image
     ref = run_network(export_network(model), model, x)
