@@ -278,3 +278,24 @@ def test_cli_predicts_with_an_exported_package(package, trained_unet, tmp_path):
     assert main(["-q", "predict", str(trained_unet), str(src), "--out", str(tmp_path / "b")]) == 0
     np.testing.assert_array_equal(read_labels(tmp_path / "a" / "img_labels.tif"),
                                   read_labels(tmp_path / "b" / "img_labels.tif"))
+
+
+@needs_bioimageio
+def test_cli_export_bioimageio_with_a_sample_and_authors(unet, tmp_path):
+    import yaml
+
+    from napari_segtool.cli import main
+
+    model_dir = save_model(unet, tmp_path / "tiny")
+    image, _ = draw_objects((70, 90), n=5, seed=2)
+    np.save(tmp_path / "sample.npy", image)
+    out = tmp_path / "tiny.zip"
+    assert main(["-q", "export", str(model_dir), "--format", "bioimageio", "--out", str(out),
+                 "--sample", str(tmp_path / "sample.npy"), "--author", "A. Person", "--author", "B. Person"]) == 0
+    with zipfile.ZipFile(out) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        test_in = np.load(zf.open("test_input.npy"))
+    assert [a["name"] for a in rdf["authors"]] == ["A. Person", "B. Person"]
+    np.testing.assert_array_equal(test_in[0, 0, :70, :90], image)  # the sample, padded to a valid size
+    assert main(["-q", "export", str(model_dir), "--format", "onnx", "--out", str(tmp_path / "x.onnx"),
+                 "--sample", str(tmp_path / "sample.npy")]) == 2  # --sample is for bioimage.io only
