@@ -63,3 +63,65 @@ def split_mask_at_neck(mask: np.ndarray, p1: Sequence[int], p2: Sequence[int],
     out = np.zeros(mask.shape, np.int32)
     out[sl] = pieces
     return out
+
+
+# ============================================================== one rule for GUI and benchmark
+
+
+def merge_prediction(old: np.ndarray, pred: np.ndarray, edited: np.ndarray, instance: bool = True,
+                     drop_fraction: float = 0.5) -> np.ndarray:
+    """New labels for a region after a re-prediction: edited pixels keep ``old``, the prediction fills the rest.
+
+    For instances, a predicted object with at least ``drop_fraction`` of its pixels on
+    edited pixels is dropped (the user already decided what is there, object or
+    background); any other is trimmed to the unedited pixels (a neighbour that bleeds into
+    a corrected object keeps its own part). Predicted ids must not collide with the ids
+    kept from ``old`` (see :func:`shift_ids`).
+
+    The Correct widget (re-predicting a plane with edits) and the simulated annotator of
+    :mod:`napari_segtool.core.hitl` both merge with this function.
+    """
+    old = np.asarray(old)
+    pred = np.asarray(pred)
+    edited = np.asarray(edited, bool)
+    if not edited.any():
+        return pred.astype(old.dtype, copy=False)
+    if instance and pred.max() > 0:
+        ids = pred.ravel().astype(np.int64)
+        total = np.bincount(ids)
+        inside = np.bincount(ids[edited.ravel()], minlength=total.size)
+        drop = np.flatnonzero((total > 0) & (inside >= drop_fraction * np.maximum(total, 1)))
+        drop = drop[drop > 0]
+        if drop.size:
+            pred = np.where(np.isin(pred, drop), 0, pred)
+    return np.where(edited, old, pred).astype(old.dtype, copy=False)
+
+
+def shift_ids(pred: np.ndarray, above: int) -> np.ndarray:
+    """Instance ids of ``pred`` moved above ``above`` (0 stays background), as int32."""
+    pred = np.asarray(pred)
+    if above <= 0:
+        return pred.astype(np.int32, copy=False)
+    return np.where(pred > 0, pred.astype(np.int64) + int(above), 0).astype(np.int32)
+
+
+def edited_pixels(base: np.ndarray, current: np.ndarray, marks: np.ndarray | None = None) -> np.ndarray:
+    """The annotated pixels of a plane: what the user decided, as training data.
+
+    Pixels that differ from what was predicted (``base``), plus the whole extent of every
+    object such a pixel belongs to (before or after the edit), plus what was marked
+    outright (``marks``: reviewed regions). Recomputed from ``base`` each time, so undoing
+    an edit also undoes its annotation. The plugin's edit tracker and the simulated
+    annotator both derive training data with it.
+    """
+    base = np.asarray(base)
+    current = np.asarray(current)
+    mask = np.zeros(current.shape, bool) if marks is None else np.array(marks, bool, copy=True)
+    differ = base != current
+    if differ.any():
+        ids = np.union1d(np.unique(base[differ]), np.unique(current[differ]))
+        ids = ids[ids != 0]
+        mask |= differ
+        if ids.size:
+            mask |= np.isin(current, ids)
+    return mask

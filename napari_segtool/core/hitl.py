@@ -43,6 +43,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_segtool.core.data import DataError, make_example
+from napari_segtool.core.edits import merge_prediction, shift_ids
 from napari_segtool.kernel.events import CancelToken
 from napari_segtool.ops.metrics import instance_scores, iou_matrix
 from napari_segtool.core.model import SegModel
@@ -83,22 +84,14 @@ def merge_corrections(pred: np.ndarray, fixed: np.ndarray, annotated: np.ndarray
                       drop_fraction: float = 0.5) -> np.ndarray:
     """A new prediction with the corrections kept: annotated pixels keep ``fixed``'s values.
 
-    Predicted objects lying mostly (``>= drop_fraction`` of their pixels) on annotated
-    pixels are dropped (the annotator already decided what is there); the others are
+    The very merge the Correct widget runs on a re-predicted plane
+    (:func:`napari_segtool.core.edits.merge_prediction`): predicted objects lying mostly
+    (``>= drop_fraction`` of their pixels) on annotated pixels are dropped, the others are
     trimmed to the unannotated pixels. Predicted ids are shifted above ``fixed.max()``.
     """
-    pred = np.asarray(pred)
-    out = np.where(pred > 0, pred.astype(np.int64) + int(fixed.max()), 0)
-    if annotated.any() and out.max() > 0:
-        ids = out.ravel()
-        total = np.bincount(ids)
-        inside = np.bincount(ids[annotated.ravel()], minlength=total.size)
-        drop = np.flatnonzero((inside >= drop_fraction * np.maximum(total, 1)) & (total > 0))
-        drop = drop[drop > 0]
-        if drop.size:
-            out[np.isin(out, drop)] = 0
-    out = np.where(annotated, fixed, out)
-    return out.astype(np.int32)
+    shifted = shift_ids(pred, int(np.asarray(fixed).max()))
+    return merge_prediction(np.asarray(fixed).astype(np.int32), shifted, annotated, instance=True,
+                            drop_fraction=drop_fraction).astype(np.int32)
 
 
 class SimulatedAnnotator:

@@ -23,6 +23,7 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 from scipy import ndimage as ndi
 
+from napari_segtool.core.edits import edited_pixels, merge_prediction
 from napari_segtool.core.project import ImageEntry, Project, image_key
 from napari_segtool.plugin import _layers as L
 
@@ -35,21 +36,7 @@ Index = tuple[int, ...]
 
 
 # ============================================================== array operations
-
-
-def merge_prediction(old: np.ndarray, pred: np.ndarray, edited: np.ndarray, instance: bool = True) -> np.ndarray:
-    """New labels for a region: the user's edited pixels are kept, the prediction fills the rest.
-
-    For instances, predicted objects that overlap an edited pixel are dropped
-    (the user already decided what is there, object or background).
-    """
-    if not edited.any():
-        return pred.astype(old.dtype, copy=False)
-    if instance:
-        bad = np.unique(pred[edited & (pred > 0)])
-        if bad.size:
-            pred = np.where(np.isin(pred, bad), 0, pred)
-    return np.where(edited, old, pred).astype(old.dtype, copy=False)
+# (the merge of re-predictions with edits is core's: ``napari_segtool.core.edits.merge_prediction``)
 
 
 def bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
@@ -355,14 +342,7 @@ class LabelsTracker(QObject):
 
     def _derive_edited(self, index: Index, current: np.ndarray) -> None:
         base = self.base[index] if index else self.base
-        differ = base != current
-        mask = self.marks[index].copy() if index else self.marks.copy()
-        if differ.any():
-            ids = np.union1d(np.unique(base[differ]), np.unique(current[differ]))
-            ids = ids[ids != 0]
-            mask |= differ
-            if ids.size:
-                mask |= np.isin(current, ids)
+        mask = edited_pixels(base, current, self.marks[index] if index else self.marks)
         if index:
             self.edited[index] = mask
         else:

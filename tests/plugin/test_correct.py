@@ -18,15 +18,20 @@ def _two_blobs():
 
 
 def test_merge_prediction_keeps_edits():
+    from napari_segtool.core import edits
+
+    assert C.merge_prediction is edits.merge_prediction  # one merge rule, in core (the benchmark's too)
     old = np.zeros((10, 10), np.int32)
     old[2:5, 2:5] = 7
     edited = np.zeros((10, 10), bool)
     edited[1:6, 1:6] = True
     pred = np.zeros((10, 10), np.int32)
-    pred[3:8, 3:8] = 20  # overlaps the edited region: dropped
+    pred[1:6, 2:7] = 20  # mostly on the edited region: dropped
+    pred[5:8, 5:8] = 22  # one pixel on it: trimmed, kept
     pred[8:10, 0:2] = 21
     out = C.merge_prediction(old, pred, edited)
     assert (out[2:5, 2:5] == 7).all() and not (out == 20).any() and (out[8:10, 0:2] == 21).all()
+    assert out[5, 5] == 0 and (out == 22).sum() == 8
 
 
 def test_split_by_points_and_line():

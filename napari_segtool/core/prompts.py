@@ -1,0 +1,609 @@
+"""Prompt tools: fix an object with a click, a box or a stroke, using the model's own maps.
+
+No Qt, no napari, no torch: numpy / scipy / scikit-image on one 2D label plane and the
+maps the instance model computed for it (:class:`PromptMaps`, from
+``predict(..., return_probabilities=True)``: channel 0 background, 1 interior,
+2 boundary, 3 distance for the U-Net; one foreground channel for Mask R-CNN).
+
+Every tool works in a window around its prompt (grown only when the object reaches the
+window's edge), so an edit costs the same on a 2048² plane as on a 256² one, and returns
+a :class:`LocalEdit`: the window and its new labels. The plugin writes that through the
+labels layer (undoable, recorded as training data like any edit); the simulated
+annotator of :mod:`napari_segtool.core.hitl` writes it into its working labels.
+
+Tools
+-----
+* :func:`add_object` — a click on a missed object: the region grown from the click over
+  the foreground map, bounded by other objects and by the boundary/interior maps.
+* :func:`redraw_in_box` — a box around an object: the object redrawn from the maps inside it.
+* :func:`grow_object` / :func:`shrink_object` — a positive click outside an object adds
+  the part of the foreground that joins it to the click; a negative click inside removes
+  the part of the object around the click.
+* :func:`split_by_scribble` — a stroke across a merged object splits it into one object
+  per nucleus the stroke crosses.
+* :func:`rank_uncertain` — "correct next": objects (and unlabelled foreground) sorted by
+  the model's uncertainty.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_segtool.core.edits import split_mask_at_neck
+
+__all__ = [
+    "PromptError",
+    "PromptMaps",
+    "LocalEdit",
+    "Uncertain",
+    "add_object",
+    "redraw_in_box",
+    "grow_object",
+    "shrink_object",
+    "split_by_scribble",
+    "rank_uncertain",
+]
+
+FG_THRESHOLD = 0.5
+SEED_THRESHOLD = 0.6
+_CROSS = ndi.generate_binary_structure(2, 1)
+
+
+class PromptError(ValueError):
+    """The prompt cannot be applied here (the message says why, for the user)."""
+
+
+# ============================================================== maps
+
+
+@dataclass
+class PromptMaps:
+    """The model's maps of (part of) one plane; ``origin`` is where ``[0, 0]`` lies in the plane.
+
+    Stored as float16 (a 2048² plane costs 32 MB for all four maps); :meth:`window`
+    returns float32 crops in plane coordinates, zero where the maps do not reach.
+    """
+
+    foreground: np.ndarray
+    interior: np.ndarray
+    boundary: np.ndarray
+    distance: np.ndarray | None = None
+    origin: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def from_probabilities(cls, probabilities: np.ndarray, origin: Sequence[int] = (0, 0)) -> "PromptMaps":
+        """From an instance model's ``(K, H, W)`` probabilities (U-Net: K >= 4, Mask R-CNN: K == 1)."""
+        p = np.asarray(probabilities)
+        if p.ndim != 3:
+            raise ValueError(f"need (K, H, W) probabilities of one plane, got shape {p.shape}")
+        f16 = np.float16
+        if p.shape[0] >= 4:
+            fg = (p[1].astype(np.float32) + p[2]).clip(0, 1)
+            return cls(fg.astype(f16), p[1].astype(f16), p[2].astype(f16), p[3].astype(f16),
+                       (int(origin[0]), int(origin[1])))
+        if p.shape[0] == 1:
+            fg = p[0].astype(f16)
+            return cls(fg, fg, np.zeros_like(fg), None, (int(origin[0]), int(origin[1])))
+        raise ValueError(f"{p.shape[0]} channels: not the maps of an instance model")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.foreground.shape)  # type: ignore[return-value]
+
+    def covers(self, yx: Sequence[int]) -> bool:
+        y, x = int(yx[0]) - self.origin[0], int(yx[1]) - self.origin[1]
+        return 0 <= y < self.shape[0] and 0 <= x < self.shape[1]
+
+    def window(self, sl: tuple[slice, slice]) -> "PromptMaps":
+        """The maps of the plane window ``sl`` (float32, zeros where these maps do not reach)."""
+        (y0, y1), (x0, x1) = (sl[0].start, sl[0].stop), (sl[1].start, sl[1].stop)
+        oy, ox = self.origin
+        h, w = self.shape
+        ya, yb = max(y0, oy), min(y1, oy + h)
+        xa, xb = max(x0, ox), min(x1, ox + w)
+
+        def crop(a: np.ndarray | None) -> np.ndarray | None:
+            if a is None:
+                return None
+            out = np.zeros((y1 - y0, x1 - x0), np.float32)
+            if yb > ya and xb > xa:
+                out[ya - y0:yb - y0, xa - x0:xb - x0] = a[ya - oy:yb - oy, xa - ox:xb - ox]
+            return out
+
+        return PromptMaps(crop(self.foreground), crop(self.interior), crop(self.boundary),  # type: ignore[arg-type]
+                          crop(self.distance), (y0, x0))
+
+
+@dataclass
+class LocalEdit:
+    """New labels for a window of the plane: write ``labels`` at ``slices``."""
+
+    slices: tuple[slice, slice]
+    labels: np.ndarray
+    label: int = 0          # the object made or changed
+    message: str = ""
+
+    def apply(self, plane: np.ndarray) -> np.ndarray:
+        """Write the edit into ``plane`` (in place) and return it."""
+        plane[self.slices] = self.labels
+        return plane
+
+
+# ============================================================== helpers
+
+
+def _window(shape: Sequence[int], centre: Sequence[float], half: int) -> tuple[slice, slice]:
+    cy, cx = int(round(centre[0])), int(round(centre[1]))
+    return (slice(max(0, cy - half), min(int(shape[0]), cy + half + 1)),
+            slice(max(0, cx - half), min(int(shape[1]), cx + half + 1)))
+
+
+def _box_window(shape: Sequence[int], y0: int, y1: int, x0: int, x1: int, pad: int) -> tuple[slice, slice]:
+    return (slice(max(0, y0 - pad), min(int(shape[0]), y1 + pad)),
+            slice(max(0, x0 - pad), min(int(shape[1]), x1 + pad)))
+
+
+def _touches_open_edge(mask: np.ndarray, sl: tuple[slice, slice], shape: Sequence[int]) -> bool:
+    """Whether ``mask`` reaches an edge of its window that is not an edge of the plane."""
+    if not mask.any():
+        return False
+    return bool((sl[0].start > 0 and mask[0].any()) or (sl[0].stop < shape[0] and mask[-1].any())
+                or (sl[1].start > 0 and mask[:, 0].any()) or (sl[1].stop < shape[1] and mask[:, -1].any()))
+
+
+def _object_window(labels: np.ndarray, label: int, near: Sequence[float], half: int = 48
+                   ) -> tuple[slice, slice]:
+    """A window around ``near`` that holds all of object ``label`` (grown until it does)."""
+    while True:
+        sl = _window(labels.shape, near, half)
+        if not _touches_open_edge(labels[sl] == label, sl, labels.shape) or \
+                (sl[0].start == 0 and sl[1].start == 0 and sl[0].stop == labels.shape[0]
+                 and sl[1].stop == labels.shape[1]):
+            return _shrink_to(labels[sl] == label, sl, labels.shape, pad=half // 2)
+        half *= 2
+
+
+def _shrink_to(mask: np.ndarray, sl: tuple[slice, slice], shape: Sequence[int], pad: int) -> tuple[slice, slice]:
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return sl
+    return _box_window(shape, sl[0].start + int(ys.min()), sl[0].start + int(ys.max()) + 1,
+                       sl[1].start + int(xs.min()), sl[1].start + int(xs.max()) + 1, pad)
+
+
+def _component_at(mask: np.ndarray, c: tuple[int, int]) -> np.ndarray:
+    if not mask[c]:
+        return np.zeros_like(mask)
+    parts, _ = ndi.label(mask, _CROSS)
+    return parts == parts[c]
+
+
+def _local(c: Sequence[int], sl: tuple[slice, slice]) -> tuple[int, int]:
+    return int(c[0]) - sl[0].start, int(c[1]) - sl[1].start
+
+
+def _peak_near(a: np.ndarray, c: tuple[int, int], r: int = 1) -> float:
+    return float(a[max(0, c[0] - r):c[0] + r + 1, max(0, c[1] - r):c[1] + r + 1].max())
+
+
+def _relief(m: PromptMaps, mask: np.ndarray) -> np.ndarray:
+    """Low inside object centres, high at boundaries: what a watershed between seeds climbs."""
+    own = ndi.distance_transform_edt(mask)
+    own = own / max(1.0, float(own.max()))
+    centre = m.distance if m.distance is not None else m.interior
+    return (m.boundary - centre - 0.5 * own).astype(np.float32)
+
+
+def _basin_of_click(comp: np.ndarray, m: PromptMaps, c: tuple[int, int]) -> np.ndarray:
+    """Keep, of a foreground region, the object the click is on (touching missed objects are split off)."""
+    from skimage.segmentation import watershed
+
+    seeds, n = ndi.label(comp & (m.interior >= SEED_THRESHOLD), _CROSS)
+    if n < 2:
+        return comp
+    basins = watershed(_relief(m, comp), markers=seeds, mask=comp)
+    return basins == basins[c] if basins[c] else comp
+
+
+def _typical_radius(lab: np.ndarray, default: float = 5.0) -> float:
+    areas = np.bincount(lab.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(np.sqrt(np.median(areas) / np.pi)) if areas.size else default
+
+
+def _disc(shape: Sequence[int], c: Sequence[float], r: float) -> np.ndarray:
+    yy, xx = np.ogrid[: shape[0], : shape[1]]
+    return (yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= r * r
+
+
+def _check_point(labels: np.ndarray, yx: Sequence[int]) -> tuple[int, int]:
+    y, x = int(round(float(yx[0]))), int(round(float(yx[1])))
+    if not (0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]):
+        raise PromptError("the point is outside the image")
+    return y, x
+
+
+# ============================================================== tools
+
+
+def add_object(labels: np.ndarray, maps: PromptMaps, yx: Sequence[int], new_label: int, *,
+               threshold: float = FG_THRESHOLD, half: int = 48) -> LocalEdit:
+    """A click on a missed object: the object appears.
+
+    The region is grown from the click over the foreground map (cut-off ``threshold``, or
+    half the click's probability for a faint object), never over another object; when
+    the region holds several interior seeds (touching nuclei the model missed together)
+    only the click's basin is kept. Where the model sees nothing, a disc of the
+    neighbours' typical size is added (to be shaped by hand).
+    """
+    labels = np.asarray(labels)
+    y, x = _check_point(labels, yx)
+    if labels[y, x] != 0:
+        raise PromptError(f"there is already an object here (label {int(labels[y, x])})")
+    for _ in range(5):
+        sl = _window(labels.shape, (y, x), half)
+        lab, m = labels[sl], maps.window(sl)
+        c = _local((y, x), sl)
+        free = lab == 0
+        p = _peak_near(m.foreground, c)
+        if p < 0.05:
+            r = _typical_radius(lab)
+            obj = _disc(lab.shape, c, r) & free
+            obj = _component_at(obj, c)
+            return _edit(lab, sl, obj, new_label, f"the model sees nothing here: a disc of radius {r:.0f} was added")
+        t = threshold if p >= threshold else 0.5 * p
+        region = (m.foreground >= t) & free
+        region[c] = True
+        comp = _basin_of_click(_component_at(region, c), m, c)
+        comp = ndi.binary_fill_holes(comp) & free
+        if not _touches_open_edge(comp, sl, labels.shape):
+            break
+        half *= 2
+    return _edit(lab, sl, comp, new_label, "added")
+
+
+def _edit(lab: np.ndarray, sl: tuple[slice, slice], obj: np.ndarray, label: int, message: str,
+          clear: np.ndarray | None = None) -> LocalEdit:
+    out = lab.copy()
+    if clear is not None:
+        out[clear] = 0
+    out[obj] = label
+    return LocalEdit(sl, out, int(label), message)
+
+
+def redraw_in_box(labels: np.ndarray, maps: PromptMaps, box: Sequence[int], new_label: int, *,
+                  threshold: float = FG_THRESHOLD) -> LocalEdit:
+    """A box around an object: the object is redrawn inside it.
+
+    ``box`` is ``(y0, x0, y1, x1)`` (corners in any order, inclusive). The object is the
+    one under the box centre (else the one with most pixels in the box; else a new one
+    with ``new_label``); all its pixels are replaced by the component of the thresholded
+    foreground inside the box that contains the centre (else the largest), holes filled,
+    never over another object. The cut-off is ``threshold``, or Otsu's of the box when
+    the centre is below it.
+    """
+    labels = np.asarray(labels)
+    y0, x0 = _check_point(labels, box[:2])
+    y1, x1 = _check_point(labels, box[2:])
+    y0, y1 = sorted((y0, y1))
+    x0, x1 = sorted((x0, x1))
+    if y1 - y0 < 2 or x1 - x0 < 2:
+        raise PromptError("the box is too small")
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    inner = labels[y0:y1 + 1, x0:x1 + 1]
+    target = int(inner[cy - y0, cx - x0])
+    if target == 0:
+        ids, counts = np.unique(inner[inner > 0], return_counts=True)
+        target = int(ids[np.argmax(counts)]) if ids.size else 0
+    label = target or int(new_label)
+    # the window holds the box and all of the target object
+    sl = _box_window(labels.shape, y0, y1 + 1, x0, x1 + 1, pad=2)
+    if target:
+        osl = _object_window(labels, target, (cy, cx), half=max(y1 - y0, x1 - x0))
+        sl = (slice(min(sl[0].start, osl[0].start), max(sl[0].stop, osl[0].stop)),
+              slice(min(sl[1].start, osl[1].start), max(sl[1].stop, osl[1].stop)))
+    lab, m = labels[sl], maps.window(sl)
+    inside = np.zeros(lab.shape, bool)
+    inside[y0 - sl[0].start:y1 + 1 - sl[0].start, x0 - sl[1].start:x1 + 1 - sl[1].start] = True
+    others = (lab > 0) & (lab != target)
+    c = _local((cy, cx), sl)
+    fg = m.foreground
+    t = threshold
+    if fg[c] < t:
+        from skimage.filters import threshold_otsu
+
+        values = fg[inside]
+        t = float(np.clip(threshold_otsu(values), 0.05, threshold)) if values.max() > values.min() else threshold
+    mask = (fg >= t) & inside & ~others
+    parts, n = ndi.label(mask, _CROSS)
+    if n == 0:
+        raise PromptError("the model sees no object in this box")
+    if parts[c]:
+        obj = parts == parts[c]
+    else:
+        obj = parts == (int(np.argmax(np.bincount(parts.ravel())[1:])) + 1)
+    obj = ndi.binary_fill_holes(obj) & ~others & inside
+    old = lab == target if target else None
+    return _edit(lab, sl, obj, label, "redrawn" if target else "added", clear=old)
+
+
+def _nearest_label(lab: np.ndarray, c: tuple[int, int]) -> int:
+    if not (lab > 0).any():
+        return 0
+    _, (iy, ix) = ndi.distance_transform_edt(lab == 0, return_indices=True)
+    return int(lab[iy[c], ix[c]])
+
+
+def grow_object(labels: np.ndarray, maps: PromptMaps, yx: Sequence[int], label: int | None = None, *,
+                half: int = 48) -> LocalEdit:
+    """A positive click just outside an object: the object grows to take the click in.
+
+    The object is ``label`` (default: the one nearest to the click). It takes the
+    foreground joining it to the click at the highest cut-off where they connect
+    (0.5 down to 0.05), within reach of the object (1.5× the click's distance, or half
+    its diameter); where the maps never connect them, the convex hull of the object and
+    a small disc at the click. Never over another object.
+    """
+    labels = np.asarray(labels)
+    y, x = _check_point(labels, yx)
+    sl = _window(labels.shape, (y, x), half)
+    lab = labels[sl]
+    c = _local((y, x), sl)
+    if label is None:
+        label = _nearest_label(lab, c)
+    label = int(label)
+    if label <= 0:
+        raise PromptError("no object near the click to grow")
+    if lab[c] == label:
+        raise PromptError("click outside the object to grow it (inside: shrink)")
+    if lab[c] != 0:
+        raise PromptError(f"the click is on another object (label {int(lab[c])})")
+    osl = _object_window(labels, label, (y, x), half=half)
+    sl = (slice(min(sl[0].start, osl[0].start), max(sl[0].stop, osl[0].stop)),
+          slice(min(sl[1].start, osl[1].start), max(sl[1].stop, osl[1].stop)))
+    lab, m = labels[sl], maps.window(sl)
+    c = _local((y, x), sl)
+    obj = lab == label
+    free = lab == 0
+    to_obj = ndi.distance_transform_edt(~obj)
+    area = int(obj.sum())
+    reach = max(1.5 * float(to_obj[c]), np.sqrt(area / np.pi), 3.0)
+    allowed = free & (to_obj <= reach)
+    for t in (0.5, 0.4, 0.3, 0.2, 0.1, 0.05):
+        region = ((m.foreground >= t) & allowed) | obj
+        region[c] = True
+        comp = _component_at(region, c)
+        if (comp & obj).any():
+            add = ndi.binary_fill_holes(comp) & free
+            return _edit(lab, sl, add, label, f"grown at cut-off {t:g}")
+    from skimage.morphology import convex_hull_image
+
+    hull = convex_hull_image(obj | _disc(lab.shape, c, 1.5))
+    return _edit(lab, sl, hull & free, label, "grown (the model does not join them: convex hull)")
+
+
+def shrink_object(labels: np.ndarray, maps: PromptMaps, yx: Sequence[int]) -> LocalEdit:
+    """A negative click inside an object: the part of the object around the click goes.
+
+    With the maps: the object keeps its largest component of pixels more certain than
+    the click (foreground above the click's probability, and at least 0.5). When the click
+    is as certain as the rest, the object is cut at its neck between its centre and the
+    click (:func:`~napari_segtool.core.edits.split_mask_at_neck`) and the click's piece removed.
+    """
+    labels = np.asarray(labels)
+    y, x = _check_point(labels, yx)
+    label = int(labels[y, x])
+    if label == 0:
+        raise PromptError("click inside an object to shrink it (outside: grow)")
+    sl = _object_window(labels, label, (y, x))
+    lab, m = labels[sl], maps.window(sl)
+    c = _local((y, x), sl)
+    obj = lab == label
+    area = int(obj.sum())
+    p = float(m.foreground[c])
+    # below the model's own cut-off the click says "the model was right": keep what it calls object
+    keep_region = obj & (m.foreground > max(p + 0.02, min(FG_THRESHOLD, 0.98)))
+    parts, n = ndi.label(keep_region, _CROSS)
+    if n:
+        sizes = np.bincount(parts.ravel())[1:]
+        keep = parts == (int(np.argmax(sizes)) + 1)
+        keep = ndi.binary_fill_holes(keep) & obj
+        keep[c] = False
+        removed = obj & ~keep
+        if keep.sum() >= 0.2 * area and removed.sum() >= max(3, 0.05 * area):
+            return _edit(lab, sl, np.zeros_like(obj), label, "shrunk (less certain part removed)", clear=removed)
+    # the maps do not tell the click's part apart: cut at the neck between the object's centre and the click
+    dist = ndi.distance_transform_edt(obj)
+    far = dist * (ndi.distance_transform_edt(~_disc(obj.shape, c, 0.5)) > 0.5 * np.sqrt(area / np.pi))
+    centre = np.unravel_index(int(np.argmax(far)), far.shape)
+    if not obj[centre] or centre == c:
+        raise PromptError("the object is too small to shrink here; delete it instead")
+    pieces = split_mask_at_neck(obj, centre, c)
+    return _edit(lab, sl, np.zeros_like(obj), label, "shrunk (cut at the neck)", clear=pieces == 2)
+
+
+def _stroke_pixels(points: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Ordered, de-duplicated (y, x) pixels of a polyline, clipped to ``shape``."""
+    from skimage.draw import line as draw_line
+
+    pts = np.round(np.asarray(points, float)).astype(int)
+    if len(pts) == 1:
+        pts = np.vstack([pts, pts])
+    out = []
+    for (y0, x0), (y1, x1) in zip(pts[:-1], pts[1:]):
+        rr, cc = draw_line(y0, x0, y1, x1)
+        out.append(np.stack([rr, cc], 1))
+    px = np.concatenate(out)
+    ok = (px[:, 0] >= 0) & (px[:, 0] < shape[0]) & (px[:, 1] >= 0) & (px[:, 1] < shape[1])
+    px = px[ok]
+    if len(px) == 0:
+        return px
+    keep = np.ones(len(px), bool)
+    keep[1:] = np.any(px[1:] != px[:-1], axis=1)
+    return px[keep]
+
+
+def _profile_peaks(profile: np.ndarray, dip: float = 0.75) -> list[int]:
+    """Indices of the peaks of a 1D profile, each separated from a higher one by a dip below
+    ``dip`` × its own height (the profile falls to 0 beyond both ends)."""
+    from scipy.signal import find_peaks
+
+    padded = np.concatenate([[0.0], np.asarray(profile, float), [0.0]])
+    peaks, props = find_peaks(padded, prominence=0)
+    keep = props["prominences"] > (1.0 - dip) * padded[peaks]
+    return [int(i) - 1 for i in peaks[keep]]
+
+
+def split_by_scribble(labels: np.ndarray, maps: PromptMaps | None, points: Sequence[Sequence[float]],
+                      first_new_label: int, *, min_size: int = 5) -> LocalEdit:
+    """A stroke across a merged object: one object per nucleus the stroke crosses.
+
+    For every object the stroke crosses, its seeds are the interior components of the
+    maps (interior probability >= 0.6) that the stroke touches; without maps, or where
+    they do not separate, the peaks of the object's own distance transform along the
+    stroke (separated by a dip to 3/4 of the lower peak). Two seeds or more: the object
+    is flooded from them (a watershed climbing boundary probability and falling with
+    distance), the largest piece keeps the id, the others get new ids.
+    """
+    from skimage.segmentation import watershed
+
+    labels = np.asarray(labels)
+    px = _stroke_pixels(np.asarray(points, float), labels.shape)
+    if len(px) < 2:
+        raise PromptError("draw a stroke across the object(s) to split")
+    crossed = [int(v) for v in dict.fromkeys(labels[px[:, 0], px[:, 1]].tolist()) if v > 0]
+    if not crossed:
+        raise PromptError("the stroke crosses no object")
+    y0, x0 = px.min(0)
+    y1, x1 = px.max(0) + 1
+    sl = _box_window(labels.shape, int(y0), int(y1), int(x0), int(x1), pad=4)
+    for label in crossed:
+        osl = _object_window(labels, label, px[labels[px[:, 0], px[:, 1]] == label][0], half=24)
+        sl = (slice(min(sl[0].start, osl[0].start), max(sl[0].stop, osl[0].stop)),
+              slice(min(sl[1].start, osl[1].start), max(sl[1].stop, osl[1].stop)))
+    lab = labels[sl]
+    m = maps.window(sl) if maps is not None else None
+    local = px - np.array([sl[0].start, sl[1].start])
+    out = lab.copy()
+    next_id = int(first_new_label)
+    n_split = 0
+    for label in crossed:
+        obj = lab == label
+        on = obj[local[:, 0], local[:, 1]]
+        path = local[on]
+        seeds = np.zeros(lab.shape, np.int32)
+        n = 0
+        if m is not None:
+            cores, _ = ndi.label(obj & (m.interior >= SEED_THRESHOLD), _CROSS)
+            hit = [int(v) for v in dict.fromkeys(cores[path[:, 0], path[:, 1]].tolist()) if v > 0]
+            for k, core in enumerate(hit, 1):
+                seeds[cores == core] = k
+            n = len(hit)
+        if n < 2:
+            dist = ndi.distance_transform_edt(obj)
+            profile = dist[path[:, 0], path[:, 1]]
+            peaks = _profile_peaks(profile)
+            seeds[:] = 0
+            for k, i in enumerate(peaks, 1):
+                r = max(1.0, 0.5 * float(profile[i]))
+                seeds[_disc(obj.shape, path[i], r) & obj & (seeds == 0)] = k
+            n = len(peaks)
+        if n < 2:
+            continue
+        relief = _relief(m, obj) if m is not None else -ndi.distance_transform_edt(obj)
+        pieces = watershed(relief, markers=seeds, mask=obj)
+        sizes = np.bincount(pieces.ravel(), minlength=n + 1)[1:]
+        order = [k + 1 for k in np.argsort(sizes)[::-1] if sizes[k] >= min_size]
+        if len(order) < 2:
+            continue
+        for k in order[1:]:
+            out[pieces == k] = next_id
+            next_id += 1
+        n_split += 1
+    if not n_split:
+        raise PromptError("the stroke does not cross two nuclei of one object")
+    return LocalEdit(sl, out, int(first_new_label), f"split {n_split} object(s) into {next_id - first_new_label + n_split}")
+
+
+# ============================================================== correct next
+
+
+@dataclass
+class Uncertain:
+    """An object (``label`` > 0) or an unlabelled foreground region (``label`` 0) to look at."""
+
+    label: int
+    score: float              # higher = the model is less sure
+    yx: tuple[int, int]       # a pixel of it (its most central one)
+    area: int
+    kind: str                 # "object" or "missed"
+    margin: float = 0.0       # mean |p - 0.5| * 2 of the foreground probability
+    boundary: float = 0.0     # mean boundary probability inside it (away from its rim)
+
+
+def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20,
+                   exclude: np.ndarray | None = None, min_area: int = 10,
+                   missed_threshold: float = 0.3) -> list[Uncertain]:
+    """Objects and missed regions sorted by the model's uncertainty, worst first.
+
+    An object scores ``1 - margin + boundary``: ``margin`` is the mean foreground
+    margin ``|p - 0.5| * 2`` over its pixels (low = the model hesitates whether it is an
+    object), ``boundary`` the mean boundary probability inside it away from its own rim
+    (high = probably two objects merged). An unlabelled region where the foreground
+    probability is above ``missed_threshold`` (``min_area`` pixels or more) scores
+    ``1 - margin`` + its mean foreground (a missed object). Objects mostly in
+    ``exclude`` (pixels the user already edited) are left out.
+    """
+    from skimage.segmentation import find_boundaries
+
+    labels = np.asarray(labels)
+    sl = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
+    m = maps.window(sl)
+    fg = m.foreground
+    margin = np.abs(fg - 0.5) * 2
+    flat = labels.ravel().astype(np.int64)
+    n = int(flat.max()) + 1 if flat.size else 1
+    area = np.bincount(flat, minlength=n)
+    sum_margin = np.bincount(flat, margin.ravel(), minlength=n)
+    inner = (labels > 0) & ~find_boundaries(labels, mode="inner")
+    inner_ids = np.where(inner, labels, 0).ravel().astype(np.int64)
+    inner_area = np.bincount(inner_ids, minlength=n)
+    sum_boundary = np.bincount(inner_ids, m.boundary.ravel(), minlength=n)
+    skip = np.zeros(n, bool)
+    if exclude is not None:
+        skip = np.bincount(flat, np.asarray(exclude, bool).ravel().astype(float), minlength=n) >= 0.5 * area
+    # the most central pixel of each object (the peak of its distance transform)
+    dist = ndi.distance_transform_edt(labels > 0)
+    out: list[Uncertain] = []
+    ids = np.flatnonzero((area > 0) & ~skip)
+    ids = ids[ids > 0]
+    if ids.size:
+        peaks = ndi.maximum_position(dist, labels, ids)
+        for i, pos in zip(ids.tolist(), peaks):
+            mg = float(sum_margin[i] / area[i])
+            bd = float(sum_boundary[i] / inner_area[i]) if inner_area[i] else 0.0
+            out.append(Uncertain(i, 1.0 - mg + bd, (int(pos[0]), int(pos[1])), int(area[i]), "object", mg, bd))
+    free = (labels == 0) & (fg >= missed_threshold)
+    if exclude is not None:
+        free &= ~np.asarray(exclude, bool)
+    regions, k = ndi.label(free, _CROSS)
+    if k:
+        r_flat = regions.ravel()
+        r_area = np.bincount(r_flat, minlength=k + 1)
+        r_fg = np.bincount(r_flat, fg.ravel(), minlength=k + 1)
+        r_margin = np.bincount(r_flat, margin.ravel(), minlength=k + 1)
+        big = np.flatnonzero(r_area >= min_area)
+        big = big[big > 0]
+        if big.size:
+            rdist = ndi.distance_transform_edt(regions > 0)
+            peaks = ndi.maximum_position(rdist, regions, big)
+            for j, pos in zip(big.tolist(), peaks):
+                mg = float(r_margin[j] / r_area[j])
+                mean_fg = float(r_fg[j] / r_area[j])
+                out.append(Uncertain(0, 1.0 - mg + mean_fg, (int(pos[0]), int(pos[1])), int(r_area[j]),
+                                     "missed", mg, 0.0))
+    out.sort(key=lambda u: (-u.score, -u.area, u.label))
+    return out[:top] if top is not None else out
