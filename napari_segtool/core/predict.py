@@ -24,7 +24,7 @@ from napari_segtool.kernel.errors import InputError
 from napari_segtool.kernel.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.scale import ScaleEstimate, estimate_diameter, scale_factor
-from napari_segtool.core.window import WindowSettings, plane_view, predict_window
+from napari_segtool.core.window import WindowSettings, join_kept_planes, plane_view, predict_window
 from napari_segtool.ops.normalize import Normalizer, content_box, fit_normalizer
 from napari_segtool.ops.resample import is_identity
 from napari_segtool.ops.sources import source_table
@@ -173,17 +173,25 @@ def iter_predict(
     postprocess : overrides of the model's post-processing (e.g. ``fg_threshold``).
     """
     configure_threads(num_threads)
-    plan = plan_image(model, image, axes, diameter=diameter, link_z=link_z and planes is None, tile_size=tile_size,
+    plan = plan_image(model, image, axes, diameter=diameter, link_z=link_z, tile_size=tile_size,
                       batch_size=batch_size, postprocess=postprocess)
     axes = guess_axes(tuple(image.shape), axes)
     data, spatial_axes, settings = plan.data, plan.spatial_axes, plan.settings
     todo = None if planes is None else [tuple(p) for p in planes]
-    window = yield from predict_window(model, data, spatial_axes, settings, planes=todo,
+    # planes kept by the user (``out`` outside ``planes``) inside a Z stack: predict every plane in 3D,
+    # then join the new objects to the kept ones instead of losing the stack's 3D objects
+    join = todo is not None and out is not None and settings.link
+    settings.link = settings.link and (todo is None or join)
+    window = yield from predict_window(model, data, spatial_axes, settings, planes=None if join else todo,
                                        first_probabilities=return_probabilities, cancel=cancel,
                                        tile_callback=tile_callback)
     labels, tables = window.labels, window.tables
     stack_shape = tuple(data.shape[: len(spatial_axes) - 2])
-    todo = todo if todo is not None else (list(np.ndindex(*stack_shape)) if stack_shape else [()])
+    all_planes = list(np.ndindex(*stack_shape)) if stack_shape else [()]
+    if join:
+        kept = [p for p in all_planes if p not in set(todo)]
+        labels = join_kept_planes(labels, _to_canonical_order(np.asarray(out), spatial_axes, axes), kept)
+    todo = todo if todo is not None else all_planes
     if model.meta.task == "instance" and settings.stack.get("source_table"):
         for index in todo:
             if index not in tables:
@@ -195,7 +203,7 @@ def iter_predict(
     if out is not None:
         if out.shape != labels.shape:
             raise InputError(f"output layer has shape {out.shape}, expected {labels.shape}")
-        if model.meta.task == "instance" and out.max() > 0:  # new ids must not collide with kept planes
+        if model.meta.task == "instance" and out.max() > 0 and not join:  # new ids must not collide with kept ones
             labels = np.where(labels > 0, labels + int(out.max()), 0).astype(np.int32)
         _write_planes(out, labels, todo, spatial_axes, axes)
         labels = out
@@ -213,6 +221,12 @@ def fit_image_normalizer(data: Any, config: dict[str, Any], channel_mean: bool) 
         normalizer.lo = normalizer.lo.mean(keepdims=True)
         normalizer.hi = normalizer.hi.mean(keepdims=True)
     return normalizer
+
+
+def _to_canonical_order(labels: np.ndarray, spatial_axes: str, original_axes: str) -> np.ndarray:
+    """Labels in the input's axis order (no channel) -> canonical order (inverse of the one below)."""
+    target = "".join(a for a in original_axes.replace("S", "C") if a != "C")
+    return np.transpose(labels, [target.index(a) for a in spatial_axes])
 
 
 def _to_original_order(labels: np.ndarray, spatial_axes: str, original_axes: str) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 
 from napari_segtool.kernel.events import CancelToken, Progress
 from napari_segtool.ops.normalize import NormalizedPlane, Normalizer
-from napari_segtool.ops.postprocess import link_stack, split_by_shape, split_z_chains, typical_diameter
+from napari_segtool.ops.postprocess import link_stack, overlap_matrix, split_by_shape, split_z_chains, typical_diameter
 from napari_segtool.ops.resample import ResampledPlane, is_identity, labels_to_input
 
 
@@ -226,3 +226,39 @@ def assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_ax
         labels[t] = np.where(objects > 0, objects + offset, 0)
         offset = int(labels[t].max())
     return labels
+
+
+def join_kept_planes(predicted: np.ndarray, kept: np.ndarray, kept_planes: Sequence[tuple],
+                     min_iou: float = 0.25) -> np.ndarray:
+    """3D objects predicted over a whole stack, joined to the labels of planes the user kept.
+
+    ``predicted`` and ``kept`` are canonical stacks (stack axes, ``Y``, ``X``); in
+    ``kept_planes`` (reviewed slices) the user's labels stay as they are. A predicted 3D object
+    whose footprint in a kept plane matches a user object (IoU >= ``min_iou``, the best one
+    over all kept planes) takes that object's id, so a nucleus crossing reviewed slices stays
+    one object; the others get new ids above the user's.
+    """
+    kept_planes = [tuple(k) for k in kept_planes]
+    best: dict[int, tuple[float, int]] = {}
+    for k in kept_planes:
+        inter, pred_ids, user_ids = overlap_matrix(predicted[k], kept[k])
+        if not inter.size:
+            continue
+        area_p = np.bincount(predicted[k].ravel())[pred_ids]
+        area_u = np.bincount(kept[k].ravel())[user_ids]
+        iou = inter / np.maximum(area_p[:, None] + area_u[None, :] - inter, 1)
+        for row, pid in enumerate(pred_ids):
+            col = int(np.argmax(iou[row]))
+            if iou[row, col] >= min_iou and iou[row, col] > best.get(int(pid), (0.0, 0))[0]:
+                best[int(pid)] = (float(iou[row, col]), int(user_ids[col]))
+    lut = np.zeros(int(predicted.max()) + 1, np.int64)
+    next_id = int(kept.max()) + 1
+    for pid in np.unique(predicted[predicted > 0]):
+        if int(pid) in best:
+            lut[pid] = best[int(pid)][1]
+        else:
+            lut[pid], next_id = next_id, next_id + 1
+    out = lut[predicted].astype(np.int32)
+    for k in kept_planes:
+        out[k] = kept[k]
+    return out
