@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine. Idempotent: re-running skips what is done.
 #   ./dev.sh launch   set up, then open napari with the plugin docked and a sample image
-#   ./dev.sh test     set up, then run the whole test suite (GUI tests under Xvfb)
+#   ./dev.sh test     set up, then run the whole test suite (GUI tests under Xvfb, with PyQt5 then PyQt6)
 #   ./dev.sh setup    set up only
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,14 +10,15 @@ PY="$VENV/bin/python"
 STAMP="$VENV/.segtool-setup"
 
 system_packages() {
-  # Xvfb + the xcb libraries PyQt5 needs, for GUI tests and headless screenshots (Debian/Ubuntu).
-  if command -v Xvfb >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libxcb-icccm; then return; fi
+  # Xvfb + the xcb libraries PyQt5 and PyQt6 need, for GUI tests and headless screenshots (Debian/Ubuntu).
+  if command -v Xvfb >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libxcb-icccm \
+     && ldconfig -p 2>/dev/null | grep -q libxcb-cursor; then return; fi
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "==> installing Xvfb and Qt's xcb libraries (apt)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libxcb-icccm4 libxcb-keysyms1 \
       libxcb-xinerama0 libxcb-image0 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxkbcommon-x11-0 \
-      libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 >/dev/null
+      libxcb-cursor0 libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 >/dev/null
   else
     echo "==> note: install Xvfb and libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 for headless GUI tests"
   fi
@@ -36,7 +37,9 @@ python_packages() {
     "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
   fi
   echo "==> installing napari-segtool and its dependencies"
-  "$PY" -m pip install -q -e ".[qt,test,bench]"
+  "$PY" -m pip install -q -e ".[pyqt5,pyqt6,test,bench,export]"
+  # bioimageio.core 0.11 pins bioimageio.spec 0.5.12.0, which cannot serialise with current pydantic (docs/export.md)
+  "$PY" -m pip install -q --no-deps "bioimageio.spec==0.5.14.3"
   # triton (GPU kernels only) loads an LLVM that segfaults next to Mesa's OpenGL in napari.
   "$PY" -m pip uninstall -y -q triton 2>/dev/null || true
   echo "$want" > "$STAMP"
@@ -60,7 +63,11 @@ case "${1:-}" in
     setup
     shift
     export QT_QPA_PLATFORM=xcb
-    exec "$PY" -m pytest -q "$@"
+    if [ $# -gt 0 ]; then exec "$PY" -m pytest -q "$@"; fi
+    # the whole suite with PyQt5 (the card's binding), then the GUI tests again with PyQt6 (napari's default)
+    "$PY" -m pytest -q
+    echo "==> GUI tests with PyQt6"
+    QT_API=pyqt6 exec "$PY" -m pytest -q tests/plugin
     ;;
   *) echo "usage: $0 launch|test|setup" >&2; exit 2 ;;
 esac
