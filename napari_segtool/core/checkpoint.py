@@ -316,7 +316,8 @@ def weight_shapes(weights: str | os.PathLike) -> dict[str, tuple[int, ...]]:
 
 
 def check_weights_fit(meta: ModelMeta, weights: str | os.PathLike) -> None:
-    """Raise :class:`ModelLoadError` unless ``weights`` has exactly the tensors ``meta``'s network has.
+    """Raise :class:`ModelLoadError` unless ``weights`` has exactly the tensors ``meta``'s network has
+    (and ``meta.postprocess`` holds only valid settings of its architecture and the core).
 
     The network is built on torch's ``meta`` device, which allocates nothing, so
     absurd ``arch_kwargs`` (huge widths, depths) are caught before any memory is used.
@@ -327,6 +328,10 @@ def check_weights_fit(meta: ModelMeta, weights: str | os.PathLike) -> None:
         shapes = weight_shapes(weights)
     except (OSError, SafetensorError) as exc:
         raise ModelLoadError(f"cannot read weights {weights}: {' '.join(str(exc).split())}") from None
+    try:  # post-processing settings typed by the architecture's schema and the core's
+        get_architecture(meta.arch).check_postprocess(meta.postprocess)
+    except ValueError as exc:
+        raise ModelLoadError(f"model metadata of {weights}: {' '.join(str(exc).split())[:200]}") from None
     try:
         with torch.device("meta"):
             net = get_architecture(meta.arch).build(meta)

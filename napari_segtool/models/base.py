@@ -2,21 +2,32 @@
 
 An :class:`Architecture` knows how to build its network from :class:`ModelMeta`,
 how to turn a batch of annotated patches into a loss, and how to turn one image
-plane (``YXC``, normalised) into labels. The trainer, the predictor, the CLI and
-the plugin only talk to this interface, so a new architecture is one new file in
-``models/`` plus one line in ``models/registry.py``.
+plane (``YXC``, normalised) into labels. It declares, typed, what it lets users set
+and what the core needs to know about it:
+
+* ``postprocess_params`` / ``arch_params``: :class:`~napari_segtool.kernel.params.Param`
+  declarations of its per-plane post-processing and network settings (checked in
+  ``model.json``, shown as controls by the plugin's Segment and Train widgets);
+* ``tasks``, :meth:`Architecture.probability_layout`, :meth:`Architecture.align` and
+  :meth:`Architecture.receptive_field`: its capabilities.
+
+The trainer, the predictor, the CLI and the plugin only talk to this interface, so a
+new architecture is one new file in ``models/`` plus one
+:func:`~napari_segtool.models.registry.register_architecture` line.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from napari_segtool.kernel.events import CancelToken
 from napari_segtool.kernel.meta import ModelMeta
+from napari_segtool.kernel.params import Param, ProbabilityLayout, check_settings
+from napari_segtool.ops.postprocess import CORE_PARAMS, CORE_POSTPROCESS
 
 ProgressFn = Callable[[int, int], None]
 
@@ -39,11 +50,73 @@ class PlaneResult:
     table: list[dict[str, Any]] = field(default_factory=list)  # per-object rows
 
 
+@dataclass
+class PlaneSettings:
+    """A model's post-processing settings with the caller's overrides, split by who applies them.
+
+    ``plane``: the architecture's own, applied per plane (``fg_threshold``, ``score_threshold``...);
+    ``core``: :data:`~napari_segtool.ops.postprocess.CORE_PARAMS`, applied by ``core.predict`` to the
+    assembled result (``z_mode``, ``source_table``...; ``diameter`` is handed to the planes too).
+    """
+
+    plane: dict[str, Any]
+    core: dict[str, Any]
+
+
+def split_postprocess(postprocess: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> PlaneSettings:
+    """``postprocess`` updated with the non-``None`` ``overrides``, split into per-plane and core settings."""
+    merged = {**postprocess, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return PlaneSettings({k: v for k, v in merged.items() if k not in CORE_POSTPROCESS},
+                         {k: v for k, v in merged.items() if k in CORE_POSTPROCESS})
+
+
 class Architecture(ABC):
     """Interface between the generic core and one network family."""
 
     name: str = ""
-    supported_tasks: tuple[str, ...] = ("instance", "semantic")
+    #: the tasks it can learn
+    tasks: tuple[str, ...] = ("instance", "semantic")
+    #: its per-plane post-processing settings (the core's own are ``ops.postprocess.CORE_PARAMS``)
+    postprocess_params: tuple[Param, ...] = ()
+    #: the network's settings (``meta.arch_kwargs``) a user may choose for a new model
+    arch_params: tuple[Param, ...] = ()
+
+    @property
+    def supported_tasks(self) -> tuple[str, ...]:
+        """Old name of :attr:`tasks`."""
+        return self.tasks
+
+    # ------------------------------------------------------------ capabilities
+    def align(self, meta: ModelMeta) -> int:
+        """The grid (pixels) the core keeps windows and training patches on; 1 when any size works."""
+        return 1
+
+    def receptive_field(self, meta: ModelMeta) -> int:
+        """Context (pixels) one output pixel depends on; tiles and chunks get half of it as halo."""
+        return int(meta.receptive_field or 0)
+
+    def probability_layout(self, meta: ModelMeta) -> ProbabilityLayout:
+        """What the maps of ``predict_plane(..., return_probabilities=True)`` are, for this model."""
+        return ProbabilityLayout(channels=("object",), foreground_channels=(0,))
+
+    def params_for(self, task: str, *, advanced: bool = True) -> tuple[Param, ...]:
+        """The per-plane post-processing settings acting on models of ``task`` (without the advanced ones
+        unless ``advanced``)."""
+        return tuple(p for p in self.postprocess_params if p.applies(task) and (advanced or not p.advanced))
+
+    def check_postprocess(self, postprocess: Any) -> None:
+        """Raise :class:`ValueError` unless every setting is one of this architecture's or the core's, valid.
+        ``after_fine_tuning`` holds settings too, checked the same way."""
+        params = self.postprocess_params + CORE_PARAMS
+        check_settings(postprocess, params, "postprocess.")
+        later = postprocess.get("after_fine_tuning")
+        if later is not None:
+            check_settings(later, [p for p in params if p.name != "after_fine_tuning"],
+                           "postprocess.after_fine_tuning.")
+
+    def split_postprocess(self, meta: ModelMeta, overrides: Mapping[str, Any] | None = None) -> PlaneSettings:
+        """``meta.postprocess`` with the non-``None`` overrides, split (see :func:`split_postprocess`)."""
+        return split_postprocess(meta.postprocess, overrides)
 
     @abstractmethod
     def default_meta(self, task: str, in_channels: int, classes: Sequence[str], **arch_kwargs: Any) -> ModelMeta:
@@ -70,8 +143,12 @@ class Architecture(ABC):
 
     def stack_maps(self, probabilities: np.ndarray, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray] | None:
         """``(p_foreground, distance)`` from one plane's ``predict_plane`` probabilities, if this family
-        predicts such maps; ``core.predict`` stacks them for a 3D watershed (``z_mode="watershed"``)."""
-        return None
+        predicts such maps (its :meth:`probability_layout` has both); ``core.predict`` stacks them for a 3D
+        watershed (``z_mode="watershed"``)."""
+        layout = self.probability_layout(meta)
+        if not layout.has_foreground or layout.distance_channel is None:
+            return None
+        return layout.foreground(probabilities), layout.distance(probabilities)
 
     def validation_score(self, pred: np.ndarray, labels: np.ndarray, annotated: np.ndarray,
                          meta: ModelMeta) -> tuple[str, float]:

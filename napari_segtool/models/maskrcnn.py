@@ -88,6 +88,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from napari_segtool.kernel.events import CancelToken
 from napari_segtool.kernel.meta import ModelMeta
+from napari_segtool.kernel.params import Param, ProbabilityLayout
 from napari_segtool.models.base import Architecture, Patch, PlaneResult, ProgressFn
 
 ALIGN = 32  # largest backbone stride used by the RoI heads; tiles start on this grid
@@ -113,6 +114,39 @@ DEFAULT_KWARGS: dict[str, Any] = {
     "roi_levels": 4,             # RoIAlign pools from the finest this many FPN levels
     "box_batch_size": 128,       # RoIs sampled per AREA_REF training pixels (64..512 per image)
 }
+
+_I = ("instance",)
+#: per-plane settings (see "Tiled inference" above)
+POSTPROCESS_PARAMS = (
+    Param("score_threshold", float, 0.5, 0.0, 1.0, applies_to=_I, label="Score",
+          help="Detection score cut-off (Mask R-CNN); lower keeps less certain objects"),
+    Param("mask_threshold", float, 0.5, 0.0, 1.0, applies_to=_I, label="Mask",
+          help="Mask probability cut-off (Mask R-CNN); lower makes objects larger"),
+    Param("min_size", int, 10, 0, 100000, applies_to=_I, label="Min size",
+          help="Objects smaller than this (pixels) are removed"),
+    Param("nms_iou", float, 0.5, 0.0, 1.0, applies_to=_I, advanced=True,
+          help="A detection overlapping a better one by this IoU is a duplicate"),
+    Param("tile_margin", int, 64, 0, 4096, applies_to=_I, advanced=True,
+          help="Tile overlap half-width (pixels), at least the largest object; set from the training data"),
+)
+#: network settings of a new Mask R-CNN (anchors and limits are set from the training data)
+ARCH_PARAMS = (
+    Param("fpn_channels", int, 64, 8, 512, step=8, label="FPN channels", help="Channels of the feature pyramid"),
+    Param("representation_size", int, 256, 16, 2048, step=16, label="Box head width",
+          help="Width of the box head's two fully connected layers"),
+    Param("widths", list, [16, 32, 64, 128], advanced=True, help="Channels of the ResNet stages"),
+    Param("blocks", list, [1, 2, 2, 1], advanced=True, help="Basic blocks per ResNet stage"),
+    Param("stem_width", int, 16, 4, 512, advanced=True, help="Channels of the stem"),
+    Param("norm", str, "batch", choices=("batch", "group"), advanced=True, help="Normalisation layer"),
+    Param("mask_layers", list, [48, 48], advanced=True, help="Channels of the mask head's convolutions"),
+    Param("anchor_base", float, 8.0, 1.0, 1024.0, advanced=True, help="Anchor size (px) at the finest level"),
+    Param("anchor_scales_per_level", int, 1, 1, 4, advanced=True, help="Anchor sizes per FPN level"),
+    Param("aspect_ratio", float, 2.0, 1.0, 16.0, advanced=True, help="Anchor aspect ratios (1/r, 1, r)"),
+    Param("max_detections", int, 300, 1, 100000, advanced=True, help="Detections per 256x256 pixels"),
+    Param("roi_levels", int, 4, 1, 8, advanced=True, help="FPN levels RoIAlign pools from"),
+    Param("box_batch_size", int, 128, 1, 4096, advanced=True, help="RoIs sampled per 256x256 training pixels"),
+)
+assert [p.name for p in ARCH_PARAMS if p.name in DEFAULT_KWARGS] == [p.name for p in ARCH_PARAMS]
 
 
 # ----------------------------------------------------------------------------- network
@@ -418,7 +452,15 @@ class _Candidate:
 # ----------------------------------------------------------------------------- architecture
 class MaskRCNNArchitecture(Architecture):
     name = "maskrcnn"
-    supported_tasks = ("instance",)
+    tasks = ("instance",)
+    postprocess_params = POSTPROCESS_PARAMS
+    arch_params = ARCH_PARAMS
+    # align: 1 (the default). predict_plane puts its own tiles on the ALIGN grid of the plane it gets.
+    # receptive_field: meta.receptive_field (2 * tile_margin, see the module docstring).
+
+    def probability_layout(self, meta: ModelMeta) -> ProbabilityLayout:
+        """One map: the merged mask probabilities of the detected objects."""
+        return ProbabilityLayout(channels=("object",), foreground_channels=(0,))
 
     def default_meta(self, task: str, in_channels: int, classes: Sequence[str], **arch_kwargs: Any) -> ModelMeta:
         if task != "instance":
@@ -491,7 +533,7 @@ class MaskRCNNArchitecture(Architecture):
                       tile_size: int | None = None, batch_size: int = 2, return_probabilities: bool = False,
                       progress: ProgressFn | None = None, cancel: CancelToken | None = None,
                       **postprocess: Any) -> PlaneResult:
-        params = {**meta.postprocess, **{k: v for k, v in postprocess.items() if v is not None}}
+        params = self.split_postprocess(meta, postprocess).plane
         score_thr = float(params.get("score_threshold", 0.5))
         mask_thr = float(params.get("mask_threshold", 0.5))
         nms_iou = float(params.get("nms_iou", 0.5))

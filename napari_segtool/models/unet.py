@@ -26,11 +26,39 @@ from torch import nn
 
 from napari_segtool.kernel.events import CancelToken
 from napari_segtool.kernel.meta import ModelMeta
-from napari_segtool.ops.postprocess import CORE_POSTPROCESS, instances_from_maps
+from napari_segtool.kernel.params import Param, ProbabilityLayout
+from napari_segtool.ops.postprocess import SEED_MODES, instances_from_maps
 from napari_segtool.ops.tiling import halo_for, tiled_apply
 from napari_segtool.models.base import Architecture, Patch, PlaneResult, ProgressFn
 
 INSTANCE_CLASSES = 3  # background, interior, boundary
+#: the maps of an instance U-Net: class probabilities (softmax) then the sigmoid distance
+INSTANCE_LAYOUT = ProbabilityLayout(channels=("background", "interior", "boundary", "distance"),
+                                    foreground_channels=(1, 2), interior_channel=1, distance_channel=3)
+
+#: per-plane settings of instance U-Nets (:func:`~napari_segtool.ops.postprocess.instances_from_maps`)
+POSTPROCESS_PARAMS = (
+    Param("fg_threshold", float, 0.5, 0.0, 1.0, applies_to=("instance",), label="Foreground",
+          help="Foreground probability cut-off; lower finds fainter objects"),
+    Param("seed_threshold", float, 0.6, 0.0, 1.0, applies_to=("instance",), label="Seeds",
+          help="Seed (object interior) cut-off; higher splits touching objects less"),
+    Param("min_size", int, 10, 0, 100000, applies_to=("instance",), label="Min size",
+          help="Objects smaller than this (pixels) are removed"),
+    Param("seed_mode", str, "interior", choices=SEED_MODES, applies_to=("instance",), label="Split by",
+          help="How touching objects are split: confident interiors, the waists of the foreground "
+               "(shape) or the saddles between brightness peaks (flux)"),
+    Param("min_seed_size", int, 3, 0, 100000, applies_to=("instance",), advanced=True,
+          help="Seeds smaller than this (pixels) are ignored as noise"),
+    Param("fill", bool, True, applies_to=("instance",), advanced=True, help="Fill holes inside objects"),
+)
+#: network settings of a new U-Net (``out_channels`` follows from the task and classes)
+ARCH_PARAMS = (
+    Param("depth", int, 3, 1, 6, label="Depth", help="Poolings; each doubles the receptive field"),
+    Param("width", int, 16, 4, 256, step=4, label="Width", help="Channels of the first level (doubled per level)"),
+    Param("norm", str, "batch", choices=("batch", "group", "instance"), advanced=True,
+          help="Normalisation layer (batch: tiled predictions equal whole-image ones)"),
+    Param("kernel_size", int, 3, choices=(3, 5, 7), advanced=True, help="Convolution kernel size"),
+)
 
 
 def _norm(kind: str | None, channels: int) -> nn.Module:
@@ -78,25 +106,8 @@ class UNet(nn.Module):
         return 2**self.depth
 
     def receptive_field(self) -> int:
-        """Receptive field (pixels) of one output pixel, computed from the layer structure.
-
-        Walks the longest path (encoder, bottleneck, decoder) with the usual
-        recurrence ``rf += (k - 1) * jump``; pooling adds ``jump`` and doubles it,
-        a 2×2 stride-2 transposed conv maps each output to one input pixel. This is
-        a tight upper bound: depending on a pixel's phase in the pooling grid the
-        true extent is up to ``2**depth`` pixels smaller (tests measure it by
-        back-propagation), so a halo of half this value always suffices.
-        """
-        k, rf, jump = self.kernel_size, 1, 1
-        for _ in range(self.depth):
-            rf += 2 * (k - 1) * jump  # two convs
-            rf += jump                # 2x2 max-pool
-            jump *= 2
-        rf += 2 * (k - 1) * jump      # bottleneck
-        for _ in range(self.depth):
-            jump //= 2
-            rf += 2 * (k - 1) * jump  # decoder convs
-        return rf
+        """Receptive field (pixels) of one output pixel (:func:`unet_receptive_field`)."""
+        return unet_receptive_field(self.depth, self.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -108,6 +119,28 @@ class UNet(nn.Module):
         for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
             x = dec(torch.cat([up(x), skip], dim=1))
         return self.head(x)
+
+
+def unet_receptive_field(depth: int, kernel_size: int = 3) -> int:
+    """Receptive field (pixels) of one output pixel, computed from the layer structure.
+
+    Walks the longest path (encoder, bottleneck, decoder) with the usual
+    recurrence ``rf += (k - 1) * jump``; pooling adds ``jump`` and doubles it,
+    a 2×2 stride-2 transposed conv maps each output to one input pixel. This is
+    a tight upper bound: depending on a pixel's phase in the pooling grid the
+    true extent is up to ``2**depth`` pixels smaller (tests measure it by
+    back-propagation), so a halo of half this value always suffices.
+    """
+    k, rf, jump = kernel_size, 1, 1
+    for _ in range(depth):
+        rf += 2 * (k - 1) * jump  # two convs
+        rf += jump                # 2x2 max-pool
+        jump *= 2
+    rf += 2 * (k - 1) * jump      # bottleneck
+    for _ in range(depth):
+        jump //= 2
+        rf += 2 * (k - 1) * jump  # decoder convs
+    return rf
 
 
 # ----------------------------------------------------------------------------- targets
@@ -140,6 +173,23 @@ def object_size_stats(label_images: Sequence[np.ndarray]) -> dict[str, float]:
 
 class UNetArchitecture(Architecture):
     name = "unet"
+    tasks = ("instance", "semantic")
+    postprocess_params = POSTPROCESS_PARAMS
+    arch_params = ARCH_PARAMS
+
+    def align(self, meta: ModelMeta) -> int:
+        """Input sizes must be multiples of this (one per pooling): ``UNet.align``."""
+        return 2 ** int(meta.arch_kwargs.get("depth", 3))
+
+    def receptive_field(self, meta: ModelMeta) -> int:
+        """``meta.receptive_field``, else computed from the layer structure."""
+        return int(meta.receptive_field or unet_receptive_field(int(meta.arch_kwargs.get("depth", 3)),
+                                                                int(meta.arch_kwargs.get("kernel_size", 3))))
+
+    def probability_layout(self, meta: ModelMeta) -> ProbabilityLayout:
+        if meta.task == "instance":
+            return INSTANCE_LAYOUT
+        return ProbabilityLayout(channels=tuple(meta.classes[1:]))  # one softmax map per class id 1..K
 
     def default_meta(self, task: str, in_channels: int, classes: Sequence[str], **arch_kwargs: Any) -> ModelMeta:
         kwargs = {"depth": 3, "width": 16, "norm": "batch", "kernel_size": 3}
@@ -195,7 +245,8 @@ class UNetArchitecture(Architecture):
                       **postprocess: Any) -> PlaneResult:
         net.eval()
         unet: UNet = net  # type: ignore[assignment]
-        halo = halo_for(meta.receptive_field or unet.receptive_field(), unet.align)
+        align = self.align(meta)
+        halo = halo_for(self.receptive_field(meta), align)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             y = unet(x)
@@ -204,20 +255,18 @@ class UNetArchitecture(Architecture):
             return torch.cat([torch.softmax(y[:, :INSTANCE_CLASSES], 1), torch.sigmoid(y[:, INSTANCE_CLASSES:])], 1)
 
         probs = tiled_apply(forward, image, meta.arch_kwargs["out_channels"], tile_size=tile_size or meta.tile_size,
-                            halo=halo, align=unet.align, batch_size=batch_size, device=device,
+                            halo=halo, align=align, batch_size=batch_size, device=device,
                             progress=progress, cancel=cancel)
         if meta.task == "semantic":
             labels = (np.argmax(probs, axis=0) + 1).astype(np.int32)
             return PlaneResult(labels, probs if return_probabilities else None)
-        params = {**meta.postprocess, **{k: v for k, v in postprocess.items() if v is not None}}
-        for key in CORE_POSTPROCESS:  # applied by core.predict to the assembled result
-            params.pop(key, None)
+        settings = self.split_postprocess(meta, postprocess)  # the core applies its own to the assembled result
+        params = settings.plane
+        if "diameter" in settings.core:  # the objects' size on the model grid, for the shape/flux splits
+            params["diameter"] = settings.core["diameter"]
         if params.get("seed_mode") == "flux":  # deblending by brightness peaks needs the (normalised) plane
             params["image"] = np.asarray(image[:, :, :]).mean(axis=-1)
-        labels = instances_from_maps(probs[1] + probs[2], probs[1], probs[3], **params)
+        layout = INSTANCE_LAYOUT
+        labels = instances_from_maps(layout.foreground(probs), probs[layout.interior_channel],
+                                     probs[layout.distance_channel], **params)
         return PlaneResult(labels, probs if return_probabilities else None)
-
-    def stack_maps(self, probabilities: np.ndarray, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray] | None:
-        if meta.task != "instance":
-            return None
-        return probabilities[1] + probabilities[2], probabilities[3]

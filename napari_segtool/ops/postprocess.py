@@ -13,6 +13,8 @@ from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
 from skimage import feature, measure, morphology, segmentation
 
+from napari_segtool.kernel.params import Param
+
 
 #: How touching objects are told apart (``instances_from_maps(seed_mode=...)``).
 SEED_MODES = ("interior", "shape", "flux")
@@ -23,7 +25,26 @@ SEED_MODES = ("interior", "shape", "flux")
 #: (cut linked chains at their necks, "link" only), ``source_table`` (a per-source catalogue, astronomy)
 #: and ``star_classifier`` (its star/galaxy column). ``after_fine_tuning`` is not applied at all: it holds the
 #: settings ``core.train`` gives a model fine-tuned from this one.
-CORE_POSTPROCESS = ("z_split_dip", "z_mode", "z_scale", "source_table", "star_classifier", "after_fine_tuning")
+#: ``diameter`` is the objects' size on the model grid that ``core.predict`` works out (given by the user or
+#: estimated) and hands to the planes as well as to the 3D watershed. Declared once here, as typed settings
+#: (:class:`~napari_segtool.kernel.params.Param`); architectures declare only their per-plane ones.
+CORE_PARAMS: tuple[Param, ...] = (
+    Param("z_split_dip", float, 0.0, 0.0, 1.0, applies_to=("instance",), label="Z split dip",
+          help="Cut objects linked across Z where their area drops to this fraction (0: never; 'link' only)"),
+    Param("z_mode", str, "link", choices=("link", "watershed"), applies_to=("instance",), label="Z mode",
+          help="Stacks: link per-plane objects by overlap, or one 3D watershed of the stacked maps"),
+    Param("z_scale", float, 2.0, 1e-3, 1000.0, applies_to=("instance",), label="Z scale",
+          help="Z step / XY pixel size of stacks (3D watershed)"),
+    Param("source_table", bool, False, applies_to=("instance",),
+          help="Add a per-source catalogue (flux, centroid, size, S/N) to the result"),
+    Param("star_classifier", dict, None, applies_to=("instance",), advanced=True,
+          help="Logistic star/galaxy classifier of the source catalogue (fit_star_classifier)"),
+    Param("after_fine_tuning", dict, None, advanced=True,
+          help="Post-processing settings a model fine-tuned from this one gets (not applied here)"),
+    Param("diameter", float, None, 0.0, 1e6, applies_to=("instance",), advanced=True,
+          help="Objects' diameter on the model grid (pixels), set by the engine from the object size"),
+)
+CORE_POSTPROCESS = tuple(p.name for p in CORE_PARAMS)
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
