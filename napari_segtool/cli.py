@@ -473,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train or fine-tune a model from IMAGE LABELS pairs")
     t.add_argument("pairs", nargs="+", metavar="IMAGE LABELS", help="image and label files, alternating")
-    t.add_argument("--model", choices=["unet", "maskrcnn"], default="unet")
+    from napari_segtool.models.registry import available_architectures  # names only: no torch
+
+    t.add_argument("--model", choices=available_architectures(), default="unet")
     t.add_argument("--task", choices=["instance", "semantic"], default="instance")
     t.add_argument("--mask", nargs="+", help="annotated-pixel mask per image (0 = not annotated)")
     t.add_argument("--init", help="fine-tune from this model (name or path)")
