@@ -447,14 +447,31 @@ def _stroke_pixels(points: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 def _profile_peaks(profile: np.ndarray, dip: float = 0.75) -> list[int]:
-    """Indices of the peaks of a 1D profile, each separated from a higher one by a dip below
-    ``dip`` × its own height (the profile falls to 0 beyond both ends)."""
-    from scipy.signal import find_peaks
-
-    padded = np.concatenate([[0.0], np.asarray(profile, float), [0.0]])
-    peaks, props = find_peaks(padded, prominence=0)
-    keep = props["prominences"] > (1.0 - dip) * padded[peaks]
-    return [int(i) - 1 for i in peaks[keep]]
+    """Indices of the peaks of a 1D profile, neighbouring peaks separated by a dip below ``dip`` × the
+    lower of the two (the profile falls to 0 beyond both ends). Plain numpy: no scipy.signal import
+    (half a second) on the first stroke."""
+    p = np.asarray(profile, float)
+    n = len(p)
+    peaks: list[int] = []
+    low = np.inf
+    for i in range(n):
+        v = p[i]
+        if peaks:
+            low = min(low, v)
+        left = p[i - 1] if i else 0.0
+        right = p[i + 1] if i + 1 < n else 0.0
+        if v <= 0 or v < left or v < right:
+            continue
+        if not peaks:
+            peaks.append(i)
+            low = np.inf
+        elif low < dip * min(p[peaks[-1]], v):
+            peaks.append(i)
+            low = np.inf
+        elif v > p[peaks[-1]]:
+            peaks[-1] = i
+            low = np.inf
+    return peaks
 
 
 def split_by_scribble(labels: np.ndarray, maps: PromptMaps | None, points: Sequence[Sequence[float]],
@@ -464,7 +481,8 @@ def split_by_scribble(labels: np.ndarray, maps: PromptMaps | None, points: Seque
     For every object the stroke crosses, its seeds are the interior components of the
     maps (interior probability >= 0.6) that the stroke touches; without maps, or where
     they do not separate, the peaks of the object's own distance transform along the
-    stroke (separated by a dip to 3/4 of the lower peak). Two seeds or more: the object
+    stroke (separated by a dip to 3/4 of the lower peak); failing both, the stroke's two ends
+    when both lie deep inside the object. Two seeds or more: the object
     is flooded from them (a watershed climbing boundary probability and falling with
     distance), the largest piece keeps the id, the others get new ids.
     """
@@ -511,6 +529,16 @@ def split_by_scribble(labels: np.ndarray, maps: PromptMaps | None, points: Seque
                 r = max(1.0, 0.5 * float(profile[i]))
                 seeds[_disc(obj.shape, path[i], r) & obj & (seeds == 0)] = k
             n = len(peaks)
+            if n < 2 and len(path) >= 2:
+                # no neck either (two nuclei overlapping): a stroke that starts and ends deep inside the
+                # object still says "two here": its two ends are the seeds
+                ends = [path[0], path[-1]]
+                deep = [float(dist[tuple(e)]) >= 0.3 * float(dist.max()) for e in ends]
+                if all(deep) and np.hypot(*(path[0] - path[-1]).astype(float)) >= 3:
+                    seeds[:] = 0
+                    for k, e in enumerate(ends, 1):
+                        seeds[_disc(obj.shape, e, max(1.0, 0.4 * float(dist[tuple(e)]))) & obj & (seeds == 0)] = k
+                    n = 2
         if n < 2:
             continue
         relief = _relief(m, obj) if m is not None else -ndi.distance_transform_edt(obj)
@@ -575,17 +603,12 @@ def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20
     skip = np.zeros(n, bool)
     if exclude is not None:
         skip = np.bincount(flat, np.asarray(exclude, bool).ravel().astype(float), minlength=n) >= 0.5 * area
-    # the most central pixel of each object (the peak of its distance transform)
-    dist = ndi.distance_transform_edt(labels > 0)
     out: list[Uncertain] = []
     ids = np.flatnonzero((area > 0) & ~skip)
-    ids = ids[ids > 0]
-    if ids.size:
-        peaks = ndi.maximum_position(dist, labels, ids)
-        for i, pos in zip(ids.tolist(), peaks):
-            mg = float(sum_margin[i] / area[i])
-            bd = float(sum_boundary[i] / inner_area[i]) if inner_area[i] else 0.0
-            out.append(Uncertain(i, 1.0 - mg + bd, (int(pos[0]), int(pos[1])), int(area[i]), "object", mg, bd))
+    for i in ids[ids > 0].tolist():
+        mg = float(sum_margin[i] / area[i])
+        bd = float(sum_boundary[i] / inner_area[i]) if inner_area[i] else 0.0
+        out.append(Uncertain(i, 1.0 - mg + bd, (0, 0), int(area[i]), "object", mg, bd))
     free = (labels == 0) & (fg >= missed_threshold)
     if exclude is not None:
         free &= ~np.asarray(exclude, bool)
@@ -596,14 +619,27 @@ def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20
         r_fg = np.bincount(r_flat, fg.ravel(), minlength=k + 1)
         r_margin = np.bincount(r_flat, margin.ravel(), minlength=k + 1)
         big = np.flatnonzero(r_area >= min_area)
-        big = big[big > 0]
-        if big.size:
-            rdist = ndi.distance_transform_edt(regions > 0)
-            peaks = ndi.maximum_position(rdist, regions, big)
-            for j, pos in zip(big.tolist(), peaks):
-                mg = float(r_margin[j] / r_area[j])
-                mean_fg = float(r_fg[j] / r_area[j])
-                out.append(Uncertain(0, 1.0 - mg + mean_fg, (int(pos[0]), int(pos[1])), int(r_area[j]),
-                                     "missed", mg, 0.0))
+        for j in big[big > 0].tolist():
+            mg = float(r_margin[j] / r_area[j])
+            out.append(Uncertain(-j, 1.0 - mg + float(r_fg[j] / r_area[j]), (0, 0), int(r_area[j]), "missed", mg))
     out.sort(key=lambda u: (-u.score, -u.area, u.label))
-    return out[:top] if top is not None else out
+    out = out[:top] if top is not None else out
+    # where to look: the most central pixel of each (the peak of its own distance transform), for these only
+    for kind, source in (("object", labels), ("missed", regions)):
+        chosen = {abs(u.label): u for u in out if u.kind == kind}
+        if not chosen:
+            continue
+        ys, xs = np.nonzero(np.isin(source, list(chosen)))
+        values = source[ys, xs]
+        for key, u in chosen.items():
+            sel = values == key
+            py, px = ys[sel], xs[sel]
+            y0, x0 = int(py.min()), int(px.min())
+            mask = np.zeros((int(py.max()) - y0 + 3, int(px.max()) - x0 + 3), bool)
+            mask[py - y0 + 1, px - x0 + 1] = True
+            d = ndi.distance_transform_edt(mask)
+            y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+            u.yx = (y0 + int(y) - 1, x0 + int(x) - 1)
+            if kind == "missed":
+                u.label = 0
+    return out
