@@ -1,14 +1,18 @@
-"""The combo boxes the widgets share: a model chooser and a layer chooser that follow the session and the viewer.
+"""The controls the widgets share: a model chooser and a layer chooser that follow the session and the viewer,
+and :class:`ParamControls`, the controls of typed settings (:class:`~napari_segtool.kernel.params.Param`).
 
-Both are ``QComboBox`` subclasses (tests and scripts drive them like any combo box);
+The combos are ``QComboBox`` subclasses (tests and scripts drive them like any combo box);
 each wires itself to the events it follows, so a widget only places it and reads it.
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Iterable, Mapping
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QGridLayout, QLabel, QSpinBox, QWidget
+
+from napari_segtool.kernel.params import Param
 
 from napari_segtool.plugin._warmup import models_ready
 from napari_segtool.plugin.state import LOAD_FROM_DISK, NO_MODEL
@@ -154,3 +158,176 @@ def choice_combo(items: list[str], tip: str = "") -> QComboBox:
     if tip:
         combo.setToolTip(tip)
     return combo
+
+
+# ----------------------------------------------------------------------------- typed settings
+_INT_MAX = 2**31 - 1
+
+
+def _decimals(step: float) -> int:
+    return max(0, min(6, -int(math.floor(math.log10(step))))) if step > 0 else 2
+
+
+def _kind(param: Param) -> str:
+    if param.choices or param.type in (bool, str):
+        return "choice"
+    if param.type in (int, float):
+        return param.type.__name__
+    return ""  # objects and lists have no control
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class ParamControl:
+    """One setting's label and control: a spin box with the setting's range, or a combo box of its choices.
+
+    ``optional``: the control starts at "model default (…)" (the spin box's minimum, one step below
+    the range, or the combo's first item) and :meth:`value` is then ``None``; otherwise it starts at
+    the setting's default and always has a value.
+    """
+
+    def __init__(self, param: Param, optional: bool):
+        self.param, self.optional, self.kind = param, optional, _kind(param)
+        self.label = QLabel(param.text)
+        self.widget: QWidget
+        if self.kind == "choice":
+            self.widget = QComboBox()
+        elif self.kind == "float":
+            self.widget = QDoubleSpinBox()
+        else:
+            self.widget = QSpinBox()
+        self.configure(param, param.default, reset=True)
+
+    def fits(self, param: Param) -> bool:
+        return _kind(param) == self.kind and (self.kind != "choice" or self._choices(param) == self._choices(self.param))
+
+    @staticmethod
+    def _choices(param: Param) -> tuple[Any, ...]:
+        return tuple(param.choices) if param.choices else ((True, False) if param.type is bool else ())
+
+    def configure(self, param: Param, default: Any, reset: bool = False) -> None:
+        """Range, tooltip and "model default (…)" text of ``param`` (another architecture's may differ)."""
+        self.param = param
+        tip = param.help
+        self.label.setText(param.text)
+        self.label.setToolTip(tip)
+        self.widget.setToolTip(tip)
+        w = self.widget
+        if self.kind == "choice":
+            current = w.currentData() if w.count() else None
+            w.blockSignals(True)
+            w.clear()
+            if self.optional:
+                w.addItem(f"model default ({_format(default)})", None)
+            choices = self._choices(param)
+            if param.type is str and not choices:  # free text is not offered: only the model's value
+                choices = (default,) if default is not None else ()
+            for choice in choices:
+                w.addItem(_format(choice), choice)
+            keep = w.findData(current) if current is not None and not reset else -1
+            if keep < 0 and not self.optional:
+                keep = w.findData(default)
+            w.setCurrentIndex(max(keep, 0))
+            w.blockSignals(False)
+            return
+        step = float(param.step or (1 if self.kind == "int" else 0.05))
+        lo = param.low if param.low is not None else (0 if self.kind == "int" else -1e6)
+        hi = param.high if param.high is not None else (_INT_MAX - 1 if self.kind == "int" else 1e6)
+        if self.kind == "float":
+            w.setDecimals(max(2, _decimals(step)))
+        bottom = lo - step if self.optional else lo
+        if self.kind == "int":
+            bottom, hi = int(max(-_INT_MAX, bottom)), int(min(_INT_MAX, hi))
+        w.setRange(bottom, hi)
+        w.setSingleStep(int(step) if self.kind == "int" else step)
+        if self.optional:
+            w.setSpecialValueText(f"model default ({_format(default)})" if default is not None else "model default")
+            if reset:
+                w.setValue(w.minimum())
+        elif reset:
+            w.setValue(default if default is not None else lo)
+
+    def value(self) -> Any:
+        """The chosen value, or ``None`` for "model default" (``optional`` controls)."""
+        w = self.widget
+        if self.kind == "choice":
+            return w.currentData()
+        if self.optional and w.value() <= w.minimum():
+            return None
+        return int(w.value()) if self.kind == "int" else float(w.value())
+
+    def set_visible(self, visible: bool) -> None:
+        self.label.setVisible(visible)
+        self.widget.setVisible(visible)
+
+
+class ParamControls:
+    """Rows of :class:`ParamControl` in a ``QGridLayout`` (hidden rows take no space), one per setting name.
+
+    :meth:`show` shows the controls of the given settings (made on first need, reconfigured for another
+    architecture's declaration of the same name) and hides the others; a value the user set stays while
+    the control is hidden (like the model choice, it is the user's, not the model's).
+    """
+
+    def __init__(self, grid: QGridLayout, *, optional: bool):
+        self.grid, self.optional = grid, optional
+        self.controls: dict[str, ParamControl] = {}
+        self.shown: list[str] = []
+        grid.setColumnStretch(1, 1)
+
+    def control(self, param: Param, default: Any = None) -> ParamControl | None:
+        """The control of ``param``'s name, made (hidden) or reconfigured for ``param``; ``None`` when its
+        type has no control (objects, lists)."""
+        if not _kind(param):
+            return None
+        default = param.default if default is None else default
+        existing = self.controls.get(param.name)
+        if existing is not None and existing.fits(param):
+            existing.configure(param, default)
+            return existing
+        made = ParamControl(param, self.optional)
+        made.configure(param, default, reset=True)
+        if existing is not None:  # another type under the same name: replace it in its row
+            index = self.grid.indexOf(existing.widget)
+            row = self.grid.getItemPosition(index)[0]
+            for old in (existing.label, existing.widget):
+                self.grid.removeWidget(old)
+                old.deleteLater()
+        else:
+            row = self.grid.rowCount() if self.controls else 0
+        self.grid.addWidget(made.label, row, 0)
+        self.grid.addWidget(made.widget, row, 1)
+        made.set_visible(False)
+        self.controls[param.name] = made
+        return made
+
+    def show(self, params: Iterable[Param], defaults: Mapping[str, Any] | None = None) -> list[str]:
+        """Show the controls of ``params`` only; returns the names shown."""
+        defaults = defaults or {}
+        shown = []
+        for param in params:
+            ctl = self.control(param, defaults.get(param.name))
+            if ctl is not None:
+                shown.append(param.name)
+        for name, ctl in self.controls.items():
+            ctl.set_visible(name in shown)
+        self.shown = shown
+        return shown
+
+    def values(self, *, changed_only: bool = False) -> dict[str, Any]:
+        """The shown settings' values: ``optional`` controls leave out "model default"; ``changed_only`` leaves
+        out values equal to the declared default."""
+        out = {}
+        for name in self.shown:
+            ctl = self.controls[name]
+            value = ctl.value()
+            if value is None or (changed_only and value == ctl.param.default):
+                continue
+            out[name] = value
+        return out

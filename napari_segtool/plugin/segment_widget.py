@@ -10,7 +10,6 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QCheckBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
@@ -21,7 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_segtool.plugin import _layers as L
-from napari_segtool.plugin._components import LayerCombo, ModelCombo, choice_combo
+from napari_segtool.plugin._components import LayerCombo, ModelCombo, ParamControls, choice_combo
 from napari_segtool.plugin._docking import scroll_layout
 from napari_segtool.plugin._jobs import JobWidget, UserError
 from napari_segtool.plugin._warmup import models_ready, when_models_ready
@@ -58,6 +57,7 @@ class SegmentJob:
     index: tuple[int, ...] = ()                  # one plane: its stack index
     probabilities: bool = False
     task: str = "instance"                       # the model's, known once it is loaded
+    layout: Any = None                           # its ProbabilityLayout (kernel.params), known once it is loaded
 
 
 class SegmentWidget(SavesWithWindow, JobWidget):
@@ -113,34 +113,12 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         form.addRow("Object size", self.diameter_spin)
         layout.addLayout(form)
 
-        # one control per post-processing setting; a model shows those its metadata has (meta.postprocess)
+        # the selected model's post-processing settings, built from its architecture's schema
+        # (Architecture.postprocess_params: ranges, choices, help): "model default" until the user sets one
         self.pp_box = QGroupBox("Post-processing (this model)")
-        tform = QGridLayout(self.pp_box)  # hidden rows of a grid take no space (a QFormLayout's keep their spacing)
-        self.fg_spin = self._threshold_spin("Foreground probability cut-off; lower finds fainter objects")
-        self.seed_spin = self._threshold_spin("Seed (object interior) cut-off; higher splits touching "
-                                              "objects less")
-        self.score_spin = self._threshold_spin("Detection score cut-off (Mask R-CNN); lower keeps less "
-                                               "certain objects")
-        self.mask_spin = self._threshold_spin("Mask probability cut-off (Mask R-CNN); lower makes objects "
-                                              "larger")
-        self.min_size_spin = QSpinBox()
-        self.min_size_spin.setRange(-1, 100000)
-        self.min_size_spin.setValue(-1)
-        self.min_size_spin.setSpecialValueText("model default")
-        self.min_size_spin.setToolTip("Objects smaller than this (pixels) are removed")
-        self.pp_controls: dict[str, tuple[QLabel, Any]] = {}
-        for key, text, spin in (("fg_threshold", "Foreground", self.fg_spin),
-                                ("seed_threshold", "Seeds", self.seed_spin),
-                                ("score_threshold", "Score", self.score_spin),
-                                ("mask_threshold", "Mask", self.mask_spin),
-                                ("min_size", "Min size", self.min_size_spin)):
-            label = QLabel(text)
-            row = len(self.pp_controls)
-            tform.addWidget(label, row, 0)
-            tform.addWidget(spin, row, 1)
-            self.pp_controls[key] = (label, spin)
-        tform.setColumnStretch(1, 1)
-        self._pp_keys: set[str] = set(self.pp_controls)  # until a model is chosen
+        # hidden rows of a grid take no space (a QFormLayout's keep their spacing)
+        self.pp_form = ParamControls(QGridLayout(self.pp_box), optional=True)
+        self.pp_box.setVisible(False)  # until a model is chosen
         layout.addWidget(self.pp_box)
 
         self.prob_check = QCheckBox("also show probabilities (2D runs)")
@@ -148,16 +126,29 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         self.add_job_controls(layout, "Segment", self.run)
         layout.addStretch(1)
 
-    @staticmethod
-    def _threshold_spin(tip: str) -> QDoubleSpinBox:
-        spin = QDoubleSpinBox()
-        spin.setRange(-0.05, 1.0)
-        spin.setSingleStep(0.05)
-        spin.setDecimals(2)
-        spin.setValue(-0.05)
-        spin.setSpecialValueText("model default")
-        spin.setToolTip(tip)
-        return spin
+    @property
+    def pp_controls(self) -> dict[str, tuple[QLabel, Any]]:
+        """Setting name -> (label, control) of every post-processing control made so far (shown or not)."""
+        return {name: (c.label, c.widget) for name, c in self.pp_form.controls.items()}
+
+    def pp_control(self, name: str) -> Any:
+        """The control of post-processing setting ``name`` (made from the first registered architecture that
+        declares it, if no model needed it yet)."""
+        if name not in self.pp_form.controls:
+            from napari_segtool.models.registry import available_architectures, get_architecture
+
+            param = next((p for a in available_architectures() for p in get_architecture(a).postprocess_params
+                          if p.name == name), None)
+            if param is None or self.pp_form.control(param) is None:
+                raise KeyError(f"no architecture has a post-processing setting '{name}'")
+        return self.pp_form.controls[name].widget
+
+    # the controls of the shipped architectures' settings, by their old names (scripts, tests)
+    fg_spin = property(lambda self: self.pp_control("fg_threshold"))
+    seed_spin = property(lambda self: self.pp_control("seed_threshold"))
+    score_spin = property(lambda self: self.pp_control("score_threshold"))
+    mask_spin = property(lambda self: self.pp_control("mask_threshold"))
+    min_size_spin = property(lambda self: self.pp_control("min_size"))
 
     # --------------------------------------------------------------- combos
     def refresh_layers(self, event: Any = None) -> None:
@@ -251,25 +242,22 @@ class SegmentWidget(SavesWithWindow, JobWidget):
 
     def postprocess_overrides(self) -> dict[str, Any]:
         """The settings the user changed, among those the selected model has."""
-        out: dict[str, Any] = {}
-        for key in self._pp_keys:
-            spin = self.pp_controls[key][1]
-            if spin.value() >= 0:
-                out[key] = int(spin.value()) if isinstance(spin, QSpinBox) else float(spin.value())
-        return out
+        return self.pp_form.values()
 
     def _show_model_controls(self, meta: Any) -> None:
-        """Show the post-processing controls that act on this model: the keys of ``meta.postprocess``
-        (score/mask thresholds for Mask R-CNN, foreground/seed thresholds for instance U-Nets)."""
-        keys = set(getattr(meta, "postprocess", None) or {}) & set(self.pp_controls) if meta is not None else set()
-        self._pp_keys = keys
-        for key, (label, spin) in self.pp_controls.items():
-            label.setVisible(key in keys)
-            spin.setVisible(key in keys)
-            default = (getattr(meta, "postprocess", None) or {}).get(key)
-            if default is not None:
-                spin.setSpecialValueText(f"model default ({default:g})")
-        self.pp_box.setVisible(bool(keys))
+        """Show the controls of the post-processing settings that act on this model: its architecture's
+        (``postprocess_params``) for its task, without the advanced ones; "model default" shows its value."""
+        params: tuple = ()
+        if meta is not None:
+            from napari_segtool.models.registry import get_architecture
+
+            try:
+                params = get_architecture(meta.arch).params_for(meta.task, advanced=False)
+            except ValueError:  # an architecture this installation lacks: the run reports it
+                params = ()
+        defaults = dict(getattr(meta, "postprocess", None) or {})
+        shown = self.pp_form.show(params, defaults)
+        self.pp_box.setVisible(bool(shown))
         arch = getattr(meta, "arch", "")
         self.pp_box.setTitle(f"Post-processing ({arch})" if arch else "Post-processing")
 
@@ -303,6 +291,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
             yield Progress("load", 0, 1, "loading model")
             model = session.get_model(job.model_ref)
             job.task = model.meta.task
+            job.layout = model.architecture.probability_layout(model.meta)
             prediction = yield from iter_predict(
                 model, job.data, axes=job.axes, planes=job.planes, out=job.out,
                 tile_size=job.tile_size, return_probabilities=job.probabilities, cancel=cancel,
@@ -477,9 +466,9 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         scale = L.spatial_scale(image)[-2:]
         translate = np.asarray(L.spatial_translate(image)[-2:]) + np.asarray(
             [crop[0].start, crop[1].start]) * np.asarray(scale)
-        if instance:
-            # Mask R-CNN: one channel (the merged mask probabilities); U-Net: interior + boundary
-            data = (probs[0] if probs.shape[0] == 1 else probs[1] + probs[2]).astype(np.float32)
+        layout = job.layout  # what the architecture's maps are (Mask R-CNN: one; U-Net: interior + boundary...)
+        if layout is not None and layout.has_foreground:
+            data = layout.foreground(probs).astype(np.float32)
             name = f"{image.name} object probability"
         else:
             data = probs.astype(np.float32)
