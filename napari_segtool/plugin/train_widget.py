@@ -14,6 +14,8 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -21,9 +23,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_segtool.plugin._components import choice_combo, spin_box
+from napari_segtool.plugin._components import ParamControls, choice_combo, spin_box
 from napari_segtool.plugin._docking import scroll_layout
 from napari_segtool.plugin._jobs import JobWidget, UserError
+from napari_segtool.plugin._warmup import models_ready, when_models_ready
 from napari_segtool.plugin.plot import LossPlot
 from napari_segtool.plugin.state import SavesWithWindow, worker_threads
 from napari_segtool.plugin.workers import JobOutcome, Throttle
@@ -55,6 +58,8 @@ class TrainJob:
     task: str             # of a new model (fine-tuning keeps the model's)
     config: Any           # core.train.TrainConfig
     name: str             # the trained model's name in the project
+    arch: str = "unet"    # of a new model (fine-tuning keeps the model's)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # of a new model: the settings changed
 
 
 def _same_channels(examples: list[Any], channels: int | None) -> list[Any]:
@@ -130,6 +135,7 @@ class TrainWidget(SavesWithWindow, JobWidget):
         self._cfg: Any = None
         self._repredict_planned = ""  # the labels layer a finished run will re-predict into
         self._build()
+        when_models_ready(self._on_arch_changed)  # the architectures' settings need torch: imported off the GUI thread
         self.throttle = Throttle(self._refresh_ui, 250, self)
         self.session.project_changed.connect(self._show_project)
         self.session.models_changed.connect(self._suggest_name)
@@ -158,6 +164,12 @@ class TrainWidget(SavesWithWindow, JobWidget):
         form = QFormLayout()
         self.init_combo = choice_combo([FINE_TUNE, SCRATCH])
         form.addRow("Start from", self.init_combo)
+        from napari_segtool.models.registry import available_architectures  # names only: no torch
+
+        self.arch_combo = choice_combo(available_architectures(),
+                                       "Architecture of a new model (fine-tuning keeps the model's)")
+        self.arch_combo.currentTextChanged.connect(self._on_arch_changed)
+        form.addRow("Architecture (new model)", self.arch_combo)
         self.task_combo = choice_combo(["instance", "semantic"], "Task of a new model (fine-tuning keeps the model's task)")
         form.addRow("Task (new model)", self.task_combo)
         self.epochs_spin = spin_box(1, 10000, 20)
@@ -175,6 +187,11 @@ class TrainWidget(SavesWithWindow, JobWidget):
         self.name_edit.setToolTip("Name of the trained model in the project")
         form.addRow("Save as", self.name_edit)
         layout.addLayout(form)
+        # the new model's network settings, built from the architecture's schema (Architecture.arch_params)
+        self.arch_box = QGroupBox("Network (new model)")
+        self.arch_form = ParamControls(QGridLayout(self.arch_box), optional=False)
+        self.arch_box.setVisible(False)  # until the architectures are loaded
+        layout.addWidget(self.arch_box)
         self.repredict_check = QCheckBox("re-predict unreviewed slices when done")
         self.repredict_check.setChecked(True)
         layout.addWidget(self.repredict_check)
@@ -183,6 +200,25 @@ class TrainWidget(SavesWithWindow, JobWidget):
         self.add_job_controls(layout, "Train", self.train, progress_range=1000, between=self.plot,
                               cancel_tip="Stop now; the best model so far is saved")
         self.train_button = self.run_button
+
+    def _on_arch_changed(self, *_args: Any) -> None:
+        """Show the chosen architecture's tasks and network settings (once torch is imported)."""
+        name = self.arch_combo.currentText()
+        if not name or not models_ready():
+            return
+        from napari_segtool.models.registry import get_architecture
+
+        arch = get_architecture(name)
+        task = self.task_combo.currentText()
+        self.task_combo.blockSignals(True)
+        self.task_combo.clear()
+        self.task_combo.addItems(list(arch.tasks))
+        if task in arch.tasks:
+            self.task_combo.setCurrentText(task)
+        self.task_combo.blockSignals(False)
+        shown = self.arch_form.show(p for p in arch.arch_params if not p.advanced)
+        self.arch_box.setTitle(f"Network (new {name} model)")
+        self.arch_box.setVisible(bool(shown))
 
     # -------------------------------------------------------------- project
     def _browse_project(self) -> None:  # pragma: no cover - interactive
@@ -258,7 +294,9 @@ class TrainWidget(SavesWithWindow, JobWidget):
         if cfg.num_threads is None:
             cfg.num_threads = worker_threads()  # leave a core to the viewer
         name = self.name_edit.text().strip() or self.name_edit.placeholderText() or "model"
-        return TrainJob(project, ref if finetune else None, self.task_combo.currentText(), cfg, name)
+        arch_kwargs = {} if finetune else self.arch_form.values(changed_only=True)
+        return TrainJob(project, ref if finetune else None, self.task_combo.currentText(), cfg, name,
+                        arch=self.arch_combo.currentText() or "unet", arch_kwargs=arch_kwargs)
 
     def train(self, config: Any = None) -> Any:
         """Start training in the background; returns the worker, or ``None`` with a message."""
@@ -267,6 +305,7 @@ class TrainWidget(SavesWithWindow, JobWidget):
             return None
         self._cfg = cfg = job.config
         project, ref, task, name = job.project, job.init_ref, job.task, job.name
+        arch, arch_kwargs = job.arch, job.arch_kwargs
         finetune = ref is not None
         session = self.session
 
@@ -289,8 +328,8 @@ class TrainWidget(SavesWithWindow, JobWidget):
             run_id = project.record_run({
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "init": ref if finetune else None,
                 "task": job_task, "examples": len(examples), "config": cfg.to_dict(), "epochs": []})
-            gen = iter_train(examples, arch=init.meta.arch if init is not None else "unet", task=job_task,
-                             init=init, config=cfg, cancel=cancel)
+            gen = iter_train(examples, arch=init.meta.arch if init is not None else arch, task=job_task,
+                             init=init, config=cfg, cancel=cancel, arch_kwargs=None if finetune else arch_kwargs)
             epochs = []
             while True:
                 try:

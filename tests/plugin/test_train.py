@@ -91,3 +91,59 @@ def test_cancel_training_keeps_viewer_usable(make_napari_viewer, qtbot):
     if train.last_outcome.ok:
         assert train.last_outcome.result.result.stop_reason == "cancelled"
     assert train.train_button.isEnabled() and not train.cancel_button.isEnabled()
+
+
+def test_architecture_and_network_controls_come_from_the_registry(make_napari_viewer, qtbot, errors):
+    """The architecture combo lists the registry; each shows its own tasks and network settings (its schema's
+    ranges and help); a new model is trained with the settings the user changed."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    from napari_segtool.core.checkpoint import read_meta
+    from napari_segtool.models.registry import available_architectures, get_architecture
+    from napari_segtool.sim import simulate_nuclei
+
+    viewer, segment, train = _viewer_with_widgets(make_napari_viewer)
+    names = [train.arch_combo.itemText(i) for i in range(train.arch_combo.count())]
+    assert names == available_architectures() and names[0] == "unet" and "maskrcnn" in names
+
+    def shown():
+        return {n for n, c in train.arch_form.controls.items() if c.widget.isVisibleTo(train)}
+
+    def tasks():
+        return [train.task_combo.itemText(i) for i in range(train.task_combo.count())]
+
+    unet = get_architecture("unet")
+    assert shown() == {p.name for p in unet.arch_params if not p.advanced} == {"depth", "width"}
+    assert tasks() == ["instance", "semantic"]
+    depth = train.arch_form.controls["depth"]
+    assert (depth.widget.minimum(), depth.widget.maximum(), depth.widget.value()) == (1, 6, 3)
+    assert depth.widget.toolTip() == next(p.help for p in unet.arch_params if p.name == "depth")
+    train.arch_combo.setCurrentText("maskrcnn")
+    assert tasks() == ["instance"]
+    assert shown() == {"fpn_channels", "representation_size"}
+    train.arch_combo.setCurrentText("unet")
+    assert tasks() == ["instance", "semantic"] and shown() == {"depth", "width"}
+
+    # a new U-Net two levels deep and 8 wide, trained on a correction
+    sim = simulate_nuclei((96, 96), seed=2)
+    img = viewer.add_image(sim.image, name="cells")
+    labels = segment.session.annotation_layer(img)
+    idx = np.nonzero(sim.labels)
+    labels.data_setitem(idx, sim.labels[idx])
+    train.init_combo.setCurrentIndex(1)  # from scratch
+    train.repredict_check.setChecked(False)
+    for name, text in (("depth", "2"), ("width", "8")):
+        spin = train.arch_form.controls[name].widget
+        spin.setFocus()
+        spin.selectAll()
+        QTest.keyClicks(spin, text)
+        QTest.keyClick(spin, Qt.Key_Enter)
+    assert train.arch_form.values(changed_only=True) == {"depth": 2, "width": 8}
+    assert train.train(_tiny_config()) is not None
+    qtbot.waitUntil(lambda: train.worker is None, timeout=120000)
+    outcome = train.last_outcome
+    assert outcome.ok, outcome.message
+    meta = read_meta(outcome.result.path)
+    assert meta.arch == "unet" and meta.arch_kwargs["depth"] == 2 and meta.arch_kwargs["width"] == 8
+    assert not any(kind == "show_error" for kind, _ in errors)
