@@ -182,6 +182,11 @@ def iter_predict(
     # then join the new objects to the kept ones instead of losing the stack's 3D objects
     join = todo is not None and out is not None and settings.link
     settings.link = settings.link and (todo is None or join)
+    if _too_large_for_memory(plan, todo, out, return_probabilities):
+        labels = yield from _predict_chunked(model, image, axes, plan, tile_size, cancel)
+        return Prediction(labels, "".join(a for a in axes if a not in "CS"), None, {}, plan.notes
+                          + ["a plane this large ran chunk by chunk (memory bounded by the chunks)"],
+                          plan.scale.diameter, settings.factor)
     window = yield from predict_window(model, data, spatial_axes, settings, planes=None if join else todo,
                                        first_probabilities=return_probabilities, cancel=cancel,
                                        tile_callback=tile_callback)
@@ -209,6 +214,56 @@ def iter_predict(
         labels = out
     return Prediction(labels, "".join(a for a in axes if a not in "CS"), window.probabilities, tables, plan.notes,
                       plan.scale.diameter, settings.factor)
+
+
+#: Planes with more pixels (in the content box) run through the chunked path, whose memory is bounded
+#: by its chunks: whole-plane maps of a 20000² plane alone would take 8 GB.
+LARGE_PLANE_PIXELS = 64_000_000
+
+
+def _too_large_for_memory(plan: ImagePlan, todo: Any, out: Any, return_probabilities: bool) -> bool:
+    hw = plan.settings.content_hw or (0, 0)
+    stack = plan.data.shape[: len(plan.spatial_axes) - 2]
+    plane_px = hw[0] * hw[1] * plan.settings.factor ** 2
+    return (not stack and todo is None and out is None and not return_probabilities
+            and not plan.settings.stack.get("source_table") and max(plane_px, hw[0] * hw[1]) > LARGE_PLANE_PIXELS)
+
+
+def _predict_chunked(model: SegModel, image: Any, axes: str, plan: ImagePlan, tile_size: int | None,
+                     cancel: CancelToken | None) -> Generator[Progress, None, np.ndarray]:
+    """One huge plane through :func:`~napari_segtool.core.batch.predict_to_zarr` (threads, a temporary
+    zarr), with the scale already found; progress streamed from the worker thread."""
+    import queue
+    import tempfile
+    import threading
+
+    import zarr
+
+    from napari_segtool.core.batch import predict_to_zarr  # the chunked path sits on this module
+
+    events: "queue.Queue[tuple[int, int] | None]" = queue.Queue()
+    outcome: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="segtool-large-") as tmp:
+        target = f"{tmp}/labels.zarr"
+
+        def work() -> None:
+            try:
+                predict_to_zarr(model, image, target, axes=axes, diameter=plan.scale.diameter, tile_size=tile_size,
+                                z_scale=plan.settings.stack.get("z_scale", 2.0) / plan.settings.factor,
+                                progress=lambda done, total: events.put((done, total)), cancel=cancel)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome["error"] = exc
+            finally:
+                events.put(None)
+
+        thread = threading.Thread(target=work, name="segtool-large-plane", daemon=True)
+        thread.start()
+        while (event := events.get()) is not None:
+            yield Progress("predict", event[0], event[1], "chunks")
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return np.asarray(zarr.open_array(target, mode="r")[...]).astype(np.int32)
 
 
 def fit_image_normalizer(data: Any, config: dict[str, Any], channel_mean: bool) -> Normalizer:

@@ -147,3 +147,15 @@ def test_reviewed_slices_keep_the_stack_three_dimensional(nuclei_model):
     assert same_objects(joined, whole) > 0.95                      # the same 3D objects, not per-plane pieces
     crossing = set(np.unique(joined[4])) & set(np.unique(joined[5])) & set(np.unique(joined[6])) - {0}
     assert len(crossing) >= 0.5 * (len(np.unique(whole[5])) - 1)   # objects run through the kept slice
+
+
+def test_a_plane_too_large_for_memory_runs_chunk_by_chunk(nuclei_model, nuclei_image, monkeypatch):
+    import napari_segtool.core.predict as predict_module
+
+    image, _ = nuclei_image
+    whole = predict(nuclei_model, image, diameter=16.0)
+    monkeypatch.setattr(predict_module, "LARGE_PLANE_PIXELS", 128 * 128)
+    events = []
+    chunked = predict(nuclei_model, image, diameter=16.0, callback=events.append)
+    assert any("chunk by chunk" in n for n in chunked.notes) and events
+    assert chunked.labels.shape == image.shape and same_objects(chunked.labels, whole.labels) > 0.97
