@@ -569,7 +569,7 @@ class Uncertain:
     area: int
     kind: str                 # "object" or "missed"
     margin: float = 0.0       # mean |p - 0.5| * 2 of the foreground probability
-    boundary: float = 0.0     # mean boundary probability inside it (away from its rim)
+    boundary: float = 0.0     # boundary probability inside it (away from its rim), per object size
 
 
 def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20,
@@ -579,14 +579,13 @@ def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20
 
     An object scores ``1 - margin + boundary``: ``margin`` is the mean foreground
     margin ``|p - 0.5| * 2`` over its pixels (low = the model hesitates whether it is an
-    object), ``boundary`` the mean boundary probability inside it away from its own rim
-    (high = probably two objects merged). An unlabelled region where the foreground
+    object), ``boundary`` the boundary probability inside it, 2 px or more from its own
+    rim, summed and divided by twice the square root of its area (about 1 when a sure
+    boundary line crosses it: probably two objects merged; capped at 1). An unlabelled region where the foreground
     probability is above ``missed_threshold`` (``min_area`` pixels or more) scores
     ``1 - margin`` + its mean foreground (a missed object). Objects mostly in
     ``exclude`` (pixels the user already edited) are left out.
     """
-    from skimage.segmentation import find_boundaries
-
     labels = np.asarray(labels)
     sl = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
     m = maps.window(sl)
@@ -596,9 +595,9 @@ def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20
     n = int(flat.max()) + 1 if flat.size else 1
     area = np.bincount(flat, minlength=n)
     sum_margin = np.bincount(flat, margin.ravel(), minlength=n)
-    inner = (labels > 0) & ~find_boundaries(labels, mode="inner")
+    # boundary probability inside an object, 2 px or more from its rim: a cut line across it (a merge)
+    inner = (labels > 0) & (ndi.minimum_filter(labels, 5) == ndi.maximum_filter(labels, 5))
     inner_ids = np.where(inner, labels, 0).ravel().astype(np.int64)
-    inner_area = np.bincount(inner_ids, minlength=n)
     sum_boundary = np.bincount(inner_ids, m.boundary.ravel(), minlength=n)
     skip = np.zeros(n, bool)
     if exclude is not None:
@@ -607,7 +606,7 @@ def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20
     ids = np.flatnonzero((area > 0) & ~skip)
     for i in ids[ids > 0].tolist():
         mg = float(sum_margin[i] / area[i])
-        bd = float(sum_boundary[i] / inner_area[i]) if inner_area[i] else 0.0
+        bd = min(1.0, float(sum_boundary[i]) / (2.0 * np.sqrt(area[i])))  # ~1: a 2 px line of p=1 across it
         out.append(Uncertain(i, 1.0 - mg + bd, (0, 0), int(area[i]), "object", mg, bd))
     free = (labels == 0) & (fg >= missed_threshold)
     if exclude is not None:

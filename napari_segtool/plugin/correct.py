@@ -161,6 +161,8 @@ class LabelsTracker(QObject):
 
     changed = Signal()          # edited / reviewed state changed
     selection_changed = Signal()
+    message = Signal(str)       # what a prompt tool did, or why it could not
+    queue_changed = Signal()    # the "correct next" list was recomputed or moved on
 
     def __init__(self, session: Any, labels_layer: Any, image_layer: Any, restore: bool = False):
         super().__init__()
@@ -179,6 +181,11 @@ class LabelsTracker(QObject):
         self.dirty: set[Index] = set()
         self.selected: list[int] = []
         self.split_seeds: list[tuple[Index, tuple[int, int]]] = []
+        self.box_corners: list[tuple[Index, tuple[int, int]]] = []
+        self.queue: list[Any] = []          # "correct next": core.prompts.Uncertain, worst first
+        self.queue_pos = -1
+        self._queue_key: Any = None
+        self.version = 0                    # bumped by every change of the labels
         self.last_error = ""
         self.saves = 0
         self._suppress = 0
@@ -326,6 +333,7 @@ class LabelsTracker(QObject):
         changed = old != new
         if not changed.any():
             return False
+        self.version += 1
         starts = [s.indices(n)[0] for s, n in zip(region, self.shape)]
         stack_ranges = [range(s.indices(n)[0], s.indices(n)[1]) for s, n in
                         zip(region[: self.n_stack], self.shape[: self.n_stack])]
@@ -372,6 +380,7 @@ class LabelsTracker(QObject):
                 written.append(index)
             self.labels_layer.refresh()
         if written:
+            self.version += 1
             self.schedule_save()
             self.changed.emit()
         return written
@@ -493,6 +502,12 @@ class LabelsTracker(QObject):
             "g": lambda _l: self.merge_selected(),
             "k": lambda _l: self.add_split_seed_at_cursor(),
             "h": lambda _l: self.fill_holes_under_cursor(),
+            # prompt tools on the model's maps (core.prompts)
+            "a": lambda _l: self.add_at_cursor(),
+            "b": lambda _l: self.box_corner_at_cursor(),
+            "Shift-G": lambda _l: self.grow_at_cursor(),
+            "Shift-S": lambda _l: self.shrink_at_cursor(),
+            "n": lambda _l: self.correct_next(),
         }
         for key, fn in bindings.items():
             try:
@@ -612,3 +627,127 @@ class LabelsTracker(QObject):
         self.check_all()
         data = np.asarray(self.labels_layer.data)
         self.replace_all(renumber(data))
+
+    # ------------------------------------------------------- prompt tools
+    def maps(self, index: Index) -> Any | None:
+        """The model's maps of a plane, kept from the last Segment run on it (``None``: none yet)."""
+        return self.session.maps_for(self.image_layer, index)
+
+    def _say(self, text: str) -> str:
+        self.message.emit(text)
+        return text
+
+    def _prompt(self, index: Index, make: Any) -> str:
+        """Run a core prompt tool on a plane with its maps and write its window back (undoable, tracked)."""
+        from napari_segtool.core.prompts import PromptError
+
+        maps = self.maps(index)
+        if maps is None:
+            return self._say("no model maps for this slice: run Segment on it (current slice or visible region) "
+                             "first; the prompt tools act on the model's maps")
+        plane = self._plane(index)
+        try:
+            edit = make(plane, maps)
+        except PromptError as exc:
+            return self._say(str(exc))
+        n = self.apply_plane_edit(index, edit.labels.astype(plane.dtype, copy=False), edit.slices)
+        return self._say(f"{edit.message} (label {edit.label}, {n} pixels)" if n else "nothing changed")
+
+    def prompt_add(self, index: Index, yx: tuple[int, int]) -> str:
+        from napari_segtool.core.prompts import add_object
+
+        new = self.next_label()
+        return self._prompt(index, lambda plane, maps: add_object(plane, maps, yx, new))
+
+    def prompt_box(self, index: Index, corner1: tuple[int, int], corner2: tuple[int, int]) -> str:
+        from napari_segtool.core.prompts import redraw_in_box
+
+        new = self.next_label()
+        return self._prompt(index, lambda plane, maps: redraw_in_box(plane, maps, tuple(corner1) + tuple(corner2),
+                                                                     new))
+
+    def prompt_grow(self, index: Index, yx: tuple[int, int], label: int | None = None) -> str:
+        from napari_segtool.core.prompts import grow_object
+
+        return self._prompt(index, lambda plane, maps: grow_object(plane, maps, yx, label))
+
+    def prompt_shrink(self, index: Index, yx: tuple[int, int]) -> str:
+        from napari_segtool.core.prompts import shrink_object
+
+        return self._prompt(index, lambda plane, maps: shrink_object(plane, maps, yx))
+
+    def prompt_scribble(self, index: Index, points_yx: np.ndarray) -> str:
+        from napari_segtool.core.prompts import split_by_scribble
+
+        new = self.next_label()
+        return self._prompt(index, lambda plane, maps: split_by_scribble(plane, maps, points_yx, new))
+
+    def add_at_cursor(self) -> str:
+        where = self.cursor_position()
+        return self.prompt_add(*where) if where is not None else self._say("cursor outside the labels")
+
+    def grow_at_cursor(self) -> str:
+        where = self.cursor_position()
+        return self.prompt_grow(*where) if where is not None else self._say("cursor outside the labels")
+
+    def shrink_at_cursor(self) -> str:
+        where = self.cursor_position()
+        return self.prompt_shrink(*where) if where is not None else self._say("cursor outside the labels")
+
+    def box_corner_at_cursor(self) -> str:
+        where = self.cursor_position()
+        if where is None:
+            return self._say("cursor outside the labels")
+        self.box_corners = (self.box_corners + [where])[-2:]
+        self.selection_changed.emit()
+        if len(self.box_corners) < 2:
+            return self._say("first box corner set; press B at the opposite corner")
+        (i1, a), (i2, b) = self.box_corners
+        self.box_corners = []
+        self.selection_changed.emit()
+        if i1 != i2:
+            return self._say("box corners must be on the same slice")
+        return self.prompt_box(i1, a, b)
+
+    # -------------------------------------------------------- correct next
+    def rank(self, index: Index | None = None, top: int = 20) -> list[Any]:
+        """Recompute the "correct next" list of a plane: objects and missed regions the model is least sure of,
+        leaving out what was already edited (:func:`napari_segtool.core.prompts.rank_uncertain`)."""
+        from napari_segtool.core.prompts import rank_uncertain
+
+        index = self.current_plane() if index is None else tuple(index)
+        maps = self.maps(index)
+        self.queue, self.queue_pos = [], -1
+        if maps is not None:
+            edited = self.edited[index] if index else self.edited
+            self.queue = rank_uncertain(self._plane(index), maps, top=top, exclude=edited)
+        self._queue_key = (index, self.version, id(maps))
+        self.queue_changed.emit()
+        return self.queue
+
+    def correct_next(self) -> str:
+        """Jump to the next object the model is least sure of (the list is recomputed after any edit)."""
+        index = self.current_plane()
+        maps = self.maps(index)
+        if maps is None:
+            return self._say("no model maps for this slice: run Segment on it first")
+        if self._queue_key != (index, self.version, id(maps)):
+            self.rank(index)
+        if not self.queue:
+            return self._say("nothing uncertain left on this slice")
+        self.queue_pos = (self.queue_pos + 1) % len(self.queue)
+        self.queue_changed.emit()
+        return self.go_to_item(self.queue_pos)
+
+    def go_to_item(self, position: int) -> str:
+        item = self.queue[position]
+        self.queue_pos = position
+        index = self._queue_key[0] if self._queue_key else self.current_plane()
+        viewer = self.session.viewer
+        world = np.asarray(self.labels_layer.data_to_world(list(index) + list(item.yx)), float)
+        viewer.camera.center = tuple(world[-2:]) if viewer.dims.ndisplay == 2 else tuple(world[-3:])
+        if item.label:
+            self.labels_layer.selected_label = int(item.label)
+        what = f"object {item.label}" if item.kind == "object" else "unlabelled foreground (missed object?)"
+        return self._say(f"next {position + 1}/{len(self.queue)}: {what} at y={item.yx[0]}, x={item.yx[1]} "
+                         f"(uncertainty {item.score:.2f})")

@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (
     QGridLayout,
     QGroupBox,
     QLabel,
+    QListWidget,
     QPushButton,
     QSizePolicy,
     QVBoxLayout,
@@ -32,6 +33,10 @@ COLORS = {"reviewed": QColor(60, 190, 90), "edited": QColor(235, 160, 40), "": Q
 KEYS_HELP = ("<b>Keys</b> (on the labels layer, at the mouse cursor): "
              "<b>R</b> reviewed on/off · <b>Del</b> delete object · <b>S</b> select for merge · "
              "<b>G</b> merge selected · <b>K</b> twice: split between two points · <b>H</b> fill holes. "
+             "<b>Prompts</b> (on the model's maps of the last Segment run of the slice): <b>A</b> add the object "
+             "under the cursor · <b>B</b> twice: box corners, the object redrawn inside · <b>Shift-G</b> grow the "
+             "nearest object to the cursor · <b>Shift-S</b> shrink: remove the part under the cursor · draw a "
+             "path in the 'scribble' layer across merged nuclei to split them · <b>N</b> correct next. "
              "napari's paint (P), erase (E), fill (F), picker (L) and Ctrl-Z work as usual; every edit "
              "becomes training data.")
 
@@ -99,6 +104,7 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self.viewer.dims.events.current_step.connect(self.update_status)
         self.session.trackers_changed.connect(self.refresh_layers)
         self.session.reviewed_changed.connect(self.update_status)
+        self.session.maps_changed.connect(self.update_status)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
@@ -155,6 +161,31 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self.selection_label = QLabel("merge list: (empty)")
         grid.addWidget(self.selection_label, 3, 0, 1, 2)
         layout.addWidget(tools)
+
+        prompts = QGroupBox("Prompts and correct next (the model's maps)")
+        pl = QGridLayout(prompts)
+        self.maps_label = QLabel("")
+        self.maps_label.setWordWrap(True)
+        self.maps_label.setStyleSheet("color: gray;")
+        pl.addWidget(self.maps_label, 0, 0, 1, 2)
+        self.scribble_button = QPushButton("Scribble to split")
+        self.scribble_button.setToolTip("Draw a path across merged nuclei in the 'scribble' layer (click points, "
+                                        "Esc or double-click to finish): each nucleus it crosses becomes an object")
+        self.scribble_button.clicked.connect(self.start_scribble)
+        self.next_button = QPushButton("Correct next  [N]")
+        self.next_button.setToolTip("Jump to the object (or missed region) the model is least sure of")
+        self.next_button.clicked.connect(self.correct_next)
+        pl.addWidget(self.scribble_button, 1, 0)
+        pl.addWidget(self.next_button, 1, 1)
+        self.queue_list = QListWidget()
+        self.queue_list.setMaximumHeight(110)
+        self.queue_list.setToolTip("Least certain first (1 - foreground margin + boundary inside); click to go there")
+        self.queue_list.itemClicked.connect(lambda item: self._go_to_queue_row(self.queue_list.row(item)))
+        pl.addWidget(self.queue_list, 2, 0, 1, 2)
+        self.prompt_label = QLabel("")
+        self.prompt_label.setWordWrap(True)
+        pl.addWidget(self.prompt_label, 3, 0, 1, 2)
+        layout.addWidget(prompts)
         self.training_label = QLabel("")
         self.training_label.setWordWrap(True)
         layout.addWidget(self.training_label)
@@ -213,7 +244,9 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
         if self._tracker is not tracker:
             if self._tracker is not None:
                 for sig, slot in ((self._tracker.changed, self.update_status),
-                                  (self._tracker.selection_changed, self._update_selection)):
+                                  (self._tracker.selection_changed, self._update_selection),
+                                  (self._tracker.message, self.prompt_label.setText),
+                                  (self._tracker.queue_changed, self._update_queue)):
                     try:
                         sig.disconnect(slot)
                     except (TypeError, RuntimeError):
@@ -222,6 +255,8 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
             if tracker is not None:
                 tracker.changed.connect(self.update_status)
                 tracker.selection_changed.connect(self._update_selection)
+                tracker.message.connect(self.prompt_label.setText)
+                tracker.queue_changed.connect(self._update_queue)
         self.update_status()
         self._update_selection()
 
@@ -247,6 +282,7 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
             self.summary.setText("Select a labels layer made by the Segment widget "
                                  "(or link one to its image above).")
             self.training_label.setText("")
+            self.maps_label.setText("")
             self._set_overlay("")
             return
         status = tracker.plane_status()
@@ -264,6 +300,11 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self.training_label.setText(
             f"Training data from this image: {pixels:,} annotated pixels"
             + (f" — saved in {project.root}" if project is not None else " — no project folder!"))
+        maps = tracker.maps(current)
+        self.maps_label.setText(
+            f"model maps of this {'slice' if current else 'image'}: "
+            + (f"{maps.shape[0]}×{maps.shape[1]} px from the last Segment run" if maps is not None
+               else "none — run Segment on it (current slice or visible region) to use the prompt keys"))
         mark = "✓ reviewed" if here == "reviewed" else ("edited" if here == "edited" else "not reviewed")
         self._set_overlay(f"{tracker.labels_layer.name} · {where}: {mark} · {n_rev}/{len(status)} reviewed")
 
@@ -284,7 +325,8 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
             return
         ids = ", ".join(str(i) for i in tracker.selected) or "(empty)"
         seeds = f" · split point 1 set at {tracker.split_seeds[0][1]}" if tracker.split_seeds else ""
-        self.selection_label.setText(f"merge list: {ids}{seeds}")
+        corner = f" · box corner 1 set at {tracker.box_corners[0][1]}" if tracker.box_corners else ""
+        self.selection_label.setText(f"merge list: {ids}{seeds}{corner}")
 
     def go_to_plane(self, index: tuple[int, ...]) -> None:
         layer = self.labels_layer
@@ -374,3 +416,66 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
         tracker = self._need_tracker()
         if tracker is not None:
             tracker.renumber()
+
+    # -------------------------------------------------------- prompts, correct next
+    def correct_next(self) -> None:
+        tracker = self._need_tracker()
+        if tracker is not None:
+            tracker.correct_next()
+
+    def _update_queue(self) -> None:
+        tracker = self.tracker
+        self.queue_list.blockSignals(True)
+        self.queue_list.clear()
+        if tracker is not None:
+            for item in tracker.queue:
+                what = f"object {item.label}" if item.kind == "object" else "missed region"
+                self.queue_list.addItem(f"{what} · uncertainty {item.score:.2f} · {item.area} px")
+            if 0 <= tracker.queue_pos < self.queue_list.count():
+                self.queue_list.setCurrentRow(tracker.queue_pos)
+        self.queue_list.blockSignals(False)
+
+    def _go_to_queue_row(self, row: int) -> None:
+        tracker = self.tracker
+        if tracker is not None and 0 <= row < len(tracker.queue):
+            tracker.go_to_item(row)
+            self._update_queue()
+
+    SCRIBBLE = "scribble"
+
+    def scribble_layer(self) -> Shapes:
+        """The Shapes layer whose paths split the objects they cross (made on first use, path mode)."""
+        if self.SCRIBBLE in self.viewer.layers:
+            return self.viewer.layers[self.SCRIBBLE]
+        layer = self.viewer.add_shapes(name=self.SCRIBBLE, edge_color="cyan", edge_width=1,
+                                       ndim=self.viewer.dims.ndim)
+        layer.events.data.connect(self._on_scribble)
+        return layer
+
+    def start_scribble(self) -> None:
+        if self._need_tracker() is None:
+            return
+        layer = self.scribble_layer()
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_path"
+        self.prompt_label.setText("draw a path across the merged nuclei (click points; Esc or double-click ends it)")
+
+    def _on_scribble(self, event: Any) -> None:
+        if str(getattr(event, "action", "")) not in ("added", "ActionType.ADDED"):
+            return
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._apply_scribble)
+
+    def _apply_scribble(self) -> None:
+        tracker = self.tracker
+        if tracker is None or self.SCRIBBLE not in self.viewer.layers:
+            return
+        shapes = self.viewer.layers[self.SCRIBBLE]
+        if not len(shapes.data):
+            return
+        line = np.asarray(shapes.data[-1], float)
+        world = np.array([shapes.data_to_world(p) for p in line])
+        in_labels = np.array([tracker.labels_layer.world_to_data(p) for p in world])
+        tracker.prompt_scribble(tracker.current_plane(), in_labels[:, -2:])
+        shapes.data = shapes.data[:-1]

@@ -64,6 +64,7 @@ class Session(QObject):
     status = Signal(str)
     saved = Signal()                      # corrections were written to the project (emitted from the saver)
     closing = Signal()                    # the viewer window is closing: stop background jobs
+    maps_changed = Signal()               # the model's maps of a plane were kept (prompt tools, correct next)
 
     def __init__(self, viewer: Any, project_dir: str | os.PathLike | None = None):
         super().__init__()
@@ -74,6 +75,8 @@ class Session(QObject):
         self._cache_lock = threading.Lock()
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtool-save")
         self.current_model: str | None = None
+        # the model's maps of the last single-plane Segment runs: (id(image layer), plane index) -> PromptMaps
+        self.maps: dict[tuple[int, tuple[int, ...]], Any] = {}
         self._closed = False
         self._watched: list[weakref.ref] = []  # weakly: a session must not keep a closed window alive
         root = project_dir or os.environ.get("SEGTOOL_PROJECT_DIR") or DEFAULT_PROJECT_DIR
@@ -254,6 +257,35 @@ class Session(QObject):
         except (ModelLoadError, OSError):
             return None
 
+    # ------------------------------------------------------------------- maps
+    MAX_MAPS = 4
+
+    def keep_maps(self, image_layer: Any, index: tuple[int, ...], crop: tuple[slice, slice],
+                  probabilities: Any) -> Any:
+        """Keep an instance model's maps of one plane (or region of it) for the prompt tools.
+
+        A region predicted later replaces the maps of that plane; only the last
+        :attr:`MAX_MAPS` planes are kept (a 2048² plane costs 32 MB).
+        """
+        from napari_segtool.core.prompts import PromptMaps
+
+        try:
+            maps = PromptMaps.from_probabilities(probabilities, origin=(crop[0].start or 0, crop[1].start or 0))
+        except ValueError as exc:  # not the maps of an instance model
+            log.debug("maps not kept: %s", exc)
+            return None
+        key = (id(image_layer), tuple(int(i) for i in index))
+        self.maps.pop(key, None)
+        self.maps[key] = maps
+        while len(self.maps) > self.MAX_MAPS:
+            self.maps.pop(next(iter(self.maps)))
+        self.maps_changed.emit()
+        return maps
+
+    def maps_for(self, image_layer: Any, index: tuple[int, ...]) -> Any | None:
+        """The kept maps of a plane of ``image_layer``, or ``None`` (run Segment on that plane first)."""
+        return self.maps.get((id(image_layer), tuple(int(i) for i in index)))
+
     # --------------------------------------------------------------- trackers
     def tracker_for_labels(self, layer: Any) -> Any | None:
         return self.trackers.get(id(layer))
@@ -342,6 +374,8 @@ class Session(QObject):
 
     def _on_layer_removed(self, event: Any) -> None:
         layer = event.value
+        for key in [k for k in self.maps if k[0] == id(layer)]:
+            self.maps.pop(key, None)
         for tracker in list(self.trackers.values()):
             if tracker.labels_layer is layer or tracker.image_layer is layer:
                 future = tracker.save(full_check=True)
