@@ -17,13 +17,24 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
-from scipy import ndimage as ndi
 
-from napari_segtool.core.edits import edited_pixels, merge_prediction
+# the edits are core's (the HITL benchmark's simulated annotator runs the very same functions), and so is
+# the merge of re-predictions with edits; re-exported here under the names the tools always had
+from napari_segtool.core.edits import (  # noqa: F401
+    bbox,
+    delete_object,
+    edited_pixels,
+    fill_object_holes,
+    merge_objects,
+    merge_prediction,
+    renumber,
+    split_object_line,
+    split_object_points,
+)
 from napari_segtool.core.project import ImageEntry, Project, image_key
 from napari_segtool.plugin import _layers as L
 
@@ -33,107 +44,6 @@ AUTOSAVE_MS = 1500
 CHECK_MS = 300
 
 Index = tuple[int, ...]
-
-
-# ============================================================== array operations
-# (the merge of re-predictions with edits is core's: ``napari_segtool.core.edits.merge_prediction``)
-
-
-def bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
-    """Bounding box slices of a mask (with ``pad`` pixels of margin), or ``None`` when empty."""
-    coords = np.nonzero(mask)
-    if coords[0].size == 0:
-        return None
-    return tuple(slice(max(0, int(c.min()) - pad), min(n, int(c.max()) + 1 + pad))
-                 for c, n in zip(coords, mask.shape))
-
-
-def delete_object(plane: np.ndarray, label: int) -> np.ndarray:
-    return np.where(plane == label, 0, plane).astype(plane.dtype, copy=False)
-
-
-def merge_objects(plane: np.ndarray, labels: Iterable[int]) -> np.ndarray:
-    ids = sorted({int(i) for i in labels if int(i) > 0})
-    if len(ids) < 2:
-        return plane
-    return np.where(np.isin(plane, ids[1:]), ids[0], plane).astype(plane.dtype, copy=False)
-
-
-def split_object_points(plane: np.ndarray, p1: Sequence[int], p2: Sequence[int], new_label: int) -> np.ndarray:
-    """Split the object under ``p1`` and ``p2`` (y, x) at its neck between them; ``p2``'s piece gets
-    ``new_label`` (see :func:`napari_segtool.core.edits.split_mask_at_neck`)."""
-    from napari_segtool.core.edits import split_mask_at_neck
-
-    label = int(plane[tuple(p1)])
-    if label == 0 or int(plane[tuple(p2)]) != label:
-        raise ValueError("both split points must be inside the same object")
-    pieces = split_mask_at_neck(plane == label, p1, p2)
-    out = plane.copy()
-    out[pieces == 2] = new_label
-    return out
-
-
-def split_object_line(plane: np.ndarray, line: np.ndarray, first_new_label: int, min_size: int = 3) -> np.ndarray:
-    """Cut every object crossed by a polyline (``(N, 2)`` y, x points) into its pieces.
-
-    Pieces get new ids (the largest keeps the old id); pixels on the cut go to the
-    nearest piece. Objects the line does not really cut are left alone.
-    """
-    from skimage.draw import line as draw_line
-    from skimage.segmentation import expand_labels
-
-    h, w = plane.shape
-    cut = np.zeros(plane.shape, bool)
-    pts = np.round(np.asarray(line, float)).astype(int)
-    for (y0, x0), (y1, x1) in zip(pts[:-1], pts[1:]):
-        rr, cc = draw_line(y0, x0, y1, x1)
-        ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-        cut[rr[ok], cc[ok]] = True
-    cut = ndi.binary_dilation(cut, structure=np.ones((2, 2), bool))  # no diagonal leaks
-    out = plane.copy()
-    next_id = int(first_new_label)
-    for label in np.unique(plane[cut]):
-        if label == 0:
-            continue
-        obj = plane == label
-        sl = bbox(obj, pad=1)
-        sub = obj[sl]
-        pieces, n = ndi.label(sub & ~cut[sl])
-        if n < 2:
-            continue
-        sizes = np.bincount(pieces.ravel())[1:]
-        keep = [i + 1 for i in np.argsort(sizes)[::-1] if sizes[i] >= min_size]
-        if len(keep) < 2:
-            continue
-        ids = np.zeros(n + 1, np.int64)
-        ids[keep[0]] = label
-        for piece in keep[1:]:
-            ids[piece] = next_id
-            next_id += 1
-        relabelled = ids[pieces]
-        grown = expand_labels(relabelled, distance=3)
-        region = out[sl]
-        region[sub] = grown[sub]
-        region[sub & (grown == 0)] = label
-    return out
-
-
-def fill_object_holes(plane: np.ndarray, label: int | None = None) -> np.ndarray:
-    from napari_segtool.ops.postprocess import fill_holes
-
-    if label is None:
-        return fill_holes(plane)
-    mask = plane == label
-    filled = ndi.binary_fill_holes(mask)
-    out = plane.copy()
-    out[filled & (plane == 0)] = label
-    return out
-
-
-def renumber(labels: np.ndarray) -> np.ndarray:
-    from skimage.segmentation import relabel_sequential
-
-    return relabel_sequential(labels)[0].astype(labels.dtype, copy=False)
 
 
 # ============================================================== tracker
