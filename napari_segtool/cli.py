@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from napari_segtool.kernel.errors import SegtoolError
+from napari_segtool.kernel.events import run_job
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -174,19 +175,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             setattr(config, name, getattr(args, name))
     job = iter_train(examples, arch=args.model, task=args.task, init=init, config=config)
     bar = _progress_bar(None, "training", not args.quiet)
+
+    def show(event: Any) -> None:
+        if isinstance(event, TrainStep):
+            bar.update(1)
+            bar.set_postfix(loss=f"{event.loss:.3f}", epoch=event.epoch)
+        elif isinstance(event, TrainEpoch) and not args.quiet:
+            bar.write(f"epoch {event.epoch:3d}  loss {event.train_loss:.4f}  "
+                      f"{event.metric_name} {event.val_metric:.3f}{'  *' if event.is_best else ''}")
+
     try:
-        while True:
-            try:
-                event = next(job)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if isinstance(event, TrainStep):
-                bar.update(1)
-                bar.set_postfix(loss=f"{event.loss:.3f}", epoch=event.epoch)
-            elif isinstance(event, TrainEpoch) and not args.quiet:
-                bar.write(f"epoch {event.epoch:3d}  loss {event.train_loss:.4f}  "
-                          f"{event.metric_name} {event.val_metric:.3f}{'  *' if event.is_best else ''}")
+        result = run_job(job, show)
     finally:
         bar.close()
     if result.steps == 0:
@@ -270,12 +269,7 @@ def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], pla
         job = iter_predict(model, img.data, axes=img.axes, tile_size=args.tile_size, tile_callback=tiles,
                            z_scale=z_scale, diameter=args.diameter)
         try:
-            while True:
-                try:
-                    next(job)
-                except StopIteration as stop:
-                    pred = stop.value
-                    break
+            pred = run_job(job)
         finally:
             bar.close()
         for note in pred.notes:
@@ -317,16 +311,10 @@ def _predict_ome_zarr(args: argparse.Namespace, inputs: list[Path], out: Path) -
             bar.total, bar.n = total, done
             bar.refresh()
 
-        extra = {"diameter": args.diameter} if getattr(args, "diameter", None) is not None else {}
         job = iter_predict(model, img.data, axes=img.axes, tile_size=args.tile_size, tile_callback=tiles,
-                           z_scale=args.z_scale or img.z_anisotropy(), **extra)
+                           z_scale=args.z_scale or img.z_anisotropy(), diameter=args.diameter)
         try:
-            while True:
-                try:
-                    next(job)
-                except StopIteration as stop:
-                    pred = stop.value
-                    break
+            pred = run_job(job)
         finally:
             bar.close()
     except BaseException:
