@@ -60,6 +60,13 @@ __all__ = [
     "run_hitl",
     "split_image",
     "merge_corrections",
+    "PlaneEdits",
+    "Action",
+    "EffortAnnotator",
+    "PromptAnnotator",
+    "RepaintAnnotator",
+    "EffortRound",
+    "iter_effort",
 ]
 
 #: ``fit(image, labels, annotated) -> predict(image) -> labels``: a baseline trained on the same corrections.
@@ -442,4 +449,403 @@ def run_hitl(*args: Any, callback: Callable[[HitlRound], None] | None = None, **
         history.append(record)
         if callback is not None:
             callback(record)
+    return history
+
+
+# ============================================================== effort: actions, as the GUI counts them
+#
+# The annotators below work the way a user of the Correct widget does and run the very functions the
+# widget runs: the prompt tools and the ranking of :mod:`napari_segtool.core.prompts`, the edits of
+# :mod:`napari_segtool.core.edits`, the merge of re-predictions with edits
+# (:func:`~napari_segtool.core.edits.merge_prediction`) and the rule that turns edits into training data
+# (:func:`~napari_segtool.core.edits.edited_pixels`). Each user action (a click, a box, a stroke, a key
+# press that edits) is counted; looking at an object that needs nothing is a "view", counted apart.
+
+from napari_segtool.core.edits import delete_object, edited_pixels  # noqa: E402
+from napari_segtool.core import prompts as _prompts  # noqa: E402
+
+#: napari's default brush is 10 px wide: repainting an object takes one stroke per 10 px of its diameter
+BRUSH_PX = 10
+#: a result the simulated user accepts without more work
+ACCEPT_IOU = 0.7
+
+
+class PlaneEdits:
+    """The Correct widget's bookkeeping of one 2D plane, headless.
+
+    ``labels`` the current labels, ``base`` what was predicted before the user touched
+    it, ``marks`` regions marked reviewed, ``edited`` the training pixels, derived as the
+    widget's tracker derives them (:func:`edited_pixels`). :meth:`update` merges a new
+    prediction as the widget does (:func:`merge_prediction`).
+    """
+
+    def __init__(self, labels: np.ndarray):
+        self.labels = np.asarray(labels).astype(np.int32).copy()
+        self.base = self.labels.copy()
+        self.marks = np.zeros(self.labels.shape, bool)
+        self.edited = np.zeros(self.labels.shape, bool)
+
+    def next_label(self) -> int:
+        return int(self.labels.max()) + 1
+
+    def apply(self, edit: Any) -> None:
+        """Write an edit: a whole new plane, or a :class:`~napari_segtool.core.prompts.LocalEdit`."""
+        if isinstance(edit, _prompts.LocalEdit):
+            edit.apply(self.labels)
+        else:
+            self.labels = np.asarray(edit).astype(np.int32)
+        self.edited = edited_pixels(self.base, self.labels, self.marks)
+
+    def update(self, pred: np.ndarray) -> np.ndarray:
+        """A new prediction of the plane: edited pixels are kept (the widget's ``apply_prediction``)."""
+        pred = shift_ids(pred, int(self.labels.max()))
+        merged = merge_prediction(self.labels, pred, self.edited, instance=True)
+        self.base = np.where(self.edited, self.base, merged)
+        self.labels = merged.astype(np.int32)
+        return self.labels
+
+
+@dataclass
+class Action:
+    """One correction: ``tool`` used, ``cost`` in user actions."""
+
+    tool: str
+    cost: int
+    gt_id: int = 0
+    pred_id: int = 0
+
+
+def _iou_with(labels: np.ndarray, gt_obj: np.ndarray) -> tuple[int, float]:
+    ids, counts = np.unique(labels[gt_obj], return_counts=True)
+    best, best_iou = 0, 0.0
+    for i, n in zip(ids.tolist(), counts.tolist()):
+        if i == 0:
+            continue
+        iou = n / float((labels == i).sum() + gt_obj.sum() - n)
+        if iou > best_iou:
+            best, best_iou = i, iou
+    return best, best_iou
+
+
+def _centre(mask: np.ndarray) -> tuple[int, int]:
+    d = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+    return int(y), int(x)
+
+
+class EffortAnnotator:
+    """Base of the effort annotators: corrects ``plane`` against ground truth ``gt``, counting actions."""
+
+    name = "annotator"
+
+    def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0):
+        self.gt = np.asarray(gt).astype(np.int32)
+        self.plane = PlaneEdits(labels)
+        self.rng = np.random.default_rng(seed)
+        self.actions: list[Action] = []
+        self.views = 0
+        self._done_gt: set[int] = set()
+
+    @property
+    def cost(self) -> int:
+        return sum(a.cost for a in self.actions)
+
+    def update(self, pred: np.ndarray, maps: Any = None) -> None:
+        self.plane.update(pred)
+        self.maps = maps
+
+    def work(self, budget: int) -> list[Action]:
+        """Correct until ``budget`` more actions are spent (or nothing is left to correct)."""
+        start, done = self.cost, len(self.actions)
+        while self.cost - start < budget:
+            if not self.step():
+                break
+        return self.actions[done:]
+
+    def step(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- what both annotators do when a tool is not enough: repaint the object by hand
+    def repaint(self, g: int) -> None:
+        obj = self.gt == g
+        labels = self.plane.labels
+        # what lies mostly inside the object goes (Del at each); the paint covers the rest (strokes)
+        wrong = [int(i) for i, n in zip(*np.unique(labels[obj], return_counts=True))
+                 if i and n >= 0.5 * (labels == i).sum()]
+        plane = labels
+        for i in wrong:
+            plane = delete_object(plane, i)
+        plane = plane.copy()
+        new = int(max(plane.max(), labels.max())) + 1
+        plane[obj] = new
+        diameter = 2 * np.sqrt(obj.sum() / np.pi)
+        self.plane.apply(plane)
+        self.actions.append(Action("delete", len(wrong), g))
+        self.actions.append(Action("paint", int(np.ceil(diameter / BRUSH_PX)), g, new))
+        self._done_gt.add(g)
+
+    def delete(self, label: int) -> None:
+        self.plane.apply(delete_object(self.plane.labels, label))
+        self.actions.append(Action("delete", 1, 0, label))
+
+    def fix_gt(self, g: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _fp(self, label: int) -> bool:
+        """A predicted object mostly on true background (or on objects already fixed)."""
+        mask = self.plane.labels == label
+        return (self.gt[mask] > 0).mean() < 0.5 if mask.any() else False
+
+
+class RepaintAnnotator(EffortAnnotator):
+    """Looks at objects in random order; repaints each wrong one by hand and deletes false positives."""
+
+    name = "repaint+random"
+
+    def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0):
+        super().__init__(gt, labels, seed)
+        self._order: list[tuple[str, int]] = []
+
+    def update(self, pred: np.ndarray, maps: Any = None) -> None:
+        super().update(pred, maps)
+        items = [("gt", int(g)) for g in np.unique(self.gt[self.gt > 0]) if int(g) not in self._done_gt]
+        items += [("pred", int(p)) for p in np.unique(self.plane.labels[self.plane.labels > 0])
+                  if not self.plane.edited[self.plane.labels == p].any()]
+        order = self.rng.permutation(len(items))
+        self._order = [items[i] for i in order]
+
+    def step(self) -> bool:
+        while self._order:
+            kind, i = self._order.pop()
+            self.views += 1
+            if kind == "pred":
+                if (self.plane.labels == i).any() and self._fp(i):
+                    self.delete(i)
+                    return True
+                continue
+            _, iou = _iou_with(self.plane.labels, self.gt == i)
+            if iou >= ACCEPT_IOU:
+                continue
+            self.repaint(i)
+            return True
+        return False
+
+
+class PromptAnnotator(EffortAnnotator):
+    """Follows "correct next" (:func:`~napari_segtool.core.prompts.rank_uncertain`) and fixes with prompts.
+
+    Missed object: a click (add); merged objects: a stroke through their centres
+    (scribble); badly outlined or fragmented: a box (then a Del per fragment left);
+    false positive: Del. A result under :data:`ACCEPT_IOU` is tried with a box, then
+    repainted. Where the ranking has nothing left, the annotator stops: it never looks
+    at objects the model is sure of.
+    """
+
+    name = "prompts+ranking"
+
+    def update(self, pred: np.ndarray, maps: Any = None) -> None:
+        super().update(pred, maps)
+        self.looked = np.zeros(self.gt.shape, bool)
+
+    def step(self) -> bool:
+        if self.maps is None:
+            return False
+        while True:
+            queue = _prompts.rank_uncertain(self.plane.labels, self.maps, top=5,
+                                            exclude=self.plane.edited | self.looked)
+            if not queue:
+                return False
+            item = queue[0]
+            self.views += 1
+            if self._handle(item):
+                return True
+
+    def _handle(self, item: Any) -> bool:
+        labels = self.plane.labels
+        if item.kind == "missed":
+            region = (labels == 0) & (self.maps.window((slice(0, labels.shape[0]), slice(0, labels.shape[1])))
+                                      .foreground >= 0.3)
+            parts, _ = ndi.label(region)
+            here = parts == parts[item.yx]
+            self.looked |= here
+            todo = [int(g) for g in np.unique(self.gt[here]) if g and g not in self._done_gt
+                    and _iou_with(labels, self.gt == g)[1] < ACCEPT_IOU
+                    and (self.gt == g)[here].sum() >= 0.3 * (self.gt == g).sum()]
+            for g in todo:
+                self._add(g)
+            return bool(todo)
+        p = item.label
+        mask = labels == p
+        self.looked |= mask
+        if self._fp(p):
+            self.delete(p)
+            return True
+        gts, counts = np.unique(self.gt[mask], return_counts=True)
+        covered = [int(g) for g, n in zip(gts.tolist(), counts.tolist())
+                   if g and n >= 0.5 * (self.gt == g).sum() and g not in self._done_gt]
+        if len(covered) >= 2:
+            self._scribble(p, covered)
+            return True
+        main = int(gts[np.argmax(np.where(gts > 0, counts, -1))])
+        if main == 0 or main in self._done_gt:
+            return False
+        if _iou_with(labels, self.gt == main)[1] >= ACCEPT_IOU:
+            return False
+        self._box(main)
+        return True
+
+    # -- the tools
+    def _accept_or_fallback(self, g: int, tried_box: bool) -> None:
+        label, iou = _iou_with(self.plane.labels, self.gt == g)
+        if iou >= ACCEPT_IOU:
+            self._cleanup_fragments(g, label)
+            self._done_gt.add(g)
+        elif not tried_box:
+            self._box(g)
+        else:
+            self.repaint(g)
+
+    def _cleanup_fragments(self, g: int, keep: int) -> None:
+        obj = self.gt == g
+        labels = self.plane.labels
+        for i, n in zip(*np.unique(labels[obj], return_counts=True)):
+            if i and i != keep and n >= 0.5 * (labels == i).sum():
+                self.delete(int(i))
+
+    def _add(self, g: int) -> None:
+        c = _centre(self.gt == g)
+        try:
+            if self.plane.labels[c] != 0:
+                raise _prompts.PromptError("occupied")
+            self.plane.apply(_prompts.add_object(self.plane.labels, self.maps, c, self.plane.next_label()))
+            self.actions.append(Action("add", 1, g))
+        except _prompts.PromptError:
+            self._box(g)
+            return
+        self._accept_or_fallback(g, tried_box=False)
+
+    def _box(self, g: int) -> None:
+        ys, xs = np.nonzero(self.gt == g)
+        h, w = self.gt.shape
+        box = (max(0, ys.min() - 2), max(0, xs.min() - 2), min(h - 1, ys.max() + 2), min(w - 1, xs.max() + 2))
+        try:
+            self.plane.apply(_prompts.redraw_in_box(self.plane.labels, self.maps, box, self.plane.next_label()))
+            self.actions.append(Action("box", 1, g))
+        except _prompts.PromptError:
+            self.repaint(g)
+            return
+        self._accept_or_fallback(g, tried_box=True)
+
+    def _scribble(self, p: int, gts: list[int]) -> None:
+        centres = [_centre(self.gt == g) for g in gts]
+        order = [0]  # a stroke from one centre to the nearest next, and so on
+        while len(order) < len(centres):
+            last = centres[order[-1]]
+            rest = [i for i in range(len(centres)) if i not in order]
+            order.append(min(rest, key=lambda i: np.hypot(centres[i][0] - last[0], centres[i][1] - last[1])))
+        stroke = [centres[i] for i in order]
+        try:
+            self.plane.apply(_prompts.split_by_scribble(self.plane.labels, self.maps, stroke,
+                                                        self.plane.next_label()))
+            self.actions.append(Action("scribble", 1, gts[0], p))
+        except _prompts.PromptError:
+            for g in gts:
+                self.repaint(g)
+            return
+        for g in gts:
+            self._accept_or_fallback(g, tried_box=False)
+
+
+@dataclass
+class EffortRound:
+    """One round of :func:`iter_effort`: actions so far, the held-out score after training on them."""
+
+    annotator: str
+    round: int
+    actions: int          # cumulative user actions
+    views: int            # cumulative objects looked at that needed nothing (or navigation)
+    tools: dict[str, int]  # cumulative actions per tool
+    ap50: float
+    mean_ap: float
+    train_seconds: float = 0.0
+    predict_seconds: float = 0.0
+    annotated_pixels: int = 0
+
+
+def _predict_maps(model: SegModel, image: np.ndarray) -> tuple[np.ndarray, Any]:
+    pred = predict(model, image, return_probabilities=True)
+    maps = None
+    if pred.probabilities is not None:
+        try:
+            maps = _prompts.PromptMaps.from_probabilities(pred.probabilities)
+        except ValueError:
+            maps = None
+    return pred.labels, maps
+
+
+def iter_effort(
+    model: SegModel,
+    train_image: np.ndarray,
+    train_labels: np.ndarray,
+    heldout: Sequence[tuple[np.ndarray, np.ndarray]],
+    annotator: Literal["prompts", "repaint"] = "prompts",
+    *,
+    actions_per_round: int = 5,
+    rounds: int = 10,
+    target_ap50: float | None = 0.9,
+    train: TrainConfig | None = None,
+    time_budget: float | None = 20.0,
+    seed: int = 0,
+    cancel: CancelToken | None = None,
+) -> Generator[EffortRound, None, list[EffortRound]]:
+    """Correct → fine-tune → re-predict, counting user actions; yields an :class:`EffortRound` per round.
+
+    ``annotator`` is ``"prompts"`` (:class:`PromptAnnotator`: prompt tools + correct next)
+    or ``"repaint"`` (:class:`RepaintAnnotator`: repaint by hand, random order). Each
+    round spends ``actions_per_round`` actions, fine-tunes the current model (warm start)
+    on the training pixels the widget would record, re-predicts the image (its maps
+    too) and merges the prediction with the edits as the widget does, and scores the
+    held-out pairs. Stops once AP@0.5 reaches ``target_ap50`` or after ``rounds``.
+    """
+    cfg = replace(train or HitlConfig().train, time_budget=time_budget)
+    heldout = [(np.asarray(img), np.asarray(gt)) for img, gt in heldout]
+    held_images = [img for img, _ in heldout]
+    norm = model.meta.normalization
+    t0 = time.perf_counter()
+    labels, maps = _predict_maps(model, train_image)
+    preds, _ = _predict_all(model, held_images)
+    predict_seconds = time.perf_counter() - t0
+    cls = PromptAnnotator if annotator == "prompts" else RepaintAnnotator
+    ann = cls(train_labels, np.zeros_like(np.asarray(train_labels), np.int32), seed=seed)
+    ann.update(labels, maps)
+    ap50, mean_ap = _score(preds, heldout)
+    history = [EffortRound(ann.name, 0, 0, 0, {}, ap50, mean_ap, 0.0, predict_seconds, 0)]
+    yield history[-1]
+    current = model
+    for rnd in range(1, rounds + 1):
+        if (target_ap50 is not None and ap50 >= target_ap50) or (cancel is not None and cancel.cancelled):
+            break
+        done = ann.work(actions_per_round)
+        if not done:
+            break
+        train_seconds = 0.0
+        try:
+            example = make_example(train_image, ann.plane.labels, ann.plane.edited, normalization=norm,
+                                   name=f"effort-{rnd}")
+            res = _fine_tune([example], current, model, replace(cfg, seed=seed + rnd), cancel)
+            current, train_seconds = res.model, res.seconds
+        except DataError:
+            pass
+        t0 = time.perf_counter()
+        labels, maps = _predict_maps(current, train_image)
+        preds, _ = _predict_all(current, held_images)
+        predict_seconds = time.perf_counter() - t0
+        ann.update(labels, maps)
+        ap50, mean_ap = _score(preds, heldout)
+        tools: dict[str, int] = {}
+        for a in ann.actions:
+            tools[a.tool] = tools.get(a.tool, 0) + a.cost
+        history.append(EffortRound(ann.name, rnd, ann.cost, ann.views, tools, ap50, mean_ap, train_seconds,
+                                   predict_seconds, int(ann.plane.edited.sum())))
+        yield history[-1]
     return history

@@ -121,3 +121,66 @@ def test_benchmark_end_to_end(init_model, tmp_path, monkeypatch):
         assert [int(r["corrected"]) for r in rows if r["method"] == m] == [3, 6, 9]
     assert all(float(r["train_seconds"]) < 15 for r in curve)
     assert summary["goals"]["round_seconds"]["max"] is not None
+
+
+# ---------------------------------------------------------------- one engine: the GUI's functions, counted actions
+
+
+def test_the_gui_and_the_benchmark_run_the_same_core_functions():
+    from napari_segtool.core import edits, hitl, prompts
+    from napari_segtool.plugin import correct
+
+    for name in ("merge_prediction", "edited_pixels", "delete_object", "merge_objects", "split_object_points",
+                 "split_object_line", "fill_object_holes"):
+        assert getattr(correct, name) is getattr(edits, name)      # the widget's tracker calls core's
+    assert hitl.merge_prediction is edits.merge_prediction and hitl.edited_pixels is edits.edited_pixels
+    assert hitl._prompts is prompts
+    import inspect
+
+    source = inspect.getsource(correct)
+    assert "np.isin(pred" not in source and "def merge_prediction" not in source  # no merge logic in the plugin
+
+
+def _effort_scene():
+    from tests.core.test_prompts import _disc, maps_of
+
+    shape = (160, 200)
+    gt = np.zeros(shape, np.int32)
+    centres = [(25, 25), (25, 75), (25, 125), (25, 170), (80, 30), (80, 80), (80, 101), (80, 150),
+               (135, 40), (135, 90), (135, 140), (135, 175)]
+    for i, c in enumerate(centres, 1):
+        gt[_disc(shape, c, 11) & (gt == 0)] = i
+    pred = gt.copy()
+    pred[gt == 2] = 0                                   # missed
+    pred[gt == 3] = 0                                   # missed
+    pred[gt == 7] = 6                                   # 6 and 7 merged
+    pred[(gt == 9) & (np.arange(shape[1])[None, :] > 40)] = 0   # half of 9 missing
+    pred[_disc(shape, (80, 185), 6) & (gt == 0)] = 50   # a false positive
+    return gt, pred, maps_of(gt)
+
+
+def test_prompt_annotator_fixes_with_fewer_actions_than_repainting_and_records_gui_training_data():
+    from napari_segtool.core.edits import edited_pixels
+    from napari_segtool.core.hitl import PromptAnnotator, RepaintAnnotator
+    from napari_segtool.ops.metrics import instance_scores
+
+    gt, pred, maps = _effort_scene()
+    results = {}
+    for cls in (PromptAnnotator, RepaintAnnotator):
+        ann = cls(gt, np.zeros_like(gt), seed=1)
+        ann.update(pred, maps)
+        ann.work(100)
+        results[cls.name] = ann
+        assert instance_scores(ann.plane.labels, gt)["ap50"] == 1.0, cls.name
+        # the training pixels are the widget tracker's rule applied to what the annotator changed
+        np.testing.assert_array_equal(ann.plane.edited, edited_pixels(ann.plane.base, ann.plane.labels))
+    prompts, repaint = results["prompts+ranking"], results["repaint+random"]
+    tools = {a.tool for a in prompts.actions if a.cost}
+    assert {"add", "scribble", "delete"} <= tools and "paint" not in tools
+    assert prompts.cost <= 7                      # 2 clicks, 1 stroke, 1 box or grow, 1 Del (+ fragment Dels)
+    assert repaint.cost >= 2 * prompts.cost
+    # a re-prediction repeating the mistakes does not undo the corrections (the widget's merge)
+    before = prompts.plane.labels.copy()
+    prompts.update(pred, maps)
+    assert instance_scores(prompts.plane.labels, gt)["ap50"] == 1.0
+    assert ((prompts.plane.labels > 0) == (before > 0))[prompts.plane.edited].all()
