@@ -19,6 +19,13 @@ Side by side, on the very same corrections of the same run:
 
 Writes ``DIR/hitl.csv`` (``.tsv`` with ``--tsv``), ``DIR/hitl.png`` and
 ``DIR/hitl_summary.json`` (the goals, met or not).
+
+``--effort`` measures the effort axis instead (issue 14): user actions to reach
+``--target`` AP@0.5 (default 0.90) on the held-out half, ``--actions-per-round`` per
+round, for two simulated annotators on the GUI's own engine (``core.hitl.iter_effort``):
+``prompts+ranking`` (correct-next ranking, a click to add, a box, a stroke to split, Del)
+and ``repaint+random`` (objects in random order, Del + one brush stroke per 10 px of
+diameter). Writes ``DIR/effort.csv``, ``DIR/effort.png`` and ``DIR/effort_summary.json``.
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_segtool.core.data import make_example  # noqa: E402
-from napari_segtool.core.hitl import HitlConfig, HitlRound, iter_hitl, split_image  # noqa: E402
+from napari_segtool.core.hitl import HitlConfig, HitlRound, iter_effort, iter_hitl, split_image  # noqa: E402
 from napari_segtool.ops.metrics import instance_scores  # noqa: E402
 from napari_segtool.core.predict import predict  # noqa: E402
 from napari_segtool.core.train import TrainConfig, train  # noqa: E402
@@ -228,6 +235,77 @@ def summarize(history: list[HitlRound], consts: list[dict[str, Any]], max_correc
     return out
 
 
+# ------------------------------------------------------------------ effort axis
+EFFORT_COLUMNS = ["dataset", "annotator", "round", "actions", "views", "tools", "ap50", "mean_ap", "train_seconds",
+                  "predict_seconds", "annotated_pixels"]
+
+
+def run_effort(args, dataset: str, train_pair, held, init, init_name: str) -> dict[str, Any]:
+    """Actions (clicks, boxes, strokes, Del, brush strokes) to reach ``--target`` AP@0.5 on the held-out half:
+    prompts + correct-next ranking against repainting in random order, the same engine as the GUI."""
+    cfg = HitlConfig().train
+    cfg.patch_size, cfg.batch_size = args.patch_size, args.batch_size
+    if args.steps:
+        cfg.epochs, cfg.steps_per_epoch = 1, args.steps
+    rows: list[dict[str, Any]] = []
+    reached: dict[str, Any] = {}
+    print(f"{'annotator':>16s} {'round':>5s} {'actions':>7s} {'views':>5s} {'AP@0.5':>7s} {'train s':>8s}")
+    for kind in ("prompts", "repaint"):
+        for rec in iter_effort(init, *train_pair, [held], kind, actions_per_round=args.actions_per_round,
+                               rounds=args.rounds, target_ap50=args.target, train=cfg,
+                               time_budget=None if args.steps else args.budget, seed=args.seed):
+            row = {"dataset": dataset, "annotator": rec.annotator, "round": rec.round, "actions": rec.actions,
+                   "views": rec.views, "tools": " ".join(f"{k}:{v}" for k, v in sorted(rec.tools.items())),
+                   "ap50": rec.ap50, "mean_ap": rec.mean_ap, "train_seconds": rec.train_seconds,
+                   "predict_seconds": rec.predict_seconds, "annotated_pixels": rec.annotated_pixels}
+            rows.append(row)
+            print(f"{rec.annotator:>16s} {rec.round:5d} {rec.actions:7d} {rec.views:5d} {rec.ap50:7.3f} "
+                  f"{rec.train_seconds:8.1f}  {row['tools']}", flush=True)
+            if rec.ap50 >= args.target and rec.annotator not in reached:
+                reached[rec.annotator] = {"actions": rec.actions, "round": rec.round,
+                                          "train_seconds": sum(r["train_seconds"] for r in rows
+                                                               if r["annotator"] == rec.annotator)}
+    path = args.out / "effort.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, EFFORT_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    plot_effort(rows, args.out / "effort.png", args.target,
+                f"{dataset}: effort to AP@0.5 {args.target:g} on the held-out half; init: {init_name}; "
+                f"{args.actions_per_round} actions/round, "
+                f"{f'{args.steps} steps' if args.steps else f'{args.budget:g} s'} fine-tuning/round")
+    p, r = reached.get("prompts+ranking"), reached.get("repaint+random")
+    goal = {"target_ap50": args.target, "prompts+ranking": p, "repaint+random": r,
+            "prompt_actions_max": 25,
+            "met": bool(p and p["actions"] <= 25 and (r is None or r["actions"] >= 3 * p["actions"])),
+            "note": "repaint+random did not reach the target within the rounds" if p and r is None else ""}
+    return goal
+
+
+def plot_effort(rows: list[dict[str, Any]], path: Path, target: float, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, color in (("prompts+ranking", "C0"), ("repaint+random", "C1")):
+        pts = [(r["actions"], r["ap50"]) for r in rows if r["annotator"] == name]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", color=color, label=name)
+    ax.axhline(target, color="k", ls=":", lw=1, label=f"target {target:g}")
+    ax.set_xlabel("user actions (clicks, boxes, strokes, Del, brush strokes)")
+    ax.set_ylabel("AP@0.5, held-out half")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -255,6 +333,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--photutils", action="store_true", help="also run photutils on non-astro data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tsv", action="store_true")
+    p.add_argument("--effort", action="store_true",
+                   help="the effort axis instead: actions to reach --target AP@0.5, prompts+ranking vs repaint+random")
+    p.add_argument("--target", type=float, default=0.9)
+    p.add_argument("--actions-per-round", type=int, default=5)
     args = p.parse_args(argv)
     if args.ref_budget is None:
         args.ref_budget = args.rounds * args.budget
@@ -269,6 +351,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{dataset}: image {image.shape}, {len(np.unique(train_pair[1])) - 1} objects to correct on the left, "
           f"{len(np.unique(held[1])) - 1} held out on the right; init = {init_name}; "
           f"threads = {os.environ.get('SEGTOOL_NUM_THREADS', 'all')}", flush=True)
+
+    if args.effort:
+        goal = run_effort(args, dataset, train_pair, held, init, init_name)
+        summary = {"command": "python benchmarks/hitl.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                   "dataset": dataset, "init": init_name, "threads": os.environ.get("SEGTOOL_NUM_THREADS", "all"),
+                   "total_seconds": time.perf_counter() - t_start, "effort": goal}
+        (args.out / "effort_summary.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(goal, indent=2))
+        print(f"wrote {args.out / 'effort.csv'}, {args.out / 'effort.png'} ({summary['total_seconds']:.0f} s)")
+        return summary
 
     cfg = HitlConfig(k=args.k, rounds=args.rounds, time_budget=None if args.steps else args.budget,
                      margin=args.margin, scratch=not args.no_scratch, seed=args.seed)

@@ -184,3 +184,25 @@ def test_prompt_annotator_fixes_with_fewer_actions_than_repainting_and_records_g
     prompts.update(pred, maps)
     assert instance_scores(prompts.plane.labels, gt)["ap50"] == 1.0
     assert ((prompts.plane.labels > 0) == (before > 0))[prompts.plane.edited].all()
+
+
+def test_effort_benchmark_end_to_end(init_model, tmp_path, monkeypatch):
+    from benchmarks.hitl import main
+
+    monkeypatch.setenv("SEGTOOL_NUM_THREADS", "1")
+    image, labels = draw_objects((128, 192), n=28, seed=11, touching=False)
+    np.save(tmp_path / "img.npy", image)
+    np.save(tmp_path / "lab.npy", labels)
+    out = tmp_path / "out"
+    summary = main(["--out", str(out), "--image", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"),
+                    "--init", str(init_model), "--effort", "--rounds", "2", "--actions-per-round", "4",
+                    "--steps", "10", "--patch-size", "64", "--batch-size", "4", "--target", "1.01"])
+    with open(out / "effort.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for name in ("prompts+ranking", "repaint+random"):
+        mine = [r for r in rows if r["annotator"] == name]
+        assert [int(r["round"]) for r in mine][0] == 0 and len(mine) >= 2
+        actions = [int(r["actions"]) for r in mine]
+        assert actions == sorted(actions) and actions[1] >= 1
+    assert (out / "effort.png").stat().st_size > 5_000
+    assert summary["effort"]["target_ap50"] == 1.01 and summary["effort"]["met"] is False
