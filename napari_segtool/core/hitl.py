@@ -538,8 +538,9 @@ class EffortAnnotator:
 
     name = "annotator"
 
-    def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0):
+    def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0, accept_iou: float = ACCEPT_IOU):
         self.gt = np.asarray(gt).astype(np.int32)
+        self.accept_iou = float(accept_iou)
         self.plane = PlaneEdits(labels)
         self.rng = np.random.default_rng(seed)
         self.actions: list[Action] = []
@@ -602,8 +603,8 @@ class RepaintAnnotator(EffortAnnotator):
 
     name = "repaint+random"
 
-    def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0):
-        super().__init__(gt, labels, seed)
+    def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0, accept_iou: float = ACCEPT_IOU):
+        super().__init__(gt, labels, seed, accept_iou)
         self._order: list[tuple[str, int]] = []
 
     def update(self, pred: np.ndarray, maps: Any = None) -> None:
@@ -624,7 +625,7 @@ class RepaintAnnotator(EffortAnnotator):
                     return True
                 continue
             _, iou = _iou_with(self.plane.labels, self.gt == i)
-            if iou >= ACCEPT_IOU:
+            if iou >= self.accept_iou:
                 continue
             self.repaint(i)
             return True
@@ -669,7 +670,7 @@ class PromptAnnotator(EffortAnnotator):
             here = parts == parts[item.yx]
             self.looked |= here
             todo = [int(g) for g in np.unique(self.gt[here]) if g and g not in self._done_gt
-                    and _iou_with(labels, self.gt == g)[1] < ACCEPT_IOU
+                    and _iou_with(labels, self.gt == g)[1] < self.accept_iou
                     and (self.gt == g)[here].sum() >= 0.3 * (self.gt == g).sum()]
             for g in todo:
                 self._add(g)
@@ -689,7 +690,7 @@ class PromptAnnotator(EffortAnnotator):
         main = int(gts[np.argmax(np.where(gts > 0, counts, -1))])
         if main == 0 or main in self._done_gt:
             return False
-        if _iou_with(labels, self.gt == main)[1] >= ACCEPT_IOU:
+        if _iou_with(labels, self.gt == main)[1] >= self.accept_iou:
             return False
         self._box(main)
         return True
@@ -697,7 +698,7 @@ class PromptAnnotator(EffortAnnotator):
     # -- the tools
     def _accept_or_fallback(self, g: int, tried_box: bool) -> None:
         label, iou = _iou_with(self.plane.labels, self.gt == g)
-        if iou >= ACCEPT_IOU:
+        if iou >= self.accept_iou:
             self._cleanup_fragments(g, label)
             self._done_gt.add(g)
         elif not tried_box:
@@ -796,6 +797,7 @@ def iter_effort(
     train: TrainConfig | None = None,
     time_budget: float | None = 20.0,
     seed: int = 0,
+    accept_iou: float = ACCEPT_IOU,
     cancel: CancelToken | None = None,
 ) -> Generator[EffortRound, None, list[EffortRound]]:
     """Correct → fine-tune → re-predict, counting user actions; yields an :class:`EffortRound` per round.
@@ -806,6 +808,7 @@ def iter_effort(
     on the training pixels the widget would record, re-predicts the image (its maps
     too) and merges the prediction with the edits as the widget does, and scores the
     held-out pairs. Stops once AP@0.5 reaches ``target_ap50`` or after ``rounds``.
+    ``accept_iou``: the IoU with the truth at which the simulated user takes a result as it is.
     """
     cfg = replace(train or HitlConfig().train, time_budget=time_budget)
     heldout = [(np.asarray(img), np.asarray(gt)) for img, gt in heldout]
@@ -816,7 +819,7 @@ def iter_effort(
     preds, _ = _predict_all(model, held_images)
     predict_seconds = time.perf_counter() - t0
     cls = PromptAnnotator if annotator == "prompts" else RepaintAnnotator
-    ann = cls(train_labels, np.zeros_like(np.asarray(train_labels), np.int32), seed=seed)
+    ann = cls(train_labels, np.zeros_like(np.asarray(train_labels), np.int32), seed=seed, accept_iou=accept_iou)
     ann.update(labels, maps)
     ap50, mean_ap = _score(preds, heldout)
     history = [EffortRound(ann.name, 0, 0, 0, {}, ap50, mean_ap, 0.0, predict_seconds, 0)]

@@ -282,7 +282,9 @@ def redraw_in_box(labels: np.ndarray, maps: PromptMaps, box: Sequence[int], new_
     one under the box centre (else the one with most pixels in the box; else a new one
     with ``new_label``); all its pixels are replaced by the component of the thresholded
     foreground inside the box that contains the centre (else the largest), holes filled,
-    never over another object. The cut-off is ``threshold``, or Otsu's of the box when
+    never over another object. A part of the object outside the box at least half as
+    large as the redrawn object (a merged neighbour) becomes an object of its own
+    (``new_label``); a smaller one (a bleed) is removed. The cut-off is ``threshold``, or Otsu's of the box when
     the centre is below it.
     """
     labels = np.asarray(labels)
@@ -326,8 +328,16 @@ def redraw_in_box(labels: np.ndarray, maps: PromptMaps, box: Sequence[int], new_
     else:
         obj = parts == (int(np.argmax(np.bincount(parts.ravel())[1:])) + 1)
     obj = ndi.binary_fill_holes(obj) & ~others & inside
-    old = lab == target if target else None
-    return _edit(lab, sl, obj, label, "redrawn" if target else "added", clear=old)
+    if not target:
+        return _edit(lab, sl, obj, label, "added")
+    old = lab == target
+    edit = _edit(lab, sl, obj, label, "redrawn", clear=old)
+    # what the object had outside the box: a bleed is dropped, a second nucleus (a merge) kept on its own
+    rest = old & ~obj & ~inside
+    if rest.sum() >= 0.5 * max(1, obj.sum()):
+        edit.labels[rest] = int(new_label)
+        edit.message = "redrawn; its part outside the box is a new object"
+    return edit
 
 
 def _nearest_label(lab: np.ndarray, c: tuple[int, int]) -> int:

@@ -93,6 +93,10 @@ def test_box_redraws_an_object_inside_it():
     labels[22:38, 72:78][gt[22:38, 72:78] == 2] = 0  # and has a bite taken out
     out = redraw_in_box(labels, maps, (16, 66, 44, 94), new_label=9).apply(labels.copy())
     assert _iou(out == 2, gt == 2) > 0.9 and not (out == 9).any()
+    # a box around one nucleus of two merged ones: the other one becomes an object of its own
+    merged = np.where(gt == 4, 3, gt)
+    out = redraw_in_box(merged, maps, (72, 47, 98, 70), new_label=9).apply(merged.copy())
+    assert _iou(out == 3, gt == 3) > 0.8 and _iou(out == 9, gt == 4) > 0.8
     # a box where no object is: a new object
     labels2 = np.where(gt == 1, 0, gt)
     edit = redraw_in_box(labels2, maps, (44, 44, 16, 16), new_label=9)  # corners in any order
