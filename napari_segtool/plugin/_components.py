@@ -10,7 +10,7 @@ import math
 from typing import Any, Iterable, Mapping
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QGridLayout, QLabel, QSpinBox, QWidget
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QLabel, QSpinBox, QWidget
 
 from napari_segtool.kernel.params import Param
 
@@ -280,6 +280,15 @@ class ParamControls:
         self.controls: dict[str, ParamControl] = {}
         self.shown: list[str] = []
         grid.setColumnStretch(1, 1)
+
+    @classmethod
+    def group(cls, title: str, layout: Any, *, optional: bool) -> tuple[QGroupBox, "ParamControls"]:
+        """A hidden group box titled ``title`` holding the controls, appended to ``layout``."""
+        box = QGroupBox(title)
+        controls = cls(QGridLayout(box), optional=optional)  # hidden grid rows take no space (form rows do)
+        box.setVisible(False)
+        layout.addWidget(box)
+        return box, controls
 
     def control(self, param: Param, default: Any = None) -> ParamControl | None:
         """The control of ``param``'s name, made (hidden) or reconfigured for ``param``; ``None`` when its

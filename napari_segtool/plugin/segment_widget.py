@@ -12,8 +12,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QFormLayout,
-    QGridLayout,
-    QGroupBox,
     QLabel,
     QSpinBox,
     QWidget,
@@ -55,8 +53,7 @@ class SegmentJob:
     total: int = 1
     crop: tuple[slice, slice] | None = None      # one plane: the (Y, X) region predicted
     index: tuple[int, ...] = ()                  # one plane: its stack index
-    probabilities: bool = False                  # asked of the model (2D runs: kept for the prompt tools)
-    show_probabilities: bool = False             # and shown as a layer
+    probabilities: bool = False
     task: str = "instance"                       # the model's, known once it is loaded
     layout: Any = None                           # its ProbabilityLayout (kernel.params), known once it is loaded
 
@@ -115,12 +112,9 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         layout.addLayout(form)
 
         # the selected model's post-processing settings, built from its architecture's schema
-        # (Architecture.postprocess_params: ranges, choices, help): "model default" until the user sets one
-        self.pp_box = QGroupBox("Post-processing (this model)")
-        # hidden rows of a grid take no space (a QFormLayout's keep their spacing)
-        self.pp_form = ParamControls(QGridLayout(self.pp_box), optional=True)
-        self.pp_box.setVisible(False)  # until a model is chosen
-        layout.addWidget(self.pp_box)
+        # (Architecture.postprocess_params: ranges, choices, help): "model default" until the user sets one;
+        # hidden until a model is chosen
+        self.pp_box, self.pp_form = ParamControls.group("Post-processing (this model)", layout, optional=True)
 
         self.prob_check = QCheckBox("also show probabilities (2D runs)")
         layout.addWidget(self.prob_check)
@@ -346,8 +340,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
             crop = region
         plane = data[index] if index else data
         job.data, job.todo, job.crop, job.index = plane[crop], [index], crop, index
-        job.probabilities = True  # the session keeps the maps: the Correct widget's prompt tools act on them
-        job.show_probabilities = self.prob_check.isChecked()
+        job.probabilities = self.prob_check.isChecked()
         return job
 
     def _target_layer(self, image_layer: Image, shape: tuple[int, ...]) -> Labels | None:
@@ -427,10 +420,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
             self._show_table(target, prediction.tables.get((), []), offset, job.crop)
         written = tracker.apply_prediction(updates, instance=instance)
         if prediction.probabilities is not None and job.crop is not None:
-            if instance:
-                self.session.keep_maps(image, job.index, job.crop, prediction.probabilities)
-            if job.show_probabilities:
-                self._show_probabilities(prediction.probabilities, image, job, instance)
+            self._show_probabilities(prediction.probabilities, image, job, instance)
         n = len(np.unique(np.asarray(target.data)[job.index] if job.crop is not None and job.index
                           else np.asarray(target.data))) - 1
         notes = "; ".join(prediction.notes)

@@ -14,8 +14,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QFormLayout,
-    QGridLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -77,6 +75,20 @@ def _same_channels(examples: list[Any], channels: int | None) -> list[Any]:
             ex = Example(ex.image.mean(axis=-1, keepdims=True).astype(np.float32), ex.labels, ex.annotated, ex.name)
         out.append(ex)
     return out
+
+
+def _tapped(job: Any, on_event: Any) -> Any:
+    """``job``'s events, each shown to ``on_event`` before it is passed on; returns ``job``'s result."""
+    result = None
+
+    def run() -> Any:
+        nonlocal result
+        result = yield from job
+
+    for event in run():
+        on_event(event)
+        yield event
+    return result
 
 
 def project_examples(project: Any, task: str = "instance",
@@ -187,11 +199,9 @@ class TrainWidget(SavesWithWindow, JobWidget):
         self.name_edit.setToolTip("Name of the trained model in the project")
         form.addRow("Save as", self.name_edit)
         layout.addLayout(form)
-        # the new model's network settings, built from the architecture's schema (Architecture.arch_params)
-        self.arch_box = QGroupBox("Network (new model)")
-        self.arch_form = ParamControls(QGridLayout(self.arch_box), optional=False)
-        self.arch_box.setVisible(False)  # until the architectures are loaded
-        layout.addWidget(self.arch_box)
+        # the new model's network settings, built from the architecture's schema (Architecture.arch_params);
+        # hidden until the architectures are loaded
+        self.arch_box, self.arch_form = ParamControls.group("Network (new model)", layout, optional=False)
         self.repredict_check = QCheckBox("re-predict unreviewed slices when done")
         self.repredict_check.setChecked(True)
         layout.addWidget(self.repredict_check)
@@ -330,17 +340,14 @@ class TrainWidget(SavesWithWindow, JobWidget):
                 "task": job_task, "examples": len(examples), "config": cfg.to_dict(), "epochs": []})
             gen = iter_train(examples, arch=init.meta.arch if init is not None else arch, task=job_task,
                              init=init, config=cfg, cancel=cancel, arch_kwargs=None if finetune else arch_kwargs)
-            epochs = []
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
+            epochs: list[dict[str, Any]] = []
+
+            def record(event: Any) -> None:
                 if isinstance(event, TrainEpoch):
                     epochs.append(event.as_dict())
                     project.record_run({"id": run_id, "epochs": epochs})  # history autosave
-                yield event
+
+            result = yield from _tapped(gen, record)
             outcome = TrainOutcome(result=result, n_examples=len(examples), notes=notes)
             if not result.epochs:
                 project.record_run({"id": run_id, "stop_reason": result.stop_reason, "saved": None})
