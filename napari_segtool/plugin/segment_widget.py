@@ -53,7 +53,8 @@ class SegmentJob:
     total: int = 1
     crop: tuple[slice, slice] | None = None      # one plane: the (Y, X) region predicted
     index: tuple[int, ...] = ()                  # one plane: its stack index
-    probabilities: bool = False
+    probabilities: bool = False                  # asked of the model (2D runs: kept for the prompt tools)
+    show_probabilities: bool = False             # and shown as a layer
     task: str = "instance"                       # the model's, known once it is loaded
     layout: Any = None                           # its ProbabilityLayout (kernel.params), known once it is loaded
 
@@ -340,7 +341,8 @@ class SegmentWidget(SavesWithWindow, JobWidget):
             crop = region
         plane = data[index] if index else data
         job.data, job.todo, job.crop, job.index = plane[crop], [index], crop, index
-        job.probabilities = self.prob_check.isChecked()
+        job.probabilities = True  # the session keeps the maps: the Correct widget's prompt tools act on them
+        job.show_probabilities = self.prob_check.isChecked()
         return job
 
     def _target_layer(self, image_layer: Image, shape: tuple[int, ...]) -> Labels | None:
@@ -420,7 +422,10 @@ class SegmentWidget(SavesWithWindow, JobWidget):
             self._show_table(target, prediction.tables.get((), []), offset, job.crop)
         written = tracker.apply_prediction(updates, instance=instance)
         if prediction.probabilities is not None and job.crop is not None:
-            self._show_probabilities(prediction.probabilities, image, job, instance)
+            if instance:
+                self.session.keep_maps(image, job.index, job.crop, prediction.probabilities)
+            if job.show_probabilities:
+                self._show_probabilities(prediction.probabilities, image, job, instance)
         n = len(np.unique(np.asarray(target.data)[job.index] if job.crop is not None and job.index
                           else np.asarray(target.data))) - 1
         notes = "; ".join(prediction.notes)
