@@ -637,8 +637,9 @@ class PromptAnnotator(EffortAnnotator):
 
     Missed object: a click (add); merged objects: a stroke through their centres
     (scribble); badly outlined or fragmented: a box (then a Del per fragment left);
-    false positive: Del. A result under :data:`ACCEPT_IOU` is tried with a box, then
-    repainted. Where the ranking has nothing left, the annotator stops: it never looks
+    false positive: Del. A result under :data:`ACCEPT_IOU` is tried with a box, then up
+    to two grow/shrink clicks on its largest error (a click that makes it worse is
+    undone, Ctrl-Z counted), then repainted. Where the ranking has nothing left, the annotator stops: it never looks
     at objects the model is sure of.
     """
 
@@ -698,6 +699,8 @@ class PromptAnnotator(EffortAnnotator):
     # -- the tools
     def _accept_or_fallback(self, g: int, tried_box: bool) -> None:
         label, iou = _iou_with(self.plane.labels, self.gt == g)
+        if iou < self.accept_iou and tried_box and label:
+            label, iou = self._refine(g, label, iou)
         if iou >= self.accept_iou:
             self._cleanup_fragments(g, label)
             self._done_gt.add(g)
@@ -705,6 +708,43 @@ class PromptAnnotator(EffortAnnotator):
             self._box(g)
         else:
             self.repaint(g)
+
+    def _refine(self, g: int, label: int, iou: float, clicks: int = 2) -> tuple[int, float]:
+        """Up to ``clicks`` positive/negative clicks on the largest error (grow where the object misses
+        truth, shrink where it covers background); each click counts, a click that makes it worse is undone."""
+        obj_gt = self.gt == g
+        for _ in range(clicks):
+            obj = self.plane.labels == label
+            missing, extra = obj_gt & ~obj & (self.plane.labels == 0), obj & ~obj_gt
+            parts_m, nm = ndi.label(missing)
+            parts_e, ne = ndi.label(extra)
+            size_m = np.bincount(parts_m.ravel())[1:].max() if nm else 0
+            size_e = np.bincount(parts_e.ravel())[1:].max() if ne else 0
+            if max(size_m, size_e) < 3:
+                break
+            before = self.plane.labels.copy()
+            try:
+                if size_m >= size_e:
+                    c = _centre(parts_m == (np.argmax(np.bincount(parts_m.ravel())[1:]) + 1))
+                    edit = _prompts.grow_object(self.plane.labels, self.maps, c, label)
+                    tool = "grow"
+                else:
+                    c = _centre(parts_e == (np.argmax(np.bincount(parts_e.ravel())[1:]) + 1))
+                    edit = _prompts.shrink_object(self.plane.labels, self.maps, c)
+                    tool = "shrink"
+            except _prompts.PromptError:
+                break
+            self.plane.apply(edit)
+            self.actions.append(Action(tool, 1, g, label))
+            new_label, new_iou = _iou_with(self.plane.labels, obj_gt)
+            if new_iou <= iou:  # worse: Ctrl-Z (counted) and stop trying
+                self.plane.apply(before)
+                self.actions.append(Action("undo", 1, g, label))
+                break
+            label, iou = new_label, new_iou
+            if iou >= self.accept_iou:
+                break
+        return label, iou
 
     def _cleanup_fragments(self, g: int, keep: int) -> None:
         obj = self.gt == g
