@@ -45,6 +45,7 @@ __all__ = [
     "shrink_object",
     "split_by_scribble",
     "rank_uncertain",
+    "uncertainty_map",
 ]
 
 FG_THRESHOLD = 0.5
@@ -652,3 +653,9 @@ def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20
             if kind == "missed":
                 u.label = 0
     return out
+
+
+def uncertainty_map(maps: PromptMaps) -> np.ndarray:
+    """Per pixel, how unsure the model is that it is object or background: ``1 - |p - 0.5| * 2`` (0..1)."""
+    fg = np.asarray(maps.foreground, np.float32)
+    return np.clip(1.0 - np.abs(fg - 0.5) * 2.0, 0.0, 1.0)

@@ -175,8 +175,13 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
         self.next_button = QPushButton("Correct next  [N]")
         self.next_button.setToolTip("Jump to the object (or missed region) the model is least sure of")
         self.next_button.clicked.connect(self.correct_next)
+        self.overlay_button = QPushButton("Uncertainty overlay")
+        self.overlay_button.setToolTip("Show where the model hesitates between object and background "
+                                       "(1 - |p - 0.5| x 2) over the slice")
+        self.overlay_button.clicked.connect(self.show_uncertainty)
         pl.addWidget(self.scribble_button, 1, 0)
         pl.addWidget(self.next_button, 1, 1)
+        pl.addWidget(self.overlay_button, 4, 0)
         self.queue_list = QListWidget()
         self.queue_list.setMaximumHeight(110)
         self.queue_list.setToolTip("Least certain first (1 - foreground margin + boundary inside); click to go there")
@@ -479,3 +484,32 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
         in_labels = np.array([tracker.labels_layer.world_to_data(p) for p in world])
         tracker.prompt_scribble(tracker.current_plane(), in_labels[:, -2:])
         shapes.data = shapes.data[:-1]
+
+    def show_uncertainty(self) -> Any:
+        """An image layer over the labels: the model's per-pixel uncertainty on the current slice."""
+        from napari_segtool.core.prompts import uncertainty_map
+
+        tracker = self._need_tracker()
+        if tracker is None:
+            return None
+        index = tracker.current_plane()
+        maps = tracker.maps(index)
+        if maps is None:
+            self.prompt_label.setText("no model maps for this slice: run Segment on it first")
+            return None
+        data = uncertainty_map(maps)
+        layer = tracker.labels_layer
+        scale = np.asarray(layer.scale, float)
+        translate = np.asarray(layer.translate, float).copy()
+        n_stack = len(index)
+        origin = np.asarray(list(index) + list(maps.origin), float)
+        translate = translate + origin * scale
+        data = data.reshape((1,) * n_stack + data.shape)
+        name = f"{tracker.image_layer.name} uncertainty"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        out = self.viewer.add_image(data, name=name, scale=scale, translate=translate, colormap="inferno",
+                                    opacity=0.5, blending="additive", contrast_limits=(0.0, 1.0),
+                                    metadata={L.META_KEY: {"derived_from": tracker.image_layer.name}})
+        self.viewer.layers.selection.active = layer  # the keys stay on the labels
+        return out

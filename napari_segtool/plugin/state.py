@@ -274,6 +274,7 @@ class Session(QObject):
         except ValueError as exc:  # not the maps of an instance model
             log.debug("maps not kept: %s", exc)
             return None
+        _prefetch_prompt_imports()
         key = (id(image_layer), tuple(int(i) for i in index))
         self.maps.pop(key, None)
         self.maps[key] = maps
@@ -411,6 +412,26 @@ class Session(QObject):
         self.save_all(wait=True)
         self._closed = True
         self._saver.shutdown(wait=True)
+
+
+_PREFETCHED = False
+
+
+def _prefetch_prompt_imports() -> None:
+    """Import what the prompt tools need (scikit-image's watershed, ~0.1 s) in a thread, once: the first
+    prompt then takes milliseconds, not a first-import pause on the GUI thread."""
+    global _PREFETCHED
+    if _PREFETCHED:
+        return
+    _PREFETCHED = True
+
+    def job() -> None:
+        import skimage.draw  # noqa: F401
+        import skimage.filters  # noqa: F401
+        import skimage.morphology  # noqa: F401
+        import skimage.segmentation  # noqa: F401
+
+    threading.Thread(target=job, name="segtool-prompt-imports", daemon=True).start()
 
 
 def worker_threads() -> int:

@@ -213,3 +213,17 @@ def test_n_jumps_to_the_least_certain_objects_and_the_list_follows_edits(make_na
     rect = correct.queue_list.visualItemRect(item)
     QTest.mouseClick(correct.queue_list.viewport(), Qt.LeftButton, pos=rect.center())
     assert tracker.queue_pos == row
+
+
+def test_uncertainty_overlay_button_shows_the_models_doubt_over_the_slice(make_napari_viewer, qtbot):
+    gt = _scene()
+    probs = _probs(gt)
+    probs[1][gt == 5], probs[2][gt == 5] = 0.45, 0.1
+    viewer, labels, tracker, correct = _setup(make_napari_viewer, qtbot, gt.copy(), gt, probs)
+    _click(qtbot, correct.overlay_button)
+    layer = viewer.layers["cells uncertainty"]
+    data = np.asarray(layer.data)
+    assert data.shape == gt.shape and data[gt == 5].mean() > 0.8 and data[gt == 1].mean() < 0.2
+    assert viewer.layers.selection.active is labels
+    # it lies exactly over the labels
+    assert np.allclose(layer.data_to_world([40, 130]), labels.data_to_world([40, 130]))
