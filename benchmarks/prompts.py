@@ -16,7 +16,9 @@ against the model's labels, as a user would place them:
 
 Each edit is timed end to end (the core function on the whole plane, the write of its
 window into the plane included), ``--n`` prompts per tool; the goal is < 200 ms each.
-``rank`` (correct next, a whole-plane pass) is timed too. Prints one row per tool.
+``rank`` (correct next, a whole-plane pass) is timed too. Prints one row per tool, then
+the quality of each edit: the IoU of the object it leaves with the true object (are
+the model's maps good enough for prompts, or would a click-conditioned head be needed?).
 """
 from __future__ import annotations
 
@@ -87,6 +89,15 @@ def _centre(mask: np.ndarray) -> tuple[int, int]:
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(d)), d.shape))  # type: ignore[return-value]
 
 
+def _iou_at(labels: np.ndarray, yx, truth: np.ndarray) -> float:
+    """IoU of the object at ``yx`` with the true object (0 where there is none)."""
+    v = labels[yx]
+    if not v:
+        return 0.0
+    obj = labels == v
+    return float((obj & truth).sum() / (obj | truth).sum())
+
+
 def timed(fn, labels):
     t0 = time.perf_counter()
     try:
@@ -116,6 +127,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     picks = rng.choice(good, size=min(args.n, len(good)), replace=False)
     times: dict[str, list[float]] = {k: [] for k in ("add", "box", "grow", "shrink", "scribble", "rank")}
     done: dict[str, int] = {k: 0 for k in times}
+    quality: dict[str, list[float]] = {k: [] for k in ("model", "add", "box", "grow", "shrink", "scribble")}
     next_id = int(labels.max()) + 1
     for g in picks:
         sl = tuple(slice(max(0, s.start - 12), s.stop + 12) for s in slices[g - 1])
@@ -128,6 +140,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ms, ok = timed(lambda: add_object(work, maps, c, next_id), work)
         times["add"].append(ms)
         done["add"] += ok
+        quality["add"].append(_iou_at(work, c, obj))
+        quality["model"].append(_iou_at(labels, c, obj))
         # box around it
         ys, xs = np.nonzero(obj[sl])
         box = (sl[0].start + ys.min() - 3, sl[1].start + xs.min() - 3, sl[0].start + ys.max() + 3,
@@ -136,6 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ms, ok = timed(lambda: redraw_in_box(work, maps, box, next_id), work)
         times["box"].append(ms)
         done["box"] += ok
+        quality["box"].append(_iou_at(work, c, obj))
         # grow: right half removed, click there
         work = labels.copy()
         pid = int(labels[c])
@@ -147,6 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 ms, ok = timed(lambda: grow_object(work, maps, target, pid), work)
                 times["grow"].append(ms)
                 done["grow"] += ok
+                quality["grow"].append(_iou_at(work, c, obj))
             # shrink: a bleed disc to the right, click in it
             work = labels.copy()
             r = max(3, int((xs.max() - xs.min()) // 3))
@@ -158,6 +174,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 ms, ok = timed(lambda: shrink_object(work, maps, bleed_c), work)
                 times["shrink"].append(ms)
                 done["shrink"] += ok
+                quality["shrink"].append(_iou_at(work, c, obj))
         # scribble: merge with the nearest touching ground-truth neighbour
         ring = ndi.binary_dilation(obj, iterations=3) & ~obj
         neighbours = [v for v in np.unique(gt[ring]) if v and v != g]
@@ -173,6 +190,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 ms, ok = timed(lambda: split_by_scribble(work, maps, [c, c2], next_id), work)
                 times["scribble"].append(ms)
                 done["scribble"] += ok
+                quality["scribble"].append(min(_iou_at(work, c, obj), _iou_at(work, c2, other)))
     for _ in range(3):
         t0 = time.perf_counter()
         rank_uncertain(labels, maps, top=20)
@@ -197,6 +215,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(row)
         lines.append(f"{name:>9s} {row['n']:3d} {row['applied']:7d} {row['median_ms']:9.1f} {row['p95_ms']:7.1f} "
                      f"{row['max_ms']:7.1f} {goal:>5s}")
+    lines.append("")
+    lines.append("quality: IoU with the true object after the edit (model = the model's own labels of the same objects)")
+    lines.append(f"{'tool':>9s} {'n':>3s} {'median IoU':>10s} {'>=0.5':>6s} {'>=0.7':>6s}")
+    for name, values in quality.items():
+        if values:
+            v = np.asarray(values)
+            row = next((r for r in rows if r["tool"] == name), None)
+            if row is not None:
+                row.update(median_iou=float(np.median(v)), iou50=float((v >= 0.5).mean()),
+                           iou70=float((v >= 0.7).mean()))
+            lines.append(f"{name:>9s} {len(v):3d} {np.median(v):10.3f} {(v >= 0.5).mean():6.0%} {(v >= 0.7).mean():6.0%}")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -198,15 +198,33 @@ def _relief(m: PromptMaps, mask: np.ndarray) -> np.ndarray:
     return (m.boundary - centre - 0.5 * own).astype(np.float32)
 
 
-def _basin_of_click(comp: np.ndarray, m: PromptMaps, c: tuple[int, int]) -> np.ndarray:
-    """Keep, of a foreground region, the object the click is on (touching missed objects are split off)."""
+def _basin_of_click(comp: np.ndarray, m: PromptMaps, c: tuple[int, int], lab: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """Keep, of a foreground region, the object the click is on (touching missed objects are split off).
+
+    Split at the interior seeds of the maps when there are several; else, when the region is
+    much larger than the objects around it (touching nuclei with no dark line between them), at
+    the waists of its shape (:func:`~napari_segtool.ops.postprocess.split_by_shape`, the model's
+    own split for nuclei).
+    """
     from skimage.segmentation import watershed
 
     seeds, n = ndi.label(comp & (m.interior >= SEED_THRESHOLD), _CROSS)
-    if n < 2:
+    if n >= 2:
+        basins = watershed(_relief(m, comp), markers=seeds, mask=comp)
+        return basins == basins[c] if basins[c] else comp
+    area = int(comp.sum())
+    if lab is None or not (lab > 0).any():
         return comp
-    basins = watershed(_relief(m, comp), markers=seeds, mask=comp)
-    return basins == basins[c] if basins[c] else comp
+    r = _typical_radius(lab)
+    if area < 1.5 * np.pi * r * r:
+        return comp
+    from napari_segtool.ops.postprocess import split_by_shape
+
+    dist = m.distance if m.distance is not None else m.interior
+    pieces = split_by_shape(np.where(comp, np.maximum(m.foreground, 0.51), 0.0).astype(np.float32),
+                            np.where(comp, dist, 0.0).astype(np.float32), 2.0 * r, fill=False, min_size=1)
+    return (pieces == pieces[c]) & comp if pieces[c] else comp
 
 
 def _typical_radius(lab: np.ndarray, default: float = 5.0) -> float:
@@ -258,7 +276,7 @@ def add_object(labels: np.ndarray, maps: PromptMaps, yx: Sequence[int], new_labe
         t = threshold if p >= threshold else 0.5 * p
         region = (m.foreground >= t) & free
         region[c] = True
-        comp = _basin_of_click(_component_at(region, c), m, c)
+        comp = _basin_of_click(_component_at(region, c), m, c, lab)
         comp = ndi.binary_fill_holes(comp) & free
         if not _touches_open_edge(comp, sl, labels.shape):
             break
