@@ -99,6 +99,17 @@ class Architecture(ABC):
         """What the maps of ``predict_plane(..., return_probabilities=True)`` are, for this model."""
         return ProbabilityLayout(channels=("object",), foreground_channels=(0,))
 
+    def training_problem(self, meta: ModelMeta, patch_size: int, batch_size: int) -> str | None:
+        """Why this model cannot train on batches of ``batch_size`` patches of ``patch_size`` pixels, or ``None``.
+
+        By default: a patch size off the :meth:`align` grid. An architecture adds its own limits.
+        """
+        align = self.align(meta)
+        if align > 1 and patch_size % align:
+            return (f"patch_size {patch_size} must be a multiple of {align} for this {meta.arch} "
+                    f"(e.g. {-(-patch_size // align) * align})")
+        return None
+
     def params_for(self, task: str, *, advanced: bool = True) -> tuple[Param, ...]:
         """The per-plane post-processing settings acting on models of ``task`` (without the advanced ones
         unless ``advanced``)."""

@@ -462,6 +462,13 @@ class MaskRCNNArchitecture(Architecture):
         """One map: the merged mask probabilities of the detected objects."""
         return ProbabilityLayout(channels=("object",), foreground_channels=(0,))
 
+    def training_problem(self, meta: ModelMeta, patch_size: int, batch_size: int) -> str | None:
+        if batch_size * max(1, patch_size // ALIGN) ** 2 < 2:
+            # the backbone's last level (stride 32) batch-normalises over batch x pixels: one value cannot be
+            return (f"Mask R-CNN cannot train on batches of one {patch_size}-pixel patch: "
+                    f"use patch_size >= 64 or batch_size >= 2")
+        return super().training_problem(meta, patch_size, batch_size)
+
     def default_meta(self, task: str, in_channels: int, classes: Sequence[str], **arch_kwargs: Any) -> ModelMeta:
         if task != "instance":
             raise ValueError("Mask R-CNN only supports the 'instance' task")

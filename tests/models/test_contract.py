@@ -96,3 +96,13 @@ def test_after_fine_tuning_settings_are_checked_too():
         unet.check_postprocess({"after_fine_tuning": {"seed_mode": "sideways"}})
     with pytest.raises(ValueError, match="unknown setting 'postprocess.score_threshold'"):
         unet.check_postprocess({"score_threshold": 0.5})  # Mask R-CNN's, not the U-Net's
+
+
+def test_training_limits_are_the_architectures():
+    unet, rcnn = get_architecture("unet"), get_architecture("maskrcnn")
+    meta = unet.default_meta("instance", 1, ["background", "object"], depth=2, width=4)
+    assert unet.training_problem(meta, 64, 1) is None
+    assert unet.training_problem(meta, 62, 4) == "patch_size 62 must be a multiple of 4 for this unet (e.g. 64)"
+    rmeta = rcnn.default_meta("instance", 1, ["background", "object"])
+    assert rcnn.training_problem(rmeta, 64, 1) is None and rcnn.training_problem(rmeta, 32, 2) is None
+    assert "cannot train on batches of one 32-pixel patch" in rcnn.training_problem(rmeta, 32, 1)
