@@ -251,7 +251,8 @@ class ParamControl:
             if reset:
                 w.setValue(w.minimum())
         elif reset:
-            w.setValue(default if default is not None else lo)
+            start = default if default is not None else lo
+            w.setValue(int(start) if self.kind == "int" else float(start))
 
     def value(self) -> Any:
         """The chosen value, or ``None`` for "model default" (``optional`` controls)."""
