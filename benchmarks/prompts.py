@@ -196,6 +196,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rank_uncertain(labels, maps, top=20)
         times["rank"].append((time.perf_counter() - t0) * 1000)
         done["rank"] += 1
+    # how well "correct next" finds the mistakes: of its top items, how many are wrong (an object whose best
+    # IoU with the truth is < 0.5, or unlabelled foreground holding a missed true object)
+    from napari_segtool.ops.metrics import iou_matrix
+
+    ranked = rank_uncertain(labels, maps, top=None)
+    ious, _, pred_ids = iou_matrix(labels, gt)
+    best = dict(zip(pred_ids.tolist(), ious.max(axis=0).tolist())) if ious.size else {}
+    matched_gt = set(np.flatnonzero(ious.max(axis=1) >= 0.5).tolist()) if ious.size else set()
+    gt_ids = np.unique(gt[gt > 0])
+    missed = {int(g) for i, g in enumerate(gt_ids.tolist()) if i not in matched_gt}
+
+    def wrong(u) -> bool:
+        if u.kind == "object":
+            return best.get(u.label, 0.0) < 0.5
+        return int(gt[u.yx]) in missed
+
+    flags = np.array([wrong(u) for u in ranked], bool)
+    n_objects = int((np.asarray(list(best.values())) < 0.5).sum()) + len(missed)
+    precision = {k: float(flags[:k].mean()) for k in (10, 20, 50) if len(flags) >= k}
+    base_rate = float(flags.mean()) if flags.size else 0.0
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -226,6 +246,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row.update(median_iou=float(np.median(v)), iou50=float((v >= 0.5).mean()),
                            iou70=float((v >= 0.7).mean()))
             lines.append(f"{name:>9s} {len(v):3d} {np.median(v):10.3f} {(v >= 0.5).mean():6.0%} {(v >= 0.7).mean():6.0%}")
+    lines.append("")
+    lines.append(f"correct next: {len(ranked)} items ranked, {int(flags.sum())} of them wrong ({n_objects} mistakes "
+                 f"in the plane); share wrong among the top " + ", ".join(f"{k}: {v:.0%}" for k, v in precision.items())
+                 + f" (all items: {base_rate:.0%})")
     text = "\n".join(lines)
     print(text)
     if args.out:

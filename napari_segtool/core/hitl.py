@@ -637,9 +637,10 @@ class PromptAnnotator(EffortAnnotator):
 
     Missed object: a click (add); merged objects: a stroke through their centres
     (scribble); badly outlined or fragmented: a box (then a Del per fragment left);
-    false positive: Del. A result under :data:`ACCEPT_IOU` is tried with a box, then up
-    to two grow/shrink clicks on its largest error (a click that makes it worse is
-    undone, Ctrl-Z counted), then repainted. Where the ranking has nothing left, the annotator stops: it never looks
+    false positive: Del. A result under :data:`ACCEPT_IOU` is tried with a box; a box
+    result that is close (IoU >= 0.5) gets up to two grow/shrink clicks on its largest
+    error (a click that makes it worse is undone, Ctrl-Z counted); what is still wrong is
+    repainted. Where the ranking has nothing left, the annotator stops: it never looks
     at objects the model is sure of.
     """
 
@@ -699,7 +700,7 @@ class PromptAnnotator(EffortAnnotator):
     # -- the tools
     def _accept_or_fallback(self, g: int, tried_box: bool) -> None:
         label, iou = _iou_with(self.plane.labels, self.gt == g)
-        if iou < self.accept_iou and tried_box and label:
+        if self.accept_iou > iou >= 0.5 and tried_box and label:  # close: a click or two; far off: repaint
             label, iou = self._refine(g, label, iou)
         if iou >= self.accept_iou:
             self._cleanup_fragments(g, label)

@@ -602,18 +602,20 @@ class Uncertain:
 
 
 def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20,
-                   exclude: np.ndarray | None = None, min_area: int = 10,
+                   exclude: np.ndarray | None = None, min_area: int | None = None,
                    missed_threshold: float = 0.3) -> list[Uncertain]:
     """Objects and missed regions sorted by the model's uncertainty, worst first.
 
-    An object scores ``1 - margin + boundary``: ``margin`` is the mean foreground
-    margin ``|p - 0.5| * 2`` over its pixels (low = the model hesitates whether it is an
-    object), ``boundary`` the boundary probability inside it, 2 px or more from its own
-    rim, summed and divided by twice the square root of its area (about 1 when a sure
-    boundary line crosses it: probably two objects merged; capped at 1). An unlabelled region where the foreground
-    probability is above ``missed_threshold`` (``min_area`` pixels or more) scores
-    ``1 - margin`` + its mean foreground (a missed object). Objects mostly in
-    ``exclude`` (pixels the user already edited) are left out.
+    An object scores ``1 - margin + 0.5 * min(2, |log(area / median area)|)``: ``margin``
+    is the mean foreground margin ``|p - 0.5| * 2`` over its pixels (low = the model
+    hesitates whether it is an object), and an object much smaller or larger than the
+    others is likely a fragment or a merge. (Measured on the real nuclei image with the
+    shipped model: 7 of the 10 top objects of a 512² tile are wrong, against 13 % of all;
+    the boundary probability inside objects, also reported, did not separate them.)
+    An unlabelled region where the foreground probability is above ``missed_threshold``
+    and that is at least ``min_area`` pixels (default a fifth of the median object) scores
+    ``1 - margin`` + its mean foreground (a missed object). Objects mostly in ``exclude``
+    (pixels the user already edited) are left out.
     """
     labels = np.asarray(labels)
     sl = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
@@ -624,19 +626,24 @@ def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20
     n = int(flat.max()) + 1 if flat.size else 1
     area = np.bincount(flat, minlength=n)
     sum_margin = np.bincount(flat, margin.ravel(), minlength=n)
-    # boundary probability inside an object, 2 px or more from its rim: a cut line across it (a merge)
+    # boundary probability inside an object, 2 px or more from its rim: a cut line across it (reported)
     inner = (labels > 0) & (ndi.minimum_filter(labels, 5) == ndi.maximum_filter(labels, 5))
     inner_ids = np.where(inner, labels, 0).ravel().astype(np.int64)
     sum_boundary = np.bincount(inner_ids, m.boundary.ravel(), minlength=n)
     skip = np.zeros(n, bool)
     if exclude is not None:
         skip = np.bincount(flat, np.asarray(exclude, bool).ravel().astype(float), minlength=n) >= 0.5 * area
+    areas = area[1:][area[1:] > 0]
+    median = float(np.median(areas)) if areas.size else 0.0
+    if min_area is None:
+        min_area = max(10, int(0.2 * median))
     out: list[Uncertain] = []
     ids = np.flatnonzero((area > 0) & ~skip)
     for i in ids[ids > 0].tolist():
         mg = float(sum_margin[i] / area[i])
-        bd = min(1.0, float(sum_boundary[i]) / (2.0 * np.sqrt(area[i])))  # ~1: a 2 px line of p=1 across it
-        out.append(Uncertain(i, 1.0 - mg + bd, (0, 0), int(area[i]), "object", mg, bd))
+        bd = min(1.0, float(sum_boundary[i]) / (2.0 * np.sqrt(area[i])))
+        odd = min(2.0, abs(float(np.log(area[i] / median)))) if median > 0 else 0.0
+        out.append(Uncertain(i, 1.0 - mg + 0.5 * odd, (0, 0), int(area[i]), "object", mg, bd))
     free = (labels == 0) & (fg >= missed_threshold)
     if exclude is not None:
         free &= ~np.asarray(exclude, bool)
