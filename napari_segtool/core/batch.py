@@ -562,7 +562,7 @@ class _Job:
         self.notes = plan.notes
         factor = self.settings.factor
         align = self.settings.align
-        rf = meta.receptive_field or (model.net.receptive_field() if hasattr(model.net, "receptive_field") else 0)
+        rf = model.architecture.receptive_field(meta)
         halo = int(np.ceil(halo_for(rf, align) / factor)) + align if rf else 0  # input pixels
         self.instance = meta.task == "instance"
         stack_axes = spatial[:-2]

@@ -114,7 +114,7 @@ def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float
     if tile_size is not None and tile_size < 16:
         raise InputError(f"the tile size must be at least 16 pixels, got {tile_size}")
     normalizer = fit_image_normalizer(data, meta.normalization, channel_mean)
-    align = int(getattr(model.net, "align", 1) or 1)
+    align = model.architecture.align(meta)
     settings = WindowSettings(normalizer, channel_mean=channel_mean, content=content_box(data), align=align,
                               tile_size=tile_size, batch_size=batch_size)
     y0, y1, x0, x1 = settings.content

@@ -179,15 +179,10 @@ def iter_train(
         if normalization:
             model.meta.normalization = dict(normalization)
         _check_compatible(model, examples, task)
-    align = getattr(model.net, "align", 1)
-    if isinstance(align, int) and align > 1 and cfg.patch_size % align:
-        raise ConfigError(f"patch_size {cfg.patch_size} must be a multiple of {align} for this "
-                          f"{model.meta.arch} (e.g. {-(-cfg.patch_size // align) * align})")
-    if model.meta.arch == "maskrcnn" and cfg.batch_size * max(1, cfg.patch_size // 32) ** 2 < 2:
-        # its backbone's last level (stride 32) batch-normalises over batch x pixels: one value cannot be
-        raise ConfigError(f"Mask R-CNN cannot train on batches of one {cfg.patch_size}-pixel patch: "
-                          f"use patch_size >= 64 or batch_size >= 2")
     architecture = model.architecture
+    problem = architecture.training_problem(model.meta, cfg.patch_size, cfg.batch_size)
+    if problem:
+        raise ConfigError(problem)
     annotated_labels = [np.where(ex.annotated, ex.labels, 0) for ex in examples]
     architecture.configure_from_data(model.meta, [ex.labels[ex.annotated] for ex in examples] if task == "semantic"
                                      else annotated_labels)
