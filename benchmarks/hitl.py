@@ -254,7 +254,7 @@ def run_effort(args, dataset: str, train_pair, held, init, init_name: str) -> di
         for rec in iter_effort(init, *train_pair, [held], kind, actions_per_round=args.actions_per_round,
                                rounds=args.rounds, target_ap50=args.target, train=cfg,
                                time_budget=None if args.steps else args.budget, seed=args.seed,
-                               accept_iou=args.accept_iou):
+                               accept_iou=args.accept_iou, training_margin=args.training_margin):
             row = {"dataset": dataset, "annotator": rec.annotator, "round": rec.round, "actions": rec.actions,
                    "views": rec.views, "tools": " ".join(f"{k}:{v}" for k, v in sorted(rec.tools.items())),
                    "ap50": rec.ap50, "mean_ap": rec.mean_ap, "train_seconds": rec.train_seconds,
@@ -338,6 +338,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="the effort axis instead: actions to reach --target AP@0.5, prompts+ranking vs repaint+random")
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--actions-per-round", type=int, default=5)
+    p.add_argument("--training-margin", type=int, default=0,
+                   help="effort: px of background around edited objects added to the training pixels "
+                        "(core.edits.training_mask; 0 = exactly what the Correct widget records)")
     p.add_argument("--accept-iou", type=float, default=0.7,
                    help="IoU with the truth at which the simulated user accepts a prompt's result")
     args = p.parse_args(argv)

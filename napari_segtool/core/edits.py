@@ -219,3 +219,21 @@ def edited_pixels(base: np.ndarray, current: np.ndarray, marks: np.ndarray | Non
         if ids.size:
             mask |= np.isin(current, ids)
     return mask
+
+
+def training_mask(labels: np.ndarray, edited: np.ndarray, margin: int = 3) -> np.ndarray:
+    """The pixels to train on: ``edited`` plus a ring of ``margin`` px of background around every
+    edited object (where the labels are 0: the user saw it was background while fixing the object).
+
+    Without the ring a correction only ever says "object here", and fine-tuning on it teaches the
+    model that everything is object: the effort benchmark (``benchmarks/hitl.py --effort``) measured
+    held-out AP@0.5 falling from 0.77 to 0.16 in two rounds of the widget's rule on the real nuclei
+    image. ``margin=0`` returns ``edited`` unchanged.
+    """
+    edited = np.asarray(edited, bool)
+    if margin <= 0 or not edited.any():
+        return edited.copy()
+    labels = np.asarray(labels)
+    objects = edited & (labels > 0)
+    ring = ndi.binary_dilation(objects, ndi.generate_binary_structure(labels.ndim, 1), iterations=int(margin))
+    return edited | (ring & (labels == 0))

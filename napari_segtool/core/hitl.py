@@ -461,7 +461,7 @@ def run_hitl(*args: Any, callback: Callable[[HitlRound], None] | None = None, **
 # (:func:`~napari_segtool.core.edits.edited_pixels`). Each user action (a click, a box, a stroke, a key
 # press that edits) is counted; looking at an object that needs nothing is a "view", counted apart.
 
-from napari_segtool.core.edits import delete_object, edited_pixels  # noqa: E402
+from napari_segtool.core.edits import delete_object, edited_pixels, training_mask  # noqa: E402
 from napari_segtool.core import prompts as _prompts  # noqa: E402
 
 #: napari's default brush is 10 px wide: repainting an object takes one stroke per 10 px of its diameter
@@ -839,6 +839,7 @@ def iter_effort(
     time_budget: float | None = 20.0,
     seed: int = 0,
     accept_iou: float = ACCEPT_IOU,
+    training_margin: int = 0,
     cancel: CancelToken | None = None,
 ) -> Generator[EffortRound, None, list[EffortRound]]:
     """Correct → fine-tune → re-predict, counting user actions; yields an :class:`EffortRound` per round.
@@ -850,6 +851,9 @@ def iter_effort(
     too) and merges the prediction with the edits as the widget does, and scores the
     held-out pairs. Stops once AP@0.5 reaches ``target_ap50`` or after ``rounds``.
     ``accept_iou``: the IoU with the truth at which the simulated user takes a result as it is.
+    ``training_margin``: background ring added around edited objects for training
+    (:func:`~napari_segtool.core.edits.training_mask`); 0 trains on exactly what the widget
+    records today.
     """
     cfg = replace(train or HitlConfig().train, time_budget=time_budget)
     heldout = [(np.asarray(img), np.asarray(gt)) for img, gt in heldout]
@@ -874,7 +878,8 @@ def iter_effort(
             break
         train_seconds = 0.0
         try:
-            example = make_example(train_image, ann.plane.labels, ann.plane.edited, normalization=norm,
+            annotated = training_mask(ann.plane.labels, ann.plane.edited, training_margin)
+            example = make_example(train_image, ann.plane.labels, annotated, normalization=norm,
                                    name=f"effort-{rnd}")
             res = _fine_tune([example], current, model, replace(cfg, seed=seed + rnd), cancel)
             current, train_seconds = res.model, res.seconds

@@ -192,3 +192,16 @@ def test_one_merge_and_one_training_data_rule():
     cur[2, 2] = 0
     mask = edited_pixels(base, cur)
     assert mask[old == 7].all() and mask.sum() == 9
+
+
+def test_training_mask_adds_a_background_ring_around_edited_objects():
+    from napari_segtool.core.edits import training_mask
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[5:10, 5:10] = 1
+    labels[5:10, 11:15] = 2
+    edited = labels == 1
+    mask = training_mask(labels, edited, margin=2)
+    assert mask[edited].all() and mask[3, 7] and mask[7, 3] and not mask[0, 0]
+    assert not (mask & (labels == 2)).any()          # never the neighbour's pixels
+    assert (training_mask(labels, edited, margin=0) == edited).all()
