@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     _, train = viewer.window.add_plugin_dock_widget("napari-segtool", "Train", tabify=True)
     _, batch = viewer.window.add_plugin_dock_widget("napari-segtool", "Batch", tabify=True)
     _raise_tab(segment)
+    from napari_segtool.plugin import _warmup
+
+    _wait(app, _warmup.is_warm)  # torch and the model lists load in a thread; the window stays live meanwhile
+    _process(app, 0.3)           # let the widgets fill their model lists from the warm-up's signal
     wanted = args.model or default_model
     if wanted:
         _select_model(segment, wanted)
