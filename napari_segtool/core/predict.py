@@ -18,7 +18,7 @@ from typing import Any, Callable, Generator, Iterable, Sequence
 
 import numpy as np
 
-from napari_segtool.kernel.axes import guess_axes, to_canonical
+from napari_segtool.kernel.axes import from_canonical, guess_axes, to_canonical
 from napari_segtool.kernel.device import configure_threads
 from napari_segtool.kernel.errors import InputError
 from napari_segtool.kernel.events import CancelToken, Progress
@@ -204,7 +204,7 @@ def iter_predict(
                 tables[index] = source_table(np.asarray(plane[:, :, :], dtype=np.float32).mean(axis=-1),
                                              labels[index] if index else labels,
                                              settings.stack.get("star_classifier"))
-    labels = _to_original_order(labels, spatial_axes, axes)
+    labels = from_canonical(labels, spatial_axes, axes)
     if out is not None:
         if out.shape != labels.shape:
             raise InputError(f"output layer has shape {out.shape}, expected {labels.shape}")
@@ -282,11 +282,6 @@ def _to_canonical_order(labels: np.ndarray, spatial_axes: str, original_axes: st
     """Labels in the input's axis order (no channel) -> canonical order (inverse of the one below)."""
     target = "".join(a for a in original_axes.replace("S", "C") if a != "C")
     return np.transpose(labels, [target.index(a) for a in spatial_axes])
-
-
-def _to_original_order(labels: np.ndarray, spatial_axes: str, original_axes: str) -> np.ndarray:
-    target = "".join(a for a in original_axes.replace("S", "C") if a != "C")
-    return np.transpose(labels, [spatial_axes.index(a) for a in target])
 
 
 def _write_planes(out: np.ndarray, labels: np.ndarray, planes: Sequence[tuple], spatial_axes: str,

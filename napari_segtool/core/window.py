@@ -78,10 +78,8 @@ def plane_view(plane: Any, settings: WindowSettings, offset: tuple[int, int] = (
     view: Any = NormalizedPlane(ChannelMean(plane) if settings.channel_mean else plane, settings.normalizer)
     if is_identity(settings.factor):
         return view
-    natural = ResampledPlane(view, settings.factor, offset=offset, image_shape=settings.content_hw)
-    start = tuple((g // settings.align) * settings.align for g in natural.grid_start)
     return ResampledPlane(view, settings.factor, offset=offset, image_shape=settings.content_hw,
-                          grid_start=start, grid_stop=natural.grid_stop)
+                          align=settings.align)
 
 
 def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowSettings, *,

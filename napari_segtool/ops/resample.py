@@ -67,11 +67,13 @@ class ResampledPlane:
     image_shape : ``(Y, X)`` of the whole input image (borders are mirrored there).
     grid_start, grid_stop : the global model-grid pixels this view covers (default: all
         those whose source coordinate lies inside ``plane``).
+    align : the default ``grid_start`` is rounded down to a multiple of this (a network's
+        pooling grid, so windows of one image tile the model grid the same way).
     """
 
     def __init__(self, plane: Any, factor: float, *, offset: tuple[int, int] = (0, 0),
                  image_shape: tuple[int, int] | None = None, grid_start: tuple[int, int] | None = None,
-                 grid_stop: tuple[int, int] | None = None):
+                 grid_stop: tuple[int, int] | None = None, align: int = 1):
         self.plane = plane
         self.factor = float(factor)
         self.offset = tuple(int(o) for o in offset)
@@ -79,7 +81,7 @@ class ResampledPlane:
         self.image_shape = tuple(image_shape) if image_shape is not None else (h, w)
         bounds = [grid_bounds(o, o + n, self.factor) for o, n in zip(self.offset, (h, w))]
         if grid_start is None:
-            grid_start = tuple(b[0] for b in bounds)
+            grid_start = tuple((b[0] // align) * align for b in bounds)
         if grid_stop is None:
             grid_stop = tuple(max(b[1], b[0] + 1) for b in bounds)
         self.grid_start = tuple(int(g) for g in grid_start)
