@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from tests.scenes import disc, iou, nuclei_scene
+
 from napari_segtool.core.edits import edited_pixels, merge_prediction
 from napari_segtool.core.prompts import (
     PromptError,
@@ -16,18 +18,9 @@ from napari_segtool.core.prompts import (
 )
 
 
-def _disc(shape, c, r):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return (yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= r * r
-
-
 def _scene(shape=(120, 160)):
     """Ground truth: four nuclei, two of them touching (3, 4); returns gt and the maps a good model makes."""
-    gt = np.zeros(shape, np.int32)
-    gt[_disc(shape, (30, 30), 10)] = 1
-    gt[_disc(shape, (30, 80), 12)] = 2
-    gt[_disc(shape, (85, 60), 11) & (gt == 0)] = 3
-    gt[_disc(shape, (85, 80), 11) & (gt == 0)] = 4
+    gt = nuclei_scene(shape)
     return gt, maps_of(gt)
 
 
@@ -47,10 +40,6 @@ def maps_of(gt, fg_scale=1.0):
     return PromptMaps.from_probabilities(probs.astype(np.float32))
 
 
-def _iou(a, b):
-    return (a & b).sum() / max(1, (a | b).sum())
-
-
 def test_add_object_at_a_click_grows_the_missed_object_and_stops_at_its_neighbour():
     gt, maps = _scene()
     labels = gt.copy()
@@ -58,12 +47,12 @@ def test_add_object_at_a_click_grows_the_missed_object_and_stops_at_its_neighbou
     labels[gt == 3] = 0          # missed, touching object 4 (still there)
     edit = add_object(labels, maps, (30, 84), new_label=9)
     out = edit.apply(labels.copy())
-    assert _iou(out == 9, gt == 2) > 0.85
+    assert iou(out == 9, gt == 2) > 0.85
     assert (out[gt == 1] == 1).all()
     # the touching neighbour is never overwritten, and the new object stays on its side
     edit = add_object(out, maps, (85, 58), new_label=10)
     out2 = edit.apply(out.copy())
-    assert (out2[gt == 4] == 4).all() and _iou(out2 == 10, gt == 3) > 0.8
+    assert (out2[gt == 4] == 4).all() and iou(out2 == 10, gt == 3) > 0.8
     with pytest.raises(PromptError):
         add_object(out2, maps, (30, 30), new_label=11)   # already an object
 
@@ -72,7 +61,7 @@ def test_add_object_keeps_only_the_clicked_nucleus_of_two_missed_touching_ones()
     gt, maps = _scene()
     labels = np.where(np.isin(gt, (3, 4)), 0, gt)
     out = add_object(labels, maps, (85, 56), new_label=9).apply(labels.copy())
-    assert _iou(out == 9, gt == 3) > 0.75 and (out[gt == 4] == 9).mean() < 0.2
+    assert iou(out == 9, gt == 3) > 0.75 and (out[gt == 4] == 9).mean() < 0.2
 
 
 def test_add_object_on_a_faint_object_and_where_the_model_sees_nothing():
@@ -80,7 +69,7 @@ def test_add_object_on_a_faint_object_and_where_the_model_sees_nothing():
     maps = maps_of(gt, fg_scale=0.35)    # a faint model: every probability below 0.5
     labels = np.where(gt == 2, 0, gt)
     out = add_object(labels, maps, (30, 80), new_label=9).apply(labels.copy())
-    assert _iou(out == 9, gt == 2) > 0.75
+    assert iou(out == 9, gt == 2) > 0.75
     blank = PromptMaps.from_probabilities(np.zeros((4,) + gt.shape, np.float32))
     edit = add_object(labels, blank, (100, 140), new_label=9)
     assert "disc" in edit.message and (edit.apply(labels.copy()) == 9).sum() > 20
@@ -89,18 +78,18 @@ def test_add_object_on_a_faint_object_and_where_the_model_sees_nothing():
 def test_box_redraws_an_object_inside_it():
     gt, maps = _scene()
     labels = gt.copy()
-    labels[_disc(gt.shape, (30, 95), 6)] = 2      # object 2 bleeds to the right
+    labels[disc(gt.shape, (30, 95), 6)] = 2      # object 2 bleeds to the right
     labels[22:38, 72:78][gt[22:38, 72:78] == 2] = 0  # and has a bite taken out
     out = redraw_in_box(labels, maps, (16, 66, 44, 94), new_label=9).apply(labels.copy())
-    assert _iou(out == 2, gt == 2) > 0.9 and not (out == 9).any()
+    assert iou(out == 2, gt == 2) > 0.9 and not (out == 9).any()
     # a box around one nucleus of two merged ones: the other one becomes an object of its own
     merged = np.where(gt == 4, 3, gt)
     out = redraw_in_box(merged, maps, (72, 47, 98, 70), new_label=9).apply(merged.copy())
-    assert _iou(out == 3, gt == 3) > 0.8 and _iou(out == 9, gt == 4) > 0.8
+    assert iou(out == 3, gt == 3) > 0.8 and iou(out == 9, gt == 4) > 0.8
     # a box where no object is: a new object
     labels2 = np.where(gt == 1, 0, gt)
     edit = redraw_in_box(labels2, maps, (44, 44, 16, 16), new_label=9)  # corners in any order
-    assert _iou(edit.apply(labels2.copy()) == 9, gt == 1) > 0.85
+    assert iou(edit.apply(labels2.copy()) == 9, gt == 1) > 0.85
 
 
 def test_grow_and_shrink_with_positive_and_negative_clicks():
@@ -108,20 +97,20 @@ def test_grow_and_shrink_with_positive_and_negative_clicks():
     labels = gt.copy()
     labels[(gt == 2) & (np.arange(gt.shape[1])[None, :] > 84)] = 0   # right part of object 2 missing
     out = grow_object(labels, maps, (30, 89)).apply(labels.copy())
-    assert _iou(out == 2, gt == 2) > 0.9 and (out[gt == 1] == 1).all()
+    assert iou(out == 2, gt == 2) > 0.9 and (out[gt == 1] == 1).all()
     with pytest.raises(PromptError):
         grow_object(out, maps, (30, 80))      # inside: that is shrink's job
     # the object bleeds into background the model is unsure about: a negative click there removes it
     labels = gt.copy()
-    bleed = _disc(gt.shape, (30, 98), 7) & (gt == 0)
+    bleed = disc(gt.shape, (30, 98), 7) & (gt == 0)
     labels[bleed] = 2
     out = shrink_object(labels, maps, (30, 100)).apply(labels.copy())
-    assert _iou(out == 2, gt == 2) > 0.9 and not (out[bleed] == 2).any()
+    assert iou(out == 2, gt == 2) > 0.9 and not (out[bleed] == 2).any()
     # two nuclei merged into one object, the model equally sure of both: cut at the neck
     merged = np.where(gt == 4, 3, gt)
     flat = PromptMaps.from_probabilities(np.stack([1 - (gt > 0), gt > 0, 0 * gt, 0 * gt]).astype(np.float32))
     out = shrink_object(merged, flat, (85, 84)).apply(merged.copy())
-    assert _iou(out == 3, gt == 3) > 0.75 and (out[gt == 4] == 0).mean() > 0.75
+    assert iou(out == 3, gt == 3) > 0.75 and (out[gt == 4] == 0).mean() > 0.75
 
 
 def test_scribble_splits_a_merged_object_and_leaves_single_ones_alone():
@@ -132,7 +121,7 @@ def test_scribble_splits_a_merged_object_and_leaves_single_ones_alone():
     pieces = [v for v in np.unique(out[(gt == 3) | (gt == 4)]) if v]
     assert len(pieces) == 2
     a, b = (out == int(out[85, 58])), (out == int(out[85, 84]))
-    assert max(_iou(a, gt == 3), _iou(a, gt == 4)) > 0.8 and max(_iou(b, gt == 3), _iou(b, gt == 4)) > 0.8
+    assert max(iou(a, gt == 3), iou(a, gt == 4)) > 0.8 and max(iou(b, gt == 3), iou(b, gt == 4)) > 0.8
     assert (out[gt == 1] == 1).all() and (out[gt == 2] == 2).all()
     # without maps: the object's own shape (its neck) separates the two
     out = split_by_scribble(merged, None, [(85, 52), (85, 88)], first_new_label=20).apply(merged.copy())
@@ -151,7 +140,7 @@ def test_tools_work_in_a_window_of_a_large_plane_with_maps_of_a_crop():
     edit = add_object(labels, maps, (1030, 1580), new_label=9)
     assert edit.labels.size < 300 * 300      # local work
     out = edit.apply(labels.copy())
-    assert _iou(out == 9, big == 2) > 0.85
+    assert iou(out == 9, big == 2) > 0.85
     assert not maps.covers((0, 0)) and maps.covers((1030, 1580))
 
 

@@ -8,24 +8,14 @@ from qtpy.QtCore import QPoint, Qt
 from qtpy.QtTest import QTest
 from scipy import ndimage as ndi
 
+from tests.scenes import disc, iou, nuclei_scene
 from tests.plugin.test_user_loop import _canvas, _click, _correct_setup, _dock, _hover, _key
 
 pytestmark = pytest.mark.gui
 
 
-def _disc(shape, c, r):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return (yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= r * r
-
-
 def _scene(shape=(120, 160)):
-    gt = np.zeros(shape, np.int32)
-    gt[_disc(shape, (30, 30), 10)] = 1
-    gt[_disc(shape, (30, 80), 12)] = 2
-    gt[_disc(shape, (85, 60), 11) & (gt == 0)] = 3
-    gt[_disc(shape, (85, 80), 11) & (gt == 0)] = 4
-    gt[_disc(shape, (40, 130), 9)] = 5
-    return gt
+    return nuclei_scene(shape, isolated=True)
 
 
 def _probs(gt):
@@ -39,10 +29,6 @@ def _probs(gt):
     interior = np.clip(fg - boundary, 0, 1)
     _, dist = instance_targets(gt)
     return np.stack([1 - fg, interior, fg - interior, dist]).astype(np.float32)
-
-
-def _iou(a, b):
-    return (a & b).sum() / max(1, (a | b).sum())
 
 
 def _setup(make_napari_viewer, qtbot, plane, gt, probs=None):
@@ -101,7 +87,7 @@ def test_a_adds_the_missed_object_under_the_cursor_undoable_and_training_data(ma
     _key(viewer, qtbot, Qt.Key_A)
     out = np.asarray(labels.data)
     new = int(out[30, 80])
-    assert new > 0 and _iou(out == new, gt == 2) > 0.85, correct.prompt_label.text()
+    assert new > 0 and iou(out == new, gt == 2) > 0.85, correct.prompt_label.text()
     assert (out[gt == 1] == 1).all()
     assert tracker.edited[out == new].all() and "added" in correct.prompt_label.text()
     _undo(viewer, qtbot, labels, before)
@@ -111,7 +97,7 @@ def test_a_adds_the_missed_object_under_the_cursor_undoable_and_training_data(ma
 def test_b_twice_redraws_the_object_inside_the_box(make_napari_viewer, qtbot):
     gt = _scene()
     plane = gt.copy()
-    plane[_disc(gt.shape, (30, 97), 6) & (gt == 0)] = 2      # bleeds to the right
+    plane[disc(gt.shape, (30, 97), 6) & (gt == 0)] = 2      # bleeds to the right
     plane[(gt == 2) & (np.arange(gt.shape[1])[None, :] < 74)] = 0  # and misses its left part
     viewer, labels, tracker, correct = _setup(make_napari_viewer, qtbot, plane, gt)
     _hover(viewer, qtbot, labels, (15, 65))
@@ -120,7 +106,7 @@ def test_b_twice_redraws_the_object_inside_the_box(make_napari_viewer, qtbot):
     _hover(viewer, qtbot, labels, (45, 95))
     _key(viewer, qtbot, Qt.Key_B)
     out = np.asarray(labels.data)
-    assert _iou(out == 2, gt == 2) > 0.9, correct.prompt_label.text()
+    assert iou(out == 2, gt == 2) > 0.9, correct.prompt_label.text()
     assert tracker.edited[out == 2].all()
 
 
@@ -128,18 +114,18 @@ def test_shift_g_grows_and_shift_s_shrinks(make_napari_viewer, qtbot):
     gt = _scene()
     plane = gt.copy()
     plane[(gt == 2) & (np.arange(gt.shape[1])[None, :] > 84)] = 0       # object 2 misses its right part
-    bleed = _disc(gt.shape, (40, 118), 5) & (gt == 0)
+    bleed = disc(gt.shape, (40, 118), 5) & (gt == 0)
     plane[bleed] = 5                                                    # object 5 bleeds to the left
     viewer, labels, tracker, correct = _setup(make_napari_viewer, qtbot, plane, gt)
     _hover(viewer, qtbot, labels, (30, 89))
     _key(viewer, qtbot, Qt.Key_G, Qt.ShiftModifier)
     out = np.asarray(labels.data)
-    assert _iou(out == 2, gt == 2) > 0.9, correct.prompt_label.text()
+    assert iou(out == 2, gt == 2) > 0.9, correct.prompt_label.text()
     before = np.array(out, copy=True)
     _hover(viewer, qtbot, labels, (40, 116))
     _key(viewer, qtbot, Qt.Key_S, Qt.ShiftModifier)
     out = np.asarray(labels.data)
-    assert _iou(out == 5, gt == 5) > 0.9 and not (out[bleed] == 5).any(), correct.prompt_label.text()
+    assert iou(out == 5, gt == 5) > 0.9 and not (out[bleed] == 5).any(), correct.prompt_label.text()
     assert tracker.edited[bleed].all()   # the removed part is annotated background
     _undo(viewer, qtbot, labels, before)
 
@@ -177,7 +163,7 @@ def test_a_scribble_drawn_on_the_canvas_splits_merged_nuclei(make_napari_viewer,
     out = np.asarray(labels.data)
     a, b = out == out[85, 58], out == out[85, 84]
     assert out[85, 58] != out[85, 84]
-    assert _iou(a, gt == 3) > 0.8 and _iou(b, gt == 4) > 0.8
+    assert iou(a, gt == 3) > 0.8 and iou(b, gt == 4) > 0.8
     assert len(shapes.data) == 0          # the stroke is consumed
     assert tracker.edited[(gt == 3) | (gt == 4)].all()
 
