@@ -142,20 +142,21 @@ def test_the_gui_and_the_benchmark_run_the_same_core_functions():
 
 
 def _effort_scene():
-    from tests.core.test_prompts import _disc, maps_of
+    from tests.core.test_prompts import maps_of
+    from tests.scenes import disc
 
     shape = (160, 200)
     gt = np.zeros(shape, np.int32)
     centres = [(25, 25), (25, 75), (25, 125), (25, 170), (80, 30), (80, 80), (80, 101), (80, 150),
                (135, 40), (135, 90), (135, 140), (135, 175)]
     for i, c in enumerate(centres, 1):
-        gt[_disc(shape, c, 11) & (gt == 0)] = i
+        gt[disc(shape, c, 11) & (gt == 0)] = i
     pred = gt.copy()
     pred[gt == 2] = 0                                   # missed
     pred[gt == 3] = 0                                   # missed
     pred[gt == 7] = 6                                   # 6 and 7 merged
     pred[(gt == 9) & (np.arange(shape[1])[None, :] > 40)] = 0   # half of 9 missing
-    pred[_disc(shape, (80, 185), 6) & (gt == 0)] = 50   # a false positive
+    pred[disc(shape, (80, 185), 6) & (gt == 0)] = 50   # a false positive
     return gt, pred, maps_of(gt)
 
 
