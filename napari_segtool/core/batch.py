@@ -56,12 +56,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from napari_segtool.kernel.axes import guess_axes, to_canonical
+from napari_segtool.kernel.axes import spatial_axes as axes_without_channel
+from napari_segtool.kernel.axes import to_canonical
 from napari_segtool.ops.chunked import (Block, ChunkPlan, face_matches, merge_labels, overlap_counts,
                                          plan_chunks, round_up)
 from napari_segtool.kernel.events import CancelToken, Cancelled
 from napari_segtool.core.model import ModelMeta, SegModel
-from napari_segtool.core.predict import InputError, model_diameter, plan_image
+from napari_segtool.core.predict import model_diameter, plan_image
 from napari_segtool.core.window import predict_window
 from napari_segtool.io.atomic import replace_dir
 from napari_segtool.io.outputs import check_output_path, unique_stems
@@ -547,13 +548,13 @@ class _Job:
             self.source_name = f"<{type(image).__module__}.{type(image).__name__} {tuple(image.shape)}>"
         plan = plan_image(model, data, axes, diameter=diameter, tile_size=tile_size,
                           postprocess={"z_scale": z_scale})
-        axes = guess_axes(tuple(data.shape), axes)
+        axes = plan.axes
         self.axes = axes
         self.data = data
         self.source = _Source(axes, array=data, path=path)
         self.canon = plan.data
         spatial = plan.spatial_axes
-        self.target = "".join(a for a in axes if a not in "CS")
+        self.target = axes_without_channel(axes)
         self.perm = tuple(spatial.index(a) for a in self.target)
         meta = model.meta
         self.meta = meta

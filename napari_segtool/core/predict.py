@@ -19,6 +19,7 @@ from typing import Any, Callable, Generator, Iterable, Sequence
 import numpy as np
 
 from napari_segtool.kernel.axes import from_canonical, guess_axes, to_canonical
+from napari_segtool.kernel.axes import spatial_axes as axes_without_channel
 from napari_segtool.kernel.device import configure_threads
 from napari_segtool.kernel.errors import InputError
 from napari_segtool.kernel.events import CancelToken, Progress
@@ -79,6 +80,7 @@ def resolve_scale(model: SegModel, diameter: float | None, estimate_plane: Calla
 class ImagePlan:
     """How one image is run: canonical data, the settings every window shares, and the scale found."""
 
+    axes: str                      # the input's axes (given or guessed, normalised)
     data: Any                      # canonical (stack axes, Y, X, C)
     spatial_axes: str              # canonical spatial axes, e.g. "ZYX"
     settings: WindowSettings
@@ -133,7 +135,7 @@ def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float
     settings.stack = {**meta.postprocess, **overrides}
     settings.stack["z_scale"] = float(settings.stack.get("z_scale", 2.0)) * settings.factor  # Z step, model pixels
     settings.link = link_z and meta.task == "instance" and "Z" in spatial_axes
-    return ImagePlan(data, spatial_axes, settings, scale, notes)
+    return ImagePlan(axes, data, spatial_axes, settings, scale, notes)
 
 
 def iter_predict(
@@ -175,8 +177,8 @@ def iter_predict(
     configure_threads(num_threads)
     plan = plan_image(model, image, axes, diameter=diameter, link_z=link_z, tile_size=tile_size,
                       batch_size=batch_size, postprocess=postprocess)
-    axes = guess_axes(tuple(image.shape), axes)
-    data, spatial_axes, settings = plan.data, plan.spatial_axes, plan.settings
+    axes, data, spatial_axes, settings = plan.axes, plan.data, plan.spatial_axes, plan.settings
+    label_axes = axes_without_channel(axes)
     todo = None if planes is None else [tuple(p) for p in planes]
     # planes kept by the user (``out`` outside ``planes``) inside a Z stack: predict every plane in 3D,
     # then join the new objects to the kept ones instead of losing the stack's 3D objects
@@ -184,7 +186,7 @@ def iter_predict(
     settings.link = settings.link and (todo is None or join)
     if _too_large_for_memory(plan, todo, out, return_probabilities):
         labels = yield from _predict_chunked(model, image, axes, plan, tile_size, cancel)
-        return Prediction(labels, "".join(a for a in axes if a not in "CS"), None, {}, plan.notes
+        return Prediction(labels, label_axes, None, {}, plan.notes
                           + ["a plane this large ran chunk by chunk (memory bounded by the chunks)"],
                           plan.scale.diameter, settings.factor)
     window = yield from predict_window(model, data, spatial_axes, settings, planes=None if join else todo,
@@ -195,7 +197,7 @@ def iter_predict(
     all_planes = list(np.ndindex(*stack_shape)) if stack_shape else [()]
     if join:
         kept = [p for p in all_planes if p not in set(todo)]
-        labels = join_kept_planes(labels, _to_canonical_order(np.asarray(out), spatial_axes, axes), kept)
+        labels = join_kept_planes(labels, to_canonical(np.asarray(out), label_axes)[0][..., 0], kept)
     todo = todo if todo is not None else all_planes
     if model.meta.task == "instance" and settings.stack.get("source_table"):
         for index in todo:
@@ -212,7 +214,7 @@ def iter_predict(
             labels = np.where(labels > 0, labels + int(out.max()), 0).astype(np.int32)
         _write_planes(out, labels, todo, spatial_axes, axes)
         labels = out
-    return Prediction(labels, "".join(a for a in axes if a not in "CS"), window.probabilities, tables, plan.notes,
+    return Prediction(labels, label_axes, window.probabilities, tables, plan.notes,
                       plan.scale.diameter, settings.factor)
 
 
@@ -276,12 +278,6 @@ def fit_image_normalizer(data: Any, config: dict[str, Any], channel_mean: bool) 
         normalizer.lo = normalizer.lo.mean(keepdims=True)
         normalizer.hi = normalizer.hi.mean(keepdims=True)
     return normalizer
-
-
-def _to_canonical_order(labels: np.ndarray, spatial_axes: str, original_axes: str) -> np.ndarray:
-    """Labels in the input's axis order (no channel) -> canonical order (inverse of the one below)."""
-    target = "".join(a for a in original_axes.replace("S", "C") if a != "C")
-    return np.transpose(labels, [target.index(a) for a in spatial_axes])
 
 
 def _write_planes(out: np.ndarray, labels: np.ndarray, planes: Sequence[tuple], spatial_axes: str,
