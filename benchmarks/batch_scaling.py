@@ -112,13 +112,17 @@ def write_volume(path: Path, shape, base, chunks=(1, 1024, 1024)) -> Path:
 
 # ----------------------------------------------------------------------------- measuring
 class RSSSampler(threading.Thread):
-    """Samples the RSS of this process plus all its descendants (cluster workers) every ``dt`` s."""
+    """Samples the RSS of a process (default: this one) plus all its descendants every ``dt`` s.
 
-    def __init__(self, dt: float = 0.1):
+    ``pid``: another process to watch (e.g. a benchmark's child run); its own RSS then counts as the
+    "client" and its descendants (cluster workers) as workers.
+    """
+
+    def __init__(self, dt: float = 0.1, pid: int | None = None):
         super().__init__(daemon=True)
         import psutil
 
-        self.proc = psutil.Process()
+        self.proc = psutil.Process(pid)
         self.dt = dt
         self.peak_total = 0
         self.peak_client = 0
@@ -128,9 +132,16 @@ class RSSSampler(threading.Thread):
     def sample(self) -> tuple[int, int, int]:
         import psutil
 
-        client = self.proc.memory_info().rss
+        try:
+            client = self.proc.memory_info().rss
+        except psutil.Error:  # the watched process has ended
+            return 0, 0, 0
         others = []
-        for child in self.proc.children(recursive=True):
+        try:
+            children = self.proc.children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
             try:
                 others.append(child.memory_info().rss)
             except psutil.Error:
