@@ -24,6 +24,8 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from napari_segtool.kernel.errors import InputError
+
 __all__ = [
     "AxesError",
     "AXIS_LETTERS",
@@ -47,8 +49,11 @@ CANONICAL_ORDER = "TZYXC"
 _RGB_SIZES = (3, 4)
 
 
-class AxesError(ValueError):
-    """An axes string does not fit an array, or axes cannot be guessed."""
+class AxesError(InputError):
+    """An axes string does not fit an array, or axes cannot be guessed.
+
+    An :class:`~napari_segtool.kernel.errors.InputError` (so a ``ValueError`` too): front ends
+    report it as one line, the CLI with exit code 2."""
 
 
 def normalize_axes(axes: str) -> str:

@@ -7,6 +7,7 @@ is wrong and, where it helps, what to do instead::
     ├── InputError          an image, labels, mask or argument the operation cannot use
     │   ├── ConfigError     a setting out of range (epochs, batch size, lr, device...)
     │   ├── DataError       training data that cannot be used   (napari_segtool.core.data)
+    │   ├── AxesError       axes that do not fit the array      (napari_segtool.kernel.axes)
     │   └── ImageReadError  a file that cannot be read as an image (napari_segtool.io.images)
     ├── ModelError          a model that cannot be found, read or trusted
     │   └── ModelLoadError  (napari_segtool.core.checkpoint)

@@ -137,3 +137,21 @@ def test_iter_planes():
     assert len(single) == 1 and single[0][0] == () and n_planes((4, 5, 3), "YXC") == 1
     with pytest.raises(AxesError):
         list(iter_planes(np.zeros((4, 5)), "YX"))
+
+
+def test_axes_errors_are_input_errors_reported_in_one_line(tmp_path, capsys):
+    """A wrong axes string is the user's input: an InputError (exit 2, one line in the CLI), not a bug."""
+    import tifffile
+
+    from napari_segtool.cli import main
+    from napari_segtool.kernel.errors import InputError, user_errors
+
+    with pytest.raises(InputError, match="has 3 letters"):
+        guess_axes((4, 5), "ZYX")
+    assert issubclass(AxesError, user_errors()) and issubclass(AxesError, ValueError)
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((8, 8), np.float32))
+    capsys.readouterr()
+    code = main(["-q", "predict", "nuclei", str(tmp_path / "img.tif"), "--axes", "ZYX", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("segtool: error: ") and "ZYX" in err[0], err
+    assert not (tmp_path / "out").exists()
