@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_segtool.core.project import DEFAULT_PROJECT_DIR, Project, ProjectError
@@ -78,6 +79,7 @@ class Session(QObject):
         # the model's maps of the last single-plane Segment runs: (id(image layer), plane index) -> PromptMaps
         self.maps: dict[tuple[int, tuple[int, ...]], Any] = {}
         self._closed = False
+        self._window_closed = False  # the viewer's window got its Close event
         self._watched: list[weakref.ref] = []  # weakly: a session must not keep a closed window alive
         root = project_dir or os.environ.get("SEGTOOL_PROJECT_DIR") or DEFAULT_PROJECT_DIR
         self.project: Project | None = None
@@ -85,6 +87,7 @@ class Session(QObject):
             self.project = Project(root)
         except (ProjectError, OSError) as exc:
             log.warning("cannot open project %s: %s", root, exc)
+        self._warn_if_shared()
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
 
@@ -102,6 +105,7 @@ class Session(QObject):
         new = Project(root)
         self.save_all(wait=True)
         self.project = new
+        self._warn_if_shared()
         stored = self.stored_model_ref()  # read before any widget re-selects (and so re-saves) a model
         if stored is not None:
             self.current_model = stored
@@ -113,6 +117,23 @@ class Session(QObject):
         if stored is not None:
             self.model_selected.emit(stored)
         return new
+
+    def _warn_if_shared(self) -> None:
+        """One napari warning when another live session holds this project: another process
+        (``Project.other_sessions``) or another open viewer of this one. Both windows' corrections
+        are kept (the store locks every write), but neither shows the other's until reopened."""
+        project = self.project
+        if project is None:
+            return
+        others = [f"process {name}" for name in project.other_sessions()]
+        root = project.root.resolve()
+        others += ["another viewer of this process" for ref, session in list(_SESSIONS.values())
+                   if session is not self and ref() is not None and not session._closed
+                   and not session._window_closed and session.project is not None
+                   and session.project.root.resolve() == root]
+        if others:
+            show_warning(f"project {project.root} is also open in {', '.join(others[:3])}: corrections of both "
+                         "are kept, but each window shows the other's only after the image is opened again")
 
     def submit_save(self, fn: Callable[[], Any]) -> Future:
         """Run a save job on the single background saver thread (in order)."""
@@ -399,6 +420,7 @@ class Session(QObject):
         from qtpy.QtCore import QEvent
 
         if event.type() == QEvent.Close and not self._closed:
+            self._window_closed = True
             self.closing.emit()
             try:
                 self.save_all(wait=True)
