@@ -81,6 +81,20 @@ class TrainEpoch:
 Event = Progress | TrainStep | TrainEpoch
 
 
+def tap(job: Generator[Any, None, T], on_event: Callable[[Any], None]) -> Generator[Any, None, T]:
+    """``job``'s events, each shown to ``on_event`` before it is passed on; returns ``job``'s result."""
+    result = None
+
+    def run() -> Generator[Any, None, None]:
+        nonlocal result
+        result = yield from job
+
+    for event in run():
+        on_event(event)
+        yield event
+    return result  # type: ignore[return-value]
+
+
 def run_job(
     job: Generator[Any, None, T], callback: Callable[[Any], None] | None = None
 ) -> T:

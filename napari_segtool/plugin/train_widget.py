@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
@@ -27,111 +25,15 @@ from napari_segtool.plugin._jobs import JobWidget, UserError
 from napari_segtool.plugin._warmup import models_ready, when_models_ready
 from napari_segtool.plugin.plot import LossPlot
 from napari_segtool.plugin.state import SavesWithWindow, worker_threads
-from napari_segtool.plugin.workers import JobOutcome, Throttle
+from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
 
 log = logging.getLogger(__name__)
 
 FINE_TUNE = "fine-tune the selected model"
 SCRATCH = "new model (from scratch)"
-
-
-@dataclass
-class TrainOutcome:
-    """What a training job hands back to the GUI."""
-
-    result: Any = None
-    path: Path | None = None
-    name: str = ""
-    n_examples: int = 0
-    notes: list[str] = field(default_factory=list)
-    keep_when_cancelled: bool = True  # cancelling keeps the best weights so far
-
-
-@dataclass
-class TrainJob:
-    """What one training run starts from, collected on the GUI thread."""
-
-    project: Any          # the project folder whose corrections are the training data
-    init_ref: str | None  # the model to fine-tune, or None to train a new one
-    task: str             # of a new model (fine-tuning keeps the model's)
-    config: Any           # core.train.TrainConfig
-    name: str             # the trained model's name in the project
-    arch: str = "unet"    # of a new model (fine-tuning keeps the model's)
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # of a new model: the settings changed
-
-
-def _same_channels(examples: list[Any], channels: int | None) -> list[Any]:
-    """Average channels where they do not match (a 1-channel model on RGB corrections...)."""
-    from napari_segtool.core.data import Example
-
-    if channels is None:
-        counts = {ex.image.shape[-1] for ex in examples}
-        if len(counts) == 1:
-            return examples
-        channels = 1
-    out = []
-    for ex in examples:
-        if ex.image.shape[-1] != channels and channels == 1:
-            ex = Example(ex.image.mean(axis=-1, keepdims=True).astype(np.float32), ex.labels, ex.annotated, ex.name)
-        out.append(ex)
-    return out
-
-
-def _tapped(job: Any, on_event: Any) -> Any:
-    """``job``'s events, each shown to ``on_event`` before it is passed on; returns ``job``'s result."""
-    result = None
-
-    def run() -> Any:
-        nonlocal result
-        result = yield from job
-
-    for event in run():
-        on_event(event)
-        yield event
-    return result
-
-
-def project_examples(project: Any, task: str = "instance",
-                     normalization: dict | None = None) -> tuple[list[Any], list[str]]:
-    """Every correction of the project as training examples, deletions included.
-
-    ``Project.training_examples`` skips a plane whose annotated pixels hold no object
-    (``make_example`` refuses them). For an instance model such a plane is what the user
-    said by deleting false objects: "there is nothing here". It is kept as a background
-    example (the loss only sees its annotated pixels), so a correction that only
-    deletes objects trains the model too.
-    """
-    from napari_segtool.core.data import Example
-    from napari_segtool.ops.normalize import normalize
-
-    examples, notes = project.training_examples(task=task, normalization=normalization)
-    if task != "instance":
-        return examples, notes
-    have = {ex.name for ex in examples}
-    for entry in project.entries():
-        reviewed = {tuple(i) for i in entry.reviewed if len(i) == entry.n_stack}
-        for index in project.annotated_planes(entry.key):
-            name = f"{entry.name}" + (f" plane {index}" if index else "")
-            if name in have:
-                continue
-            plane = project.load_plane(entry.key, index)
-            image = project.load_image_plane(entry.key, index)
-            if plane is None or image is None:
-                continue
-            labels, edited = plane
-            annotated = np.ones_like(edited) if index in reviewed else np.asarray(edited, bool)
-            if not annotated.any() or (labels[annotated] > 0).any() or image.shape[:2] != labels.shape:
-                continue  # not a background-only plane: the project's note says why
-            image = np.asarray(image, np.float32)
-            image = image[..., None] if image.ndim == 2 else image
-            try:
-                img = normalize(image, **(normalization or {}))
-            except ValueError:
-                continue
-            examples.append(Example(img.astype(np.float32), labels.astype(np.int32), annotated,
-                                    name + " · background only"))
-            notes = [n for n in notes if not (name in n and "no objects" in n)]
-    return examples, notes
+#: the Export dialog's file types and the ``core.export`` format each one writes
+EXPORT_FILTERS = {"bioimage.io package (*.zip)": "bioimageio", "ONNX (*.onnx)": "onnx",
+                  "TorchScript (*.pt)": "torchscript"}
 
 
 class TrainWidget(SavesWithWindow, JobWidget):
@@ -210,6 +112,17 @@ class TrainWidget(SavesWithWindow, JobWidget):
         self.add_job_controls(layout, "Train", self.train, progress_range=1000, between=self.plot,
                               cancel_tip="Stop now; the best model so far is saved")
         self.train_button = self.run_button
+        row = QHBoxLayout()
+        self.export_button = QPushButton("Export model…")
+        self.export_button.setToolTip("Save the selected model as a bioimage.io package (.zip), ONNX or "
+                                      "TorchScript for other tools (runs in the background)")
+        self.export_button.clicked.connect(self._on_export_clicked)
+        self.export_label = QLabel("")
+        self.export_label.setWordWrap(True)
+        row.addWidget(self.export_button)
+        row.addWidget(self.export_label, 1)
+        layout.addLayout(row)
+        self.export_worker: Any = None
 
     def _on_arch_changed(self, *_args: Any) -> None:
         """Show the chosen architecture's tasks and network settings (once torch is imported)."""
@@ -290,7 +203,7 @@ class TrainWidget(SavesWithWindow, JobWidget):
                            batch_size=self.batch_spin.value(), patch_size=self.patch_spin.value(),
                            time_budget=budget if budget > 0 else None)
 
-    def _prepare(self, config: Any) -> TrainJob:
+    def _prepare(self, config: Any) -> Any:
         project = self.session.project
         if project is None:
             raise UserError("choose a project folder first: that is where the corrections are")
@@ -305,64 +218,28 @@ class TrainWidget(SavesWithWindow, JobWidget):
             cfg.num_threads = worker_threads()  # leave a core to the viewer
         name = self.name_edit.text().strip() or self.name_edit.placeholderText() or "model"
         arch_kwargs = {} if finetune else self.arch_form.values(changed_only=True)
-        return TrainJob(project, ref if finetune else None, self.task_combo.currentText(), cfg, name,
-                        arch=self.arch_combo.currentText() or "unet", arch_kwargs=arch_kwargs)
+        from napari_segtool.core.train_project import ProjectTrainJob
+
+        return ProjectTrainJob(project.root, ref if finetune else None, self.task_combo.currentText(), cfg, name,
+                               arch=self.arch_combo.currentText() or "unet", arch_kwargs=arch_kwargs)
 
     def train(self, config: Any = None) -> Any:
         """Start training in the background; returns the worker, or ``None`` with a message."""
         job = self.begin(lambda: self._prepare(config))
         if job is None:
             return None
-        self._cfg = cfg = job.config
-        project, ref, task, name = job.project, job.init_ref, job.task, job.name
-        arch, arch_kwargs = job.arch, job.arch_kwargs
-        finetune = ref is not None
+        self._cfg = job.config
         session = self.session
 
         def make_job(cancel, _tiles):
-            from napari_segtool.core.data import DataError
-            from napari_segtool.kernel.events import Progress, TrainEpoch
-            from napari_segtool.core.train import iter_train
+            from napari_segtool.core.train_project import iter_train_project
+            from napari_segtool.kernel.subprocess_jobs import iter_in_process
 
-            yield Progress("data", 0, 1, "collecting corrections")
-            init = session.get_model(ref) if finetune else None
-            job_task = init.meta.task if init is not None else task
-            norm = init.meta.normalization if init is not None else None
-            examples, notes = project_examples(project, task=job_task, normalization=norm)
-            if not examples:
-                why = f" ({notes[0]})" if notes else ""
-                raise DataError("no training data yet: correct some objects or mark slices reviewed (R) "
-                                "in the Correct widget" + why)
-            examples = _same_channels(examples, init.meta.in_channels if init is not None else None)
-            yield Progress("data", 1, 1, f"{len(examples)} annotated plane(s)")
-            run_id = project.record_run({
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "init": ref if finetune else None,
-                "task": job_task, "examples": len(examples), "config": cfg.to_dict(), "epochs": []})
-            gen = iter_train(examples, arch=init.meta.arch if init is not None else arch, task=job_task,
-                             init=init, config=cfg, cancel=cancel, arch_kwargs=None if finetune else arch_kwargs)
-            epochs: list[dict[str, Any]] = []
-
-            def record(event: Any) -> None:
-                if isinstance(event, TrainEpoch):
-                    epochs.append(event.as_dict())
-                    project.record_run({"id": run_id, "epochs": epochs})  # history autosave
-
-            result = yield from _tapped(gen, record)
-            outcome = TrainOutcome(result=result, n_examples=len(examples), notes=notes)
-            if not result.epochs:
-                project.record_run({"id": run_id, "stop_reason": result.stop_reason, "saved": None})
-                return outcome
-            model_name = project.unique_model_name(name)
-            result.model.meta.description = (
-                f"{'Fine-tuned from ' + Path(ref).name if finetune else 'Trained from scratch'} on "
-                f"{len(examples)} corrected plane(s) in {project.root.name}")
-            outcome.path = project.save_model(result.model, model_name)
-            outcome.name = model_name
-            project.record_run({"id": run_id, "model": model_name, "stop_reason": result.stop_reason,
-                                "seconds": round(result.seconds, 1), "steps": result.steps,
-                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            session.put_model(str(outcome.path), result.model)
-            return outcome
+            # a separate process: the training loop never competes with the viewer for the GIL
+            result = yield from iter_in_process(iter_train_project, job, cancel=cancel, name="training")
+            if result.path is not None:
+                session.get_model(str(result.path))  # into the session's cache here, off the GUI thread
+            return result
 
         self.plot.clear()
         self.progress_bar.setValue(0)
@@ -417,15 +294,15 @@ class TrainWidget(SavesWithWindow, JobWidget):
         if outcome.status == "cancelled" or outcome.result is None:
             self.status_label.setText("cancelled")
             return
-        out: TrainOutcome = outcome.result
+        out = outcome.result  # core.train_project.ProjectTrainResult
         if out.path is None:
-            self.status_label.setText(f"stopped ({out.result.stop_reason}) before the first epoch: nothing saved")
+            self.status_label.setText(f"stopped ({out.stop_reason}) before the first epoch: nothing saved")
             return
         self._set_progress(1.0)
-        best = next((e for e in out.result.epochs if e.is_best), None)
-        best_txt = f", best {best.metric_name} {max(e.val_metric for e in out.result.epochs):.3f}" if best else ""
-        self.status_label.setText(f"saved '{out.name}' ({out.result.stop_reason}, {out.result.steps} steps, "
-                                  f"{out.result.seconds:.0f} s, {out.n_examples} planes{best_txt})")
+        best = next((e for e in out.epochs if e.is_best), None)
+        best_txt = f", best {best.metric_name} {max(e.val_metric for e in out.epochs):.3f}" if best else ""
+        self.status_label.setText(f"saved '{out.name}' ({out.stop_reason}, {out.steps} steps, "
+                                  f"{out.seconds:.0f} s, {out.n_examples} planes{best_txt})")
         self.session.models_changed.emit()
         self.session.model_selected.emit(str(out.path))
         self.session.select_model(str(out.path))
@@ -441,6 +318,70 @@ class TrainWidget(SavesWithWindow, JobWidget):
                    else "no image with a labels layer is open")
             self.status_label.setText(self.status_label.text() + f" — re-predict skipped: {why}")
             show_warning(f"model saved; re-predict skipped: {why}")
+
+    # ---------------------------------------------------------------- export
+    def _on_export_clicked(self) -> None:
+        path, fmt = self._ask_export_path()
+        if path:
+            self.export_model(path, fmt, overwrite=True)  # the save dialog asked before replacing a file
+
+    def _ask_export_path(self) -> tuple[str, str]:  # pragma: no cover - interactive
+        ref = self.session.current_model
+        name = Path(ref).name.removesuffix(".safetensors").removesuffix(".zip") if ref else "model"
+        path, chosen = QFileDialog.getSaveFileName(self, f"Export model '{name}'", str(Path.home() / f"{name}.zip"),
+                                                   ";;".join(EXPORT_FILTERS))
+        return path, EXPORT_FILTERS.get(chosen, "")
+
+    def export_model(self, path: str, fmt: str = "", overwrite: bool = False) -> Any:
+        """Export the selected model to ``path`` (format ``fmt``, else from the suffix) in a child process.
+
+        Returns the worker, or ``None`` with a message. A missing suffix is added; an existing
+        file is kept unless ``overwrite``. The result is reported in the label next to the button.
+        """
+        ref = self.session.current_model
+        if not ref:
+            show_error("no model selected: choose one in the Segment widget or train one")
+            return None
+        if self.export_worker is not None:
+            show_warning("an export is already running")
+            return None
+        name = Path(ref).name
+
+        def make_job(cancel, _tiles):
+            from napari_segtool.core.checkpoint import resolve_model_path
+            from napari_segtool.core.export import FORMATS, SUFFIXES, ExportError, export_model
+            from napari_segtool.io.outputs import check_output_path
+            from napari_segtool.kernel.subprocess_jobs import call_in_process
+
+            out = Path(path).expanduser()
+            kind = fmt or next((f for f, suffix in SUFFIXES.items() if out.suffix.lower() == suffix), "")
+            if kind not in FORMATS:
+                raise ExportError(f"cannot tell the export format of {out.name}: end it in "
+                                  f"{', '.join(SUFFIXES.values())}")
+            if out.suffix.lower() != SUFFIXES[kind]:
+                out = out.with_name(out.name + SUFFIXES[kind])
+            check_output_path(out, [resolve_model_path(ref)], overwrite=overwrite)
+            yield kind
+            # a process of its own: bioimage.io validation and ONNX tracing hold the GIL for seconds
+            return (yield from call_in_process(export_model, ref, kind, str(out), cancel=cancel, name="export"))
+
+        def on_event(kind: str) -> None:
+            self.export_label.setText(f"exporting {name} ({kind})…")
+
+        self.export_button.setEnabled(False)
+        self.export_label.setText(f"exporting {name}…")
+        self.export_worker, _ = start_job(make_job, on_event=on_event, on_done=self._on_export_done)
+        return self.export_worker
+
+    def _on_export_done(self, outcome: JobOutcome) -> None:
+        self.export_worker = None
+        self.export_button.setEnabled(True)
+        if outcome.ok:
+            self.export_label.setText(f"exported to {outcome.result}")
+            show_info(f"model exported to {outcome.result}")
+        else:
+            self.export_label.setText(f"export failed: {outcome.message}")
+            show_error(f"export failed: {outcome.message}")
 
     def _tracker_to_repredict(self) -> Any:
         """The tracker (labels + image) whose unreviewed slices a finished training re-predicts."""

@@ -119,7 +119,7 @@ def test_edits_reviewed_autosave_and_reopen(make_napari_viewer, qtbot, tmp_path)
     examples, notes = project.training_examples()
     assert len(examples) == 1  # slice 0 (painted); the core skips slices with no object
     assert sum("no objects" in n for n in notes) == 2
-    from napari_segtool.plugin.train_widget import project_examples
+    from napari_segtool.core.train_project import project_examples
 
     examples, notes = project_examples(project)
     # + slice 1 (object 2 deleted; the undone split is not an edit) and slice 2 (reviewed, empty) as background

@@ -89,7 +89,7 @@ def test_cancel_training_keeps_viewer_usable(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: train.worker is None, timeout=60000)
     assert train.last_outcome.status in ("ok", "cancelled")
     if train.last_outcome.ok:
-        assert train.last_outcome.result.result.stop_reason == "cancelled"
+        assert train.last_outcome.result.stop_reason == "cancelled"
     assert train.train_button.isEnabled() and not train.cancel_button.isEnabled()
 
 

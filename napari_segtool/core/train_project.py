@@ -1,0 +1,160 @@
+"""Training on a project folder's corrections: the Train widget's job, runnable in a child process.
+
+:func:`iter_train_project` collects every correction of the project as training examples
+(deletions included), records the run in the project's history as it goes, trains (or
+fine-tunes) with :func:`napari_segtool.core.train.iter_train`, and saves the model into
+the project. It takes and returns only small, picklable values (a :class:`ProjectTrainJob`
+naming the project folder and the model by path, a :class:`ProjectTrainResult` naming the
+saved model folder), so the plugin runs it in a separate process
+(:func:`napari_segtool.kernel.subprocess_jobs.iter_in_process`) and the viewer never
+shares a GIL with the training loop.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generator
+
+import numpy as np
+
+from napari_segtool.core.data import DataError, Example
+from napari_segtool.core.project import Project
+from napari_segtool.core.train import TrainConfig
+from napari_segtool.kernel.events import CancelToken, Progress, TrainEpoch, TrainStep, tap
+
+
+@dataclass
+class ProjectTrainJob:
+    """What one training run on a project starts from."""
+
+    project_root: Path               # the project folder whose corrections are the training data
+    init_ref: str | None             # the model to fine-tune (path or name), or None to train a new one
+    task: str                        # of a new model (fine-tuning keeps the model's)
+    config: TrainConfig
+    name: str                        # the trained model's name in the project (made unique)
+    arch: str = "unet"               # of a new model (fine-tuning keeps the model's)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # of a new model: the settings changed
+
+
+@dataclass
+class ProjectTrainResult:
+    """How a training run on a project ended (the model itself is on disk at ``path``)."""
+
+    path: Path | None                # the saved model folder, None when no epoch finished
+    name: str
+    n_examples: int
+    notes: list[str]
+    epochs: list[TrainEpoch]
+    stop_reason: str
+    seconds: float
+    steps: int
+    keep_when_cancelled: bool = True  # cancelling keeps the best weights so far
+
+
+def same_channels(examples: list[Example], channels: int | None) -> list[Example]:
+    """Average channels where they do not match (a 1-channel model on RGB corrections...)."""
+    if channels is None:
+        counts = {ex.image.shape[-1] for ex in examples}
+        if len(counts) == 1:
+            return examples
+        channels = 1
+    out = []
+    for ex in examples:
+        if ex.image.shape[-1] != channels and channels == 1:
+            ex = Example(ex.image.mean(axis=-1, keepdims=True).astype(np.float32), ex.labels, ex.annotated, ex.name)
+        out.append(ex)
+    return out
+
+
+def project_examples(project: Project, task: str = "instance",
+                     normalization: dict | None = None) -> tuple[list[Example], list[str]]:
+    """Every correction of the project as training examples, deletions included.
+
+    ``Project.training_examples`` skips a plane whose annotated pixels hold no object
+    (``make_example`` refuses them). For an instance model such a plane is what the user
+    said by deleting false objects: "there is nothing here". It is kept as a background
+    example (the loss only sees its annotated pixels), so a correction that only
+    deletes objects trains the model too.
+    """
+    from napari_segtool.ops.normalize import normalize
+
+    examples, notes = project.training_examples(task=task, normalization=normalization)
+    if task != "instance":
+        return examples, notes
+    have = {ex.name for ex in examples}
+    for entry in project.entries():
+        reviewed = {tuple(i) for i in entry.reviewed if len(i) == entry.n_stack}
+        for index in project.annotated_planes(entry.key):
+            name = f"{entry.name}" + (f" plane {index}" if index else "")
+            if name in have:
+                continue
+            plane = project.load_plane(entry.key, index)
+            image = project.load_image_plane(entry.key, index)
+            if plane is None or image is None:
+                continue
+            labels, edited = plane
+            annotated = np.ones_like(edited) if index in reviewed else np.asarray(edited, bool)
+            if not annotated.any() or (labels[annotated] > 0).any() or image.shape[:2] != labels.shape:
+                continue  # not a background-only plane: the project's note says why
+            image = np.asarray(image, np.float32)
+            image = image[..., None] if image.ndim == 2 else image
+            try:
+                img = normalize(image, **(normalization or {}))
+            except ValueError:
+                continue
+            examples.append(Example(img.astype(np.float32), labels.astype(np.int32), annotated,
+                                    name + " · background only"))
+            notes = [n for n in notes if not (name in n and "no objects" in n)]
+    return examples, notes
+
+
+def iter_train_project(job: ProjectTrainJob, cancel: CancelToken | None = None
+                       ) -> Generator[Progress | TrainStep | TrainEpoch, None, ProjectTrainResult]:
+    """Train on every correction of ``job.project_root``; yields progress, returns where the model went.
+
+    Raises :class:`~napari_segtool.core.data.DataError` when the project holds no usable
+    correction yet. Every finished epoch is written to the project's history at once.
+    """
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.train import iter_train
+
+    project = Project(job.project_root, create=False)
+    yield Progress("data", 0, 1, "collecting corrections")
+    finetune = job.init_ref is not None
+    init = load_model(job.init_ref) if finetune else None
+    task = init.meta.task if init is not None else job.task
+    norm = init.meta.normalization if init is not None else None
+    examples, notes = project_examples(project, task=task, normalization=norm)
+    if not examples:
+        why = f" ({notes[0]})" if notes else ""
+        raise DataError("no training data yet: correct some objects or mark slices reviewed (R) "
+                        "in the Correct widget" + why)
+    examples = same_channels(examples, init.meta.in_channels if init is not None else None)
+    yield Progress("data", 1, 1, f"{len(examples)} annotated plane(s)")
+    run_id = project.record_run({
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "init": job.init_ref, "task": task,
+        "examples": len(examples), "config": job.config.to_dict(), "epochs": []})
+    epochs: list[dict[str, Any]] = []
+
+    def record(event: Any) -> None:
+        if isinstance(event, TrainEpoch):
+            epochs.append(event.as_dict())
+            project.record_run({"id": run_id, "epochs": epochs})  # history autosave
+
+    result = yield from tap(iter_train(examples, arch=init.meta.arch if init is not None else job.arch,
+                                       task=task, init=init, config=job.config, cancel=cancel,
+                                       arch_kwargs=None if finetune else job.arch_kwargs), record)
+    outcome = ProjectTrainResult(None, "", len(examples), notes, result.epochs, result.stop_reason,
+                                 result.seconds, result.steps)
+    if not result.epochs:
+        project.record_run({"id": run_id, "stop_reason": result.stop_reason, "saved": None})
+        return outcome
+    outcome.name = project.unique_model_name(job.name)
+    origin = f"Fine-tuned from {Path(job.init_ref).name}" if finetune else "Trained from scratch"
+    result.model.meta.description = f"{origin} on {len(examples)} corrected plane(s) in {project.root.name}"
+    outcome.path = project.save_model(result.model, outcome.name)
+    project.record_run({"id": run_id, "model": outcome.name, "stop_reason": result.stop_reason,
+                        "seconds": round(result.seconds, 1), "steps": result.steps,
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return outcome
