@@ -219,7 +219,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_segtool.io.images import read_image
 
     from napari_segtool.core.validate import check_device
-    from napari_segtool.io.outputs import made_dirs, plan_label_outputs, remove_empty_dirs
+    from napari_segtool.io.outputs import made_dirs, remove_empty_dirs
 
     from napari_segtool.core.checkpoint import resolve_model_path
 
@@ -235,14 +235,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_ome_zarr(args, inputs, out)
     if out.suffix == ".zarr" or args.workers or args.scheduler:
         return _predict_batch(args, inputs, out)
-    plans = plan_label_outputs(inputs, out, [_stem(p) for p in inputs], ("_labels.tif", "_objects.csv"),
-                               overwrite=args.overwrite)
+    plans = _plan_outputs(inputs, out, args.overwrite)
     model = load_model(args.model, device=args.device)
     if args.tile_size is not None and args.tile_size <= model.meta.receptive_field:
         raise CliError(f"--tile-size {args.tile_size} is too small for model '{model.meta.name}' "
                        f"(receptive field {model.meta.receptive_field} px): use more than {model.meta.receptive_field}")
     for path in inputs:  # every input readable before any work (lazy: headers only; not kept open)
-        read_image(path, axes=args.axes, lazy=True)
+        read_image(path, axes=args.axes, lazy=True, hdu=args.hdu)
     created = made_dirs(out)
     try:
         _predict_files(args, model, inputs, plans)
@@ -252,12 +251,66 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What a folder --out receives per input: labels + object table, or for FITS the FITS products.
+LABEL_PRODUCTS = ("_labels.tif", "_objects.csv")
+FITS_PRODUCTS = ("_segm.fits", "_cat.ecsv", "_cat.fits")
+
+
+def _is_fits(path: Path) -> bool:
+    from napari_segtool.io.images import FITS_SUFFIXES
+
+    return path.name.lower().endswith(FITS_SUFFIXES)
+
+
+def _plan_outputs(inputs: list[Path], out: Path, overwrite: bool) -> list[list[Path]]:
+    """Per input, its output paths in ``out`` (:data:`FITS_PRODUCTS` for FITS, else :data:`LABEL_PRODUCTS`)."""
+    from napari_segtool.io.outputs import plan_label_outputs
+
+    plans: list[list[Path]] = [[] for _ in inputs]
+    for fits_group, products in ((False, LABEL_PRODUCTS), (True, FITS_PRODUCTS)):
+        group = [i for i, p in enumerate(inputs) if _is_fits(p) == fits_group]
+        if group:
+            found = plan_label_outputs(inputs, out, [_stem(inputs[i]) for i in group], products, overwrite=overwrite)
+            for i, paths in zip(group, found):
+                plans[i] = paths
+    return plans
+
+
+def _write_fits_products(paths: list[Path], img: Any, pred: Any, model: Any) -> str:
+    """``<stem>_segm.fits`` (the input HDU's header and WCS) and, for 2D instance labels, the source
+    catalogue as ECSV and FITS table (``core.catalog``); returns what was written, for the summary."""
+    from napari_segtool.core.catalog import measure_sources
+    from napari_segtool.io.fits import celestial_wcs, fits_header, write_segmentation, write_table
+
+    segm, ecsv, table = paths
+    cards: dict[str, Any] = {"SEGMODEL": (model.meta.name, "napari-segtool model that made this map"),
+                             "SEGSRC": (Path(img.path).name, "image segmented"),
+                             "SEGHDU": (int(img.metadata.get("fits_hdu", 0)), "its HDU")}
+    labels = np.asarray(pred.labels)
+    if model.meta.task != "instance" or pred.axes != "YX" or img.axes != "YX":
+        write_segmentation(segm, labels, img.metadata, cards)
+        return f"{segm} (no catalogue: it needs 2D instance labels)"
+    header = fits_header(img.metadata)
+    gain = header.get("GAIN") if header is not None else None
+    measured = measure_sources(np.asarray(img.data), labels, wcs=celestial_wcs(img.metadata),
+                               gain=float(gain) if isinstance(gain, (int, float)) else None,
+                               unit=header.get("BUNIT") if header is not None else None,
+                               source_rows=pred.tables.get((), []),
+                               meta={"IMAGE": Path(img.path).name, "HDU": int(img.metadata.get("fits_hdu", 0)),
+                                     "MODEL": model.meta.name})
+    cards["SEGNSRC"] = (len(measured.table), "sources: ids 1..SEGNSRC, 0 = sky or unlabelled")
+    write_segmentation(segm, measured.labels, img.metadata, cards)
+    write_table(measured.table, ecsv)
+    write_table(measured.table, table)
+    return f"{segm}, {ecsv.name}, {table.name}"
+
+
 def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], plans: list[list[Path]]) -> None:
     from napari_segtool.core.predict import iter_predict
     from napari_segtool.io.images import read_image, write_labels
 
-    for path, (target, table) in zip(inputs, plans):
-        img = read_image(path, axes=args.axes, lazy=True)
+    for path, paths in zip(inputs, plans):
+        img = read_image(path, axes=args.axes, lazy=True, hdu=args.hdu)
         bar = _progress_bar(None, path.name, not args.quiet)
 
         def tiles(done: int, total: int) -> None:
@@ -274,12 +327,15 @@ def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], pla
             bar.close()
         for note in pred.notes:
             print(f"note: {note}", file=sys.stderr)
-        write_labels(target, pred.labels, axes=pred.axes)
-        if pred.tables:
-            _write_table(table, pred.tables)
+        if _is_fits(path):
+            written = _write_fits_products(paths, img, pred, model)
+        else:
+            written = str(write_labels(paths[0], pred.labels, axes=pred.axes))
+            if pred.tables:
+                _write_table(paths[1], pred.tables)
         n = len(np.unique(pred.labels)) - 1 if model.meta.task == "instance" else int(pred.labels.max())
         kind = "objects" if model.meta.task == "instance" else "max class id"
-        print(f"{path.name}: {n} {kind} -> {target}")
+        print(f"{path.name}: {n} {kind} -> {written}")
 
 
 def _predict_ome_zarr(args: argparse.Namespace, inputs: list[Path], out: Path) -> int:
@@ -302,7 +358,7 @@ def _predict_ome_zarr(args: argparse.Namespace, inputs: list[Path], out: Path) -
     if args.tile_size is not None and args.tile_size <= model.meta.receptive_field:
         raise CliError(f"--tile-size {args.tile_size} is too small for model '{model.meta.name}' "
                        f"(receptive field {model.meta.receptive_field} px): use more than {model.meta.receptive_field}")
-    img = read_image(inputs[0], axes=args.axes, lazy=True)
+    img = read_image(inputs[0], axes=args.axes, lazy=True, hdu=args.hdu)
     created = made_dirs(out.parent)
     try:
         bar = _progress_bar(None, inputs[0].name, not args.quiet)
@@ -337,6 +393,8 @@ def _predict_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> i
     from napari_segtool.io.outputs import check_output_path, made_dirs, remove_empty_dirs
 
     resolve_model_path(args.model)  # an unknown model is refused before any folder is made
+    if args.hdu is not None:
+        raise CliError("--hdu works with a folder or .ome.zarr --out; chunked runs read the first image HDU")
     if out.suffix == ".zarr" and len(inputs) == 1:
         check_output_path(out, inputs, overwrite=args.overwrite)
         created = made_dirs(out.parent)
@@ -485,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images (files or folders) with a model")
     p.add_argument("model", help="shipped model name or path")
     p.add_argument("images", nargs="+")
-    p.add_argument("--out", required=True, help="output folder, or a .zarr for chunked/distributed runs")
+    p.add_argument("--out", required=True, help="output folder, or a .zarr for chunked/distributed runs; "
+                   "per image <stem>_labels.tif + _objects.csv, for FITS <stem>_segm.fits + _cat.ecsv + _cat.fits")
     p.add_argument("--axes")
     p.add_argument("--tile-size", type=_number(int, 32, 16384))
     p.add_argument("--z-scale", type=_number(float, 0, 1000, lo_open=True),
@@ -498,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--chunk-size", type=_number(int, 64, 65536), default=1024,
                    help="chunk edge for chunked runs (pixels)")
+    p.add_argument("--hdu", metavar="N|NAME", help="FITS inputs: the HDU to segment, by index or EXTNAME "
+                   "(default: the first image HDU)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     p.set_defaults(func=cmd_predict)
 

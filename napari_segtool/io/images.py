@@ -19,6 +19,7 @@ Label images are written atomically (see :mod:`napari_segtool.io.atomic`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -345,8 +346,9 @@ def _native(data: Any) -> Any:
     return data if dtype == target else data.astype(target)
 
 
-def _read_fits(path: Path, axes: str | None, lazy: bool) -> ImageData:
-    """FITS via astropy: the first HDU holding image data.
+def _read_fits(path: Path, axes: str | None, lazy: bool, hdu: int | str | None = None) -> ImageData:
+    """FITS via astropy: HDU ``hdu`` (index, or ``EXTNAME`` in any case), else the first HDU holding
+    image data.
 
     Scaled data (``BSCALE``/``BZERO``/``BLANK``) cannot be memory-mapped by astropy
     once scaled: when ``lazy``, the stored integers are memory-mapped unscaled and
@@ -355,10 +357,10 @@ def _read_fits(path: Path, axes: str | None, lazy: bool) -> ImageData:
     compressed = path.name.lower().endswith(".gz")
     memmap = lazy and not compressed
     try:
-        return _read_fits_hdus(path, axes, lazy, memmap)
+        return _read_fits_hdus(path, axes, lazy, memmap, hdu=hdu)
     except ValueError as exc:
         if memmap and "memory-mapped" in str(exc):
-            return _read_fits_hdus(path, axes, lazy, memmap, raw=True)
+            return _read_fits_hdus(path, axes, lazy, memmap, raw=True, hdu=hdu)
         raise
 
 
@@ -375,21 +377,46 @@ def _scale_lazily(data: Any, header: Any) -> Any:
     return out
 
 
-def _read_fits_hdus(path: Path, axes: str | None, lazy: bool, memmap: bool, raw: bool = False) -> ImageData:
-    from astropy.io import fits
+def _hdu_list(hdul: Any) -> str:
+    """The HDUs of a file, for a message: ``0 PRIMARY (no data), 1 SCI (image 512x512), 2 CAT (table)``."""
+    parts = []
+    for index, hdu in enumerate(hdul):
+        shape = tuple(hdu.header.get(f"NAXIS{i}", 0) for i in range(hdu.header.get("NAXIS", 0), 0, -1))
+        kind = ("image " + "x".join(map(str, shape)) if shape else "no data") if getattr(hdu, "is_image", False) \
+            else "table"
+        parts.append(f"{index} {hdu.name or '(no name)'} ({kind})")
+    return ", ".join(parts)
 
-    hdul = fits.open(path, memmap=memmap, lazy_load_hdus=True, do_not_scale_image_data=raw)
-    try:
-        found = None
+
+def _find_image_hdu(path: Path, hdul: Any, wanted: int | str | None) -> tuple[int, Any, Any]:
+    """``(index, hdu, data)`` of the HDU asked for, else of the first one holding image data."""
+    if wanted is None:
         for index, hdu in enumerate(hdul):
             if getattr(hdu, "is_image", False) and hdu.header.get("NAXIS", 0) > 0:
                 data = hdu.data
                 if data is not None and data.size:
-                    found = index, hdu, data
-                    break
-        if found is None:
-            raise _fail(path, "no HDU with image data")
-        index, hdu, data = found
+                    return index, hdu, data
+        raise _fail(path, "no HDU with image data")
+    key: int | str = int(wanted) if str(wanted).strip().isdigit() else str(wanted).strip()
+    try:
+        index = key if isinstance(key, int) else hdul.index_of(key)
+        hdu = hdul[index]
+    except (KeyError, IndexError):
+        raise _fail(path, f"no HDU {wanted!r}; the file has {_hdu_list(hdul)}") from None
+    data = hdu.data if getattr(hdu, "is_image", False) else None
+    if data is None or not data.size:
+        what = "holds no image data" if getattr(hdu, "is_image", False) else f"is a {type(hdu).__name__}, not an image"
+        raise _fail(path, f"HDU {index} ({hdu.name or 'no name'}) {what}; the file has {_hdu_list(hdul)}")
+    return index, hdu, data
+
+
+def _read_fits_hdus(path: Path, axes: str | None, lazy: bool, memmap: bool, raw: bool = False,
+                    hdu: int | str | None = None) -> ImageData:
+    from astropy.io import fits
+
+    hdul = fits.open(path, memmap=memmap, lazy_load_hdus=True, do_not_scale_image_data=raw)
+    try:
+        index, hdu, data = _find_image_hdu(path, hdul, hdu)
         header = hdu.header
         meta = {
             "format": "fits",
@@ -546,7 +573,8 @@ def _read_npy(path: Path, axes: str | None, lazy: bool) -> ImageData:
 _READERS = {"tiff": _read_tiff, "fits": _read_fits, "zarr": _read_zarr, "npy": _read_npy}
 
 
-def read_image(path: str | os.PathLike, axes: str | None = None, lazy: bool = False) -> ImageData:
+def read_image(path: str | os.PathLike, axes: str | None = None, lazy: bool = False,
+               hdu: int | str | None = None) -> ImageData:
     """Read an image file (TIFF/OME-TIFF/ImageJ, FITS, Zarr/OME-Zarr, NPY).
 
     Parameters
@@ -560,19 +588,28 @@ def read_image(path: str | os.PathLike, axes: str | None = None, lazy: bool = Fa
         Return a Dask array that reads on demand instead of loading the file
         (TIFF through tifffile's zarr store, FITS and NPY memory-mapped).
         Zarr is always lazy.
+    hdu
+        FITS only: the HDU to read, by index (``1``, ``"1"``) or ``EXTNAME`` (``"SCI"``, any case);
+        default: the first HDU holding image data.
 
     Raises
     ------
     ImageReadError
         Missing file, unknown extension, unreadable/corrupt file, empty image,
-        unsupported pixel type (complex, text...) or axes that do not fit.
+        unsupported pixel type (complex, text...), axes that do not fit, or an
+        ``hdu`` that is missing, not an image, or given for a file that is not FITS.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ImageReadError(f"cannot read an image from {type(path).__name__}: expected a file path")
     path = Path(path).expanduser()
     if not path.exists():
         raise _fail(path, "no such file or folder")
-    reader = _READERS[image_format(path)]
+    kind = image_format(path)
+    reader = _READERS[kind]
+    if hdu is not None:
+        if kind != "fits":
+            raise _fail(path, f"an HDU (hdu={hdu!r}) can only be chosen in a FITS file")
+        reader = functools.partial(_read_fits, hdu=hdu)
     try:
         image = reader(path, axes, lazy)
     except ImageReadError:

@@ -166,13 +166,13 @@ def fits_layer(image: Any, name: str | None = None) -> tuple:
     wcs_text = meta.get("wcs_header")
     if wcs_text:
         try:
-            from astropy.io.fits import Header
             from astropy.wcs import WCS
 
-            sep = "\n" if "\n" in wcs_text else ""
+            from napari_segtool.io.fits import header_from_text
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                meta["wcs"] = WCS(Header.fromstring(wcs_text, sep=sep))
+                meta["wcs"] = WCS(header_from_text(wcs_text))
         except Exception:  # an unusable WCS is simply not attached
             pass
     meta[META_KEY] = {"axes": axes, "source": str(image.path) if image.path else None, "format": "fits"}

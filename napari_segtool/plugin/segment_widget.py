@@ -21,6 +21,7 @@ from napari_segtool.plugin import _layers as L
 from napari_segtool.plugin._components import LayerCombo, ModelCombo, ParamControls, choice_combo
 from napari_segtool.plugin._docking import scroll_layout
 from napari_segtool.plugin._jobs import JobWidget, UserError
+from napari_segtool.plugin.astro import fits_features
 from napari_segtool.plugin._warmup import models_ready, when_models_ready
 from napari_segtool.plugin.state import DEFAULT_MODELS, LOAD_FROM_DISK, SavesWithWindow, worker_threads
 from napari_segtool.plugin.workers import JobOutcome, Throttle
@@ -408,6 +409,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         if target is None or target not in self.viewer.layers:
             target = self.session.annotation_layer(image)
         tracker = self.session.tracker_for_labels(target) or self.session.track(target, image)
+        rows = fits_features(image, target, job.data, job.crop, prediction)  # FITS: catalogue, NaN unlabelled
         instance = job.task == "instance"
         if job.crop is None:  # whole stack: `out` holds new planes, ids already made unique
             labels = prediction.labels
@@ -419,7 +421,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
                 offset = int(np.asarray(target.data).max())
                 pred = np.where(pred > 0, pred + offset, 0)
             updates = {job.index: (job.crop, pred)}
-            self._show_table(target, prediction.tables.get((), []), offset, job.crop)
+            self._show_table(target, rows, offset, job.crop)
         written = tracker.apply_prediction(updates, instance=instance)
         if prediction.probabilities is not None and job.crop is not None:
             if instance:

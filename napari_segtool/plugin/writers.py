@@ -1,4 +1,6 @@
-"""npe2 writer: a Labels layer to a (compressed, atomically written) TIFF via ``write_labels``."""
+"""npe2 writers of a Labels layer, atomically: TIFF via ``io.images.write_labels``; FITS via
+``io.fits.write_segmentation`` (SExtractor's segmentation check-image convention), under the FITS
+header and WCS of the image it segments when the layer carries them (``plugin.astro``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -22,3 +24,12 @@ def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
         metadata["name"] = str(meta["name"])
     written = write_labels(path, data, axes=axes, metadata=metadata)
     return [str(written)]
+
+
+def write_labels_fits(path: str, data: Any, meta: dict) -> list[str]:
+    """Write one labels layer as a FITS segmentation map (int32, 0 = unlabelled)."""
+    from napari_segtool.io.fits import write_segmentation
+
+    metadata = meta.get("metadata") or {}
+    cards = {"SEGLAYER": (str(meta["name"]), "napari labels layer")} if meta.get("name") else {}
+    return [str(write_segmentation(path, data, metadata, cards))]

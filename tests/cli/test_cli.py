@@ -72,35 +72,6 @@ def test_bad_input_is_one_line_and_exit_2(files, tiny_model, capsys, monkeypatch
     assert err.startswith("segtool: error:") and message in err and "\n" not in err
 
 
-def test_astro_sources_on_a_fits_field_writes_labels_and_a_source_table(tmp_path):
-    """``segtool predict astro-sources FIELD.fits``: deblended labels and a catalogue whose fluxes are real."""
-    import csv
-
-    from astropy.io import fits
-
-    from napari_segtool.ops.metrics import instance_scores
-    from napari_segtool.ops.postprocess import overlap_matrix
-    from napari_segtool.sim import simulate_astro_field
-
-    field = simulate_astro_field((128, 128), seed=21)
-    fits.writeto(tmp_path / "field.fits", field.image)
-    assert main(["-q", "predict", "astro-sources", str(tmp_path / "field.fits"), "--out", str(tmp_path / "out")]) == 0
-    labels = read_labels(tmp_path / "out" / "field_labels.tif")
-    assert instance_scores(labels, field.labels)["ap50"] > 0.2
-    with open(tmp_path / "out" / "field_objects.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    assert {int(r["label"]) for r in rows} == set(np.unique(labels[labels > 0]).tolist())
-    assert float(rows[0]["sky"]) == pytest.approx(field.sky_level, rel=0.05)
-    assert {r["class"] for r in rows} <= {"star", "galaxy"} and all(0 <= float(r["p_star"]) <= 1 for r in rows)
-    # measured fluxes follow the simulator's fluxes of the sources they overlap most
-    inter, pred_ids, true_ids = overlap_matrix(labels, field.labels)
-    flux_true = {e["id"]: e["flux"] for e in field.catalog}
-    pairs = [(float(r["flux"]), flux_true[int(true_ids[inter[list(pred_ids).index(int(r["label"]))].argmax()])])
-             for r in rows if int(r["label"]) in pred_ids]
-    measured, true = np.log10(np.clip(np.array(pairs), 1e-3, None)).T
-    assert np.corrcoef(measured, true)[0, 1] > 0.8
-
-
 # ----------------------------------------------------------------------------- outputs never destroy data
 @pytest.fixture
 def raw_model(tmp_path):
