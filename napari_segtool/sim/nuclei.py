@@ -38,6 +38,7 @@ background noise std; when ``snr`` is None it is drawn log-uniformly in [3, 80].
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -68,43 +69,51 @@ def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
+#: How each style key of an image is drawn, in this order (the order fixes what a seed produces),
+#: grouped by what it shapes: ``(name, "uniform", lo, hi)``, ``(name, "log", lo, hi)`` (log-uniform:
+#: scale parameters span decades) or ``(name, "maybe", lo, hi, p_zero)`` (0 with probability
+#: ``p_zero``, one half when ``None``, else uniform). Radii in px, noise in electrons, gain in ADU/e.
+_STYLE: tuple[tuple, ...] = (
+    # nucleus shape: size spread (log-normal), elongation (aspect ratio), radial perturbation
+    ("radius_spread", "uniform", 0.08, 0.25), ("elong_sigma", "uniform", 0.08, 0.4),
+    ("irregularity", "uniform", 0.0, 0.12),
+    # brightness and cell state
+    ("brightness_cv", "uniform", 0.1, 0.8), ("size_brightness_exp", "uniform", 0.0, 1.0),
+    ("mitotic_frac", "maybe", 0.0, 0.06, None),
+    # the edge (sigmoid width), a bright rim, a gradient inside, nucleoli
+    ("edge_width", "uniform", 0.25, 0.7), ("rim_amp", "maybe", 0.2, 0.7, 0.8), ("rim_width", "uniform", 0.8, 2.0),
+    ("inner_gradient", "uniform", 0.0, 0.25), ("nucleoli_prob", "uniform", 0.0, 0.7),
+    ("nucleoli_depth", "uniform", 0.15, 0.6),
+    # chromatin texture and foci
+    ("texture_amp", "uniform", 0.03, 0.35), ("texture_sigma", "uniform", 0.6, 2.5),
+    ("foci_density", "uniform", 0.0, 0.03), ("foci_amp", "uniform", 0.0, 0.8), ("foci_sigma", "uniform", 0.6, 1.4),
+    # optics: PSF and haze
+    ("psf_sigma", "uniform", 0.6, 1.8), ("psf_axial_ratio", "uniform", 2.0, 3.5),
+    ("haze_frac", "uniform", 0.0, 0.15), ("haze_sigma", "uniform", 6.0, 20.0),
+    # background (relative to the nucleus signal) and camera
+    ("bg_frac", "log", 0.01, 0.4), ("bg_gradient", "uniform", 0.0, 0.6), ("bg_vignetting", "uniform", 0.0, 0.4),
+    ("bg_pattern", "uniform", 0.0, 0.2), ("read_noise", "log", 0.5, 8.0), ("gain", "log", 0.5, 3.0),
+    ("offset", "maybe", 10.0, 120.0, None),
+    # out-of-focus nuclei (2-D) and intensity decay with depth (3-D, 1/stack depth)
+    ("out_of_focus_frac", "maybe", 0.03, 0.2, 0.6), ("depth_decay", "maybe", 0.2, 1.0, None),
+)
+
+
+def _draw(rng: np.random.Generator, kind: str, lo: float, hi: float, p_zero: float | None = None) -> Any:
+    """One value of a :data:`_STYLE` distribution."""
+    if kind == "uniform":
+        return rng.uniform(lo, hi)
+    if kind == "log":
+        return _loguniform(rng, lo, hi)
+    return rng.choice([0.0, rng.uniform(lo, hi)], p=None if p_zero is None else [p_zero, 1.0 - p_zero])
+
+
 def _draw_style(rng: np.random.Generator, radius_range, snr) -> dict:
     """Per-image acquisition/biology style so that many calls form a diverse set."""
-    r0, r1 = float(radius_range[0]), float(radius_range[1])
-    st = dict(
-        radius_typ=rng.uniform(r0, r1),          # typical radius of this image
-        radius_spread=rng.uniform(0.08, 0.25),   # per-nucleus log-normal spread
-        elong_sigma=rng.uniform(0.08, 0.4),      # elongation spread (aspect ratio)
-        irregularity=rng.uniform(0.0, 0.12),     # radial perturbation amplitude
-        brightness_cv=rng.uniform(0.1, 0.8),
-        size_brightness_exp=rng.uniform(0.0, 1.0),
-        mitotic_frac=rng.choice([0.0, rng.uniform(0.0, 0.06)]),
-        edge_width=rng.uniform(0.25, 0.7),       # sigmoid width of the nucleus edge, px
-        rim_amp=rng.choice([0.0, rng.uniform(0.2, 0.7)], p=[0.8, 0.2]),
-        rim_width=rng.uniform(0.8, 2.0),
-        inner_gradient=rng.uniform(0.0, 0.25),
-        nucleoli_prob=rng.uniform(0.0, 0.7),
-        nucleoli_depth=rng.uniform(0.15, 0.6),
-        texture_amp=rng.uniform(0.03, 0.35),
-        texture_sigma=rng.uniform(0.6, 2.5),
-        foci_density=rng.uniform(0.0, 0.03),
-        foci_amp=rng.uniform(0.0, 0.8),
-        foci_sigma=rng.uniform(0.6, 1.4),
-        psf_sigma=rng.uniform(0.6, 1.8),
-        psf_axial_ratio=rng.uniform(2.0, 3.5),
-        haze_frac=rng.uniform(0.0, 0.15),
-        haze_sigma=rng.uniform(6.0, 20.0),
-        bg_frac=_loguniform(rng, 0.01, 0.4),     # background / nucleus signal
-        bg_gradient=rng.uniform(0.0, 0.6),
-        bg_vignetting=rng.uniform(0.0, 0.4),
-        bg_pattern=rng.uniform(0.0, 0.2),
-        read_noise=_loguniform(rng, 0.5, 8.0),   # electrons
-        gain=_loguniform(rng, 0.5, 3.0),         # ADU / electron
-        offset=float(rng.choice([0.0, rng.uniform(10.0, 120.0)])),
-        out_of_focus_frac=rng.choice([0.0, rng.uniform(0.03, 0.2)], p=[0.6, 0.4]),
-        depth_decay=rng.choice([0.0, rng.uniform(0.2, 1.0)]),  # 3-D only, 1/stack depth
-        snr=float(snr) if snr is not None else _loguniform(rng, 3.0, 80.0),
-    )
+    st = {"radius_typ": rng.uniform(float(radius_range[0]), float(radius_range[1]))}  # typical radius here
+    st.update((name, _draw(rng, *spec)) for name, *spec in _STYLE)
+    st["offset"] = float(st["offset"])
+    st["snr"] = float(snr) if snr is not None else _loguniform(rng, 3.0, 80.0)
     return st
 
 
