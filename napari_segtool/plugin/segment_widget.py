@@ -31,6 +31,9 @@ SCOPE_SLICE = "current slice"
 SCOPE_VIEW = "visible field of view"
 SCOPE_STACK = "whole stack (unreviewed slices)"
 AUTO_OUTPUT = "annotation layer (auto)"
+#: "Load from disk": a model folder (its model.json / model.safetensors), a weights file, or a
+#: bioimage.io package napari-segtool exported (core.export.load_bioimageio reads it back)
+MODEL_FILE_FILTER = "Models (*.safetensors model.json *.zip);;All files (*)"
 
 
 @dataclass
@@ -205,9 +208,9 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         else:
             self.select_model(self.session.current_model)
 
-    def _ask_model_path(self) -> str:  # pragma: no cover - interactive
+    def _ask_model_path(self) -> str:
         path, _ = QFileDialog.getOpenFileName(self, "Load a napari-segtool model", str(Path.home()),
-                                              "Models (*.safetensors model.json);;All files (*)")
+                                              MODEL_FILE_FILTER)
         if path.endswith("model.json") or path.endswith("model.safetensors"):
             path = str(Path(path).parent)
         return path

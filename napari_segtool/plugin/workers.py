@@ -10,6 +10,7 @@ reach napari's error dialog and never crash the viewer.
 from __future__ import annotations
 
 import logging
+import sys
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
@@ -17,6 +18,7 @@ from typing import Any, Callable, Generator
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, Signal
 
+from napari_segtool.kernel.errors import SegtoolError
 from napari_segtool.kernel.events import CancelToken, Cancelled
 
 log = logging.getLogger(__name__)
@@ -37,21 +39,20 @@ class JobOutcome:
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line for the user: what went wrong and, where known, what to do."""
-    name = type(exc).__name__
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
-    try:
-        import torch
+    """One line for the user: what went wrong and, where known, what to do.
 
-        oom = isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or "out of memory" in text.lower()
-    except Exception:  # pragma: no cover
-        oom = False
+    The package's expected failures (:class:`~napari_segtool.kernel.errors.SegtoolError`:
+    bad input, a model that cannot be read, a project folder that cannot be used...) say
+    it themselves; anything else is a bug and keeps its type name.
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    torch = sys.modules.get("torch")  # a torch error means torch is imported: never import it here
+    oom = isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or "out of memory" in text.lower()
     if isinstance(exc, MemoryError) or oom:
         return "out of memory: choose a smaller tile size, a smaller scope (current slice), or close other programs"
-    known = ("DataError", "InputError", "ModelLoadError", "ImageReadError", "ProjectError", "AxesError")
-    if name in known:
+    if isinstance(exc, SegtoolError):
         return text
-    return f"{name}: {text}"
+    return f"{type(exc).__name__}: {text}"
 
 
 class Throttle(QObject):

@@ -1,5 +1,6 @@
 """The Train widget: trains on the project's corrections in a worker, saves, swaps, re-predicts."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -147,3 +148,49 @@ def test_architecture_and_network_controls_come_from_the_registry(make_napari_vi
     meta = read_meta(outcome.result.path)
     assert meta.arch == "unet" and meta.arch_kwargs["depth"] == 2 and meta.arch_kwargs["width"] == 8
     assert not any(kind == "show_error" for kind, _ in errors)
+
+
+def test_export_button_writes_the_selected_model(make_napari_viewer, qtbot, user_model, tmp_path, monkeypatch,
+                                                 errors):
+    """Export model… (issue 15): the save dialog's type picks the format, the suffix is added, the export runs
+    in the background and the file computes what the model computes; an existing file is refused with the
+    user error's own message (kernel.errors.SegtoolError), not a type name."""
+    import torch
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.export import example_input, export_network, run_network
+
+    viewer, segment, train = _viewer_with_widgets(make_napari_viewer)
+    assert train.session.current_model.endswith("tiny")
+    asked = []
+
+    def dialog(parent, caption, start, filters):
+        asked.append(filters.split(";;"))
+        return str(tmp_path / "tiny-for-fiji"), "TorchScript (*.pt)"
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(dialog))
+    QTest.mouseClick(train.export_button, Qt.LeftButton)
+    assert asked and "bioimage.io package (*.zip)" in asked[0] and "ONNX (*.onnx)" in asked[0]
+    assert not train.export_button.isEnabled()
+    qtbot.waitUntil(lambda: train.export_worker is None, timeout=180000)
+    out = tmp_path / "tiny-for-fiji.pt"
+    assert train.export_label.text() == f"exported to {out}", train.export_label.text()
+    assert train.export_button.isEnabled()
+    model = load_model(user_model)
+    x = example_input(model)
+    expected = run_network(export_network(model), model, x)
+    with warnings.catch_warnings():  # torch.jit.load's deprecation notice: TorchScript is what Fiji runs
+        warnings.simplefilter("ignore", FutureWarning)
+        got = run_network(torch.jit.load(str(out)), model, x)
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert not any(kind == "show_error" for kind, _ in errors)
+
+    before = out.read_bytes()
+    assert train.export_model(str(out)) is not None  # not through the dialog: no permission to replace it
+    qtbot.waitUntil(lambda: train.export_worker is None, timeout=60000)
+    assert train.export_label.text() == f"export failed: output {out} exists; pass --overwrite to replace it"
+    assert out.read_bytes() == before
