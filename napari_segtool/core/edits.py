@@ -221,14 +221,19 @@ def edited_pixels(base: np.ndarray, current: np.ndarray, marks: np.ndarray | Non
     return mask
 
 
-def training_mask(labels: np.ndarray, edited: np.ndarray, margin: int = 3) -> np.ndarray:
+#: px of background around every edited object that training counts as annotated (:func:`training_mask`)
+TRAINING_RING_PX = 3
+
+
+def training_mask(labels: np.ndarray, edited: np.ndarray, margin: int = TRAINING_RING_PX) -> np.ndarray:
     """The pixels to train on: ``edited`` plus a ring of ``margin`` px of background around every
     edited object (where the labels are 0: the user saw it was background while fixing the object).
 
     Without the ring a correction only ever says "object here", and fine-tuning on it teaches the
     model that everything is object: the effort benchmark (``benchmarks/hitl.py --effort``) measured
     held-out AP@0.5 falling from 0.77 to 0.16 in two rounds of the widget's rule on the real nuclei
-    image. ``margin=0`` returns ``edited`` unchanged.
+    image. ``margin=0`` returns ``edited`` unchanged. The project's training data
+    (:meth:`napari_segtool.core.project.Project.training_examples`) is made with it.
     """
     edited = np.asarray(edited, bool)
     if margin <= 0 or not edited.any():

@@ -504,20 +504,48 @@ class Project:
                 out.add(index)
         return sorted(out)
 
+    def training_mask(self, entry: ImageEntry, index: Index, labels: np.ndarray, edited: np.ndarray,
+                      margin: int | None = None, holdout: bool = True) -> np.ndarray:
+        """The pixels of one stored plane that training learns from.
+
+        A plane marked reviewed counts whole (objects and background), less its held-out
+        stripe (:func:`napari_segtool.core.model_versions.holdout_mask`: kept for scoring
+        model versions, never trained on) unless ``holdout`` is False. Any other plane: its
+        edited pixels (edited objects and regions marked reviewed) plus a ring of ``margin``
+        px of background around each edited object (:func:`napari_segtool.core.edits.training_mask`;
+        default :data:`~napari_segtool.core.edits.TRAINING_RING_PX`), without which fine-tuning
+        on a few corrected objects teaches the model that everything is object.
+        """
+        from napari_segtool.core.edits import TRAINING_RING_PX, training_mask
+        from napari_segtool.core.model_versions import holdout_mask
+
+        index = tuple(int(i) for i in index)
+        if index in {tuple(i) for i in entry.reviewed if len(i) == entry.n_stack}:
+            mask = np.ones(np.shape(labels), bool)
+            if holdout:
+                mask &= ~holdout_mask(mask.shape)
+            return mask
+        return training_mask(labels, edited, TRAINING_RING_PX if margin is None else int(margin))
+
     def training_examples(self, task: str = "instance", keys: Iterable[str] | None = None,
-                          normalization: dict | None = None) -> tuple[list[Any], list[str]]:
+                          normalization: dict | None = None, *, margin: int | None = None,
+                          background_only: bool = False) -> tuple[list[Any], list[str]]:
         """Examples from every annotated plane of the project, and notes on skipped planes.
 
-        The annotated mask of a plane is its edited pixels, or the whole plane when
-        it was marked reviewed. Planes that cannot become an example (no stored image,
-        no object in the annotated region...) are skipped with a note.
+        The annotated mask of a plane is :meth:`training_mask` (edits + a background ring,
+        or a reviewed plane less its held-out stripe). Planes that cannot become an
+        example (no stored image, no object in the annotated region...) are skipped with a
+        note; with ``background_only`` an instance plane whose annotated pixels hold no
+        object (the user deleted false objects, or reviewed an empty plane) is kept as a
+        background example instead ("there is nothing here"; the loss sees its annotated
+        pixels only).
         """
-        from napari_segtool.core.data import DataError, make_example
+        from napari_segtool.core.data import DataError, Example, make_example
+        from napari_segtool.ops.normalize import normalize
 
         examples, notes = [], []
         entries = self.entries() if keys is None else [e for e in (self.entry(k) for k in keys) if e]
         for entry in entries:
-            reviewed = set(i for i in entry.reviewed if len(i) == entry.n_stack)
             for index in self.annotated_planes(entry.key):
                 where = f"{entry.name}" + (f" plane {index}" if index else "")
                 plane = self.load_plane(entry.key, index)
@@ -529,9 +557,19 @@ class Project:
                     notes.append(f"{where}: image plane not stored")
                     continue
                 labels, edited = plane
-                annotated = np.ones_like(edited) if index in reviewed else edited
                 if image.shape[:2] != labels.shape:
                     notes.append(f"{where}: image {image.shape[:2]} and labels {labels.shape} differ")
+                    continue
+                annotated = self.training_mask(entry, index, labels, edited, margin)
+                if background_only and task == "instance" and annotated.any() and not (labels[annotated] > 0).any():
+                    img = np.asarray(image, np.float32)
+                    try:
+                        img = normalize(img[..., None] if img.ndim == 2 else img, **(normalization or {}))
+                    except ValueError as exc:
+                        notes.append(f"{where}: {exc}")
+                        continue
+                    examples.append(Example(img.astype(np.float32), labels.astype(np.int32), annotated,
+                                            where + " · background only"))
                     continue
                 try:
                     examples.append(make_example(image, labels, annotated, task=task, name=where,

@@ -97,9 +97,40 @@ def test_training_examples_from_edits_and_reviewed(tmp_path):
     examples, notes = p.training_examples()
     assert len(examples) == 2
     by_name = {ex.name: ex for ex in examples}
-    assert by_name["stack plane (0,)"].annotated.sum() == edited.sum()
-    assert by_name["stack plane (1,)"].annotated.all()
+    # edited pixels + a background ring around the edited objects (core.edits.training_mask)
+    from napari_segtool.core.edits import TRAINING_RING_PX, training_mask
+
+    got = by_name["stack plane (0,)"].annotated
+    np.testing.assert_array_equal(got, training_mask(labels[0], edited, TRAINING_RING_PX))
+    assert got.sum() > edited.sum() and (labels[0][got & ~edited] == 0).all()
+    assert by_name["stack plane (1,)"].annotated.all()    # reviewed, too narrow to hold a stripe out
     assert any("no objects" in n for n in notes)
+    # margin=0: exactly the edited pixels
+    exact = {ex.name: ex for ex in p.training_examples(margin=0)[0]}
+    np.testing.assert_array_equal(exact["stack plane (0,)"].annotated, edited)
+    # background_only keeps the empty reviewed plane as "nothing here"
+    examples, notes = p.training_examples(background_only=True)
+    empty = [ex for ex in examples if ex.name.startswith("empty")]
+    assert len(empty) == 1 and empty[0].annotated.all() and not empty[0].labels.any()
+    assert not any("no objects" in n for n in notes)
+
+
+def test_a_reviewed_plane_trains_without_its_held_out_stripe(tmp_path):
+    from napari_segtool.core.model_versions import HOLDOUT_FRACTION, heldout_planes
+
+    labels = np.zeros((64, 200), np.int32)
+    for i, x in enumerate(range(15, 200, 30), 1):
+        _disk(labels.shape, 32, x, 8, i, labels)
+    image = (labels > 0) * 100.0 + np.random.default_rng(1).normal(10, 2, labels.shape)
+    p = Project(tmp_path)
+    p.save_entry(ImageEntry(key="wide", name="wide", shape=labels.shape, reviewed=[()]))
+    p.save_plane("wide", (), labels, None, image=image)
+    (example,), _ = p.training_examples()
+    held = int(round(HOLDOUT_FRACTION * 200))
+    assert example.annotated[:, : 200 - held].all() and not example.annotated[:, 200 - held:].any()
+    (plane,) = heldout_planes(p)
+    assert plane.x0 == 200 - held and plane.n_objects == 2  # discs at x=165 and x=195 reach into it
+    np.testing.assert_array_equal(plane.labels, labels)
 
 
 def test_history_and_models(tmp_path):

@@ -1,0 +1,85 @@
+"""Model QC: held-out reviewed stripes, AP per model version stored in the project, roll back."""
+import json
+
+import numpy as np
+import pytest
+
+from napari_segtool.core.model_versions import (
+    VERSIONS_FILE,
+    VersionError,
+    current_version,
+    heldout_planes,
+    holdout_mask,
+    record_version,
+    roll_back,
+    score_model,
+    versions,
+)
+from napari_segtool.core.project import ImageEntry, Project
+from tests.conftest import draw_objects
+
+
+def test_holdout_mask_is_the_right_stripe_of_wide_planes_only():
+    mask = holdout_mask((50, 300))
+    assert mask[:, 240:].all() and not mask[:, :240].any()
+    assert not holdout_mask((50, 100)).any()           # a 20 px stripe would score next to nothing
+
+
+@pytest.fixture()
+def reviewed_project(tmp_path):
+    image, labels = draw_objects((160, 320), n=40, seed=5, touching=False)
+    p = Project(tmp_path / "proj")
+    p.save_entry(ImageEntry(key="cells", name="cells", shape=labels.shape, reviewed=[()]))
+    p.save_plane("cells", (), labels, None, image=image)
+    return p, image, labels
+
+
+def test_versions_are_scored_on_held_out_stripes_stored_and_rolled_back(reviewed_project, tiny_model):
+    from napari_segtool.core.checkpoint import load_model, save_model
+    from napari_segtool.core.train import new_model
+
+    p, image, labels = reviewed_project
+    (plane,) = heldout_planes(p)
+    assert plane.x0 == 256 and plane.n_objects > 3
+    good, blank = load_model(tiny_model), new_model("unet", "instance", 1, depth=2, width=8)
+    save_model(blank, p.model_path("v1"))
+    save_model(good, p.model_path("v2"))
+    v1 = record_version(p, "v1", blank)
+    v2 = record_version(p, "v2", parent="v1")                    # loaded from models/
+    assert v2.score.ap50 > v1.score.ap50 + 0.3 and v2.score.f1 > v1.score.f1
+    assert v2.score.heldout == v1.score.heldout and v2.score.n_objects == plane.n_objects
+    # the score is the model's on the stripe only: the same as scoring the prediction's crop by hand
+    assert v2.score == score_model(good, [plane])
+    stored = json.loads((p.root / VERSIONS_FILE).read_text())
+    assert [v["name"] for v in stored] == ["v1", "v2"] and stored[1]["parent"] == "v1"
+    listed = versions(Project(p.root))
+    assert [v.name for v in listed] == ["v1", "v2"] and listed[1].score == v2.score
+
+    p.update_settings(model="models/v2")
+    assert current_version(p) == "v2"
+    assert roll_back(p, "v1").name == "v1"
+    assert Project(p.root).settings["model"] == "models/v1" and current_version(p) == "v1"
+    assert p.model_path("v2").exists()                           # rolling back deletes nothing
+    with pytest.raises(VersionError):
+        roll_back(p, "v9")
+    with pytest.raises(VersionError):
+        record_version(p, "v9")
+
+
+def test_versions_are_rescored_when_the_reviewed_regions_change(reviewed_project, tiny_model):
+    from napari_segtool.core.checkpoint import load_model, save_model
+
+    p, image, labels = reviewed_project
+    model = load_model(tiny_model)
+    save_model(model, p.model_path("v1"))
+    first = record_version(p, "v1", model)
+    assert versions(p)[0].score == first.score                    # same held-out set: not scored again
+    # a second reviewed image: the held-out set grows, every version is scored on the new one
+    image2, labels2 = draw_objects((160, 320), n=40, seed=6, touching=False)
+    p.save_entry(ImageEntry(key="more", name="more", shape=labels2.shape, reviewed=[()]))
+    p.save_plane("more", (), labels2, None, image=image2)
+    (again,) = versions(p)
+    assert again.score.heldout != first.score.heldout and again.score.n_planes == 2
+    assert again.score.n_objects > first.score.n_objects
+    stored = json.loads((p.root / VERSIONS_FILE).read_text())
+    assert stored[0]["score"]["heldout"] == again.score.heldout
