@@ -279,7 +279,7 @@ def _plan_outputs(inputs: list[Path], out: Path, overwrite: bool) -> list[list[P
 def _write_fits_products(paths: list[Path], img: Any, pred: Any, model: Any) -> str:
     """``<stem>_segm.fits`` (the input HDU's header and WCS) and, for 2D instance labels, the source
     catalogue as ECSV and FITS table (``core.catalog``); returns what was written, for the summary."""
-    from napari_segtool.core.catalog import measure_sources
+    from napari_segtool.core.catalog import measure_sources, publishable_labels
     from napari_segtool.io.fits import celestial_wcs, fits_header, write_segmentation, write_table
 
     segm, ecsv, table = paths
@@ -288,6 +288,9 @@ def _write_fits_products(paths: list[Path], img: Any, pred: Any, model: Any) -> 
                              "SEGHDU": (int(img.metadata.get("fits_hdu", 0)), "its HDU")}
     labels = np.asarray(pred.labels)
     if model.meta.task != "instance" or pred.axes != "YX" or img.axes != "YX":
+        image = np.asarray(img.data)
+        if image.shape == labels.shape:  # NaN pixels unlabelled here too; ids (or classes) kept
+            labels, _ = publishable_labels(labels, image, relabel=False)
         write_segmentation(segm, labels, img.metadata, cards)
         return f"{segm} (no catalogue: it needs 2D instance labels)"
     header = fits_header(img.metadata)

@@ -133,3 +133,18 @@ def test_a_wrong_hdu_is_one_line_and_exit_2(run, tmp_path, capsys, hdu, message)
     err = capsys.readouterr().err.strip()
     assert message in err and "1 SCI" in err and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_cube_gets_its_segmentation_without_nan_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    cube = rng.normal(10, 1, (2, 64, 64)).astype(np.float32)
+    cube[:, 24:40, 24:40] += 60  # one bright square source per plane
+    cube[1, 30:33, 30:33] = np.nan
+    header = fits.Header({"OBJECT": "CUBE", "CTYPE3": "FREQ"})
+    fits.PrimaryHDU(cube, header).writeto(tmp_path / "cube.fits")
+    assert main(["-q", "predict", "astro-sources", str(tmp_path / "cube.fits"), "--out", str(tmp_path / "o")]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["cube_segm.fits"]  # no catalogue of a cube
+    with fits.open(tmp_path / "o" / "cube_segm.fits") as hdul:
+        segm, out_header = hdul[0].data, hdul[0].header
+    assert segm.shape == cube.shape and out_header["OBJECT"] == "CUBE" and out_header["CTYPE3"] == "FREQ"
+    assert segm[0, 30:33, 30:33].min() > 0 and np.all(segm[1, 30:33, 30:33] == 0)
