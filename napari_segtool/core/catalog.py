@@ -110,7 +110,7 @@ def publishable_labels(labels: np.ndarray, image: np.ndarray,
         return labels, {int(i): int(i) for i in ids}
     new, forward, _ = relabel_sequential(labels)
     old_ids = np.unique(labels[labels > 0])
-    return new.astype(np.int32, copy=False), {int(i): int(forward[i]) for i in old_ids}
+    return new.astype(np.int32, copy=False), dict(zip(old_ids.tolist(), forward[old_ids].tolist()))
 
 
 def _flux_unit(unit: Any) -> Any:
