@@ -39,6 +39,7 @@ from safetensors import safe_open
 from napari_segtool.core.model import ModelMeta, SegModel
 from napari_segtool.io.atomic import clean_stale_temps, recover_dir, replace_dir, temp_prefix
 from napari_segtool.kernel.errors import ModelError
+from napari_segtool.kernel.params import Param, check_settings
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -182,6 +183,13 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "version": (str,), "scale": (dict,),
 }
 _REQUIRED = ("arch", "task", "in_channels")
+#: ``normalization``: the keyword arguments of :func:`napari_segtool.ops.normalize.fit_normalizer`.
+_NORMALIZATION_PARAMS = (
+    Param("method", str, "percentile", choices=("percentile", "asinh"), help="intensity normalisation"),
+    Param("low", float, 1.0, 0.0, 100.0, help="percentile mapped to 0"),
+    Param("high", float, 99.8, 0.0, 100.0, help="percentile mapped to 1"),
+    Param("softening", float, 3.0, 1e-6, 1e6, help="asinh softening, in noise sigmas"),
+)
 _MAX_KWARG_INT = 2**16
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list"}
 
@@ -249,6 +257,7 @@ def validate_meta_dict(data: Any) -> ModelMeta:
             raise ValueError("'classes' must be a list of 2..65536 class names (strings)")
     for key, value in data.get("arch_kwargs", {}).items():
         _check_kwarg_value(str(key), value)
+    _check_nested(data)
     for key, value in data.get("scale", {}).items():
         if key == "auto":
             if not isinstance(value, bool):
@@ -261,6 +270,21 @@ def validate_meta_dict(data: Any) -> ModelMeta:
         return ModelMeta.from_dict(data)
     except (TypeError, AttributeError) as exc:
         raise ValueError(" ".join(str(exc).split())) from None
+
+
+def _check_nested(data: dict) -> None:
+    """The contents of ``normalization``, ``training.object_size`` and ``history`` (read at run time)."""
+    norm = data.get("normalization", {})
+    check_settings(norm, _NORMALIZATION_PARAMS, "normalization.")
+    if norm.get("low", 0.0) >= norm.get("high", 100.0):
+        raise ValueError(f"'normalization.low' ({norm['low']}) must be below 'normalization.high' ({norm['high']})")
+    sizes = data.get("training", {}).get("object_size", {})
+    if not isinstance(sizes, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in sizes.values()):
+        raise ValueError(f"'training.object_size' must map names to numbers >= 0, got {json.dumps(sizes)[:40]}")
+    if not all(isinstance(entry, dict) for entry in data.get("history", [])):
+        raise ValueError("'history' must be a list of objects (one per training run)")
 
 
 def _load_json(path: Path) -> Any:

@@ -3,9 +3,12 @@
 Every case runs the command in-process (``napari_segtool.cli.main``) in a shared
 workspace of tiny files; afterwards every file there (inputs, a user's data
 folder, earlier results, models) must be byte-identical and nothing may have
-been added. Cases are generated per family: numeric arguments out of range or
-not numbers, unavailable devices, outputs that would destroy something, broken
-model folders, unreadable images, unusable training pairs, bad label images for
+been added, and none may hang. Cases are generated per family: numeric arguments
+out of range or not numbers, unavailable devices, outputs that would destroy
+something (inputs, a user's folder, /sys), broken model folders (every
+``model.json`` field dropped, of each wrong JSON type, its nested contents
+broken; widths/depths that do not fit the weights; broken weights), unreadable
+images, unusable training pairs (ids above 2**31 among them), bad label images for
 ``evaluate`` and malformed command lines.
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +172,45 @@ BAD_MODELS: list = [
     "weights:truncated", "weights:missing", "weights:garbage", "weights:empty",
 ]
 
+#: A saved model.json's fields and their JSON types (every field of ``ModelMeta``).
+_FIELD_TYPES = {"arch": str, "task": str, "in_channels": int, "arch_kwargs": dict, "classes": list,
+                "normalization": dict, "postprocess": dict, "receptive_field": float, "scale": dict, "tile_size": int,
+                "name": str, "description": str, "card": str, "history": list, "training": dict, "version": str}
+#: Values of another JSON type than the field's.
+_WRONG_TYPE = {str: [3, ["x"], {"a": 1}], int: ["1", 2.5, True, [1]], float: ["1", True, [1]], dict: [[], "x", 3],
+               list: [{}, "x", 3]}
+#: Malformed contents of the nested objects (one key changed each).
+_NESTED = {
+    "normalization": [{"method": "evil"}, {"method": 3}, {"low": "x"}, {"high": float("nan")}, {"low": 99.0, "high": 1.0},
+                      {"low": -5.0}, {"high": 101.0}, {"softening": -1.0}, {"softening": "x"}, {"evil": 1}],
+    "postprocess": [{"fg_threshold": "x"}, {"fg_threshold": 5.0}, {"min_size": -3}, {"seed_mode": "evil"},
+                    {"z_mode": "evil"}, {"z_scale": 0.0}, {"after_fine_tuning": "x"}, {"evil": 1},
+                    {"min_size": 1.5}, {"fg_threshold": None}],
+    "training": [{"object_size": "x"}, {"object_size": {"median_diameter": "big"}},
+                 {"object_size": {"median_diameter": -4.0}}, {"object_size": {"median_diameter": float("inf")}}],
+    "scale": [{"diameter": None}, {"high": [1]}, {"auto": 1}],
+    "history": [[1, 2], ["x"], [None]],
+    "arch_kwargs": [{"depth": "1", "width": 4, "out_channels": 4}, {"depth": 1, "width": 4, "out_channels": 0},
+                    {"depth": 1, "width": 4, "out_channels": 4, "kernel_size": 4},
+                    {"depth": 1, "width": 4, "out_channels": 4, "norm": 3}],
+}
+
+
+def _field_variants() -> list:
+    """Generated model.json edits: every field dropped, given each wrong JSON type, nested contents broken."""
+    out: list = [{key: None} for key in ("arch", "task", "in_channels")]  # the required ones
+    for key, kind in _FIELD_TYPES.items():
+        out += [{key: value} for value in _WRONG_TYPE[kind]]
+    for key, values in _NESTED.items():
+        if key in ("arch_kwargs", "history"):
+            out += [{key: value} for value in values]
+        else:
+            out += [{key: {"__merge__": value}} for value in values]
+    return out
+
+
+BAD_MODELS += [v for v in _field_variants() if v not in BAD_MODELS]
+
 
 def _write_model_variant(good: Path, folder: Path, variant) -> None:
     shutil.copytree(good, folder)
@@ -189,6 +232,8 @@ def _write_model_variant(good: Path, folder: Path, variant) -> None:
         for key, value in variant.items():
             if value is None:
                 meta.pop(key, None)
+            elif isinstance(value, dict) and "__merge__" in value:  # one key of a nested object changed
+                meta[key] = {**meta.get(key, {}), **value["__merge__"]}
             else:
                 meta[key] = value
         (folder / "model.json").write_text(json.dumps(meta))
@@ -267,6 +312,13 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 
 CASES = _cases()
+#: A bad input is refused before any work: a case still running after this long hangs (a generous bound
+#: for a loaded 2-core machine; not a speed target).
+HANG_SECONDS = 120
+
+
+def _hung(signum, frame):
+    raise TimeoutError(f"still running after {HANG_SECONDS} s: a bad input must be refused before any work")
 
 
 def test_the_suite_is_big_enough():
@@ -282,10 +334,14 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(workspace, family, arg
     args = [str(workspace / "good-model") if a == "MODEL" else a for a in args]
     before = _snapshot(workspace)
     capsys.readouterr()
+    signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(HANG_SECONDS)
     try:
         code = main(["-q", *args] if args and args[0] != "-q" else args)
     except SystemExit as exc:  # only --help may exit; a bad input must return
         pytest.fail(f"SystemExit({exc.code}) instead of a returned exit code")
+    finally:
+        signal.alarm(0)
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
     assert code == 2, captured.err
