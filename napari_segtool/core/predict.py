@@ -26,7 +26,7 @@ from napari_segtool.kernel.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.scale import ScaleEstimate, estimate_diameter, scale_factor
 from napari_segtool.core.window import WindowSettings, join_kept_planes, plane_view, predict_window
-from napari_segtool.ops.normalize import Normalizer, content_box, fit_normalizer
+from napari_segtool.ops.normalize import Normalizer, content_panels, fit_normalizer
 from napari_segtool.ops.resample import is_identity
 from napari_segtool.ops.sources import source_table
 
@@ -117,8 +117,11 @@ def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float
         raise InputError(f"the tile size must be at least 16 pixels, got {tile_size}")
     normalizer = fit_image_normalizer(data, meta.normalization, channel_mean)
     align = model.architecture.align(meta)
-    settings = WindowSettings(normalizer, channel_mean=channel_mean, content=content_box(data), align=align,
-                              tile_size=tile_size, batch_size=batch_size)
+    panels = content_panels(data)
+    content = (min(b[0] for b in panels), max(b[1] for b in panels), min(b[2] for b in panels), max(b[3] for b in panels))
+    settings = WindowSettings(normalizer, channel_mean=channel_mean, content=content, align=align,
+                              panels=tuple(panels) if len(panels) > 1 else (), tile_size=tile_size,
+                              batch_size=batch_size)
     y0, y1, x0, x1 = settings.content
     middle = tuple(n // 2 if a == "Z" else 0 for a, n in zip(spatial_axes, stack_shape))
     scale = resolve_scale(model, diameter,
@@ -265,7 +268,8 @@ def _predict_chunked(model: SegModel, image: Any, axes: str, plan: ImagePlan, ti
         thread.join()
         if "error" in outcome:
             raise outcome["error"]
-        return np.asarray(zarr.open_array(target, mode="r")[...]).astype(np.int32)
+        # ids < 2**31 (fewer objects than pixels): the same bits as int32, no second 1.6 GB copy at 20000²
+        return np.asarray(zarr.open_array(target, mode="r")[...]).view(np.int32)
 
 
 def fit_image_normalizer(data: Any, config: dict[str, Any], channel_mean: bool) -> Normalizer:
