@@ -247,14 +247,18 @@ def run_effort(args, dataset: str, train_pair, held, init, init_name: str) -> di
     cfg.patch_size, cfg.batch_size = args.patch_size, args.batch_size
     if args.steps:
         cfg.epochs, cfg.steps_per_epoch = 1, args.steps
+    if args.lr:
+        cfg.lr = args.lr
     rows: list[dict[str, Any]] = []
     reached: dict[str, Any] = {}
     print(f"{'annotator':>16s} {'round':>5s} {'actions':>7s} {'views':>5s} {'AP@0.5':>7s} {'train s':>8s}")
-    for kind in ("prompts", "repaint"):
+    for kind in args.annotators.split(","):
         for rec in iter_effort(init, *train_pair, [held], kind, actions_per_round=args.actions_per_round,
                                rounds=args.rounds, target_ap50=args.target, train=cfg,
                                time_budget=None if args.steps else args.budget, seed=args.seed,
-                               accept_iou=args.accept_iou, training_margin=args.training_margin):
+                               accept_iou=args.accept_iou, training_margin=args.training_margin,
+                               keep_norm_stats=args.keep_norm_stats,
+                               freeze=tuple(f for f in args.freeze.split(",") if f), review=args.review):
             row = {"dataset": dataset, "annotator": rec.annotator, "round": rec.round, "actions": rec.actions,
                    "views": rec.views, "tools": " ".join(f"{k}:{v}" for k, v in sorted(rec.tools.items())),
                    "ap50": rec.ap50, "mean_ap": rec.mean_ap, "train_seconds": rec.train_seconds,
@@ -338,9 +342,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="the effort axis instead: actions to reach --target AP@0.5, prompts+ranking vs repaint+random")
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--actions-per-round", type=int, default=5)
-    p.add_argument("--training-margin", type=int, default=0,
+    p.add_argument("--training-margin", type=int, default=3,
                    help="effort: px of background around edited objects added to the training pixels "
-                        "(core.edits.training_mask; 0 = exactly what the Correct widget records)")
+                        "(core.edits.training_mask, as the project trains; 0 = the edited pixels only)")
+    p.add_argument("--keep-norm-stats", action="store_true",
+                   help="effort: batch norm stays in eval mode while fine-tuning (core.hitl.few_object_init)")
+    p.add_argument("--review", action="store_true",
+                   help="effort: an annotator with nothing left to correct marks the plane reviewed (R, 1 action)")
+    p.add_argument("--freeze", default="", help="effort: network modules not trained, e.g. down,bottom (U-Net encoder)")
+    p.add_argument("--lr", type=float, default=0.0, help="effort: fine-tuning learning rate (0 = TrainConfig's)")
+    p.add_argument("--annotators", default="prompts,repaint",
+                   help="effort: which simulated annotators to run (comma-separated: prompts, repaint)")
     p.add_argument("--accept-iou", type=float, default=0.7,
                    help="IoU with the truth at which the simulated user accepts a prompt's result")
     args = p.parse_args(argv)

@@ -34,6 +34,7 @@ from scipy import ndimage as ndi
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from napari_segtool.models.unet import INSTANCE_LAYOUT  # noqa: E402
 from napari_segtool.core.prompts import (  # noqa: E402
     PromptError,
     PromptMaps,
@@ -57,7 +58,7 @@ def ideal_maps(gt: np.ndarray) -> PromptMaps:
     fg = ndi.gaussian_filter((gt > 0).astype(np.float32), 1.0)
     interior = np.clip(fg - boundary, 0, 1)
     _, dist = instance_targets(gt)
-    return PromptMaps.from_probabilities(np.stack([1 - fg, interior, fg - interior, dist]))
+    return PromptMaps.from_probabilities(np.stack([1 - fg, interior, fg - interior, dist]), INSTANCE_LAYOUT)
 
 
 def plane(size: int, maps_kind: str):
@@ -79,9 +80,11 @@ def plane(size: int, maps_kind: str):
     from napari_segtool.core.predict import predict
 
     t0 = time.perf_counter()
-    pred = predict(load_model("nuclei"), image, return_probabilities=True)
+    model = load_model("nuclei")
+    pred = predict(model, image, return_probabilities=True)
     seconds = time.perf_counter() - t0
-    return image, truth, pred.labels.astype(np.int32), PromptMaps.from_probabilities(pred.probabilities), seconds
+    maps = PromptMaps.from_probabilities(pred.probabilities, model.architecture.probability_layout(model.meta))
+    return image, truth, pred.labels.astype(np.int32), maps, seconds
 
 
 def _centre(mask: np.ndarray) -> tuple[int, int]:

@@ -35,6 +35,7 @@ it; it returns the list of rounds.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generator, Literal, Sequence
@@ -317,6 +318,43 @@ def _predict_all(model: SegModel, images: Sequence[np.ndarray]) -> tuple[list[np
     return out, time.perf_counter() - t0
 
 
+def few_object_init(model: SegModel, *, keep_norm_stats: bool = True, freeze: Sequence[str] = ()) -> SegModel:
+    """A copy of ``model`` to fine-tune on a few corrected objects without forgetting the rest.
+
+    ``keep_norm_stats``: the batch-norm layers normalise with their running statistics while
+    training too, and keep them (they stay in eval mode): patches drawn around a few edited
+    objects do not have the image's statistics, and neither the batch statistics the layers
+    would train with nor running means shifted towards them are what prediction sees.
+    ``freeze``: names of the network's top-level modules whose weights stay as they are
+    (e.g. ``("down", "bottom")``: a U-Net's encoder); names the network does not have are
+    ignored. The state dict keeps its keys, so the result saves and loads as any model.
+    """
+    import copy
+
+    from torch import nn
+
+    net = copy.deepcopy(model.net)
+    if keep_norm_stats:
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.__class__ = _eval_mode(type(module))
+    for name in freeze:
+        part = getattr(net, name, None)
+        if isinstance(part, nn.Module):
+            for param in part.parameters():
+                param.requires_grad_(False)
+    return SegModel(net, model.meta)
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_mode(base: type) -> type:
+    """A subclass of the norm layer class ``base`` that stays in eval mode (running statistics, never updated)."""
+    def train(self: Any, mode: bool = True) -> Any:
+        return base.train(self, False)
+
+    return type(f"EvalMode{base.__name__}", (base,), {"train": train, "__doc__": _eval_mode.__doc__})
+
+
 def _fine_tune(examples, init: SegModel | None, like: SegModel, cfg: TrainConfig, cancel):
     kwargs: dict[str, Any] = {"arch": like.meta.arch, "task": like.meta.task, "config": cfg, "cancel": cancel}
     if init is not None:
@@ -461,7 +499,7 @@ def run_hitl(*args: Any, callback: Callable[[HitlRound], None] | None = None, **
 # (:func:`~napari_segtool.core.edits.edited_pixels`). Each user action (a click, a box, a stroke, a key
 # press that edits) is counted; looking at an object that needs nothing is a "view", counted apart.
 
-from napari_segtool.core.edits import delete_object, edited_pixels, training_mask  # noqa: E402
+from napari_segtool.core.edits import TRAINING_RING_PX, delete_object, edited_pixels, training_mask  # noqa: E402
 from napari_segtool.core import prompts as _prompts  # noqa: E402
 
 #: napari's default brush is 10 px wide: repainting an object takes one stroke per 10 px of its diameter
@@ -534,13 +572,21 @@ def _centre(mask: np.ndarray) -> tuple[int, int]:
 
 
 class EffortAnnotator:
-    """Base of the effort annotators: corrects ``plane`` against ground truth ``gt``, counting actions."""
+    """Base of the effort annotators: corrects ``plane`` against ground truth ``gt``, counting actions.
+
+    With ``review``, once its own way of working finds nothing left to correct, the annotator
+    marks the plane reviewed (R in the Correct widget, one action): all of it becomes
+    training data, objects and background, as the project's training mask makes it.
+    """
 
     name = "annotator"
 
-    def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0, accept_iou: float = ACCEPT_IOU):
+    def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0, accept_iou: float = ACCEPT_IOU,
+                 review: bool = False):
         self.gt = np.asarray(gt).astype(np.int32)
         self.accept_iou = float(accept_iou)
+        self.review = bool(review)
+        self.reviewed = False
         self.plane = PlaneEdits(labels)
         self.rng = np.random.default_rng(seed)
         self.actions: list[Action] = []
@@ -560,8 +606,17 @@ class EffortAnnotator:
         start, done = self.cost, len(self.actions)
         while self.cost - start < budget:
             if not self.step():
+                if self.review and not self.reviewed:
+                    self.mark_reviewed()
                 break
         return self.actions[done:]
+
+    def mark_reviewed(self) -> None:
+        """R: the whole plane as it is now is what the user asserts (the tracker's reviewed plane)."""
+        self.plane.marks[:] = True
+        self.plane.edited = edited_pixels(self.plane.base, self.plane.labels, self.plane.marks)
+        self.actions.append(Action("review", 1))
+        self.reviewed = True
 
     def step(self) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -603,8 +658,9 @@ class RepaintAnnotator(EffortAnnotator):
 
     name = "repaint+random"
 
-    def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0, accept_iou: float = ACCEPT_IOU):
-        super().__init__(gt, labels, seed, accept_iou)
+    def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0, accept_iou: float = ACCEPT_IOU,
+                 review: bool = False):
+        super().__init__(gt, labels, seed, accept_iou, review)
         self._order: list[tuple[str, int]] = []
 
     def update(self, pred: np.ndarray, maps: Any = None) -> None:
@@ -754,29 +810,32 @@ class PromptAnnotator(EffortAnnotator):
             if i and i != keep and n >= 0.5 * (labels == i).sum():
                 self.delete(int(i))
 
+    def _prompt(self, g: int, tool: str, make: Callable[[], Any], fallback: Callable[[int], None]) -> None:
+        """One prompt for truth object ``g`` (an action), then accept or refine; ``fallback`` when it cannot apply."""
+        try:
+            self.plane.apply(make())
+        except _prompts.PromptError:
+            fallback(g)
+            return
+        self.actions.append(Action(tool, 1, g))
+        self._accept_or_fallback(g, tried_box=tool == "box")
+
     def _add(self, g: int) -> None:
         c = _centre(self.gt == g)
-        try:
+
+        def click() -> Any:
             if self.plane.labels[c] != 0:
                 raise _prompts.PromptError("occupied")
-            self.plane.apply(_prompts.add_object(self.plane.labels, self.maps, c, self.plane.next_label()))
-            self.actions.append(Action("add", 1, g))
-        except _prompts.PromptError:
-            self._box(g)
-            return
-        self._accept_or_fallback(g, tried_box=False)
+            return _prompts.add_object(self.plane.labels, self.maps, c, self.plane.next_label())
+
+        self._prompt(g, "add", click, self._box)
 
     def _box(self, g: int) -> None:
         ys, xs = np.nonzero(self.gt == g)
         h, w = self.gt.shape
         box = (max(0, ys.min() - 2), max(0, xs.min() - 2), min(h - 1, ys.max() + 2), min(w - 1, xs.max() + 2))
-        try:
-            self.plane.apply(_prompts.redraw_in_box(self.plane.labels, self.maps, box, self.plane.next_label()))
-            self.actions.append(Action("box", 1, g))
-        except _prompts.PromptError:
-            self.repaint(g)
-            return
-        self._accept_or_fallback(g, tried_box=True)
+        self._prompt(g, "box", lambda: _prompts.redraw_in_box(self.plane.labels, self.maps, box,
+                                                                self.plane.next_label()), self.repaint)
 
     def _scribble(self, p: int, gts: list[int]) -> None:
         centres = [_centre(self.gt == g) for g in gts]
@@ -819,7 +878,8 @@ def _predict_maps(model: SegModel, image: np.ndarray) -> tuple[np.ndarray, Any]:
     maps = None
     if pred.probabilities is not None:
         try:
-            maps = _prompts.PromptMaps.from_probabilities(pred.probabilities)
+            maps = _prompts.PromptMaps.from_probabilities(pred.probabilities,
+                                                          model.architecture.probability_layout(model.meta))
         except ValueError:
             maps = None
     return pred.labels, maps
@@ -839,7 +899,10 @@ def iter_effort(
     time_budget: float | None = 20.0,
     seed: int = 0,
     accept_iou: float = ACCEPT_IOU,
-    training_margin: int = 0,
+    training_margin: int = TRAINING_RING_PX,
+    keep_norm_stats: bool = False,
+    freeze: Sequence[str] = (),
+    review: bool = False,
     cancel: CancelToken | None = None,
 ) -> Generator[EffortRound, None, list[EffortRound]]:
     """Correct → fine-tune → re-predict, counting user actions; yields an :class:`EffortRound` per round.
@@ -852,8 +915,10 @@ def iter_effort(
     held-out pairs. Stops once AP@0.5 reaches ``target_ap50`` or after ``rounds``.
     ``accept_iou``: the IoU with the truth at which the simulated user takes a result as it is.
     ``training_margin``: background ring added around edited objects for training
-    (:func:`~napari_segtool.core.edits.training_mask`); 0 trains on exactly what the widget
-    records today.
+    (:func:`~napari_segtool.core.edits.training_mask`, what the project trains on:
+    :data:`~napari_segtool.core.edits.TRAINING_RING_PX`); 0 trains on the edited pixels only.
+    ``keep_norm_stats`` / ``freeze``: fine-tune from :func:`few_object_init`. ``review``: the
+    annotator marks the plane reviewed (one action) once it finds nothing left to correct.
     """
     cfg = replace(train or HitlConfig().train, time_budget=time_budget)
     heldout = [(np.asarray(img), np.asarray(gt)) for img, gt in heldout]
@@ -864,7 +929,8 @@ def iter_effort(
     preds, _ = _predict_all(model, held_images)
     predict_seconds = time.perf_counter() - t0
     cls = PromptAnnotator if annotator == "prompts" else RepaintAnnotator
-    ann = cls(train_labels, np.zeros_like(np.asarray(train_labels), np.int32), seed=seed, accept_iou=accept_iou)
+    ann = cls(train_labels, np.zeros_like(np.asarray(train_labels), np.int32), seed=seed, accept_iou=accept_iou,
+              review=review)
     ann.update(labels, maps)
     ap50, mean_ap = _score(preds, heldout)
     history = [EffortRound(ann.name, 0, 0, 0, {}, ap50, mean_ap, 0.0, predict_seconds, 0)]
@@ -881,7 +947,9 @@ def iter_effort(
             annotated = training_mask(ann.plane.labels, ann.plane.edited, training_margin)
             example = make_example(train_image, ann.plane.labels, annotated, normalization=norm,
                                    name=f"effort-{rnd}")
-            res = _fine_tune([example], current, model, replace(cfg, seed=seed + rnd), cancel)
+            init = few_object_init(current, keep_norm_stats=keep_norm_stats, freeze=freeze) \
+                if (keep_norm_stats or freeze) else current
+            res = _fine_tune([example], init, model, replace(cfg, seed=seed + rnd), cancel)
             current, train_seconds = res.model, res.seconds
         except DataError:
             pass

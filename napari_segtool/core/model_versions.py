@@ -192,8 +192,8 @@ def record_version(project: "Project", name: str, model: "SegModel | None" = Non
     if not project.model_path(name).exists():
         raise VersionError(f"the project has no model '{name}'")
     model = model if model is not None else _load(project, name)
-    version = ModelVersion(name, time.strftime("%Y-%m-%dT%H:%M:%S"), parent, score_model(model, heldout_planes(project)),
-                           extra)
+    score = score_model(model, heldout_planes(project))
+    version = ModelVersion(name, time.strftime("%Y-%m-%dT%H:%M:%S"), parent, score, extra)
     with project.locked():
         items = [v for v in _read(project) if v.name != name]
         _write(project, items + [version])

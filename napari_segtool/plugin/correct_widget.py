@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 
 from napari_segtool.plugin import _layers as L
 from napari_segtool.plugin._docking import DocksAsTabs, scroll_layout
-from napari_segtool.plugin._warmup import start_warm
+from napari_segtool.plugin._warmup import schedule_warm
 from napari_segtool.plugin.state import SavesWithWindow, get_session
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
-        start_warm()  # torch and the core are imported in a thread, never on the GUI thread
+        schedule_warm()  # torch and the core are imported in a thread, never on the GUI thread
         self.session = get_session(napari_viewer)
         self.viewer = self.session.viewer  # the real viewer, not napari's per-widget proxy
         self._tracker: Any = None
@@ -351,10 +351,13 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
             show_warning("choose a labels layer linked to its image first")
         return tracker
 
-    def toggle_reviewed(self) -> None:
+    def _on_tracker(self, act: Callable[[Any], Any]) -> Any:
+        """``act(tracker)`` when a labels layer is linked to its image (else a warning); its result."""
         tracker = self._need_tracker()
-        if tracker is not None:
-            tracker.toggle_reviewed()
+        return None if tracker is None else act(tracker)
+
+    def toggle_reviewed(self) -> None:
+        self._on_tracker(lambda t: t.toggle_reviewed())
 
     def mark_visible_region(self) -> None:
         tracker = self._need_tracker()
@@ -367,16 +370,12 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
         tracker.mark_region_reviewed(tracker.current_plane(), region)
 
     def delete_selected_label(self) -> None:
-        tracker = self._need_tracker()
-        if tracker is not None:
-            n = tracker.delete_object(tracker.current_plane(), int(tracker.labels_layer.selected_label))
-            if not n:
-                show_info(f"label {tracker.labels_layer.selected_label} is not on this slice")
+        n = self._on_tracker(lambda t: t.delete_object(t.current_plane(), int(t.labels_layer.selected_label)))
+        if n == 0:
+            show_info(f"label {self.tracker.labels_layer.selected_label} is not on this slice")
 
     def add_selected_label(self) -> None:
-        tracker = self._need_tracker()
-        if tracker is not None:
-            tracker.toggle_select(int(tracker.labels_layer.selected_label))
+        self._on_tracker(lambda t: t.toggle_select(int(t.labels_layer.selected_label)))
 
     def merge(self) -> None:
         tracker = self._need_tracker()
@@ -413,20 +412,14 @@ class CorrectWidget(DocksAsTabs, SavesWithWindow, QWidget):
             show_info("the line does not cut any object in two")
 
     def fill_holes(self) -> None:
-        tracker = self._need_tracker()
-        if tracker is not None:
-            tracker.fill_holes(tracker.current_plane())
+        self._on_tracker(lambda t: t.fill_holes(t.current_plane()))
 
     def renumber(self) -> None:
-        tracker = self._need_tracker()
-        if tracker is not None:
-            tracker.renumber()
+        self._on_tracker(lambda t: t.renumber())
 
     # -------------------------------------------------------- prompts, correct next
     def correct_next(self) -> None:
-        tracker = self._need_tracker()
-        if tracker is not None:
-            tracker.correct_next()
+        self._on_tracker(lambda t: t.correct_next())
 
     def _update_queue(self) -> None:
         tracker = self.tracker

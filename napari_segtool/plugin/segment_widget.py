@@ -428,7 +428,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         written = tracker.apply_prediction(updates, instance=instance)
         if prediction.probabilities is not None and job.crop is not None:
             if instance:
-                self.session.keep_maps(image, job.index, job.crop, prediction.probabilities)
+                self.session.keep_maps(image, job.index, job.crop, prediction.probabilities, job.layout)
             if job.show_probabilities:
                 self._show_probabilities(prediction.probabilities, image, job, instance)
         n = len(np.unique(np.asarray(target.data)[job.index] if job.crop is not None and job.index

@@ -282,8 +282,9 @@ class Session(QObject):
     MAX_MAPS = 4
 
     def keep_maps(self, image_layer: Any, index: tuple[int, ...], crop: tuple[slice, slice],
-                  probabilities: Any) -> Any:
-        """Keep an instance model's maps of one plane (or region of it) for the prompt tools.
+                  probabilities: Any, layout: Any) -> Any:
+        """Keep an instance model's maps of one plane (or region of it) for the prompt tools;
+        ``layout`` is the model's :class:`~napari_segtool.kernel.params.ProbabilityLayout`.
 
         A region predicted later replaces the maps of that plane; only the last
         :attr:`MAX_MAPS` planes are kept (a 2048² plane costs 32 MB).
@@ -291,7 +292,7 @@ class Session(QObject):
         from napari_segtool.core.prompts import PromptMaps
 
         try:
-            maps = PromptMaps.from_probabilities(probabilities, origin=(crop[0].start or 0, crop[1].start or 0))
+            maps = PromptMaps.from_probabilities(probabilities, layout, origin=(crop[0].start or 0, crop[1].start or 0))
         except ValueError as exc:  # not the maps of an instance model
             log.debug("maps not kept: %s", exc)
             return None

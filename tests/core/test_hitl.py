@@ -1,5 +1,4 @@
 """Human-in-the-loop simulation: the annotator's choices, and the benchmark run end to end (tiny budgets)."""
-import csv
 
 import numpy as np
 import pytest
@@ -92,35 +91,34 @@ def init_model(tmp_path_factory):
     return path
 
 
-def test_benchmark_end_to_end(init_model, tmp_path, monkeypatch):
-    from benchmarks.hitl import main
-
-    monkeypatch.setenv("SEGTOOL_NUM_THREADS", "1")  # with fixed steps (not seconds) the run is reproducible
+def test_hitl_rounds_end_to_end(init_model):
+    """The loop the benchmark drives (core.hitl.iter_hitl), with fixed steps and tiny sizes."""
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.hitl import HitlConfig, iter_hitl
 
     image, labels = draw_objects((128, 192), n=28, seed=11, touching=False)
-    np.save(tmp_path / "img.npy", image)
-    np.save(tmp_path / "lab.npy", labels)
-    out = tmp_path / "out"
-    summary = main(["--out", str(out), "--image", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"),
-                    "--init", str(init_model), "--rounds", "3", "--k", "3", "--steps", "30", "--ref-budget", "1.5",
-                    "--patch-size", "64", "--batch-size", "4", "--trees", "10"])
-    assert (out / "hitl.png").stat().st_size > 10_000
-    assert (out / "hitl_summary.json").exists()
-    with open(out / "hitl.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    curve = [r for r in rows if r["method"] == "finetune"]
-    assert [int(r["round"]) for r in curve] == [0, 1, 2, 3]
-    corrected = [int(r["corrected"]) for r in curve]
-    assert corrected == [0, 3, 6, 9]                    # strictly increasing, k per round
-    ap = [float(r["ap50"]) for r in curve]
-    assert all(0 <= a <= 1 for a in ap)
-    assert ap[-1] >= ap[0] - 0.05                       # corrections do not make the model worse
-    methods = {r["method"] for r in rows}
-    assert {"finetune", "scratch", "forest", "otsu_watershed", "reference_all_labels"} <= methods
-    for m in ("scratch", "forest"):                     # same corrections, same rounds
-        assert [int(r["corrected"]) for r in rows if r["method"] == m] == [3, 6, 9]
-    assert all(float(r["train_seconds"]) >= 0 for r in curve)  # recorded; how long is the benchmark's to report
-    assert summary["goals"]["round_seconds"]["max"] is not None
+    train_pair, held = split_image(image, labels)
+    cfg = HitlConfig(k=3, rounds=3, time_budget=None, seed=0)
+    cfg.train.epochs, cfg.train.steps_per_epoch, cfg.train.patch_size, cfg.train.batch_size = 1, 30, 64, 4
+    cfg.train.num_threads = 1                                 # with fixed steps (not seconds): reproducible
+    fitted = []
+
+    def forest_like(img, lab, annotated):                     # a baseline sees the very same corrections
+        fitted.append((lab.copy(), annotated.copy()))
+        return lambda x: np.zeros(x.shape, np.int32)
+
+    history = list(iter_hitl(load_model(init_model), *train_pair, [held], cfg, baselines={"none": forest_like}))
+    assert [h.round for h in history] == [0, 1, 2, 3]
+    assert [h.corrected for h in history] == [0, 3, 6, 9]     # k per round
+    ap = [h.results["finetune"].ap50 for h in history]
+    assert all(0 <= a <= 1 for a in ap) and ap[-1] >= ap[0] - 0.05  # corrections do not make the model worse
+    for h in history[1:]:
+        assert set(h.results) == {"finetune", "scratch", "none"} and h.results["finetune"].steps == 30
+        assert h.results["none"].ap50 == 0.0
+        assert h.annotated_pixels > 0 and h.round_seconds > 0
+    # the baseline trained on what the annotator annotated, growing round by round
+    sizes = [int(a.sum()) for _, a in fitted]
+    assert sizes == sorted(sizes) and sizes[-1] == history[-1].annotated_pixels
 
 
 # ---------------------------------------------------------------- one engine: the GUI's functions, counted actions
@@ -187,23 +185,67 @@ def test_prompt_annotator_fixes_with_fewer_actions_than_repainting_and_records_g
     assert ((prompts.plane.labels > 0) == (before > 0))[prompts.plane.edited].all()
 
 
-def test_effort_benchmark_end_to_end(init_model, tmp_path, monkeypatch):
-    from benchmarks.hitl import main
+def test_an_annotator_with_nothing_left_marks_the_plane_reviewed_once():
+    from napari_segtool.core.hitl import PromptAnnotator, RepaintAnnotator
+    from napari_segtool.ops.metrics import instance_scores
 
-    monkeypatch.setenv("SEGTOOL_NUM_THREADS", "1")
+    gt, pred, maps = _effort_scene()
+    for cls in (PromptAnnotator, RepaintAnnotator):
+        ann = cls(gt, np.zeros_like(gt), seed=1, review=True)
+        ann.update(pred, maps)
+        ann.work(100)
+        assert ann.actions[-1].tool == "review" and ann.reviewed and ann.plane.edited.all()
+        cost = ann.cost
+        assert ann.work(100) == [] and ann.cost == cost       # R once
+        before = ann.plane.labels.copy()
+        ann.update(pred, maps)                                  # a re-prediction keeps the reviewed plane
+        np.testing.assert_array_equal(ann.plane.labels, before)
+        assert instance_scores(before, gt)["ap50"] == 1.0
+    quiet = PromptAnnotator(gt, np.zeros_like(gt), seed=1)      # without review: no R, edited pixels only
+    quiet.update(pred, maps)
+    quiet.work(100)
+    assert "review" not in {a.tool for a in quiet.actions} and not quiet.plane.edited.all()
+
+
+def test_effort_rounds_end_to_end(init_model):
+    """The effort loop the benchmark drives (core.hitl.iter_effort): actions only grow, scores stay sane."""
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.hitl import iter_effort
+    from napari_segtool.core.train import TrainConfig
+
     image, labels = draw_objects((128, 192), n=28, seed=11, touching=False)
-    np.save(tmp_path / "img.npy", image)
-    np.save(tmp_path / "lab.npy", labels)
-    out = tmp_path / "out"
-    summary = main(["--out", str(out), "--image", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"),
-                    "--init", str(init_model), "--effort", "--rounds", "2", "--actions-per-round", "4",
-                    "--steps", "10", "--patch-size", "64", "--batch-size", "4", "--target", "1.01"])
-    with open(out / "effort.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    for name in ("prompts+ranking", "repaint+random"):
-        mine = [r for r in rows if r["annotator"] == name]
-        assert [int(r["round"]) for r in mine][0] == 0 and len(mine) >= 2
-        actions = [int(r["actions"]) for r in mine]
+    train_pair, held = split_image(image, labels)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=10, patch_size=64, batch_size=4, val_fraction=0.0, num_threads=1)
+    model = load_model(init_model)
+    for kind, name in (("prompts", "prompts+ranking"), ("repaint", "repaint+random")):
+        rounds = list(iter_effort(model, *train_pair, [held], kind, actions_per_round=4, rounds=2, target_ap50=1.01,
+                                  train=cfg, time_budget=None, training_margin=3, keep_norm_stats=True))
+        assert rounds[0].round == 0 and rounds[0].actions == 0 and len(rounds) >= 2
+        assert {r.annotator for r in rounds} == {name}
+        actions = [r.actions for r in rounds]
         assert actions == sorted(actions) and actions[1] >= 1
-    assert (out / "effort.png").stat().st_size > 5_000
-    assert summary["effort"]["target_ap50"] == 1.01 and summary["effort"]["met"] is False
+        assert sum(rounds[-1].tools.values()) == rounds[-1].actions
+        assert all(0 <= r.ap50 <= 1 for r in rounds) and rounds[-1].annotated_pixels > 0
+
+
+def test_few_object_init_keeps_norm_statistics_and_frozen_modules():
+    import torch
+
+    from napari_segtool.core.data import make_example
+    from napari_segtool.core.hitl import few_object_init
+    from napari_segtool.core.train import TrainConfig, new_model, train
+
+    model = new_model("unet", "instance", 1, depth=2, width=8)
+    init = few_object_init(model, freeze=("down", "bottom", "no_such_module"))
+    assert init.net is not model.net
+    image, labels = draw_objects((96, 96), n=6, seed=3, touching=False)
+    annotated = np.zeros(labels.shape, bool)
+    annotated[:48] = True
+    cfg = TrainConfig(epochs=1, steps_per_epoch=5, patch_size=64, batch_size=2, val_fraction=0.0, num_threads=1)
+    tuned = train([make_example(image, labels, annotated)], init=init, config=cfg).model
+    before, after = model.net.state_dict(), tuned.net.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    frozen = [k for k in before if k.startswith(("down.", "bottom.")) and "running" not in k and "num_batches" not in k]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["head.weight"], after["head.weight"])   # the rest learns

@@ -1,7 +1,6 @@
 """Model QC: held-out reviewed stripes, AP per model version stored in the project, roll back."""
 import json
 
-import numpy as np
 import pytest
 
 from napari_segtool.core.model_versions import (

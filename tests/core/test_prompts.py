@@ -6,6 +6,7 @@ from scipy import ndimage as ndi
 from tests.scenes import disc, iou, nuclei_scene
 
 from napari_segtool.core.edits import edited_pixels, merge_prediction
+from napari_segtool.models.unet import INSTANCE_LAYOUT
 from napari_segtool.core.prompts import (
     PromptError,
     PromptMaps,
@@ -37,7 +38,7 @@ def maps_of(gt, fg_scale=1.0):
     probs = np.stack([1 - fg, np.clip(fg - boundary * 0.5, 0, 1), boundary * 0.5 * fg_scale, dist])
     probs[1] = np.minimum(interior, fg)
     probs[2] = np.clip(fg - probs[1], 0, 1)
-    return PromptMaps.from_probabilities(probs.astype(np.float32))
+    return PromptMaps.from_probabilities(probs.astype(np.float32), INSTANCE_LAYOUT)
 
 
 def test_add_object_at_a_click_grows_the_missed_object_and_stops_at_its_neighbour():
@@ -70,7 +71,7 @@ def test_add_object_on_a_faint_object_and_where_the_model_sees_nothing():
     labels = np.where(gt == 2, 0, gt)
     out = add_object(labels, maps, (30, 80), new_label=9).apply(labels.copy())
     assert iou(out == 9, gt == 2) > 0.75
-    blank = PromptMaps.from_probabilities(np.zeros((4,) + gt.shape, np.float32))
+    blank = PromptMaps.from_probabilities(np.zeros((4,) + gt.shape, np.float32), INSTANCE_LAYOUT)
     edit = add_object(labels, blank, (100, 140), new_label=9)
     assert "disc" in edit.message and (edit.apply(labels.copy()) == 9).sum() > 20
 
@@ -108,7 +109,8 @@ def test_grow_and_shrink_with_positive_and_negative_clicks():
     assert iou(out == 2, gt == 2) > 0.9 and not (out[bleed] == 2).any()
     # two nuclei merged into one object, the model equally sure of both: cut at the neck
     merged = np.where(gt == 4, 3, gt)
-    flat = PromptMaps.from_probabilities(np.stack([1 - (gt > 0), gt > 0, 0 * gt, 0 * gt]).astype(np.float32))
+    flat = PromptMaps.from_probabilities(np.stack([1 - (gt > 0), gt > 0, 0 * gt, 0 * gt]).astype(np.float32),
+                                        INSTANCE_LAYOUT)
     out = shrink_object(merged, flat, (85, 84)).apply(merged.copy())
     assert iou(out == 3, gt == 3) > 0.75 and (out[gt == 4] == 0).mean() > 0.75
 
@@ -135,7 +137,8 @@ def test_tools_work_in_a_window_of_a_large_plane_with_maps_of_a_crop():
     big = np.zeros((2048, 2048), np.int32)
     big[1000:1120, 1500:1660] = gt
     maps = PromptMaps.from_probabilities(np.stack([small.foreground * 0, small.interior, small.boundary,
-                                                   small.distance]).astype(np.float32), origin=(1000, 1500))
+                                                   small.distance]).astype(np.float32), INSTANCE_LAYOUT,
+                                         origin=(1000, 1500))
     labels = np.where(big == 2, 0, big)
     edit = add_object(labels, maps, (1030, 1580), new_label=9)
     assert edit.labels.size < 300 * 300      # local work
@@ -194,3 +197,30 @@ def test_training_mask_adds_a_background_ring_around_edited_objects():
     assert mask[edited].all() and mask[3, 7] and mask[7, 3] and not mask[0, 0]
     assert not (mask & (labels == 2)).any()          # never the neighbour's pixels
     assert (training_mask(labels, edited, margin=0) == edited).all()
+
+
+def test_maps_are_read_through_the_architectures_probability_layout():
+    from napari_segtool.kernel.params import ProbabilityLayout
+
+    gt, _ = _scene()
+    probs = np.stack([1 - (gt > 0), 0.7 * (gt > 0), 0.3 * (gt > 0), 0.5 * (gt > 0)]).astype(np.float32)
+    unet = PromptMaps.from_probabilities(probs, INSTANCE_LAYOUT)
+    np.testing.assert_allclose(unet.foreground, gt > 0, atol=1e-3)       # interior + boundary channels
+    np.testing.assert_allclose(unet.interior, 0.7 * (gt > 0), atol=1e-3)
+    np.testing.assert_allclose(unet.boundary, 0.3 * (gt > 0), atol=1e-3)
+    np.testing.assert_allclose(unet.distance, 0.5 * (gt > 0), atol=1e-3)
+    # channels in another order: the layout says where they are
+    swapped = ProbabilityLayout(channels=("distance", "boundary", "interior", "background"),
+                                foreground_channels=(1, 2), interior_channel=2, distance_channel=0)
+    other = PromptMaps.from_probabilities(probs[::-1].copy(), swapped)
+    for name in ("foreground", "interior", "boundary", "distance"):
+        np.testing.assert_array_equal(getattr(other, name), getattr(unet, name))
+    # one object map (Mask R-CNN): interior is the foreground, no boundary, no distance
+    single = PromptMaps.from_probabilities(probs[1:2] + probs[2:3],
+                                           ProbabilityLayout(channels=("object",), foreground_channels=(0,)))
+    assert single.distance is None and not single.boundary.any()
+    np.testing.assert_array_equal(single.interior, single.foreground)
+    with pytest.raises(ValueError):   # a semantic model's maps have no object probability
+        PromptMaps.from_probabilities(probs[:2], ProbabilityLayout(channels=("a", "b")))
+    with pytest.raises(ValueError):   # maps that do not match the layout
+        PromptMaps.from_probabilities(probs[:3], INSTANCE_LAYOUT)
