@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"{n_src} sources, {n_blend} blended",
         f"- photutils / SEP tuned for AP@0.5 on {args.tune_fields} other fields (seed {args.tune_seed})",
         f"- model: {model.meta.name or args.model} (`{args.model}`); device {pick_device()}, {threads} torch thread(s)",
+        "- seconds are wall-clock times of this run; on a CPU shared with other jobs compare them within a run",
     ]
     for line in header[2:]:
         print(line, flush=True)
