@@ -49,10 +49,27 @@ def header_from_text(text: str) -> "Header":
     return Header.fromstring(text, sep="\n" if "\n" in text else "")
 
 
+#: Primary-header keywords an inheriting extension never takes (they describe the primary HDU itself).
+_NOT_INHERITED = ("SIMPLE", "BITPIX", "NAXIS", "EXTEND", "COMMENT", "HISTORY", "", "CHECKSUM", "DATASUM", "INHERIT")
+
+
 def fits_header(metadata: Mapping[str, Any]) -> "Header | None":
-    """The header of the HDU an image was read from (``read_image`` metadata), or ``None``."""
+    """The header of the HDU an image was read from (``read_image`` metadata), or ``None``.
+
+    An extension with ``INHERIT = T`` (HST, JWST) gets the primary header's keywords it lacks
+    (``TELESCOP``, ``DATE-OBS``, ``GAIN``...), as the FITS inheritance convention means.
+    """
     text = metadata.get("fits_header")
-    return header_from_text(text) if isinstance(text, str) and text else None
+    if not isinstance(text, str) or not text:
+        return None
+    header = header_from_text(text)
+    primary = metadata.get("fits_primary_header")
+    if isinstance(primary, str) and primary:
+        for card in header_from_text(primary).cards:
+            key = card.keyword
+            if key not in header and key not in _NOT_INHERITED and not key.startswith("NAXIS"):
+                header.append(card)
+    return header
 
 
 def celestial_wcs(metadata: Mapping[str, Any]) -> "WCS | None":

@@ -77,7 +77,8 @@ class ImageData:
         ``source`` (path string) and ``format`` always; ``scale`` and
         ``units`` (dicts keyed by axis letter) when the file gives pixel sizes;
         for FITS ``fits_header`` (text), ``fits_header_dict``, ``fits_hdu`` and
-        ``wcs_header`` (when a valid WCS exists); ``axes_source`` says whether
+        ``wcs_header`` (when a valid WCS exists), and ``fits_primary_header`` when the HDU
+        is an extension with ``INHERIT = T``; ``axes_source`` says whether
         the axes came from the ``"file"``, the ``"user"`` or a ``"guess"``.
     path
         Where the image came from, or ``None``.
@@ -426,6 +427,8 @@ def _read_fits_hdus(path: Path, axes: str | None, lazy: bool, memmap: bool, raw:
             "fits_header_dict": _header_dict(header),
             "original_shape": tuple(int(s) for s in data.shape),
         }
+        if index > 0 and header.get("INHERIT", False) is True:  # the extension inherits the primary's keywords
+            meta["fits_primary_header"] = hdul[0].header.tostring(sep="\n")
         wcs = _wcs_header(header)
         if wcs:
             meta["wcs_header"] = wcs

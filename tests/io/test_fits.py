@@ -134,3 +134,21 @@ def test_tables_as_ecsv_and_fits_keep_units_and_meta(tmp_path):
         assert back.meta["MODEL"] == "astro-sources"
     with pytest.raises(ValueError, match="use one of"):
         write_table(table, tmp_path / "cat.csv")
+
+
+def test_an_inheriting_extension_takes_the_primary_keywords(tmp_path):
+    primary = fits.Header({"TELESCOP": "HST", "CCDGAIN": 2.0, "GAIN": 1.5, "OBJECT": "PRIMARY-OBJECT"})
+    sci = sky_wcs().to_header()
+    sci.update(INHERIT=True, OBJECT="SCI-OBJECT")
+    fits.HDUList([fits.PrimaryHDU(header=primary), fits.ImageHDU(np.ones((40, 50), np.float32), sci, name="SCI")]
+                 ).writeto(tmp_path / "inherit.fits")
+    img = read_image(tmp_path / "inherit.fits", hdu="SCI")
+    header = segmentation_hdu(np.zeros((40, 50), np.int32), img.metadata).header
+    assert header["TELESCOP"] == "HST" and header["GAIN"] == 1.5  # inherited
+    assert header["OBJECT"] == "SCI-OBJECT" and header["EXTNAME"] == "SCI"  # the extension's own value wins
+    assert header["NAXIS"] == 2 and header["BITPIX"] == 32  # the primary's structure keywords are not taken
+    sci["INHERIT"] = False
+    fits.HDUList([fits.PrimaryHDU(header=primary), fits.ImageHDU(np.ones((40, 50), np.float32), sci, name="SCI")]
+                 ).writeto(tmp_path / "alone.fits")
+    alone = segmentation_hdu(np.zeros((40, 50), np.int32), read_image(tmp_path / "alone.fits").metadata).header
+    assert "TELESCOP" not in alone and "GAIN" not in alone
