@@ -25,7 +25,7 @@ Writes ``DIR/hitl.csv`` (``.tsv`` with ``--tsv``), ``DIR/hitl.png`` and
 round, for two simulated annotators on the GUI's own engine (``core.hitl.iter_effort``):
 ``prompts+ranking`` (correct-next ranking, a click to add, a box, a stroke to split, Del)
 and ``repaint+random`` (objects in random order, Del + one brush stroke per 10 px of
-diameter). Writes ``DIR/effort.csv``, ``DIR/effort.png`` and ``DIR/effort_summary.json``.
+diameter). Writes ``DIR/hitl_effort.csv``, ``DIR/hitl_effort.png`` and ``DIR/hitl_effort_summary.json``.
 """
 from __future__ import annotations
 
@@ -270,13 +270,13 @@ def run_effort(args, dataset: str, train_pair, held, init, init_name: str) -> di
                 reached[rec.annotator] = {"actions": rec.actions, "round": rec.round,
                                           "train_seconds": sum(r["train_seconds"] for r in rows
                                                                if r["annotator"] == rec.annotator)}
-    path = args.out / "effort.csv"
+    path = args.out / "hitl_effort.csv"
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, EFFORT_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
-    plot_effort(rows, args.out / "effort.png", args.target,
+    plot_effort(rows, args.out / "hitl_effort.png", args.target,
                 f"{dataset}: effort to AP@0.5 {args.target:g} on the held-out half; init: {init_name}; "
                 f"{args.actions_per_round} actions/round, "
                 f"{f'{args.steps} steps' if args.steps else f'{args.budget:g} s'} fine-tuning/round")
@@ -375,9 +375,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary = {"command": "python benchmarks/hitl.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                    "dataset": dataset, "init": init_name, "threads": os.environ.get("SEGTOOL_NUM_THREADS", "all"),
                    "total_seconds": time.perf_counter() - t_start, "effort": goal}
-        (args.out / "effort_summary.json").write_text(json.dumps(summary, indent=2))
+        (args.out / "hitl_effort_summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(goal, indent=2))
-        print(f"wrote {args.out / 'effort.csv'}, {args.out / 'effort.png'} ({summary['total_seconds']:.0f} s)")
+        print(f"wrote {args.out / 'hitl_effort.csv'}, {args.out / 'hitl_effort.png'} ({summary['total_seconds']:.0f} s)")
         return summary
 
     cfg = HitlConfig(k=args.k, rounds=args.rounds, time_budget=None if args.steps else args.budget,

@@ -918,7 +918,9 @@ def iter_effort(
     (:func:`~napari_segtool.core.edits.training_mask`, what the project trains on:
     :data:`~napari_segtool.core.edits.TRAINING_RING_PX`); 0 trains on the edited pixels only.
     ``keep_norm_stats`` / ``freeze``: fine-tune from :func:`few_object_init`. ``review``: the
-    annotator marks the plane reviewed (one action) once it finds nothing left to correct.
+    annotator marks the plane reviewed (one action) once it finds nothing left to correct;
+    later rounds then train again on the reviewed plane without new actions (Train pressed
+    again: the seconds count, the actions do not grow).
     """
     cfg = replace(train or HitlConfig().train, time_budget=time_budget)
     heldout = [(np.asarray(img), np.asarray(gt)) for img, gt in heldout]
@@ -940,7 +942,7 @@ def iter_effort(
         if (target_ap50 is not None and ap50 >= target_ap50) or (cancel is not None and cancel.cancelled):
             break
         done = ann.work(actions_per_round)
-        if not done:
+        if not done and not ann.reviewed:  # nothing left to do and nothing to train on again
             break
         train_seconds = 0.0
         try:
