@@ -19,18 +19,19 @@ returns the child's result, so callers (a napari ``thread_worker``, the CLI,
   :class:`ChildJobError` with its type and message; a child that dies without a word
   (killed, out of memory, a crash in native code) raises :class:`ChildJobError` with its
   exit code.
-* Events and the result travel pickled through a queue: keep them small (dataclasses,
+* Events and the result travel pickled through a pipe: keep them small (dataclasses,
   paths, figures); large data (weights) goes through files.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
-import queue as queue_module
 import threading
 import time
 import traceback
+from multiprocessing.connection import wait
 from typing import Any, Callable, Generator
 
 from napari_segtool.kernel.events import CancelToken, Cancelled
@@ -66,8 +67,10 @@ def _watch(stop: Any, token: CancelToken, poll: float = 0.05) -> None:
 
 
 def _child_main(channel: Any, stop: Any, target: Callable[..., Generator[Any, None, Any]],
-                args: tuple, kwargs: dict[str, Any]) -> None:
+                args: tuple, kwargs: dict[str, Any], nice: int = 0) -> None:
     """Body of the child process: run the job, send every event, then its result or its error."""
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
     token = CancelToken()
     threading.Thread(target=_watch, args=(stop, token), name="segtool-cancel", daemon=True).start()
     try:
@@ -76,28 +79,31 @@ def _child_main(channel: Any, stop: Any, target: Callable[..., Generator[Any, No
             try:
                 event = next(job)
             except StopIteration as done:
-                channel.put((_RESULT, done.value, ""))
+                channel.send((_RESULT, done.value, ""))
                 return
-            channel.put((_EVENT, event, ""))
+            channel.send((_EVENT, event, ""))
     except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the parent
-        channel.put((_ERROR, _portable_error(exc), traceback.format_exc()))
+        channel.send((_ERROR, _portable_error(exc), traceback.format_exc()))
 
 
 def iter_in_process(target: Callable[..., Generator[Any, None, Any]], *args: Any,
                     cancel: CancelToken | None = None, name: str = "job", stop_grace: float = 30.0,
-                    poll: float = 0.05, **kwargs: Any) -> Generator[Any, None, Any]:
+                    poll: float = 0.25, nice: int = 0, **kwargs: Any) -> Generator[Any, None, Any]:
     """Run ``target(*args, cancel=<token>, **kwargs)`` in a spawned process; yield its events, return its result.
 
     ``target`` must be a module-level generator function (the child imports it by name) and
     its arguments, events and result picklable. ``name`` appears in error messages ("the
-    training process ended unexpectedly"). Closing this generator early stops the child.
+    training process ended unexpectedly"). ``nice`` lowers the child's CPU priority (Unix):
+    a background job then leaves the cores to the viewer first. Closing this generator early
+    stops the child.
     """
     ctx = multiprocessing.get_context("spawn")
-    channel = ctx.Queue()
+    reader, writer = ctx.Pipe(duplex=False)
     stop = ctx.RawValue("b", 0)  # set to 1: please stop
-    process = ctx.Process(target=_child_main, args=(channel, stop, target, args, kwargs),
+    process = ctx.Process(target=_child_main, args=(writer, stop, target, args, kwargs, nice),
                           name=f"segtool-{name}", daemon=True)
     process.start()
+    writer.close()  # the child holds the only writing end: end of file once it is gone
     deadline: float | None = None
     ended = False  # the child sent its result or error: it is exiting on its own
     try:
@@ -105,32 +111,28 @@ def iter_in_process(target: Callable[..., Generator[Any, None, Any]], *args: Any
             if cancel is not None and cancel.cancelled and deadline is None:
                 stop.value = 1
                 deadline = time.monotonic() + stop_grace
-            try:
-                kind, payload, trace = channel.get(timeout=poll)
-            except queue_module.Empty:
+            # sleep until a message, the child's end or the poll time: no busy polling that would
+            # take the GIL from the viewer's thread every few milliseconds
+            if not wait([reader, process.sentinel], timeout=poll):
                 if deadline is not None and time.monotonic() > deadline:
                     raise Cancelled(f"the {name} process did not stop within {stop_grace:.0f} s; terminated")
-                if not process.is_alive():
-                    try:  # its last message may still be in the pipe
-                        kind, payload, trace = channel.get(timeout=max(poll, 0.5))
-                    except queue_module.Empty:
-                        raise ChildJobError(f"the {name} process ended unexpectedly "
-                                            f"(exit code {process.exitcode})") from None
-                else:
-                    continue
+                continue
+            try:
+                kind, payload, trace = reader.recv()
+            except EOFError:  # the child ended without a result or an error
+                process.join(5.0)
+                raise ChildJobError(f"the {name} process ended unexpectedly (exit code {process.exitcode})") from None
             if kind == _EVENT:
                 yield payload
                 continue
             ended = True
             if kind == _RESULT:
                 return payload
-            else:
-                log.debug("%s process failed:\n%s", name, trace)
-                raise payload
+            log.debug("%s process failed:\n%s", name, trace)
+            raise payload
     finally:
         _stop(process, stop, ended)
-        channel.close()
-        channel.join_thread()
+        reader.close()
 
 
 def _called(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any],

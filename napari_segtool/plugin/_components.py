@@ -152,8 +152,14 @@ def spin_box(lo: float, hi: float, value: float, *, step: float | None = None, d
 
 
 def choice_combo(items: list[str], tip: str = "") -> QComboBox:
-    """A combo box of fixed text choices."""
+    """A combo box of fixed text choices.
+
+    It may shrink below its longest choice (shown elided; the list opens at full width), so a
+    long choice does not make the whole dock wider than a laptop window leaves it.
+    """
     combo = QComboBox()
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(10)
     combo.addItems(items)
     if tip:
         combo.setToolTip(tip)

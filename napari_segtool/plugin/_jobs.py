@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from napari_segtool.plugin import _layers as L
 from napari_segtool.plugin._controls import JobControls, add_job_controls
 from napari_segtool.plugin._docking import DocksAsTabs
-from napari_segtool.plugin._warmup import start_warm, use_napari_progress
+from napari_segtool.plugin._warmup import schedule_warm, use_napari_progress
 from napari_segtool.plugin.state import get_session
 from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
 
@@ -44,7 +44,7 @@ class JobWidget(DocksAsTabs, QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
-        start_warm()  # torch and the core are imported in a thread, never on the GUI thread
+        schedule_warm()  # torch and the core are imported in a thread, never on the GUI thread
         self.session = get_session(napari_viewer)
         self.viewer = self.session.viewer  # the real viewer, not napari's per-widget proxy
         self.session.closing.connect(self.cancel)

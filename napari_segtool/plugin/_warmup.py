@@ -4,7 +4,7 @@
 ``torch.optim.AdamW()`` imports ~900 more modules (SETUP-NOTES). Done on the GUI
 thread when the first widget opened, that froze the window for seconds; done
 lazily inside the first job, it froze it for 200-380 ms mid-run. Here it runs
-once in a daemon thread started by the first widget (:func:`start_warm`):
+once in a daemon thread that the first widget starts once it is docked (:func:`schedule_warm`):
 
 * the model lists (which need ``core.checkpoint``, hence torch) fill in when it
   is ready (:func:`when_models_ready`; the combo boxes say "loading models…"),
@@ -81,17 +81,43 @@ def is_warm() -> bool:
     return _done.is_set()
 
 
+#: the warm-up starts this long after the first widget is built: docking and first painting a
+#: widget run hundreds of Python callbacks on the GUI thread, each of which would wait for the
+#: GIL behind the importing thread (a convoy: seconds of frozen window)
+WARM_DELAY_MS = 400
+#: the interpreter's thread switch interval while the warm-up imports: the GUI thread waits at
+#: most this long for the GIL at each of its Python calls (the default is 5 ms)
+WARM_SWITCH_INTERVAL = 0.001
+
+
+def _prepare() -> None:
+    """Create the notifier on the GUI thread; note a core that a script or test imported already."""
+    global _notifier
+    with _lock:
+        if _notifier is None:
+            _notifier = _Notifier()
+        if _CORE in sys.modules and not getattr(sys.modules[_CORE].__spec__, "_initializing", False):
+            _models_ready.set()
+
+
 def start_warm() -> None:
-    """Start the warm-up thread (once per process); call on the GUI thread. Returns at once."""
-    global _thread, _notifier
+    """Start the warm-up thread now (once per process); call on the GUI thread. Returns at once."""
+    global _thread
+    _prepare()
     with _lock:
         if _thread is not None:
             return
-        _notifier = _Notifier()
-        if _CORE in sys.modules and not getattr(sys.modules[_CORE].__spec__, "_initializing", False):
-            _models_ready.set()  # a script or test imported the core already
         _thread = threading.Thread(target=_run, name="segtool-warmup", daemon=True)
         _thread.start()
+
+
+def schedule_warm(delay_ms: int = WARM_DELAY_MS) -> None:
+    """Start the warm-up ``delay_ms`` after the GUI thread is free again (what widgets call when built)."""
+    _prepare()
+    if _thread is None:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(delay_ms, start_warm)
 
 
 def when_models_ready(callback: Callable[[], object]) -> None:
@@ -100,7 +126,7 @@ def when_models_ready(callback: Callable[[], object]) -> None:
     ``callback`` should be a bound method of a QObject living on the GUI thread (so the
     queued signal reaches it there); it may run twice around the moment of readiness.
     """
-    start_warm()
+    schedule_warm()
     if _models_ready.is_set():
         callback()
         return
@@ -119,6 +145,8 @@ def wait_warm(timeout: float | None = None) -> bool:
 def _run() -> None:
     global _SECONDS
     t0 = time.perf_counter()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, WARM_SWITCH_INTERVAL))
     try:
         _warm_torch()
     finally:
@@ -139,6 +167,7 @@ def _run() -> None:
         Image(np.zeros((4, 4), np.float32))
     except Exception as exc:  # pragma: no cover
         log.debug("napari layer warm-up failed: %s", exc)
+    sys.setswitchinterval(interval)
     _SECONDS = time.perf_counter() - t0
     _done.set()
     _emit("done")
@@ -152,9 +181,42 @@ def _emit(name: str) -> None:
         pass
 
 
+def _preload_native_libraries() -> None:
+    """Load torch's shared libraries with the GIL released (Linux).
+
+    ``import torch`` dlopens ``torch._C`` (libtorch_cpu, CUDA libraries of the wheel: hundreds
+    of MB) while holding the GIL: the GUI thread could not run a line of Python for 0.3-3 s
+    (measured on a loaded 2-core machine). A call through ctypes to libc's ``dlopen`` releases
+    the GIL for its duration; once loaded, the imports below find the libraries in memory.
+    The flags are those torch and Python use (``RTLD_GLOBAL`` for ``libtorch_global_deps``,
+    ``RTLD_NOW`` for extension modules), so nothing loads differently.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        dlopen = ctypes.CDLL(None).dlopen
+        dlopen.restype, dlopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int]
+        spec = importlib.util.find_spec("torch")
+        if spec is None or not spec.submodule_search_locations:
+            return
+        root = Path(list(spec.submodule_search_locations)[0])
+        libraries = [(root / "lib" / "libtorch_global_deps.so", os.RTLD_GLOBAL | os.RTLD_NOW)]
+        libraries += [(path, os.RTLD_NOW) for path in sorted(root.glob("_C*.so"))]
+        for path, flags in libraries:
+            if path.is_file():
+                dlopen(str(path).encode(), flags)  # a foreign call: ctypes releases the GIL
+    except (OSError, AttributeError) as exc:  # only a speed-up
+        log.debug("native libraries not preloaded: %s", exc)
+
+
 def _warm_torch() -> None:
     """Import torch/torchvision and the core, run a tiny forward/backward/AdamW step."""
     try:
+        _preload_native_libraries()
         import torch
 
         try:  # pulls in torch._dynamo & co. (Mask R-CNN models need it anyway)

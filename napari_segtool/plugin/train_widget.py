@@ -83,9 +83,9 @@ class TrainWidget(SavesWithWindow, JobWidget):
         self.arch_combo = choice_combo(available_architectures(),
                                        "Architecture of a new model (fine-tuning keeps the model's)")
         self.arch_combo.currentTextChanged.connect(self._on_arch_changed)
-        form.addRow("Architecture (new model)", self.arch_combo)
+        form.addRow("Architecture", self.arch_combo)
         self.task_combo = choice_combo(["instance", "semantic"], "Task of a new model (fine-tuning keeps the model's task)")
-        form.addRow("Task (new model)", self.task_combo)
+        form.addRow("Task", self.task_combo)
         self.epochs_spin = spin_box(1, 10000, 20)
         form.addRow("Epochs", self.epochs_spin)
         self.budget_spin = spin_box(0, 24 * 60, 2.0, decimals=1, suffix=" min", special="no limit",
@@ -235,8 +235,9 @@ class TrainWidget(SavesWithWindow, JobWidget):
             from napari_segtool.core.train_project import iter_train_project
             from napari_segtool.kernel.subprocess_jobs import iter_in_process
 
-            # a separate process: the training loop never competes with the viewer for the GIL
-            result = yield from iter_in_process(iter_train_project, job, cancel=cancel, name="training")
+            # a separate process, at a lower priority: the training loop never competes with the viewer for
+            # the GIL, and the viewer gets the CPU first
+            result = yield from iter_in_process(iter_train_project, job, cancel=cancel, name="training", nice=10)
             if result.path is not None:
                 session.get_model(str(result.path))  # into the session's cache here, off the GUI thread
             return result

@@ -17,6 +17,11 @@ def counting(n, cancel=None):
     return f"counted {n}"
 
 
+def niceness(cancel=None):
+    return os.nice(0)
+    yield
+
+
 def until_cancelled(cancel=None):
     i = 0
     while not cancel.cancelled:
@@ -60,6 +65,10 @@ def test_events_and_result_come_from_another_process():
     assert result == "counted 5"
     assert [i for i, _ in events] == [0, 1, 2, 3, 4]
     assert {pid for _, pid in events} != {os.getpid()} and len({pid for _, pid in events}) == 1
+
+
+def test_the_child_runs_at_a_lower_priority():
+    assert run_job(iter_in_process(niceness, nice=7)) == min(os.nice(0) + 7, 19)
 
 
 def test_user_error_keeps_its_type_and_message():
