@@ -38,3 +38,9 @@ def configure_threads(num_threads: int | None = None) -> int:
     if torch.get_num_threads() != num_threads:
         torch.set_num_threads(num_threads)
     return num_threads
+
+
+def inference_backend() -> str:
+    """How dense networks run for prediction: ``SEGTOOL_BACKEND`` (``auto``, ``torch``, ``fused``,
+    ``onnxruntime``; see :mod:`napari_segtool.models.runtime`), ``auto`` by default."""
+    return os.environ.get("SEGTOOL_BACKEND", "auto").strip().lower() or "auto"

@@ -70,6 +70,48 @@ def split_postprocess(postprocess: Mapping[str, Any], overrides: Mapping[str, An
                          {k: v for k, v in merged.items() if k in CORE_POSTPROCESS})
 
 
+#: share of an output pixel's input-gradient mass the measured halo must hold (:func:`measured_halo`)
+HALO_MASS = 0.999
+
+
+def measured_halo(net: torch.nn.Module, in_channels: int, out_channels: int, align: int, bound: int,
+                  mass: float = HALO_MASS) -> int:
+    """The halo a dense network's outputs measurably need: the radius (pixels, Chebyshev, rounded up to
+    ``align``, at most ``bound``) holding ``mass`` of the input-gradient magnitude of every output
+    channel at both extreme phases of the ``align`` grid.
+
+    The theoretical receptive field (``bound`` = half of it) counts every path through the network;
+    trained weights put almost all of an output's dependence much closer (the *effective* receptive
+    field, Luo et al. 2016). Measured once on an empty input (no image needed, so the halo is a
+    property of the weights alone) in one batched backward pass; the outputs' dependence beyond the
+    returned radius is ``1 - mass`` of the total.
+    """
+    from napari_segtool.models.runtime import fuse_batchnorm
+    from napari_segtool.ops.tiling import round_up
+
+    if bound <= align:
+        return bound
+    probe = fuse_batchnorm(net)  # a copy: the model's own gradients stay untouched
+    for p in probe.parameters():
+        p.requires_grad_(False)
+    size = round_up(2 * bound + align, align)
+    phases = (0, align - 1)
+    cases = [(p, c) for p in phases for c in range(out_channels)]
+    x = torch.zeros(len(cases), in_channels, size, size, requires_grad=True)
+    with torch.enable_grad():
+        y = probe(x)
+        torch.stack([y[i, c, bound + p, bound + p] for i, (p, c) in enumerate(cases)]).sum().backward()
+    grad = x.grad.abs().sum(1).numpy()
+    yy, xx = np.indices((size, size))
+    radius = 0
+    for i, (p, _) in enumerate(cases):
+        ring = np.maximum(abs(yy - bound - p), abs(xx - bound - p)).ravel()
+        cumulative = np.cumsum(np.bincount(ring, grad[i].ravel()))
+        if cumulative[-1] > 0:
+            radius = max(radius, int(np.searchsorted(cumulative, mass * cumulative[-1])))
+    return min(bound, round_up(max(radius, 1), align))
+
+
 class Architecture(ABC):
     """Interface between the generic core and one network family."""
 
@@ -94,6 +136,14 @@ class Architecture(ABC):
     def receptive_field(self, meta: ModelMeta) -> int:
         """Context (pixels) one output pixel depends on; tiles and chunks get half of it as halo."""
         return int(meta.receptive_field or 0)
+
+    def halo(self, net: torch.nn.Module, meta: ModelMeta) -> int:
+        """Context (pixels each side) a tile of ``predict_plane`` carries: half the receptive field, on the
+        :meth:`align` grid. Dense networks may override it with the context they measurably use
+        (:func:`measured_halo`)."""
+        from napari_segtool.ops.tiling import halo_for
+
+        return halo_for(self.receptive_field(meta), self.align(meta))
 
     def probability_layout(self, meta: ModelMeta) -> ProbabilityLayout:
         """What the maps of ``predict_plane(..., return_probabilities=True)`` are, for this model."""

@@ -28,10 +28,18 @@ from napari_segtool.kernel.events import CancelToken
 from napari_segtool.kernel.meta import ModelMeta
 from napari_segtool.kernel.params import Param, ProbabilityLayout
 from napari_segtool.ops.postprocess import SEED_MODES, instances_from_maps
-from napari_segtool.ops.tiling import halo_for, tiled_apply
-from napari_segtool.models.base import Architecture, Patch, PlaneResult, ProgressFn
+from napari_segtool.ops.tiling import tiled_apply, tiled_pixels
+from napari_segtool.models.base import Architecture, Patch, PlaneResult, ProgressFn, measured_halo
+from napari_segtool.models.runtime import cached, inference_forward, resolve_backend
 
 INSTANCE_CLASSES = 3  # background, interior, boundary
+#: tiles of prediction are at most this large unless the caller asks otherwise (larger tiles spend less
+#: of their work on the halo; the speed section of docs/benchmarks.md has the measurements)
+PREDICT_TILE = 1024
+#: planes whose tiles hold at least this many pixels get the measured halo (measuring it, once per weights
+#: version, costs about as much as running a 512² tile; smaller planes -- object-size estimates, validation
+#: while training, where the weights change between calls -- keep half the theoretical receptive field)
+MEASURED_HALO_PIXELS = 2 * 1024 * 1024
 #: the maps of an instance U-Net: class probabilities (softmax) then the sigmoid distance
 INSTANCE_LAYOUT = ProbabilityLayout(channels=("background", "interior", "boundary", "distance"),
                                     foreground_channels=(1, 2), interior_channel=1, distance_channel=3)
@@ -186,6 +194,13 @@ class UNetArchitecture(Architecture):
         return int(meta.receptive_field or unet_receptive_field(int(meta.arch_kwargs.get("depth", 3)),
                                                                 int(meta.arch_kwargs.get("kernel_size", 3))))
 
+    def halo(self, net: nn.Module, meta: ModelMeta) -> int:
+        """The measured context of these weights (:func:`~napari_segtool.models.base.measured_halo`), at most
+        half the theoretical receptive field; measured once per network and weights version."""
+        bound = super().halo(net, meta)
+        return cached(net, ("halo", bound), lambda: measured_halo(  # type: ignore[return-value]
+            net, meta.in_channels, int(meta.arch_kwargs["out_channels"]), self.align(meta), bound))
+
     def probability_layout(self, meta: ModelMeta) -> ProbabilityLayout:
         if meta.task == "instance":
             return INSTANCE_LAYOUT
@@ -244,17 +259,22 @@ class UNetArchitecture(Architecture):
                       progress: ProgressFn | None = None, cancel: CancelToken | None = None,
                       **postprocess: Any) -> PlaneResult:
         net.eval()
-        unet: UNet = net  # type: ignore[assignment]
         align = self.align(meta)
-        halo = halo_for(self.receptive_field(meta), align)
+        tile_size = tile_size or max(meta.tile_size, PREDICT_TILE)
+        halo = super().halo(net, meta)
+        work = tiled_pixels(image.shape[:2], tile_size, halo, align)
+        if work >= MEASURED_HALO_PIXELS and resolve_backend(device) != "torch":  # "torch": the reference path
+            halo = self.halo(net, meta)
+            work = tiled_pixels(image.shape[:2], tile_size, halo, align)
+        run = inference_forward(net, meta.in_channels, device, work=work)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            y = unet(x)
+            y = run(x)
             if meta.task == "semantic":
                 return torch.softmax(y, dim=1)
             return torch.cat([torch.softmax(y[:, :INSTANCE_CLASSES], 1), torch.sigmoid(y[:, INSTANCE_CLASSES:])], 1)
 
-        probs = tiled_apply(forward, image, meta.arch_kwargs["out_channels"], tile_size=tile_size or meta.tile_size,
+        probs = tiled_apply(forward, image, meta.arch_kwargs["out_channels"], tile_size=tile_size,
                             halo=halo, align=align, batch_size=batch_size, device=device,
                             progress=progress, cancel=cancel)
         if meta.task == "semantic":

@@ -60,14 +60,48 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def fill_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill holes inside each object (2D per object via its bounding box)."""
-    out = labels.copy()
-    for region in measure.regionprops(labels):
-        sl = region.slice
-        filled = ndi.binary_fill_holes(region.image)
-        patch = out[sl]
-        patch[filled & (patch == 0)] = region.label
-    return out
+    """Fill holes inside each object: background enclosed by one object gets that object's label.
+
+    Vectorised: the holes are the background components enclosed by the foreground
+    (``binary_fill_holes``), and each hole whose neighbours all belong to one object is filled
+    with it in one indexing step. A hole bordered by several objects (rare: two objects enclosing
+    it together, or an object inside another's hole) is filled only by an object that encloses it
+    alone, checked on that object's bounding box as a per-object fill would.
+    """
+    foreground = labels > 0
+    holes, n = ndi.label(ndi.binary_fill_holes(foreground) & ~foreground)
+    if n == 0:
+        return labels.copy()
+    hole_ids, object_ids = _touching_pairs(holes, labels)
+    pairs = np.unique(np.stack([hole_ids, object_ids]), axis=1)
+    count = np.bincount(pairs[0], minlength=n + 1)
+    fill = np.zeros(n + 1, labels.dtype)
+    single = count[pairs[0]] == 1
+    fill[pairs[0][single]] = pairs[1][single]
+    shared = np.flatnonzero(count > 1)
+    if shared.size:
+        boxes, hole_boxes = ndi.find_objects(labels), ndi.find_objects(holes)
+        for hole in shared:
+            for obj in sorted(pairs[1][pairs[0] == hole]):
+                box = boxes[obj - 1]
+                if all(o.start <= h.start and h.stop <= o.stop for o, h in zip(box, hole_boxes[hole - 1])) and \
+                        not (ndi.binary_fill_holes(labels[box] == obj) < (holes[box] == hole)).any():
+                    fill[hole] = obj  # enclosed by this object alone
+                    break
+    return np.where(holes > 0, fill[holes], labels)
+
+
+def _touching_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ids ``(a[p], b[q])`` of face-neighbouring pixels ``p, q`` with both ids non-zero (every axis, both ways)."""
+    ids_a, ids_b = [], []
+    for axis in range(a.ndim):
+        lo = tuple(slice(None, -1) if k == axis else slice(None) for k in range(a.ndim))
+        hi = tuple(slice(1, None) if k == axis else slice(None) for k in range(a.ndim))
+        for sa, sb in ((lo, hi), (hi, lo)):
+            both = (a[sa] > 0) & (b[sb] > 0)
+            ids_a.append(a[sa][both])
+            ids_b.append(b[sb][both])
+    return np.concatenate(ids_a), np.concatenate(ids_b)
 
 
 def seeded_watershed(foreground: np.ndarray, seeds: np.ndarray, relief: np.ndarray) -> np.ndarray:
@@ -124,21 +158,28 @@ def instances_from_maps(
         raise ValueError(f"unknown seed_mode '{seed_mode}' (choose {', '.join(SEED_MODES)})")
     if seed_mode == "flux" and (image is None or image.shape != p_foreground.shape):
         raise ValueError("seed_mode 'flux' needs the image, of the maps' shape")
+    if seed_mode != "interior":
+        if not diameter:  # the size of the objects split by their confident interiors
+            interior = instances_from_maps(p_foreground, p_interior, distance, fg_threshold=fg_threshold,
+                                           seed_threshold=seed_threshold, min_size=min_size,
+                                           min_seed_size=min_seed_size, fill=fill)
+            if not interior.max():
+                return interior
+            diameter = typical_diameter(interior)
+        if seed_mode == "shape":
+            return split_by_shape(p_foreground, distance, float(diameter), fg_threshold=fg_threshold,
+                                  min_size=min_size, fill=fill)
+        return split_by_flux(image, p_foreground, float(diameter), fg_threshold=fg_threshold, min_size=min_size)
     foreground = p_foreground > fg_threshold
     seed_mask = (p_interior > seed_threshold) & foreground
     seeds = remove_small(measure.label(seed_mask), min_seed_size)
-    relief = -(distance + 0.5 * p_interior)
-    labels = seeded_watershed(foreground, seeds, relief)
-    if fill:
-        labels = fill_holes(labels)
-    labels = remove_small(labels, min_size)
-    if seed_mode in ("shape", "flux") and labels.max():
-        size = float(diameter) if diameter else typical_diameter(labels)
-        if seed_mode == "shape":
-            return split_by_shape(p_foreground, distance, size, fg_threshold=fg_threshold, min_size=min_size,
-                                  fill=fill)
-        return split_by_flux(image, p_foreground, size, fg_threshold=fg_threshold, min_size=min_size)
-    return segmentation.relabel_sequential(labels)[0].astype(np.int32)
+    labels = seeded_watershed(foreground, seeds, -(distance + 0.5 * p_interior))
+    return _finished(fill_holes(labels) if fill else labels, min_size)
+
+
+def _finished(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """``labels`` without objects under ``min_size`` pixels, numbered 1..n (int32)."""
+    return segmentation.relabel_sequential(remove_small(labels, min_size))[0].astype(np.int32)
 
 
 def overlap_matrix(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -271,16 +312,8 @@ def _flood_from_peaks(relief: np.ndarray, foreground: np.ndarray, spacing: float
     return segmentation.watershed(-relief, markers=seeds, mask=foreground)
 
 
-def split_by_flux(
-    image: np.ndarray,
-    p_foreground: np.ndarray,
-    diameter: float,
-    *,
-    fg_threshold: float = 0.5,
-    seed_spacing: float = 0.25,
-    smooth: float = 1.0,
-    min_size: int = 4,
-) -> np.ndarray:
+def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, *, fg_threshold: float = 0.5,
+                  seed_spacing: float = 0.25, smooth: float = 1.0, min_size: int = 4) -> np.ndarray:
     """Deblend: the network's foreground cut into one object per brightness peak of ``image``.
 
     Blended stars and galaxies rarely leave a waist in their joint footprint, but
@@ -304,12 +337,8 @@ def split_by_flux(
     """
     if image.ndim != 2 or image.shape != p_foreground.shape:
         raise ValueError(f"expected a YX image and map of one shape, got {image.shape} and {p_foreground.shape}")
-    foreground = p_foreground > fg_threshold
-    if not foreground.any():
-        return np.zeros(foreground.shape, np.int32)
     relief = ndi.gaussian_filter(np.nan_to_num(image.astype(np.float32)), smooth)
-    labels = remove_small(_flood_from_peaks(relief, foreground, seed_spacing * diameter), min_size)
-    return segmentation.relabel_sequential(labels)[0].astype(np.int32)
+    return _split_at_peaks(relief, p_foreground > fg_threshold, seed_spacing * diameter, min_size=min_size)
 
 
 def split_by_shape(
@@ -359,11 +388,18 @@ def split_by_shape(
     sampling = (float(z_scale), 1.0, 1.0) if stack else None
     relief = ndi.distance_transform_edt(foreground, sampling=sampling).astype(np.float32)  # float32: stacks are big
     relief = ndi.gaussian_filter(relief * (0.5 + ndi.gaussian_filter(distance.astype(np.float32), smooth)), smooth)
-    labels = _flood_from_peaks(relief, foreground, seed_spacing * diameter, z_scale)
-    if fill and not stack:
-        labels = fill_holes(labels)
     if min_size is None:
         whole = np.pi / 6.0 * diameter ** 3 / max(float(z_scale), 1e-6) if stack else np.pi / 4.0 * diameter ** 2
         min_size = int(0.25 * whole)
-    labels = remove_small(labels, min_size)
-    return segmentation.relabel_sequential(labels)[0].astype(np.int32)
+    return _split_at_peaks(relief, foreground, seed_spacing * diameter, z_scale=z_scale, fill=fill and not stack,
+                           min_size=min_size)
+
+
+def _split_at_peaks(relief: np.ndarray, foreground: np.ndarray, spacing: float, *, z_scale: float = 1.0,
+                    fill: bool = False, min_size: int = 0) -> np.ndarray:
+    """The foreground flooded from the peaks of ``relief`` (:func:`_flood_from_peaks`), holes filled if ``fill``,
+    objects under ``min_size`` dropped, numbered 1..n: the common end of the shape and flux splits."""
+    if not foreground.any():
+        return np.zeros(foreground.shape, np.int32)
+    labels = _flood_from_peaks(relief, foreground, spacing, z_scale)
+    return _finished(fill_holes(labels) if fill else labels, min_size)

@@ -56,3 +56,20 @@ def test_tiled_apply_reports_progress_and_cancels():
     token.cancel()
     with pytest.raises(Cancelled):
         tiled_apply(net, plane, 2, tile_size=64, halo=8, align=2, cancel=token)
+
+
+@pytest.mark.parametrize("length,max_size,halo", [(2048, 1024, 96), (4096, 1024, 112), (500, 256, 32), (64, 512, 16)])
+def test_even_tiles_need_no_more_tiles_and_fewer_pixels(length, max_size, halo):
+    from napari_segtool.ops.tiling import even_tile_size, tile_overhead
+
+    shape = (length, length - 37)
+    size = even_tile_size(shape, max_size, halo, 16)
+    assert size % 16 == 0 and 2 * halo < size <= max_size
+    even, fixed = make_tiles(shape, size, halo, 16), make_tiles(shape, max_size, halo, 16)
+    assert len(even) <= len(fixed)
+    assert len(even) * size**2 <= len(fixed) * max_size**2
+    covered = np.zeros(shape, bool)
+    for t in even:
+        covered[max(0, t.y0 + halo):t.y0 + size - halo, max(0, t.x0 + halo):t.x0 + size - halo] = True
+    assert covered.all()
+    assert tile_overhead(shape, size, halo, 16) == pytest.approx(len(even) * size**2 / (shape[0] * shape[1]))
