@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import io
+import threading
 import warnings
 import weakref
 from typing import Callable
@@ -36,6 +37,7 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = ("torch", "fused", "onnxruntime")
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, object]]" = weakref.WeakKeyDictionary()
+_LOCK = threading.RLock()
 
 
 def weights_version(net: nn.Module) -> tuple[int, ...]:
@@ -46,15 +48,16 @@ def weights_version(net: nn.Module) -> tuple[int, ...]:
 def cached(net: nn.Module, key: tuple, make: Callable[[], object], *, build: bool = True) -> object:
     """``make()`` computed once per ``net``, weights version and ``key``; ``None`` when it is not computed
     yet and ``build`` is false."""
-    slot = _CACHE.setdefault(net, {})
-    full = (key, weights_version(net))
-    if full not in slot:
-        if not build:
-            return None
-        for old in [k for k in slot if k[0] == key]:  # weights changed: drop the stale entry
-            del slot[old]
-        slot[full] = make()
-    return slot[full]
+    with _LOCK:  # dask threads share the model: torch.onnx.export is not thread-safe, nor is this dict
+        slot = _CACHE.setdefault(net, {})
+        full = (key, weights_version(net))
+        if full not in slot:
+            if not build:
+                return None
+            for old in [k for k in slot if k[0] == key]:  # weights changed: drop the stale entry
+                del slot[old]
+            slot[full] = make()
+        return slot[full]
 
 
 def onnxruntime_available() -> bool:
