@@ -409,6 +409,7 @@ class _LocalRunner:
         import torch
 
         torch.set_num_threads(self._saved)
+        _release_freed_memory()
 
     def model_ref(self, model: SegModel) -> _ModelRef:
         return _ModelRef(model, portable=False)
@@ -435,6 +436,18 @@ class _LocalRunner:
         except BaseException:
             self.inflight.wait()
             raise
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap the task threads freed back to the OS (glibc keeps it in per-thread arenas; dask's
+    documentation trims its workers the same way): a caller that then holds a whole plane in memory
+    (``core.predict`` on a huge plane) has that room. A no-op where the C library is not glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class _DistRunner:
