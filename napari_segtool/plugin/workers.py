@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generator
 
 from napari.qt.threading import thread_worker
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QThreadPool, Signal
 
 from napari_segtool.kernel.errors import SegtoolError
 from napari_segtool.kernel.events import CancelToken, Cancelled
@@ -95,6 +95,27 @@ class _Relay(QObject):
     tiles = Signal(int, int)
 
 
+#: threads of Qt's global pool kept free while jobs run
+SPARE_POOL_THREADS = 2
+
+
+def keep_pool_threads_free(spare: int = SPARE_POOL_THREADS) -> int:
+    """Grow Qt's global thread pool so ``spare`` threads stay free besides the running ones; returns its size.
+
+    napari's ``thread_worker`` runs each job on ``QThreadPool.globalInstance()``, whose size is
+    the number of cores. Qt runs short tasks of the GUI thread on the same pool and *waits* for
+    them (e.g. the multi-threaded ``QImage`` conversion behind napari's animated activity
+    indicator): with Segment and Train running on a 2-core machine the pool was full and the
+    window froze until the Segment job ended (measured 17-26 s; seen with gdb in
+    ``QSemaphore::acquire`` under ``QImage::convertToFormat``).
+    """
+    pool = QThreadPool.globalInstance()
+    wanted = pool.activeThreadCount() + 1 + spare  # the job about to start, and the spare ones
+    if pool.maxThreadCount() < wanted:
+        pool.setMaxThreadCount(wanted)
+    return pool.maxThreadCount()
+
+
 def start_job(
     make_job: Callable[[CancelToken, Callable[[int, int], None]], Generator[Any, None, Any]],
     *,
@@ -152,5 +173,6 @@ def start_job(
     # a worker stopped with quit() emits neither returned nor errored
     worker.aborted.connect(lambda: finish(JobOutcome("cancelled", message="cancelled")))
     worker._segtool_relay = relay  # keep the relay alive as long as the worker
+    keep_pool_threads_free()
     worker.start()
     return worker, cancel

@@ -206,3 +206,35 @@ def test_export_button_writes_the_selected_model(make_napari_viewer, qtbot, user
     assert train.export_label.text() == f"export failed: output {out} exists; pass --overwrite to replace it"
     assert out.read_bytes() == before
 
+
+
+def test_segment_and_train_at_once_leave_qt_threads_free(make_napari_viewer, qtbot, user_model, nuclei_stack):
+    """Issue 13 item 6: on a 2-core machine Qt's global thread pool has two threads; Segment and Train (clicked
+    together) took both, and the GUI thread waited for a free one in Qt's own image conversion until Segment
+    ended. Each job start keeps two threads free."""
+    from qtpy.QtCore import QThreadPool, Qt
+    from qtpy.QtTest import QTest
+
+    from napari_segtool.plugin import segment_widget as sw
+
+    image, truth = nuclei_stack
+    viewer, segment, train = _viewer_with_widgets(make_napari_viewer)
+    img = viewer.add_image(image, name="stack")
+    labels = segment.session.annotation_layer(img)
+    idx = np.nonzero(truth[0])
+    labels.data_setitem((np.zeros(idx[0].size, np.intp),) + idx, truth[0][idx])
+    train.repredict_check.setChecked(False)
+    for name, text in ((train.epochs_spin, "1"), (train.steps_spin, "2"), (train.batch_spin, "2"),
+                       (train.patch_spin, "64")):
+        name.setValue(int(text))
+    segment.scope_combo.setCurrentText(sw.SCOPE_STACK)
+    pool = QThreadPool.globalInstance()
+    pool.setMaxThreadCount(2)  # a 2-core laptop
+    QTest.mouseClick(train.train_button, Qt.LeftButton)
+    QTest.mouseClick(segment.run_button, Qt.LeftButton)
+    assert train.worker is not None and segment.running
+    qtbot.waitUntil(lambda: pool.activeThreadCount() >= 2, timeout=10000)
+    assert pool.maxThreadCount() - pool.activeThreadCount() >= 2
+    qtbot.waitUntil(lambda: train.worker is None and not segment.running, timeout=300000)
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    assert train.last_outcome.ok, train.last_outcome.message
