@@ -13,6 +13,7 @@ viewer could not repaint or react to the mouse. Measured while
   first optimiser step (where torch's lazy imports used to freeze the GUI),
 * (c) Segment (whole stack) and Train run at once,
 * (d) the Batch widget runs the whole image chunk by chunk and adds its lazy labels layer,
+* (e) the Segment widget runs a stack of 2048 x 2048 planes (the nuclei sample tiled),
 
 and for the first widget opening (the torch warm-up runs in a thread until the model
 list fills in) and the nuclei sample opening (cached by that thread).
@@ -42,8 +43,14 @@ class Probe:
         self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
         self.timer.start()
 
+    def ticks_between(self, t0: float, t1: float) -> list[float]:
+        """The ticks from the last one at or before ``t0`` (so a click that blocks the GUI thread from
+        ``t0`` on counts in full) to ``t1``."""
+        before = [t for t in self.ticks if t <= t0]
+        return before[-1:] + [t for t in self.ticks if t0 < t <= t1]
+
     def gaps_between(self, t0: float, t1: float) -> list[float]:
-        ticks = [t for t in self.ticks if t0 <= t <= t1]
+        ticks = self.ticks_between(t0, t1)
         return [(b - a) * 1000 for a, b in zip(ticks[:-1], ticks[1:])]
 
 
@@ -56,6 +63,32 @@ def summarize(name: str, probe: Probe, t0: float, t1: float) -> dict:
     return {"phase": name, "seconds": round(t1 - t0, 2), "ticks": len(gaps) + 1,
             "max_ms": round(max(gaps), 1), "p99_ms": round(float(np.percentile(gaps, 99)), 1),
             "median_ms": round(float(np.median(gaps)), 1)}
+
+
+def watchdog(probe: Probe, stall_s: float = 2.0) -> None:
+    """Print every thread's stack (once per stall) when the GUI thread has not ticked for ``stall_s``."""
+    import faulthandler
+    import threading
+
+    def run() -> None:
+        reported = 0.0
+        while True:
+            time.sleep(0.5)
+            last = probe.ticks[-1] if probe.ticks else time.perf_counter()
+            if time.perf_counter() - last > stall_s and last != reported:
+                reported = last
+                print(f"--- GUI thread stalled for {time.perf_counter() - last:.1f} s; stacks:", flush=True)
+                faulthandler.dump_traceback(sys.stdout, all_threads=True)
+
+    threading.Thread(target=run, name="stall-watchdog", daemon=True).start()
+
+
+def trace(probe: Probe, row: str, t0: float, t1: float, note: str = "") -> None:
+    """Print every gap over 100 ms between ``t0`` and ``t1``."""
+    ticks = probe.ticks_between(t0, t1)
+    for a, b in zip(ticks[:-1], ticks[1:]):
+        if b - a > 0.1:
+            print(f"  {row} gap {1000 * (b - a):.0f} ms from {a - t0:.2f} s" + (f"; {note}" if note else ""))
 
 
 def wait(app, condition, timeout: float = 900.0) -> None:
@@ -78,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="training steps per epoch")
-    parser.add_argument("--trace", action="store_true", help="print every gap over 100 ms of row (c)")
+    parser.add_argument("--trace", action="store_true", help="print every gap over 100 ms of rows (c) and (e)")
+    parser.add_argument("--big-planes", type=int, default=2, help="planes of the 2048 x 2048 stack of row (e)")
     parser.add_argument("--model", help="model to run (default: an untrained U-Net; speed is what matters)")
     parser.add_argument("--no-napari-progress", action="store_true",
                         help="widgets' own progress bars only (SEGTOOL_NAPARI_PROGRESS=0): no napari activity "
@@ -101,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance()
     print(f"viewer up in {time.perf_counter() - t_start:.1f} s")
     probe = Probe()
+    if args.trace:
+        watchdog(probe)
     results = []
     settle(app, 0.3)
 
@@ -219,11 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     assert train.last_outcome.ok and segment.last_outcome.ok
     results.append(summarize("(c) Segment whole stack + Train at once", probe, t0, t1))
     if args.trace:
-        ticks = [t for t in probe.ticks if t0 <= t <= t1]
-        for a, b in zip(ticks[:-1], ticks[1:]):
-            if b - a > 0.1:
-                print(f"  (c) gap {1000 * (b - a):.0f} ms from {a - t0:.2f} s; segment done at "
-                      f"{done_at.get('segment', 0) - t0:.2f} s, train done at {done_at.get('train', 0) - t0:.2f} s")
+        trace(probe, "(c)", t0, t1, f"segment done at {done_at.get('segment', 0) - t0:.2f} s, "
+                                    f"train done at {done_at.get('train', 0) - t0:.2f} s")
 
     # (d) Batch: the whole image chunk by chunk into zarr, then the lazy Labels layer it adds
     batch.path_edit.setText(str(tmp / "batch.zarr"))
@@ -235,6 +268,21 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     assert batch.last_outcome.ok, batch.last_outcome.message
     results.append(summarize("(d) Batch run + result layer", probe, t0, t1))
+
+    # (e) a whole stack of 2048 x 2048 planes: the result written into the labels layer, as a user's large image
+    import numpy as np
+
+    big = viewer.add_image(np.tile(np.asarray(image.data[: args.big_planes]), (1, 8, 8)), name="big")
+    settle(app, 0.5)
+    t0 = time.perf_counter()
+    segment.run(big, sw.SCOPE_STACK)
+    wait(app, lambda: not segment.running)
+    settle(app, 0.3)
+    t1 = time.perf_counter()
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    results.append(summarize(f"(e) Segment whole stack {tuple(big.data.shape)}", probe, t0, t1))
+    if args.trace:
+        trace(probe, "(e)", t0, t1)
 
     mode = "widgets only" if args.no_napari_progress else "widgets + napari activity"
     print(f"\nprogress display: {mode}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
