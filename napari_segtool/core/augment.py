@@ -5,6 +5,10 @@ scale — and an elastic deformation) are composed into *one* coordinate map and
 applied once with :func:`scipy.ndimage.map_coordinates`: linear interpolation for
 the image, nearest for labels and the annotated mask, so labels stay exact
 integers. Pixels mapped from outside the source patch become unannotated.
+*Context* augmentation then cuts the patch at random positions on one to four sides and
+fills what lies beyond with flat background, background noise or a mirror of the rest:
+an image's objects must get the same labels whether the image is seen alone, framed,
+padded, or as one panel of a mosaic with empty gaps (objects cut by the edge included).
 Intensity transforms (gain, gamma, additive noise) touch only the image.
 """
 from __future__ import annotations
@@ -33,6 +37,8 @@ class AugmentConfig:
     gain_range: tuple[float, float] = (0.7, 1.4)
     gamma_range: tuple[float, float] = (0.7, 1.5)
     noise_std: float = 0.05
+    p_context: float = 0.0       # chance of cutting the patch and filling beyond the cut (flat / noise / mirror)
+    context_cut: tuple[float, float] = (0.05, 0.45)  # how far in (fraction of the patch) each cut side lies
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,9 +91,54 @@ def augment(patch: Patch, out_size: int, rng: np.random.Generator, cfg: AugmentC
         o = (src - out_size) // 2
         img, lab, ann = img[o:o + out_size, o:o + out_size], lab[o:o + out_size, o:o + out_size], ann[o:o + out_size, o:o + out_size]
     img = np.ascontiguousarray(img, dtype=np.float32)
+    if cfg.enabled and rng.random() < cfg.p_context:
+        img, lab, ann = surround(img, np.ascontiguousarray(lab), np.ascontiguousarray(ann), rng, cfg.context_cut)
     if cfg.enabled and rng.random() < cfg.p_intensity:
         img = _intensity(img, rng, cfg)
     return Patch(img, np.ascontiguousarray(lab), np.ascontiguousarray(ann))
+
+
+CONTEXTS = ("flat", "noise", "mirror")
+
+
+def surround(img: np.ndarray, lab: np.ndarray, ann: np.ndarray, rng: np.random.Generator,
+             cut: tuple[float, float] = (0.05, 0.45), kind: str | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep a random inner rectangle of a patch and replace what is around it.
+
+    One to four sides are cut, each ``cut`` (fractions of the patch) in. Beyond the cut the
+    image becomes the background level of the kept part (``flat``, as mosaic gaps and padding),
+    Gaussian noise with its background's mean and spread (``noise``, as an empty frame), or a
+    mirror of the kept part (``mirror``). Objects crossing the cut keep their labels inside it,
+    as objects cut by an image's edge do. Flat and noise surroundings are annotated background
+    (there is nothing there); a mirror is unannotated (its objects are copies without ids).
+    """
+    size_y, size_x = lab.shape
+    sides = rng.random(4) < 0.5
+    if not sides.any():
+        sides[int(rng.integers(4))] = True
+    depth = [int(rng.uniform(*cut) * n) if on else 0 for on, n in zip(sides, (size_y, size_y, size_x, size_x))]
+    y0, y1, x0, x1 = depth[0], size_y - depth[1], depth[2], size_x - depth[3]
+    if y1 - y0 < 2 or x1 - x0 < 2:
+        return img, lab, ann
+    kind = kind or CONTEXTS[int(rng.integers(len(CONTEXTS)))]
+    inside = np.zeros(lab.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    if kind == "mirror":
+        out = np.pad(img[y0:y1, x0:x1], ((y0, size_y - y1), (x0, size_x - x1), (0, 0)), mode="symmetric")
+        ann = ann & inside
+    else:
+        kept = img[y0:y1, x0:x1]
+        background = kept[lab[y0:y1, x0:x1] == 0]
+        background = background if background.size >= 16 else kept.reshape(-1, img.shape[-1])
+        if kind == "flat":
+            fill = np.broadcast_to(np.median(background, axis=0), img.shape)
+        else:
+            fill = rng.normal(background.mean(axis=0), background.std(axis=0) + 1e-6, img.shape)
+        out = np.where(inside[..., None], img, fill)
+        ann = ann | ~inside
+    lab = np.where(inside, lab, 0)
+    return np.ascontiguousarray(out, dtype=np.float32), lab, ann
 
 
 def _intensity(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:

@@ -24,7 +24,7 @@ from napari_segtool.kernel.device import configure_threads
 from napari_segtool.kernel.errors import InputError
 from napari_segtool.kernel.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
-from napari_segtool.core.scale import ScaleEstimate, estimate_diameter, scale_factor
+from napari_segtool.core.scale import ScaleEstimate, estimate_diameter, scale_factor, stack_scale_factor
 from napari_segtool.core.window import WindowSettings, join_kept_planes, plane_view, predict_window
 from napari_segtool.ops.normalize import Normalizer, content_panels, fit_normalizer
 from napari_segtool.ops.resample import is_identity
@@ -122,15 +122,20 @@ def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float
     settings = WindowSettings(normalizer, channel_mean=channel_mean, content=content, align=align,
                               panels=tuple(panels) if len(panels) > 1 else (), tile_size=tile_size,
                               batch_size=batch_size)
-    y0, y1, x0, x1 = settings.content
+    # the size is estimated on the largest panel (the content box unless flat bands split it): a mosaic's
+    # objects are those of its panels, and gaps inside the crops would only cut objects
+    y0, y1, x0, x1 = max(panels, key=lambda b: (b[1] - b[0]) * (b[3] - b[2]))
     middle = tuple(n // 2 if a == "Z" else 0 for a, n in zip(spatial_axes, stack_shape))
     scale = resolve_scale(model, diameter,
                           lambda: plane_view((data[middle] if middle else data)[y0:y1, x0:x1], settings))
+    overrides = {k: v for k, v in (postprocess or {}).items() if v is not None}
     factor = scale_factor(meta.scale, scale.diameter)
+    if link_z and meta.task == "instance" and "Z" in spatial_axes:
+        factor = stack_scale_factor(meta.scale, scale.diameter, factor, float(overrides.get("z_scale", 2.0)),
+                                    float(meta.postprocess.get("z_scale", 2.0)))
     settings.factor = 1.0 if is_identity(factor) else factor
     if scale.diameter is not None and diameter is None:
         notes.append(scale.describe())
-    overrides = {k: v for k, v in (postprocess or {}).items() if v is not None}
     grid_diameter = scale.diameter * settings.factor if scale.diameter else model_diameter(meta)
     if grid_diameter and "diameter" not in overrides:
         overrides["diameter"] = grid_diameter  # the objects' size on the model grid

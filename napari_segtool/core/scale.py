@@ -59,6 +59,24 @@ def median_diameter(labels: np.ndarray) -> tuple[float, int]:
     return float(2.0 * np.sqrt(np.median(areas) / np.pi)), int(areas.size)
 
 
+def whole_object_areas(labels: np.ndarray) -> np.ndarray:
+    """Areas (pixels) of the objects of a crop's labels that do not touch its edge.
+
+    An object cut by the crop's edge shows only part of its size, and how many are cut depends
+    on where the crop falls (a frame, a mosaic gap, another crop grid); counting them would pull
+    the estimate down by an amount that changes with the image's surroundings. When fewer than
+    :data:`MIN_OBJECTS` objects lie wholly inside (objects as large as the crop), all are counted.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    areas = np.bincount(labels.ravel())[1:]
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    whole = areas.copy()
+    whole[edge[edge > 0] - 1] = 0
+    if np.count_nonzero(whole) >= MIN_OBJECTS:
+        return whole[whole > 0]
+    return areas[areas > 0]
+
+
 def object_scale_from_labels(label_images: Sequence[np.ndarray],
                              augment_range: tuple[float, float] = (1.0, 1.0)) -> ObjectScale:
     """The :class:`ObjectScale` of a training set.
@@ -90,6 +108,21 @@ def scale_factor(scale: ObjectScale, image_diameter: float | None) -> float:
     else:
         target = scale.diameter
     return target / float(image_diameter)
+
+
+def stack_scale_factor(scale: ObjectScale, image_diameter: float | None, factor: float, z_step: float,
+                       model_z_step: float) -> float:
+    """:func:`scale_factor` for a Z stack whose objects are assembled in 3D, ``z_step`` XY pixels per Z step.
+
+    The 3D assembly needs Z sampled about as finely, relative to XY, as in the stacks the model
+    was tuned on (``model_z_step``, model pixels per Z step): the same stack magnified in XY
+    (a Z step of more XY pixels) is brought back to it as far as the objects stay within the
+    model's size range, so it gets the 3D objects it gets at its own magnification.
+    """
+    if not image_diameter or not scale.diameter or z_step * factor <= model_z_step:
+        return factor
+    smallest = (scale.low or scale.diameter) / float(image_diameter)  # objects no smaller than the model knows
+    return min(factor, max(model_z_step / z_step, smallest))
 
 
 def _crop_windows(shape: tuple[int, int], factor: float, budget: int) -> list[tuple[slice, slice]]:
@@ -130,8 +163,7 @@ def estimate_diameter(model: Any, plane: Any, *, factors: Sequence[float] = ESTI
             if min(view.shape[:2]) < 8:
                 continue
             result = arch.predict_plane(model.net, view, meta, device=model.device, **(settings or {}))
-            areas = np.bincount(result.labels.ravel().astype(np.int64))[1:]
-            pooled.extend(areas[areas > 0].tolist())
+            pooled.extend(whole_object_areas(result.labels).tolist())
         counts[factor] = len(pooled)
         if len(pooled) >= MIN_OBJECTS:
             implied[factor] = float(2.0 * np.sqrt(np.median(pooled) / np.pi)) / factor

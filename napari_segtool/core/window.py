@@ -43,6 +43,9 @@ class WindowSettings:
     content: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) of the image's informative pixels:
     # outside it (flat or NaN padding) labels are 0 and nothing runs; the model grid and its mirrored
     # borders are those of this box, so padding around an image cannot change its objects
+    panels: tuple[tuple[int, int, int, int], ...] = ()  # the content split at flat bands crossing it (a
+    # mosaic's gaps): each panel runs as its own image (its own grid and mirrored borders), so a panel's objects
+    # do not depend on what lies beyond the gap; empty: the content box is one panel
     align: int = 1                      # the network's pooling grid, kept global on the model grid
     postprocess: dict[str, Any] = field(default_factory=dict)  # overrides passed to predict_plane
     stack: dict[str, Any] = field(default_factory=dict)        # the assembled settings (model's + overrides)
@@ -94,6 +97,9 @@ def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowS
     image's content box (``settings.content``; the window is the whole image when it is ``None``).
     """
     window_hw = tuple(int(n) for n in window.shape[-3:-1])
+    if len(settings.panels) > 1:
+        return (yield from _predict_panels(model, window, spatial_axes, settings, offset, planes,
+                                           first_probabilities, cancel, tile_callback))
     if settings.content is None:
         settings = replace(settings, content=(offset[0], offset[0] + window_hw[0], offset[1], offset[1] + window_hw[1]))
     y0, y1, x0, x1 = settings.content
@@ -112,6 +118,31 @@ def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowS
         full[..., ya - offset[0]:yb - offset[0], xa - offset[1]:xb - offset[1]] = probs
         probs = full
     return WindowResult(labels, result.tables, probs)
+
+
+def _predict_panels(model: Any, window: Any, spatial_axes: str, settings: WindowSettings, offset: tuple[int, int],
+                    planes: Sequence[tuple] | None, first_probabilities: bool, cancel: CancelToken | None,
+                    tile_callback: Callable[[int, int], None] | None) -> Generator[Progress, None, WindowResult]:
+    """:func:`predict_window` panel by panel (``settings.panels``), each panel as its own content box.
+
+    Ids are made unique over the window; per-plane tables are left to the caller (made from the
+    joined labels), and the probabilities are those of each panel inside it, 0 in the gaps.
+    """
+    window_hw = tuple(int(n) for n in window.shape[-3:-1])
+    labels = np.zeros(tuple(window.shape[:-1]), np.int32)
+    probs = None
+    for panel in settings.panels:
+        y0, y1, x0, x1 = panel
+        if y1 <= offset[0] or y0 >= offset[0] + window_hw[0] or x1 <= offset[1] or x0 >= offset[1] + window_hw[1]:
+            continue
+        part = yield from predict_window(model, window, spatial_axes, replace(settings, content=panel, panels=()),
+                                         offset=offset, planes=planes, first_probabilities=first_probabilities,
+                                         cancel=cancel, tile_callback=tile_callback)
+        top = int(labels.max()) if model.meta.task == "instance" else 0
+        labels = np.where(part.labels > 0, part.labels + top if top else part.labels, labels).astype(np.int32)
+        if part.probabilities is not None:
+            probs = part.probabilities if probs is None else probs + part.probabilities
+    return WindowResult(labels, {}, probs)
 
 
 def _aligned_start(window_start: int, content_start: int, align: int) -> int:

@@ -98,22 +98,107 @@ def content_box(image: Any, max_samples: int = MAX_SAMPLES) -> tuple[int, int, i
     less than the sampling stride towards keeping pixels.
     """
     h, w = int(image.shape[-3]), int(image.shape[-2])
-    _, informative, stride = _informative_grid(image, max_samples)
-    if not stride:
+    plane, stride = _informative_plane(image, max_samples)
+    if plane is None:
         return 0, h, 0, w
-    plane = informative.reshape((-1,) + informative.shape[-2:]).any(axis=0)
     rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
     if not rows.size:
         return 0, h, 0, w
+    return _pixel_box((int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1), plane.shape, stride, (h, w))
 
-    def bounds(first: int, last: int, n_sampled: int, length: int) -> tuple[int, int]:
-        lo = 0 if first == 0 else (first - 1) * stride + 1        # just past the last padding sample
-        hi = length if last == n_sampled - 1 else (last + 1) * stride  # the next padding sample
+
+#: Flat bands narrower than this (pixels) do not separate panels.
+MIN_GAP = 3
+
+
+def content_panels(image: Any, max_samples: int = MAX_SAMPLES,
+                   min_gap: int = MIN_GAP) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(y0, y1, x0, x1)`` of the panels of a ``...YXC`` array: its content split at flat bands.
+
+    A mosaic or montage whose tiles are separated by empty (flat, zero or NaN) rows or columns
+    that cross it entirely is cut there, recursively (an XY cut), and each panel is trimmed to
+    its own informative pixels. Each panel can then be run as the image it is, its edges
+    mirrored as any image's are, so its objects get the labels they get alone, whatever lies
+    beyond the gap. An image without such bands is one panel, :func:`content_box`.
+    """
+    h, w = int(image.shape[-3]), int(image.shape[-2])
+    plane, stride = _informative_plane(image, max_samples)
+    if plane is None or not plane.any():
+        return [content_box(image, max_samples)]
+    gap = max(1, -(-min_gap // max(stride, 1)))
+    boxes = _xy_cut(plane, (0, plane.shape[0], 0, plane.shape[1]), gap)
+    return [_exact_edges(image, _pixel_box(b, plane.shape, stride, (h, w)), stride) for b in boxes]
+
+
+def _exact_edges(image: Any, box: tuple[int, int, int, int], stride: int) -> tuple[int, int, int, int]:
+    """A box found on a strided sample, its edges moved onto the first/last informative pixel line.
+
+    The sampled box errs by less than ``stride`` towards keeping padding; a panel's start decides its
+    model grid and pooling phase, so each edge is re-read at full resolution (a strip ``stride`` wide).
+    """
+    if stride <= 1:
+        return box
+    h, w = int(image.shape[-3]), int(image.shape[-2])
+    y0, y1, x0, x1 = box
+
+    def lines(ys: tuple[int, int], xs: tuple[int, int], axis: int) -> np.ndarray:
+        strip = image[..., ys[0]:ys[1], xs[0]:xs[1], :]
+        _, informative, _ = _informative_grid(strip, int(np.prod(strip.shape)) + 1)
+        flat = informative.reshape((-1,) + informative.shape[-2:]).any(axis=0)
+        return np.flatnonzero(flat.any(axis=1 - axis))
+
+    top = lines((max(0, y0 - 2), min(y1, y0 + stride + 1)), (x0, x1), 0) + max(0, y0 - 2)
+    bottom = lines((max(y0, y1 - stride - 1), min(h, y1 + 2)), (x0, x1), 0) + max(y0, y1 - stride - 1)
+    left = lines((y0, y1), (max(0, x0 - 2), min(x1, x0 + stride + 1)), 1) + max(0, x0 - 2)
+    right = lines((y0, y1), (max(x0, x1 - stride - 1), min(w, x1 + 2)), 1) + max(x0, x1 - stride - 1)
+    ny0 = int(top[top >= y0][0]) if (top >= y0).any() else y0
+    ny1 = int(bottom[bottom < y1][-1]) + 1 if (bottom < y1).any() else y1
+    nx0 = int(left[left >= x0][0]) if (left >= x0).any() else x0
+    nx1 = int(right[right < x1][-1]) + 1 if (right < x1).any() else x1
+    return ny0, ny1, nx0, nx1
+
+
+def _informative_plane(image: Any, max_samples: int) -> tuple[np.ndarray | None, int]:
+    """Which sampled pixels of any plane are informative (``Y, X`` over the sample grid) and the stride."""
+    _, informative, stride = _informative_grid(image, max_samples)
+    if not stride:
+        return None, 0
+    return informative.reshape((-1,) + informative.shape[-2:]).any(axis=0), stride
+
+
+def _pixel_box(box: tuple[int, int, int, int], sampled: tuple[int, int], stride: int,
+               shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A box of sample-grid indices (stop exclusive) as input pixels: padding samples lie outside it."""
+
+    def bounds(first: int, stop: int, n_sampled: int, length: int) -> tuple[int, int]:
+        lo = 0 if first == 0 else (first - 1) * stride + 1       # just past the last padding sample
+        hi = length if stop == n_sampled else stop * stride       # the next padding sample
         return lo, min(length, hi)
 
-    y0, y1 = bounds(int(rows[0]), int(rows[-1]), plane.shape[0], h)
-    x0, x1 = bounds(int(cols[0]), int(cols[-1]), plane.shape[1], w)
+    y0, y1 = bounds(box[0], box[1], sampled[0], shape[0])
+    x0, x1 = bounds(box[2], box[3], sampled[1], shape[1])
     return y0, y1, x0, x1
+
+
+def _xy_cut(plane: np.ndarray, box: tuple[int, int, int, int], gap: int) -> list[tuple[int, int, int, int]]:
+    """Recursive XY cut of ``plane[box]`` at runs of at least ``gap`` empty rows or columns."""
+    y0, y1, x0, x1 = box
+    sub = plane[y0:y1, x0:x1]
+    rows, cols = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
+    if not rows.size:
+        return []
+    y0, y1, x0, x1 = y0 + int(rows[0]), y0 + int(rows[-1]) + 1, x0 + int(cols[0]), x0 + int(cols[-1]) + 1
+    for axis, used in ((0, rows - rows[0]), (1, cols - cols[0])):
+        jumps = np.flatnonzero(np.diff(used) > gap)
+        if not jumps.size:
+            continue
+        start = y0 if axis == 0 else x0
+        cuts = [start] + [start + int(used[j]) + 1 for j in jumps] + [y1 if axis == 0 else x1]
+        out: list[tuple[int, int, int, int]] = []
+        for a, b in zip(cuts, cuts[1:]):
+            out.extend(_xy_cut(plane, (a, b, x0, x1) if axis == 0 else (y0, y1, a, b), gap))
+        return out
+    return [(y0, y1, x0, x1)]
 
 
 #: Fewer informative pixels than this fraction of the sample: the image is mostly flat, use all of it.

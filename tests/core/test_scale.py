@@ -12,7 +12,8 @@ from skimage.transform import rescale, resize
 from napari_segtool.core.batch import predict_to_zarr
 from napari_segtool.core.checkpoint import load_model
 from napari_segtool.core.predict import predict
-from napari_segtool.core.scale import median_diameter, object_scale_from_labels, scale_factor
+from napari_segtool.core.scale import (median_diameter, object_scale_from_labels, scale_factor,
+                                       stack_scale_factor, whole_object_areas)
 from napari_segtool.kernel.errors import InputError
 from napari_segtool.kernel.meta import ObjectScale
 from napari_segtool.ops.metrics import instance_scores
@@ -159,3 +160,51 @@ def test_a_plane_too_large_for_memory_runs_chunk_by_chunk(nuclei_model, nuclei_i
     chunked = predict(nuclei_model, image, diameter=16.0, callback=events.append)
     assert any("chunk by chunk" in n for n in chunked.notes) and events
     assert chunked.labels.shape == image.shape and same_objects(chunked.labels, whole.labels) > 0.97
+
+
+def test_the_size_estimate_counts_only_objects_inside_the_crop():
+    labels = np.zeros((40, 40), np.int32)
+    labels[0:6, 10:30] = 1            # cut by the crop's edge: part of an object
+    labels[10:20, 10:20], labels[22:32, 5:15], labels[25:35, 25:35] = 2, 3, 4
+    assert sorted(whole_object_areas(labels).tolist()) == [100, 100, 100]
+    labels[labels == 4] = 0           # too few whole objects: all count
+    assert sorted(whole_object_areas(labels).tolist()) == [100, 100, 120]
+
+
+def test_the_size_estimate_does_not_follow_the_frame(nuclei_model, nuclei_image):
+    image, labels = nuclei_image
+    rng = np.random.default_rng(0)
+    background = image[labels == 0]
+    noise = rng.normal(background.mean(), background.std(), (image.shape[0] + 96, image.shape[1] + 96))
+    noise[48:-48, 48:-48] = image
+    plain = predict(nuclei_model, image).diameter
+    for framed in (noise.astype(np.float32), np.pad(image, 48, mode="reflect")):
+        assert predict(nuclei_model, framed).diameter == pytest.approx(plain, rel=0.05)
+
+
+def test_mosaic_panels_get_the_labels_of_the_image_alone(nuclei_model, nuclei_image, tmp_path):
+    """Copies separated by flat gaps run as the images they are: in memory and chunked, the same objects."""
+    import zarr
+
+    image = nuclei_image[0][:128, :160]
+    alone = predict(nuclei_model, image)
+    gap = 24
+    mosaic = np.full((2 * 128 + gap, 2 * 160 + gap), float(np.median(image)), np.float32)
+    corners = [(y, x) for y in (0, 128 + gap) for x in (0, 160 + gap)]
+    for y, x in corners:
+        mosaic[y:y + 128, x:x + 160] = image
+    whole = predict(nuclei_model, mosaic)
+    assert whole.diameter == pytest.approx(alone.diameter)  # estimated on one panel
+    predict_to_zarr(nuclei_model, mosaic, tmp_path / "out.zarr", chunk_size=128)
+    chunked = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
+    for y, x in corners:
+        assert same_objects(whole.labels[y:y + 128, x:x + 160], alone.labels) == 1.0
+        assert same_objects(chunked[y:y + 128, x:x + 160], alone.labels) > 0.97
+    assert not whole.labels[128:128 + gap].any()
+
+
+def test_stacks_magnified_in_xy_run_at_the_z_sampling_the_model_knows():
+    scale = ObjectScale(diameter=14, low=7, high=28)
+    assert stack_scale_factor(scale, 26.0, 1.0, 2.0, 2.0) == 1.0            # Z step as tuned: as in 2D
+    assert stack_scale_factor(scale, 26.0, 1.0, 4.0, 2.0) == pytest.approx(0.5)  # XY x2: back to Z step 2
+    assert stack_scale_factor(scale, 10.0, 1.0, 8.0, 2.0) == pytest.approx(0.7)  # never below the known sizes

@@ -241,3 +241,34 @@ def test_semantic_validation_scores_the_top_class():
     assert (name, value) == ("miou", 1.0)
     pred = np.array([[1, 2], [2, 0]])
     assert model.architecture.validation_score(pred, labels, labels > 0, model.meta)[1] < 1.0
+
+
+@pytest.mark.parametrize("kind", ["flat", "noise", "mirror"])
+def test_context_augmentation_cuts_the_patch_and_surrounds_what_is_kept(kind):
+    from napari_segtool.core.augment import surround
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.2, 0.05, (64, 64, 1)).astype(np.float32)
+    labels = np.zeros((64, 64), np.int32)
+    for i, (y, x) in enumerate([(20, 20), (32, 40), (45, 15)], 1):
+        yy, xx = np.ogrid[:64, :64]
+        labels[(yy - y) ** 2 + (xx - x) ** 2 <= 36] = i
+        image[labels == i] += 0.6
+    annotated = np.ones((64, 64), bool)
+    img, lab, ann = surround(image, labels, annotated, rng, kind=kind)
+    kept = np.all(img == image, axis=-1) & (lab == labels)
+    rows, cols = np.flatnonzero(kept.any(axis=1)), np.flatnonzero(kept.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    assert (y1 - y0, x1 - x0) != (64, 64) and kept[y0:y1, x0:x1].all()   # a rectangle kept as it was
+    outside = np.ones((64, 64), bool)
+    outside[y0:y1, x0:x1] = False
+    assert not lab[outside].any()                                        # nothing labelled beyond the cut
+    background = image[y0:y1, x0:x1][labels[y0:y1, x0:x1] == 0]
+    if kind == "flat":
+        assert np.allclose(img[outside], np.median(background))
+        assert ann[outside].all()
+    elif kind == "noise":
+        assert abs(img[outside].mean() - background.mean()) < 0.02 and ann[outside].all()
+        assert img[outside].std() == pytest.approx(background.std(), rel=0.3)
+    else:
+        assert not ann[outside].any()                                    # mirrored copies carry no labels

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from napari_segtool.ops.normalize import content_box, fit_normalizer
+from napari_segtool.ops.normalize import content_box, content_panels, fit_normalizer
 from napari_segtool.ops.resample import ResampledPlane, grid_bounds, labels_to_input, scaled_length
 
 
@@ -70,3 +70,25 @@ def test_normalisation_ignores_flat_padding():
     plain = fit_normalizer(image)
     framed = fit_normalizer(np.pad(image, ((64, 64), (64, 64), (0, 0)), constant_values=float(np.median(image))))
     np.testing.assert_allclose([framed.lo, framed.hi], [plain.lo, plain.hi], rtol=1e-4)
+
+
+def test_content_panels_cut_a_mosaic_at_its_gaps_and_nowhere_else():
+    a, b, c = _image((40, 50)), _image((40, 30)) + 1, _image((30, 95)) + 2
+    mosaic = np.zeros((100, 120, 1), np.float32)
+    mosaic[5:45, 10:60], mosaic[5:45, 75:105], mosaic[60:90, 10:105] = a, b, c  # an irregular montage
+    assert sorted(content_panels(mosaic)) == [(5, 45, 10, 60), (5, 45, 75, 105), (60, 90, 10, 105)]
+    assert content_box(mosaic) == (5, 90, 10, 105)
+    mosaic[5:45, 62:75] = np.nan  # NaN gaps cut as flat ones do
+    assert sorted(content_panels(mosaic)) == [(5, 45, 10, 60), (5, 45, 75, 105), (60, 90, 10, 105)]
+    image = _image((60, 60))
+    image[:, 30:32] = 4.0  # a flat band narrower than MIN_GAP (a seam, a dead column) is no gap
+    assert content_panels(image) == [(0, 60, 0, 60)]
+    image[:, 30:33] = 4.0
+    assert content_panels(image) == [(0, 60, 0, 30), (0, 60, 33, 60)]
+
+
+def test_content_panels_of_large_arrays_are_exact():
+    mosaic = np.zeros((400, 400, 1), np.float32)
+    mosaic[7:190, 3:397], mosaic[251:393, 3:397] = _image((183, 394)), _image((142, 394))
+    panels = content_panels(mosaic, max_samples=2000)  # found on a sample with a stride of 9 pixels
+    assert sorted(panels) == [(7, 190, 3, 397), (251, 393, 3, 397)]  # edges exact: they fix each panel's grid
