@@ -22,7 +22,7 @@ from napari_segtool.plugin._controls import JobControls, add_job_controls
 from napari_segtool.plugin._docking import DocksAsTabs
 from napari_segtool.plugin._warmup import schedule_warm, use_napari_progress
 from napari_segtool.plugin.state import get_session
-from napari_segtool.plugin.workers import JobOutcome, Throttle, start_job
+from napari_segtool.plugin.workers import JobOutcome, Throttle, keep_pool_threads_free, start_job
 
 log = logging.getLogger(__name__)
 Job = TypeVar("Job")
@@ -84,6 +84,7 @@ class JobWidget(DocksAsTabs, QWidget):
                progress_desc: str, on_event: Callable[[Any], None],
                on_tiles: Callable[[int, int], None] | None = None) -> Any:
         """Start ``make_job(cancel, tile_callback)`` in a worker; returns the worker."""
+        keep_pool_threads_free()  # before napari's progress bar, whose animation needs a thread of that pool
         self.napari_progress = napari_progress(total=progress_total, desc=progress_desc) \
             if use_napari_progress() else None
         self.run_button.setEnabled(False)
