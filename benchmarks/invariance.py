@@ -19,6 +19,7 @@ ground truth; ``benchmarks/real_data.py`` gives the real nuclei image, 512², ~2
 * ``--astro``: simulated fields, plain / framed / 2×2 mosaic / chunked.
 
 Every prediction goes through the same public functions the CLI and the widgets call.
+``size`` is the object diameter (input pixels) the engine estimated for the condition.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -91,29 +92,40 @@ def chunked(model, image: np.ndarray, axes: str, workers: int = 2, chunk: int = 
         return np.asarray(zarr.open_array(f"{tmp}/out.zarr", mode="r")[...])
 
 
-def scored(label: str, run: Callable[[], tuple[np.ndarray, np.ndarray]], plain: float | None) -> float:
+def scored(label: str, run: Callable[[], tuple[Any, np.ndarray]], plain: float | None) -> float:
+    """Print one condition's row; ``run`` returns the prediction (a ``Prediction`` or labels) and the truth."""
     t0 = time.perf_counter()
     pred, gt = run()
-    s = instance_scores(pred, gt)
+    size = getattr(pred, "diameter", None)
+    s = instance_scores(getattr(pred, "labels", pred), gt)
     delta = "" if plain is None else f"{s['ap50'] - plain:+7.3f}"
-    print(f"  {label:34s} {s['ap50']:7.3f} {delta:>7s} {s['mean_ap']:8.3f} {time.perf_counter() - t0:8.1f}",
+    size_text = f"{size:6.1f}" if size else "     -"
+    print(f"  {label:36s} {s['ap50']:7.3f} {delta:>7s} {s['mean_ap']:8.3f} {size_text} {time.perf_counter() - t0:8.1f}",
           flush=True)
     return s["ap50"]
+
+
+class Cropped:
+    """A prediction's labels cut to the original image's area (a framed run), its size estimate kept."""
+
+    def __init__(self, prediction: Any, key: tuple[slice, ...]):
+        self.labels = prediction.labels[key]
+        self.diameter = prediction.diameter
 
 
 def nuclei_conditions(model, mosaic_k: int, with_chunked: bool) -> None:
     image, gt = nuclei_2d()
     image = image.astype(np.float32)
-    plain = scored("plain image", lambda: (predict(model, image).labels, gt), None)
+    plain = scored("plain image", lambda: (predict(model, image), gt), None)
     for m in (0.5, 2.0, 3.0, 4.0):
         img, lab = magnify(image, gt, m)
-        scored(f"magnification x{m:g}", lambda: (predict(model, img).labels, lab), plain)
+        scored(f"magnification x{m:g}", lambda: (predict(model, img), lab), plain)
     inner = (slice(GAP, -GAP), slice(GAP, -GAP))
     for kind in ("flat", "noise", "mirror"):
         img = frame(image, gt, kind)
-        scored(f"framed {kind}", lambda: (predict(model, img).labels[inner], gt), plain)
+        scored(f"framed {kind}", lambda: (Cropped(predict(model, img), inner), gt), plain)
     img, lab = mosaic(image, gt, mosaic_k)
-    scored(f"mosaic {mosaic_k}x{mosaic_k} ({img.shape[0]} px)", lambda: (predict(model, img).labels, lab), plain)
+    scored(f"mosaic {mosaic_k}x{mosaic_k} ({img.shape[0]} px)", lambda: (predict(model, img), lab), plain)
     if with_chunked:
         img, lab = mosaic(image, gt, 4)
         scored("mosaic 4x4 chunked (zarr, 2 workers)", lambda: (chunked(model, img, "YX"), lab), plain)
@@ -122,14 +134,14 @@ def nuclei_conditions(model, mosaic_k: int, with_chunked: bool) -> None:
 def stack_conditions(model, with_chunked: bool) -> None:
     stack, gt = nuclei_3d()
     stack = stack.astype(np.float32)
-    plain = scored("3D stack plain", lambda: (predict(model, stack, axes="ZYX").labels, gt), None)
+    plain = scored("3D stack plain", lambda: (predict(model, stack, axes="ZYX"), gt), None)
     if with_chunked:
         scored("3D stack chunked (zarr, 2 workers)", lambda: (chunked(model, stack, "ZYX", chunk=32), gt), plain)
     big = np.stack([rescale(p, 2.0, order=1, preserve_range=True) for p in stack]).astype(np.float32)
     big_gt = np.stack([resize(p, big.shape[1:], order=0, preserve_range=True, anti_aliasing=False)
                        for p in gt]).astype(np.int32)
     # XY magnified ×2: a Z step is now 4 XY pixels instead of the default 2
-    scored("3D stack, XY magnified x2", lambda: (predict(model, big, axes="ZYX", z_scale=4.0).labels, big_gt),
+    scored("3D stack, XY magnified x2", lambda: (predict(model, big, axes="ZYX", z_scale=4.0), big_gt),
            plain)
 
 
@@ -168,7 +180,8 @@ def _stack_ids(planes) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["nuclei", "nuclei-maskrcnn"])
+    parser.add_argument("--models", nargs="+", default=["nuclei", "nuclei-maskrcnn"],
+                        help="shipped model names or model folders (a candidate before it is shipped)")
     parser.add_argument("--mosaic", type=int, default=3, help="k for the k×k in-memory mosaic (7 gives 4032 px)")
     parser.add_argument("--no-chunked", action="store_true", help="skip the zarr/dask runs")
     parser.add_argument("--stack", action="store_true", help="also the real 3D stack")
@@ -177,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for name in args.models:
         model = load_model(name)
-        print(f"{name}:  {'condition':34s} {'AP@0.5':>7s} {'vs plain':>7s} {'mean AP':>8s} {'seconds':>8s}")
+        print(f"{name}:  {'condition':34s} {'AP@0.5':>7s} {'vs plain':>7s} {'mean AP':>8s} {'size':>6s} "
+              f"{'seconds':>8s}")
         if args.astro:
             astro_conditions(model, args.fields, not args.no_chunked)
             continue
