@@ -80,7 +80,6 @@ def test_checker_catches_an_upward_import(tmp_path, monkeypatch):
 KNOWN_MODULE_CYCLES = {
     frozenset({"core.batch", "core.predict"}),            # predict runs huge planes through batch
     frozenset({"core.checkpoint", "core.export"}),        # read_meta reads bioimage.io packages
-    frozenset({"core.model_versions", "core.project"}),
 }
 
 

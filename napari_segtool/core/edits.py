@@ -242,3 +242,24 @@ def training_mask(labels: np.ndarray, edited: np.ndarray, margin: int = TRAINING
     objects = edited & (labels > 0)
     ring = ndi.binary_dilation(objects, ndi.generate_binary_structure(labels.ndim, 1), iterations=int(margin))
     return edited | (ring & (labels == 0))
+
+
+#: share of a reviewed plane's width held out for scoring (its right end)
+HOLDOUT_FRACTION = 0.2
+#: narrowest held-out stripe: a plane narrower than ``HOLDOUT_MIN_PX / HOLDOUT_FRACTION`` is all training
+HOLDOUT_MIN_PX = 32
+
+
+def holdout_mask(shape: Sequence[int], fraction: float = HOLDOUT_FRACTION,
+                 min_px: int = HOLDOUT_MIN_PX) -> np.ndarray:
+    """The held-out pixels of a reviewed plane of ``shape`` (``Y, X``): its rightmost columns.
+
+    ``round(fraction * width)`` columns, or none when that is under ``min_px`` (a small
+    plane is worth more as training data than as a score of a few objects).
+    """
+    h, w = int(shape[-2]), int(shape[-1])
+    mask = np.zeros((h, w), bool)
+    cols = int(round(fraction * w))
+    if cols >= min_px:
+        mask[:, w - cols:] = True
+    return mask

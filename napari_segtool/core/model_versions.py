@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from napari_segtool.core.edits import HOLDOUT_FRACTION, HOLDOUT_MIN_PX, holdout_mask
 from napari_segtool.io.atomic import atomic_write_json
 from napari_segtool.kernel.errors import SegtoolError
 
@@ -32,30 +33,11 @@ __all__ = ["HOLDOUT_FRACTION", "HOLDOUT_MIN_PX", "VERSIONS_FILE", "VersionError"
            "HeldOutPlane", "heldout_planes", "ModelScore", "score_model", "ModelVersion", "record_version",
            "versions", "current_version", "roll_back"]
 
-#: share of a reviewed plane's width held out for scoring (its right end)
-HOLDOUT_FRACTION = 0.2
-#: narrowest held-out stripe: a plane narrower than ``HOLDOUT_MIN_PX / HOLDOUT_FRACTION`` is all training
-HOLDOUT_MIN_PX = 32
 VERSIONS_FILE = "versions.json"
 
 
 class VersionError(SegtoolError):
     """A model version that the project does not have."""
-
-
-def holdout_mask(shape: Sequence[int], fraction: float = HOLDOUT_FRACTION,
-                 min_px: int = HOLDOUT_MIN_PX) -> np.ndarray:
-    """The held-out pixels of a reviewed plane of ``shape`` (``Y, X``): its rightmost columns.
-
-    ``round(fraction * width)`` columns, or none when that is under ``min_px`` (a small
-    plane is worth more as training data than as a score of a few objects).
-    """
-    h, w = int(shape[-2]), int(shape[-1])
-    mask = np.zeros((h, w), bool)
-    cols = int(round(fraction * w))
-    if cols >= min_px:
-        mask[:, w - cols:] = True
-    return mask
 
 
 @dataclass

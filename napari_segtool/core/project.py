@@ -509,15 +509,14 @@ class Project:
         """The pixels of one stored plane that training learns from.
 
         A plane marked reviewed counts whole (objects and background), less its held-out
-        stripe (:func:`napari_segtool.core.model_versions.holdout_mask`: kept for scoring
+        stripe (:func:`napari_segtool.core.edits.holdout_mask`: kept for scoring
         model versions, never trained on) unless ``holdout`` is False. Any other plane: its
         edited pixels (edited objects and regions marked reviewed) plus a ring of ``margin``
         px of background around each edited object (:func:`napari_segtool.core.edits.training_mask`;
         default :data:`~napari_segtool.core.edits.TRAINING_RING_PX`), without which fine-tuning
         on a few corrected objects teaches the model that everything is object.
         """
-        from napari_segtool.core.edits import TRAINING_RING_PX, training_mask
-        from napari_segtool.core.model_versions import holdout_mask
+        from napari_segtool.core.edits import TRAINING_RING_PX, holdout_mask, training_mask
 
         index = tuple(int(i) for i in index)
         if index in {tuple(i) for i in entry.reviewed if len(i) == entry.n_stack}:
