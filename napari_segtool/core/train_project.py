@@ -2,10 +2,12 @@
 
 :func:`iter_train_project` collects every correction of the project as training examples
 (deletions included), records the run in the project's history as it goes, trains (or
-fine-tunes) with :func:`napari_segtool.core.train.iter_train`, and saves the model into
-the project. It takes and returns only small, picklable values (a :class:`ProjectTrainJob`
-naming the project folder and the model by path, a :class:`ProjectTrainResult` naming the
-saved model folder), so the plugin runs it in a separate process
+fine-tunes) with :func:`napari_segtool.core.train.iter_train`, saves the model into
+the project and records it as a model version scored on the held-out reviewed regions
+(:mod:`napari_segtool.core.model_versions`), next to the score of the model it started
+from. It takes and returns only small, picklable values (a :class:`ProjectTrainJob` naming
+the project folder and the model by path, a :class:`ProjectTrainResult` naming the saved
+model folder and its scores), so the plugin runs it in a separate process
 (:func:`napari_segtool.kernel.subprocess_jobs.iter_in_process`) and the viewer never
 shares a GIL with the training loop.
 """
@@ -19,6 +21,7 @@ from typing import Any, Generator
 import numpy as np
 
 from napari_segtool.core.data import DataError, Example
+from napari_segtool.core.model_versions import ModelScore, heldout_planes, record_version, score_model, versions
 from napari_segtool.core.project import Project
 from napari_segtool.core.train import TrainConfig
 from napari_segtool.kernel.events import CancelToken, Progress, TrainEpoch, TrainStep, tap
@@ -50,6 +53,9 @@ class ProjectTrainResult:
     seconds: float
     steps: int
     keep_when_cancelled: bool = True  # cancelling keeps the best weights so far
+    score: ModelScore | None = None  # the saved model's on the project's held-out reviewed regions
+    parent: str | None = None        # the model it was fine-tuned from (a name), None from scratch
+    parent_score: ModelScore | None = None  # the parent's, on the same held-out regions
 
 
 def same_channels(examples: list[Example], channels: int | None) -> list[Example]:
@@ -109,6 +115,24 @@ def project_examples(project: Project, task: str = "instance",
     return examples, notes
 
 
+def parent_score(project: Project, parent: str | None, init: Any | None, score: ModelScore) -> ModelScore | None:
+    """The score of the model fine-tuned from, comparable with ``score`` (the same held-out regions).
+
+    Every recorded version scored on other held-out regions (reviewed slices changed since) is
+    scored again on today's, so the whole list compares (``init`` stands in for the parent
+    version: no reload); a parent that is not a version of the project (a shipped or user
+    model) is scored here.
+    """
+    from napari_segtool.core.checkpoint import load_model
+
+    listed = versions(project, load=lambda name: init if name == parent and init is not None
+                      else load_model(project.model_path(name)))
+    recorded = next((v.score for v in listed if v.name == parent), None)
+    if recorded is not None and recorded.heldout == score.heldout:
+        return recorded
+    return score_model(init, heldout_planes(project)) if init is not None else None
+
+
 def iter_train_project(job: ProjectTrainJob, cancel: CancelToken | None = None
                        ) -> Generator[Progress | TrainStep | TrainEpoch, None, ProjectTrainResult]:
     """Train on every correction of ``job.project_root``; yields progress, returns where the model went.
@@ -154,6 +178,13 @@ def iter_train_project(job: ProjectTrainJob, cancel: CancelToken | None = None
     origin = f"Fine-tuned from {Path(job.init_ref).name}" if finetune else "Trained from scratch"
     result.model.meta.description = f"{origin} on {len(examples)} corrected plane(s) in {project.root.name}"
     outcome.path = project.save_model(result.model, outcome.name)
+    yield Progress("score", 0, 1, "scoring on the held-out reviewed regions")
+    outcome.parent = Path(job.init_ref).name.removesuffix(".safetensors") if finetune else None
+    version = record_version(project, outcome.name, result.model, parent=outcome.parent)
+    outcome.score = version.score
+    if version.score is not None:
+        outcome.parent_score = parent_score(project, outcome.parent, init, version.score)
+    yield Progress("score", 1, 1, "scored")
     project.record_run({"id": run_id, "model": outcome.name, "stop_reason": result.stop_reason,
                         "seconds": round(result.seconds, 1), "steps": result.steps,
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})

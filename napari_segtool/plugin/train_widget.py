@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from napari.layers import Labels
+from qtpy.QtCore import Qt
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -53,6 +55,7 @@ class TrainWidget(SavesWithWindow, JobWidget):
         self.throttle = Throttle(self._refresh_ui, 250, self)
         self.session.project_changed.connect(self._show_project)
         self.session.models_changed.connect(self._suggest_name)
+        self.session.models_changed.connect(self.refresh_versions)
         self.session.saved.connect(self.update_data_summary)
         self._show_project()
 
@@ -112,16 +115,30 @@ class TrainWidget(SavesWithWindow, JobWidget):
         self.add_job_controls(layout, "Train", self.train, progress_range=1000, between=self.plot,
                               cancel_tip="Stop now; the best model so far is saved")
         self.train_button = self.run_button
+        # model QC (core.model_versions): every model trained in the project, scored on held-out reviewed
+        # regions, and Export: one row, so the widget fits a 1400x900 window's dock
         row = QHBoxLayout()
+        self.versions_combo = QComboBox()
+        self.versions_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.versions_combo.setMinimumContentsLength(12)  # long names elide: the dock stays narrow
+        self.versions_combo.setToolTip("Model versions of this project, oldest first: AP@0.5 and F1 on the held-out "
+                                       "part of the reviewed slices (never trained on); ● the current model")
+        self.rollback_button = QPushButton("Roll back")
+        self.rollback_button.setToolTip("Use the chosen version again (Segment selects it; later versions stay "
+                                        "in the project)")
+        self.rollback_button.clicked.connect(self._on_rollback_clicked)
         self.export_button = QPushButton("Export model…")
         self.export_button.setToolTip("Save the selected model as a bioimage.io package (.zip), ONNX or "
                                       "TorchScript for other tools (runs in the background)")
         self.export_button.clicked.connect(self._on_export_clicked)
+        row.addWidget(self.versions_combo, 1)
+        row.addWidget(self.rollback_button)
+        row.addWidget(self.export_button)
+        layout.addLayout(row)
         self.export_label = QLabel("")
         self.export_label.setWordWrap(True)
-        row.addWidget(self.export_button)
-        row.addWidget(self.export_label, 1)
-        layout.addLayout(row)
+        self.export_label.setVisible(False)  # shown with the first export's status
+        layout.addWidget(self.export_label)
         self.export_worker: Any = None
 
     def _on_arch_changed(self, *_args: Any) -> None:
@@ -167,6 +184,7 @@ class TrainWidget(SavesWithWindow, JobWidget):
         self.project_edit.setText(str(project.root) if project else "")
         self.update_data_summary()
         self._suggest_name()
+        self.refresh_versions()
 
     def update_data_summary(self) -> None:
         project = self.session.project
@@ -304,9 +322,11 @@ class TrainWidget(SavesWithWindow, JobWidget):
         best_txt = f", best {best.metric_name} {max(e.val_metric for e in out.epochs):.3f}" if best else ""
         self.status_label.setText(f"saved '{out.name}' ({out.stop_reason}, {out.steps} steps, "
                                   f"{out.seconds:.0f} s, {out.n_examples} planes{best_txt})")
-        self.session.models_changed.emit()
-        self.session.model_selected.emit(str(out.path))
-        self.session.select_model(str(out.path))
+        if out.score is not None:
+            was = (f" (was {out.parent_score.ap50:.2f} for {out.parent})" if out.parent_score is not None
+                   else "")
+            self.status_label.setText(self.status_label.text() + f" — held-out AP@0.5 {out.score.ap50:.2f}{was}")
+        self._use_model(out.path)
         self.name_edit.clear()
         self._suggest_name()
         if self.repredict_check.isChecked():
@@ -319,6 +339,68 @@ class TrainWidget(SavesWithWindow, JobWidget):
                    else "no image with a labels layer is open")
             self.status_label.setText(self.status_label.text() + f" — re-predict skipped: {why}")
             show_warning(f"model saved; re-predict skipped: {why}")
+
+    def _use_model(self, path: Path) -> None:
+        """Make a project model the selected one everywhere (Segment, the project settings, this list)."""
+        self.session.models_changed.emit()
+        self.session.model_selected.emit(str(path))
+        self.session.select_model(str(path))
+        self.refresh_versions()
+
+    # -------------------------------------------------------------- versions
+    def refresh_versions(self, *args: Any) -> None:
+        """List the project's model versions with their held-out scores as recorded (no scoring here: GUI thread).
+
+        A score taken on other held-out regions than the newest version's is marked with * (training
+        scores every version again on today's regions, in its process).
+        """
+        from napari_segtool.core.model_versions import current_version, versions
+
+        combo = self.versions_combo
+        combo.clear()
+        project = self.session.project
+        items = versions(project, rescore=False) if project is not None else []
+        current = current_version(project) if project is not None else None
+        newest = next((v.score.heldout for v in reversed(items) if v.score is not None), None)
+        for v in items:
+            stale = v.score is not None and v.score.heldout != newest
+            star = "*" if stale else ""
+            score = (f"AP50 {v.score.ap50:.2f}{star} F1 {v.score.f1:.2f}{star}" if v.score is not None
+                     else "no held-out objects")
+            mark = "● " if v.name == current else ""
+            parent = f" ← {v.parent}" if v.parent else ""
+            combo.addItem(f"{mark}{v.name} · {score}{parent}", v.name)
+            origin = f"fine-tuned from {v.parent}" if v.parent else "trained from scratch"
+            tip = f"{v.name}: {origin}, {v.created}" + (" (* scored on earlier held-out regions)" if stale else "")
+            combo.setItemData(combo.count() - 1, tip, Qt.ToolTipRole)
+        if not items:
+            combo.addItem("no trained versions yet", None)
+        combo.view().setMinimumWidth(combo.view().sizeHintForColumn(0) + 24)  # the open list shows whole lines
+        index = combo.findData(current)
+        combo.setCurrentIndex(index if index >= 0 else combo.count() - 1)
+        self.rollback_button.setEnabled(bool(items))
+
+    def _on_rollback_clicked(self) -> None:
+        name = self.versions_combo.currentData()
+        if name:
+            self.roll_back(name)
+
+    def roll_back(self, name: str) -> bool:
+        """Make the project version ``name`` the project's model and select it for Segment."""
+        from napari_segtool.core.model_versions import VersionError, roll_back
+
+        project = self.session.project
+        if project is None:
+            show_error("no project folder")
+            return False
+        try:
+            version = roll_back(project, name)
+        except VersionError as exc:
+            show_error(str(exc))
+            return False
+        self._use_model(project.model_path(version.name))
+        self.status_label.setText(f"rolled back to '{version.name}'")
+        return True
 
     # ---------------------------------------------------------------- export
     def _on_export_clicked(self) -> None:
@@ -367,21 +449,25 @@ class TrainWidget(SavesWithWindow, JobWidget):
             return (yield from call_in_process(export_model, ref, kind, str(out), cancel=cancel, name="export"))
 
         def on_event(kind: str) -> None:
-            self.export_label.setText(f"exporting {name} ({kind})…")
+            self._export_status(f"exporting {name} ({kind})…")
 
         self.export_button.setEnabled(False)
-        self.export_label.setText(f"exporting {name}…")
+        self._export_status(f"exporting {name}…")
         self.export_worker, _ = start_job(make_job, on_event=on_event, on_done=self._on_export_done)
         return self.export_worker
+
+    def _export_status(self, text: str) -> None:
+        self.export_label.setText(text)
+        self.export_label.setVisible(True)
 
     def _on_export_done(self, outcome: JobOutcome) -> None:
         self.export_worker = None
         self.export_button.setEnabled(True)
         if outcome.ok:
-            self.export_label.setText(f"exported to {outcome.result}")
+            self._export_status(f"exported to {outcome.result}")
             show_info(f"model exported to {outcome.result}")
         else:
-            self.export_label.setText(f"export failed: {outcome.message}")
+            self._export_status(f"export failed: {outcome.message}")
             show_error(f"export failed: {outcome.message}")
 
     def _tracker_to_repredict(self) -> Any:

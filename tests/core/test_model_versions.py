@@ -82,3 +82,36 @@ def test_versions_are_rescored_when_the_reviewed_regions_change(reviewed_project
     assert again.score.n_objects > first.score.n_objects
     stored = json.loads((p.root / VERSIONS_FILE).read_text())
     assert stored[0]["score"]["heldout"] == again.score.heldout
+
+
+def test_training_on_the_project_records_a_scored_version_next_to_its_parent(reviewed_project, tiny_model):
+    """core.train_project (the Train widget's job): the saved model is recorded with its parent; every version
+    is scored on the same held-out stripes (the parent's score, taken before a second image was reviewed, is
+    taken again); the stripes are never trained on."""
+    from napari_segtool.core.checkpoint import load_model, save_model
+    from napari_segtool.core.train import TrainConfig
+    from napari_segtool.core.train_project import ProjectTrainJob, iter_train_project, project_examples
+
+    p, image, labels = reviewed_project
+    save_model(load_model(tiny_model), p.model_path("v0"))
+    old = record_version(p, "v0")
+    image2, labels2 = draw_objects((160, 320), n=40, seed=6, touching=False)
+    p.save_entry(ImageEntry(key="more", name="more", shape=labels2.shape, reviewed=[()]))
+    p.save_plane("more", (), labels2, None, image=image2)
+    config = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=64, num_threads=1, seed=0)
+    gen = iter_train_project(ProjectTrainJob(p.root, str(p.model_path("v0")), "instance", config, "next"))
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        result = stop.value
+    assert result.path is not None and result.parent == "v0"
+    v0, new = versions(p, rescore=False)
+    assert (new.name, new.parent, new.score) == (result.name, "v0", result.score)
+    planes = heldout_planes(p)
+    assert result.score == score_model(load_model(result.path), planes) and result.score.n_planes == 2
+    assert v0.score == result.parent_score == score_model(load_model(tiny_model), planes) != old.score
+    examples, _ = project_examples(p)
+    assert len(examples) == 2
+    for example in examples:
+        assert example.annotated[:, :256].all() and not example.annotated[:, 256:].any()

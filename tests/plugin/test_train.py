@@ -238,3 +238,63 @@ def test_segment_and_train_at_once_leave_qt_threads_free(make_napari_viewer, qtb
     qtbot.waitUntil(lambda: train.worker is None and not segment.running, timeout=300000)
     assert segment.last_outcome.ok, segment.last_outcome.message
     assert train.last_outcome.ok, train.last_outcome.message
+
+
+def test_model_versions_list_scores_and_rolls_back(make_napari_viewer, qtbot, user_model, tmp_path, errors):
+    """Model QC (issue 14): a training run records the new model as a version scored on the held-out stripe
+    of the reviewed image, next to the model it was fine-tuned from; choosing the earlier version and clicking
+    Roll back makes it the project's model and Segment's."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.model_versions import current_version, record_version, versions
+    from napari_segtool.sim import simulate_nuclei
+
+    sim = simulate_nuclei((96, 192), seed=2)  # 192 px wide: a 38 px held-out stripe
+    viewer, segment, train = _viewer_with_widgets(make_napari_viewer)
+    session = train.session
+    project = session.project
+    img = viewer.add_image(sim.image, name="cells")
+    labels = session.annotation_layer(img)
+    idx = np.nonzero(sim.labels)
+    labels.data_setitem(idx, sim.labels[idx])
+    session.tracker_for_labels(labels).set_reviewed(())
+    session.save_all(wait=True)
+    # an earlier version of the project's model: the user model, recorded as the project's first
+    project.save_model(load_model(user_model), "v0")
+    first = record_version(project, "v0")
+    assert first.score is not None and first.score.n_objects > 0
+    session.models_changed.emit()
+    session.model_selected.emit(str(project.model_path("v0")))
+    session.select_model(str(project.model_path("v0")))
+    assert [train.versions_combo.itemData(i) for i in range(train.versions_combo.count())] == ["v0"]
+
+    train.init_combo.setCurrentIndex(0)  # fine-tune v0
+    train.repredict_check.setChecked(False)
+    assert train.train(_tiny_config()) is not None
+    qtbot.waitUntil(lambda: train.worker is None, timeout=300000)
+    outcome = train.last_outcome
+    assert outcome.ok, outcome.message
+    result = outcome.result
+    assert result.parent == "v0" and result.score is not None and result.parent_score == first.score
+    assert f"held-out AP@0.5 {result.score.ap50:.2f} (was {first.score.ap50:.2f} for v0)" in train.status_label.text()
+    combo = train.versions_combo
+    assert [combo.itemData(i) for i in range(combo.count())] == ["v0", result.name]
+    assert combo.currentData() == result.name
+    assert combo.currentText() == f"● {result.name} · AP50 {result.score.ap50:.2f} F1 {result.score.f1:.2f} ← v0"
+    assert current_version(project) == result.name
+    assert [v.name for v in versions(project, rescore=False)] == ["v0", result.name]
+
+    combo.setCurrentIndex(0)
+    QTest.mouseClick(train.rollback_button, Qt.LeftButton)
+    assert current_version(project) == "v0"
+    assert session.current_model == segment.current_model_ref() == str(project.model_path("v0"))
+    assert combo.currentData() == "v0" and combo.currentText().startswith("● v0")
+    assert project.model_path(result.name).exists()  # rolling back deletes nothing
+    # reopening projects lists their own versions
+    assert train.set_project(str(tmp_path / "other"))
+    assert combo.count() == 1 and combo.currentData() is None and not train.rollback_button.isEnabled()
+    assert train.set_project(str(project.root))
+    assert [combo.itemData(i) for i in range(combo.count())] == ["v0", result.name] and combo.currentData() == "v0"
+    assert not any(kind == "show_error" for kind, _ in errors)
