@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_segtool.core.checkpoint import (  # noqa: F401  (load_bioimageio, read_bioimageio_meta: re-exported)
+    PACKAGE_META, PACKAGE_WEIGHTS, load_bioimageio, read_bioimageio_meta)
 from napari_segtool.core.model import SegModel
 from napari_segtool.kernel.errors import ModelError
 
@@ -51,9 +53,6 @@ FORMATS = ("bioimageio", "onnx", "torchscript")
 SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
 ONNX_OPSET = 17
 #: Names of our own model inside a bioimage.io package (see :func:`load_bioimageio`).
-PACKAGE_WEIGHTS = "model.safetensors"
-PACKAGE_META = "model.json"
-MAX_MEMBER_BYTES = 4 << 30  # a model file in a package larger than this is refused (zip bombs)
 LICENSE = "BSD-3-Clause"
 
 CITATIONS = {
@@ -621,69 +620,3 @@ def is_bioimageio_package(path: str | os.PathLike) -> bool:
     except (OSError, zipfile.BadZipFile):
         return False
     return False
-
-
-def _read_member(path: Path, name: str) -> bytes | None:
-    """The bytes of file ``name`` of a package (zip, folder, or the folder of its yaml); ``None`` if absent."""
-    if path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            try:
-                info = zf.getinfo(name)
-            except KeyError:
-                return None
-            if info.file_size > MAX_MEMBER_BYTES:
-                raise ModelError(f"{name} in {path} is {info.file_size >> 20} MiB; refusing to unpack it")
-            return zf.read(info)
-    if path.is_file() and not path.name.endswith(("rdf.yaml", "bioimageio.yaml")):
-        raise zipfile.BadZipFile("not a zip file")
-    folder = path if path.is_dir() else path.parent
-    member = folder / name
-    return member.read_bytes() if member.is_file() else None
-
-
-def read_bioimageio_meta(path: str | os.PathLike):
-    """The :class:`~napari_segtool.kernel.meta.ModelMeta` of a package napari-segtool exported (no weights read)."""
-    from napari_segtool.core.checkpoint import ModelLoadError, validate_meta_dict
-
-    path = Path(path).expanduser()
-    try:
-        data = _read_member(path, PACKAGE_META)
-        if data is None:
-            raise ModelLoadError(f"{path} is not a bioimage.io package exported by napari-segtool (no {PACKAGE_META})")
-        if len(data) > 64 * 2**20:
-            raise ModelLoadError(f"{PACKAGE_META} in {path} is {len(data) >> 20} MiB; model metadata is small JSON")
-        meta = validate_meta_dict(json.loads(data.decode("utf-8")))
-    except ModelLoadError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, ModelError) as exc:
-        raise ModelLoadError(f"cannot read model metadata from {path}: {' '.join(str(exc).split())}") from None
-    if not meta.name:
-        meta.name = path.name.removesuffix(".zip")
-    return meta
-
-
-def load_bioimageio(path: str | os.PathLike, device: str | torch.device | None = None) -> SegModel:
-    """Load a bioimage.io package that napari-segtool exported as a :class:`SegModel`.
-
-    Reads the package's ``model.safetensors`` (weights + JSON metadata) with the same checks as
-    :func:`napari_segtool.core.checkpoint.load_model`; the pickled ``weights.pt`` and the
-    architecture source in the package are never loaded or run. Packages from other tools
-    (no ``model.safetensors``) raise :class:`~napari_segtool.core.checkpoint.ModelLoadError`.
-    """
-    from napari_segtool.core.checkpoint import ModelLoadError, load_model
-
-    path = Path(path).expanduser()
-    try:
-        data = _read_member(path, PACKAGE_WEIGHTS)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise ModelLoadError(f"cannot read bioimage.io package {path}: {' '.join(str(exc).split())}") from None
-    if data is None:
-        raise ModelLoadError(f"{path} is a bioimage.io package that napari-segtool did not export (no "
-                             f"{PACKAGE_WEIGHTS}); only packages made by `segtool export` can be loaded")
-    with tempfile.TemporaryDirectory(prefix="segtool-import-") as tmp:
-        weights = Path(tmp) / PACKAGE_WEIGHTS
-        weights.write_bytes(data)
-        model = load_model(weights, device=device)
-    if not model.meta.name or model.meta.name == "model":
-        model.meta.name = path.name.removesuffix(".zip")
-    return model

@@ -32,7 +32,7 @@ SCOPE_VIEW = "visible field of view"
 SCOPE_STACK = "whole stack (unreviewed slices)"
 AUTO_OUTPUT = "annotation layer (auto)"
 #: "Load from disk": a model folder (its model.json / model.safetensors), a weights file, or a
-#: bioimage.io package napari-segtool exported (core.export.load_bioimageio reads it back)
+#: bioimage.io package napari-segtool exported (core.checkpoint.load_bioimageio reads it back)
 MODEL_FILE_FILTER = "Models (*.safetensors model.json *.zip);;All files (*)"
 
 
