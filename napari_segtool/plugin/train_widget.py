@@ -127,7 +127,7 @@ class TrainWidget(SavesWithWindow, JobWidget):
         self.rollback_button.setToolTip("Use the chosen version again (Segment selects it; later versions stay "
                                         "in the project)")
         self.rollback_button.clicked.connect(self._on_rollback_clicked)
-        self.export_button = QPushButton("Export model…")
+        self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Save the selected model as a bioimage.io package (.zip), ONNX or "
                                       "TorchScript for other tools (runs in the background)")
         self.export_button.clicked.connect(self._on_export_clicked)

@@ -163,7 +163,7 @@ def test_architecture_and_network_controls_come_from_the_registry(make_napari_vi
 
 def test_export_button_writes_the_selected_model(make_napari_viewer, qtbot, user_model, tmp_path, monkeypatch,
                                                  errors):
-    """Export model… (issue 15): the save dialog's type picks the format, the suffix is added, the export runs
+    """Export… (issue 15): the save dialog's type picks the format, the suffix is added, the export runs
     in the background and the file computes what the model computes; an existing file is refused with the
     user error's own message (kernel.errors.SegtoolError), not a type name."""
     import torch
