@@ -75,11 +75,8 @@ def test_checker_catches_an_upward_import(tmp_path, monkeypatch):
     assert len(violations()) == 1
 
 
-#: Cycles between modules of one layer (through imports inside functions) that are still to be broken.
-#: A new cycle fails the test below; so does a listed one that is gone (then remove it here).
-KNOWN_MODULE_CYCLES = {
-    frozenset({"core.batch", "core.predict"}),            # predict runs huge planes through batch
-}
+#: Cycles between modules of one layer (through imports inside functions): none is allowed.
+KNOWN_MODULE_CYCLES: set[frozenset[str]] = set()
 
 
 def module_cycles() -> set[frozenset[str]]:

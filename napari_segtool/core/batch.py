@@ -64,7 +64,7 @@ from napari_segtool.ops.chunked import (Block, ChunkPlan, face_matches, merge_la
                                          plan_chunks, round_up)
 from napari_segtool.kernel.events import CancelToken, Cancelled
 from napari_segtool.core.model import ModelMeta, SegModel
-from napari_segtool.core.predict import model_diameter, plan_image
+from napari_segtool.core.plan import model_diameter, plan_image
 from napari_segtool.core.window import predict_window
 from napari_segtool.io.atomic import replace_dir
 from napari_segtool.io.outputs import check_output_path, unique_stems
@@ -797,7 +797,7 @@ def predict_to_zarr(model: str | Path | SegModel, image, out_path, *, axes: str 
         nothing is written).
     diameter : the image's object diameter in pixels (``None``: estimated, as
         :func:`~napari_segtool.core.predict.iter_predict` does; both paths share
-        :func:`~napari_segtool.core.predict.plan_image`).
+        :func:`~napari_segtool.core.plan.plan_image`).
     tile_size, z_scale : as for :func:`~napari_segtool.core.predict.iter_predict`
         (``z_scale`` defaults to the file's voxel size, then the model's).
     overwrite : replace an existing ``out_path`` (never an input); otherwise an

@@ -95,7 +95,8 @@ def test_cancel_training_keeps_viewer_usable(make_napari_viewer, qtbot):
 
     children = [p for p in multiprocessing.active_children() if p.name == "segtool-training"]
     assert len(children) == 1 and children[0].pid != os.getpid()
-    assert os.getpriority(os.PRIO_PROCESS, children[0].pid) > os.getpriority(os.PRIO_PROCESS, 0)
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, children[0].pid) > ours or ours == 19  # (19: already the lowest)
     QTest.mouseClick(train.cancel_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: train.worker is None, timeout=120000)
     assert train.last_outcome.status in ("ok", "cancelled")
