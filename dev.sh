@@ -6,19 +6,20 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${SEGTOOL_VENV:-.venv}
+PYTHON=${SEGTOOL_PYTHON:-python3}   # e.g. SEGTOOL_PYTHON=python3.12 SEGTOOL_VENV=.venv312 ./dev.sh test
 PY="$VENV/bin/python"
 STAMP="$VENV/.segtool-setup"
 
 system_packages() {
   # Xvfb + the xcb libraries PyQt5 and PyQt6 need, for GUI tests and headless screenshots (Debian/Ubuntu).
-  if command -v Xvfb >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libxcb-icccm \
+  if command -v Xvfb >/dev/null 2>&1 && command -v strace >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libxcb-icccm \
      && ldconfig -p 2>/dev/null | grep -q libxcb-cursor; then return; fi
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "==> installing Xvfb and Qt's xcb libraries (apt)"
+    echo "==> installing Xvfb, Qt's xcb libraries and strace (crash-safety tests) (apt)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libxcb-icccm4 libxcb-keysyms1 \
       libxcb-xinerama0 libxcb-image0 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxkbcommon-x11-0 \
-      libxcb-cursor0 libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 >/dev/null
+      libxcb-cursor0 libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 strace >/dev/null
   else
     echo "==> note: install Xvfb and libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 for headless GUI tests"
   fi
@@ -30,7 +31,7 @@ python_packages() {
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c "import napari_segtool, torch, napari" 2>/dev/null; then
     return
   fi
-  [ -x "$PY" ] || { echo "==> creating $VENV"; python3 -m venv "$VENV"; }
+  [ -x "$PY" ] || { echo "==> creating $VENV"; "$PYTHON" -m venv "$VENV"; }
   "$PY" -m pip install -q --upgrade pip
   if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
     echo "==> installing torch + torchvision (a few minutes)"
