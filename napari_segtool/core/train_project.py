@@ -77,42 +77,12 @@ def project_examples(project: Project, task: str = "instance",
                      normalization: dict | None = None) -> tuple[list[Example], list[str]]:
     """Every correction of the project as training examples, deletions included.
 
-    ``Project.training_examples`` skips a plane whose annotated pixels hold no object
-    (``make_example`` refuses them). For an instance model such a plane is what the user
-    said by deleting false objects: "there is nothing here". It is kept as a background
-    example (the loss only sees its annotated pixels), so a correction that only
-    deletes objects trains the model too.
+    A plane whose annotated pixels hold no object is what the user said by deleting false
+    objects: "there is nothing here". For an instance model it is kept as a background
+    example (``background_only``: the loss only sees its annotated pixels), so a correction
+    that only deletes objects trains the model too; held-out stripes stay out as everywhere.
     """
-    from napari_segtool.ops.normalize import normalize
-
-    examples, notes = project.training_examples(task=task, normalization=normalization)
-    if task != "instance":
-        return examples, notes
-    have = {ex.name for ex in examples}
-    for entry in project.entries():
-        reviewed = {tuple(i) for i in entry.reviewed if len(i) == entry.n_stack}
-        for index in project.annotated_planes(entry.key):
-            name = f"{entry.name}" + (f" plane {index}" if index else "")
-            if name in have:
-                continue
-            plane = project.load_plane(entry.key, index)
-            image = project.load_image_plane(entry.key, index)
-            if plane is None or image is None:
-                continue
-            labels, edited = plane
-            annotated = np.ones_like(edited) if index in reviewed else np.asarray(edited, bool)
-            if not annotated.any() or (labels[annotated] > 0).any() or image.shape[:2] != labels.shape:
-                continue  # not a background-only plane: the project's note says why
-            image = np.asarray(image, np.float32)
-            image = image[..., None] if image.ndim == 2 else image
-            try:
-                img = normalize(image, **(normalization or {}))
-            except ValueError:
-                continue
-            examples.append(Example(img.astype(np.float32), labels.astype(np.int32), annotated,
-                                    name + " · background only"))
-            notes = [n for n in notes if not (name in n and "no objects" in n)]
-    return examples, notes
+    return project.training_examples(task=task, normalization=normalization, background_only=True)
 
 
 def parent_score(project: Project, parent: str | None, init: Any | None, score: ModelScore) -> ModelScore | None:
