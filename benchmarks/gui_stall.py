@@ -83,12 +83,54 @@ def watchdog(probe: Probe, stall_s: float = 2.0) -> None:
     threading.Thread(target=run, name="stall-watchdog", daemon=True).start()
 
 
-def trace(probe: Probe, row: str, t0: float, t1: float, note: str = "") -> None:
-    """Print every gap over 100 ms between ``t0`` and ``t1``."""
+class GapSampler:
+    """Samples the GUI thread's Python stack every ``every_ms`` while it has not ticked for ``after_ms``.
+
+    The watchdog above only sees multi-second stalls; this shows what runs during a 100-500 ms gap
+    (a sample is taken when the sampler gets the GIL, so a long C call shows as its Python caller).
+    """
+
+    def __init__(self, probe: Probe, after_ms: float = 30.0, every_ms: float = 5.0):
+        import threading
+
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        main = threading.main_thread().ident
+
+        def run() -> None:
+            import traceback
+
+            while True:
+                time.sleep(every_ms / 1000)
+                now = time.perf_counter()
+                if probe.ticks and now - probe.ticks[-1] > after_ms / 1000:
+                    frame = sys._current_frames().get(main)
+                    if frame is not None:
+                        stack = tuple(f"{Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno} {f.name}"
+                                      for f in traceback.extract_stack(frame))
+                        self.samples.append((now, stack))
+
+        threading.Thread(target=run, name="gap-sampler", daemon=True).start()
+
+    def report(self, a: float, b: float, depth: int = 14, top: int = 3) -> None:
+        """The most frequent GUI-thread stacks (innermost ``depth`` frames) sampled between ``a`` and ``b``."""
+        from collections import Counter
+
+        counts = Counter(s[-depth:] for t, s in self.samples if a < t <= b)
+        n = sum(counts.values())
+        for stack, k in counts.most_common(top):
+            print(f"      {k}/{n} samples:")
+            for line in stack:
+                print(f"        {line}")
+
+
+def trace(probe: Probe, row: str, t0: float, t1: float, note: str = "", sampler: GapSampler | None = None) -> None:
+    """Print every gap over 100 ms between ``t0`` and ``t1`` (with the GUI thread's sampled stacks)."""
     ticks = probe.ticks_between(t0, t1)
     for a, b in zip(ticks[:-1], ticks[1:]):
         if b - a > 0.1:
             print(f"  {row} gap {1000 * (b - a):.0f} ms from {a - t0:.2f} s" + (f"; {note}" if note else ""))
+            if sampler is not None:
+                sampler.report(a, b)
 
 
 def wait(app, condition, timeout: float = 900.0) -> None:
@@ -111,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="training steps per epoch")
-    parser.add_argument("--trace", action="store_true", help="print every gap over 100 ms of rows (c) and (e)")
+    parser.add_argument("--trace", action="store_true",
+                        help="print every gap over 100 ms of every row with the GUI thread's sampled stacks")
     parser.add_argument("--big-planes", type=int, default=2, help="planes of the 2048 x 2048 stack of row (e)")
     parser.add_argument("--model", help="model to run (default: an untrained U-Net; speed is what matters)")
     parser.add_argument("--no-napari-progress", action="store_true",
@@ -135,9 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance()
     print(f"viewer up in {time.perf_counter() - t_start:.1f} s")
     probe = Probe()
+    sampler = None
     if args.trace:
         watchdog(probe)
+        sampler = GapSampler(probe)
     results = []
+    spans: list[tuple[str, float, float]] = []  # every row's (name, t0, t1), traced at the end with --trace
+
+    def row(name: str, t0: float, t1: float) -> None:
+        results.append(summarize(name, probe, t0, t1))
+        spans.append((name, t0, t1))
     settle(app, 0.3)
 
     # first widget open: the widget is built on the GUI thread, torch + the core are imported in the
@@ -149,14 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     t_open = time.perf_counter() - t0
     wait(app, _warmup.is_warm)
     settle(app, 0.3)
-    results.append(summarize("first widget open (+ warm-up thread to the end)", probe, t0, time.perf_counter()))
+    row("first widget open (+ warm-up thread to the end)", t0, time.perf_counter())
     print(f"first widget open: {t_open * 1000:.0f} ms on the GUI thread; warm-up thread {_warmup._SECONDS:.1f} s")
 
     # the nuclei sample (cached by the warm-up thread)
     t0 = time.perf_counter()
     viewer.open_sample("napari-segtool", "nuclei-3d")
     settle(app, 0.3)
-    results.append(summarize("open sample nuclei-3d (16x256x256)", probe, t0, time.perf_counter()))
+    row("open sample nuclei-3d (16x256x256)", t0, time.perf_counter())
     image = viewer.layers["nuclei (simulated)"]
     shape = tuple(image.data.shape)
 
@@ -178,11 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     settle(app, 0.3)
     t0 = time.perf_counter()
     settle(app, 1.0)
-    results.append(summarize("idle (baseline)", probe, t0, time.perf_counter()))
+    row("idle (baseline)", t0, time.perf_counter())
 
     from napari_segtool.plugin import segment_widget as sw
 
     # (a) inference: whole stack, then one slice with probabilities
+    settle(app, 0.3)  # the row's first gap starts at the tick before t0: not the set-up's work
     t0 = time.perf_counter()
     segment.run(image, sw.SCOPE_STACK)  # creates the (empty) labels layer, starts the worker
     t_click = time.perf_counter() - t0
@@ -190,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     assert segment.last_outcome.ok, segment.last_outcome.message
     print(f"Segment click -> worker started (first time; adds the labels layer): {t_click * 1000:.0f} ms")
-    results.append(summarize(f"(a) Segment click + whole stack {shape}", probe, t0, t1))
+    row(f"(a) Segment click + whole stack {shape}", t0, t1)
     viewer.dims.set_current_step(0, shape[0] // 2)
     segment.prob_check.setChecked(True)
+    settle(app, 0.3)  # the row's first gap starts at the tick before t0: not the set-up's work
     t0 = time.perf_counter()
     segment.run(image, sw.SCOPE_SLICE)
     t_click = time.perf_counter() - t0
@@ -200,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     assert segment.last_outcome.ok, segment.last_outcome.message
     print(f"Segment click (one slice): {t_click * 1000:.0f} ms")
-    results.append(summarize("(a) Segment click + one slice + probabilities", probe, t0, t1))
+    row("(a) Segment click + one slice + probabilities", t0, t1)
     segment.prob_check.setChecked(False)
 
     # (b) training from scratch on two corrected, reviewed slices (includes the first step)
@@ -228,18 +280,20 @@ def main(argv: list[str] | None = None) -> int:
     def config():
         return TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps, batch_size=4, patch_size=96)
 
+    settle(app, 0.3)  # the row's first gap starts at the tick before t0: not the set-up's work
     t0 = time.perf_counter()
     train.train(config())
     train.worker.yielded.connect(on_event)
     wait(app, lambda: train.worker is None)
     t1 = time.perf_counter()
     assert train.last_outcome.ok, train.last_outcome.message
-    results.append(summarize(f"(b) train {args.epochs}x{args.steps} steps (whole run)", probe, t0, t1))
+    row(f"(b) train {args.epochs}x{args.steps} steps (whole run)", t0, t1)
     if first_step:
-        results.append(summarize("(b) train: start to first step done", probe, t0, first_step[0] + 0.05))
+        row("(b) train: start to first step done", t0, first_step[0] + 0.05)
 
     # (c) Segment (whole stack) and Train at once, as a user clicks both
     done_at: dict[str, float] = {}
+    settle(app, 0.3)  # the row's first gap starts at the tick before t0: not the set-up's work
     t0 = time.perf_counter()
     train.train(config())
     segment.run(image, sw.SCOPE_STACK)
@@ -253,21 +307,20 @@ def main(argv: list[str] | None = None) -> int:
     wait(app, both_done)
     t1 = time.perf_counter()
     assert train.last_outcome.ok and segment.last_outcome.ok
-    results.append(summarize("(c) Segment whole stack + Train at once", probe, t0, t1))
-    if args.trace:
-        trace(probe, "(c)", t0, t1, f"segment done at {done_at.get('segment', 0) - t0:.2f} s, "
-                                    f"train done at {done_at.get('train', 0) - t0:.2f} s")
+    row("(c) Segment whole stack + Train at once", t0, t1)
+    print(f"(c) segment done at {done_at.get('segment', 0) - t0:.2f} s, train done at {done_at.get('train', 0) - t0:.2f} s")
 
     # (d) Batch: the whole image chunk by chunk into zarr, then the lazy Labels layer it adds
     batch.path_edit.setText(str(tmp / "batch.zarr"))
     batch.chunk_spin.setValue(128)
+    settle(app, 0.3)  # the row's first gap starts at the tick before t0: not the set-up's work
     t0 = time.perf_counter()
     batch.run(image)
     wait(app, lambda: not batch.running)
     settle(app, 0.3)
     t1 = time.perf_counter()
     assert batch.last_outcome.ok, batch.last_outcome.message
-    results.append(summarize("(d) Batch run + result layer", probe, t0, t1))
+    row("(d) Batch run + result layer", t0, t1)
 
     # (e) a whole stack of 2048 x 2048 planes: the result written into the labels layer, as a user's large image
     import numpy as np
@@ -280,10 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     settle(app, 0.3)
     t1 = time.perf_counter()
     assert segment.last_outcome.ok, segment.last_outcome.message
-    results.append(summarize(f"(e) Segment whole stack {tuple(big.data.shape)}", probe, t0, t1))
-    if args.trace:
-        trace(probe, "(e)", t0, t1)
+    row(f"(e) Segment whole stack {tuple(big.data.shape)}", t0, t1)
 
+    if args.trace:
+        print("\nevery gap over 100 ms, with the GUI thread's sampled stacks:")
+        for name, a, b in spans:
+            trace(probe, name.split(" ")[0] if name.startswith("(") else name[:18], a, b, sampler=sampler)
     mode = "widgets only" if args.no_napari_progress else "widgets + napari activity"
     print(f"\nprogress display: {mode}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'phase':<48} {'seconds':>8} {'ticks':>6} {'median':>7} {'p99':>7} {'max gap':>8}")
