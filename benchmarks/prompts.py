@@ -1,4 +1,4 @@
-"""Prompt tools' latency on a 2048² plane: add at a click, box, grow, shrink, scribble split, and the ranking.
+"""Prompt tools' latency on a 2048² plane: add at a click, box, grow, shrink, two-click and scribble split, ranking.
 
     python benchmarks/prompts.py [--out docs/benchmarks/prompts.txt] [--n 20] [--size 2048] [--maps model|ideal]
 
@@ -12,6 +12,8 @@ against the model's labels, as a user would place them:
 * ``box``: a box 3 px around a ground-truth object;
 * ``grow``: the right half of an object removed, a click in the removed part;
 * ``shrink``: a disc of background painted onto an object, a click in it;
+* ``split2``: the same merged pair, two clicks (K, K) at their centres
+  (:func:`napari_segtool.core.edits.split_object_points`, the widget's two-click split);
 * ``scribble``: two touching objects merged, a stroke through both centres.
 
 Each edit is timed end to end (the core function on the whole plane, the write of its
@@ -34,6 +36,7 @@ from scipy import ndimage as ndi
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from napari_segtool.core.edits import split_object_points  # noqa: E402
 from napari_segtool.models.unet import INSTANCE_LAYOUT  # noqa: E402
 from napari_segtool.core.prompts import (  # noqa: E402
     PromptError,
@@ -102,12 +105,17 @@ def _iou_at(labels: np.ndarray, yx, truth: np.ndarray) -> float:
 
 
 def timed(fn, labels):
+    """Milliseconds of one edit written into ``labels`` (a prompt's local edit, or a whole new plane), and whether
+    it applied."""
     t0 = time.perf_counter()
     try:
         edit = fn()
-        edit.apply(labels)
+        if isinstance(edit, np.ndarray):
+            labels[...] = edit
+        else:
+            edit.apply(labels)
         ok = True
-    except PromptError:
+    except (PromptError, ValueError):
         ok = False
     return (time.perf_counter() - t0) * 1000, ok
 
@@ -128,9 +136,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     good = [i for i in ids if slices[i - 1] is not None and slices[i - 1][0].start > 20 and slices[i - 1][1].start > 20
             and slices[i - 1][0].stop < args.size - 20 and slices[i - 1][1].stop < args.size - 20]
     picks = rng.choice(good, size=min(args.n, len(good)), replace=False)
-    times: dict[str, list[float]] = {k: [] for k in ("add", "box", "grow", "shrink", "scribble", "rank")}
+    times: dict[str, list[float]] = {k: [] for k in ("add", "box", "grow", "shrink", "split2", "scribble", "rank")}
     done: dict[str, int] = {k: 0 for k in times}
-    quality: dict[str, list[float]] = {k: [] for k in ("model", "add", "box", "grow", "shrink", "scribble")}
+    quality: dict[str, list[float]] = {k: [] for k in ("model", "add", "box", "grow", "shrink", "split2", "scribble")}
     next_id = int(labels.max()) + 1
     for g in picks:
         sl = tuple(slice(max(0, s.start - 12), s.stop + 12) for s in slices[g - 1])
@@ -190,6 +198,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             bridge = ndi.binary_closing(work == pid, iterations=3) & (work == 0)  # the merge bleeds between
             work[bridge] = pid
             if work[c2] == pid:
+                merged = work.copy()
+                ms, ok = timed(lambda: split_object_points(merged, c, c2, next_id), merged)
+                times["split2"].append(ms)
+                done["split2"] += ok
+                quality["split2"].append(min(_iou_at(merged, c, obj), _iou_at(merged, c2, other)))
                 ms, ok = timed(lambda: split_by_scribble(work, maps, [c, c2], next_id), work)
                 times["scribble"].append(ms)
                 done["scribble"] += ok

@@ -65,6 +65,49 @@ def split_mask_at_neck(mask: np.ndarray, p1: Sequence[int], p2: Sequence[int],
     return out
 
 
+def window(shape: Sequence[int], centre: Sequence[float], half: int) -> tuple[slice, slice]:
+    """The square window of half-width ``half`` around ``centre`` (y, x), clipped to a plane of ``shape``."""
+    cy, cx = int(round(centre[0])), int(round(centre[1]))
+    return (slice(max(0, cy - half), min(int(shape[0]), cy + half + 1)),
+            slice(max(0, cx - half), min(int(shape[1]), cx + half + 1)))
+
+
+def box_window(shape: Sequence[int], y0: int, y1: int, x0: int, x1: int, pad: int) -> tuple[slice, slice]:
+    """Rows ``y0:y1`` and columns ``x0:x1`` with ``pad`` pixels around, clipped to a plane of ``shape``."""
+    return (slice(max(0, y0 - pad), min(int(shape[0]), y1 + pad)),
+            slice(max(0, x0 - pad), min(int(shape[1]), x1 + pad)))
+
+
+def touches_open_edge(mask: np.ndarray, sl: tuple[slice, slice], shape: Sequence[int]) -> bool:
+    """Whether ``mask`` reaches an edge of its window that is not an edge of the plane."""
+    if not mask.any():
+        return False
+    return bool((sl[0].start > 0 and mask[0].any()) or (sl[0].stop < shape[0] and mask[-1].any())
+                or (sl[1].start > 0 and mask[:, 0].any()) or (sl[1].stop < shape[1] and mask[:, -1].any()))
+
+
+def object_window(labels: np.ndarray, label: int, near: Sequence[float], half: int = 48
+                  ) -> tuple[slice, slice]:
+    """A window around ``near`` that holds all of object ``label`` (grown until it does).
+
+    Edits of one object then touch only this window, not the whole (possibly 2048² or larger) plane."""
+    while True:
+        sl = window(labels.shape, near, half)
+        if not touches_open_edge(labels[sl] == label, sl, labels.shape) or \
+                (sl[0].start == 0 and sl[1].start == 0 and sl[0].stop == labels.shape[0]
+                 and sl[1].stop == labels.shape[1]):
+            return _shrink_to(labels[sl] == label, sl, labels.shape, pad=half // 2)
+        half *= 2
+
+
+def _shrink_to(mask: np.ndarray, sl: tuple[slice, slice], shape: Sequence[int], pad: int) -> tuple[slice, slice]:
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return sl
+    return box_window(shape, sl[0].start + int(ys.min()), sl[0].start + int(ys.max()) + 1,
+                      sl[1].start + int(xs.min()), sl[1].start + int(xs.max()) + 1, pad)
+
+
 # ============================================================== the Correct widget's edits (and the simulated annotator's)
 
 
@@ -90,9 +133,12 @@ def split_object_points(plane: np.ndarray, p1: Sequence[int], p2: Sequence[int],
     label = int(plane[tuple(p1)])
     if label == 0 or int(plane[tuple(p2)]) != label:
         raise ValueError("both split points must be inside the same object")
-    pieces = split_mask_at_neck(plane == label, p1, p2)
+    (y1, x1), (y2, x2) = (tuple(int(v) for v in p) for p in (p1, p2))
+    sl = object_window(plane, label, ((y1 + y2) / 2, (x1 + x2) / 2), max(48, int(np.hypot(y2 - y1, x2 - x1))))
+    pieces = split_mask_at_neck(plane[sl] == label, (y1 - sl[0].start, x1 - sl[1].start),
+                                (y2 - sl[0].start, x2 - sl[1].start))
     out = plane.copy()
-    out[pieces == 2] = new_label
+    out[sl][pieces == 2] = new_label  # only the object's window is read (a large plane stays fast)
     return out
 
 

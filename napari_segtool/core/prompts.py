@@ -33,7 +33,11 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_segtool.core.edits import box_window as _box_window
+from napari_segtool.core.edits import object_window as _object_window
 from napari_segtool.core.edits import split_mask_at_neck
+from napari_segtool.core.edits import touches_open_edge as _touches_open_edge
+from napari_segtool.core.edits import window as _window
 from napari_segtool.kernel.params import ProbabilityLayout
 
 __all__ = [
@@ -142,45 +146,6 @@ class LocalEdit:
 
 
 # ============================================================== helpers
-
-
-def _window(shape: Sequence[int], centre: Sequence[float], half: int) -> tuple[slice, slice]:
-    cy, cx = int(round(centre[0])), int(round(centre[1]))
-    return (slice(max(0, cy - half), min(int(shape[0]), cy + half + 1)),
-            slice(max(0, cx - half), min(int(shape[1]), cx + half + 1)))
-
-
-def _box_window(shape: Sequence[int], y0: int, y1: int, x0: int, x1: int, pad: int) -> tuple[slice, slice]:
-    return (slice(max(0, y0 - pad), min(int(shape[0]), y1 + pad)),
-            slice(max(0, x0 - pad), min(int(shape[1]), x1 + pad)))
-
-
-def _touches_open_edge(mask: np.ndarray, sl: tuple[slice, slice], shape: Sequence[int]) -> bool:
-    """Whether ``mask`` reaches an edge of its window that is not an edge of the plane."""
-    if not mask.any():
-        return False
-    return bool((sl[0].start > 0 and mask[0].any()) or (sl[0].stop < shape[0] and mask[-1].any())
-                or (sl[1].start > 0 and mask[:, 0].any()) or (sl[1].stop < shape[1] and mask[:, -1].any()))
-
-
-def _object_window(labels: np.ndarray, label: int, near: Sequence[float], half: int = 48
-                   ) -> tuple[slice, slice]:
-    """A window around ``near`` that holds all of object ``label`` (grown until it does)."""
-    while True:
-        sl = _window(labels.shape, near, half)
-        if not _touches_open_edge(labels[sl] == label, sl, labels.shape) or \
-                (sl[0].start == 0 and sl[1].start == 0 and sl[0].stop == labels.shape[0]
-                 and sl[1].stop == labels.shape[1]):
-            return _shrink_to(labels[sl] == label, sl, labels.shape, pad=half // 2)
-        half *= 2
-
-
-def _shrink_to(mask: np.ndarray, sl: tuple[slice, slice], shape: Sequence[int], pad: int) -> tuple[slice, slice]:
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        return sl
-    return _box_window(shape, sl[0].start + int(ys.min()), sl[0].start + int(ys.max()) + 1,
-                       sl[1].start + int(xs.min()), sl[1].start + int(xs.max()) + 1, pad)
 
 
 def _component_at(mask: np.ndarray, c: tuple[int, int]) -> np.ndarray:
