@@ -221,7 +221,7 @@ def _check_kwarg_value(key: str, value: Any, depth: int = 0) -> None:
 def validate_meta_dict(data: Any) -> ModelMeta:
     """Check ``model.json`` content field by field and return its :class:`ModelMeta`.
 
-    Required: ``arch`` (a registered architecture), ``task`` (``"instance"`` or
+    Required: ``arch`` (a registered architecture), ``task`` (``"instance"``, ``"regression"`` or
     ``"semantic"``), ``in_channels`` (1..4096). Every other known field must have
     its JSON type; ``classes`` is a list of at least two strings; ``tile_size``
     16..16384; ``arch_kwargs`` holds only numbers (|value| <= 65536), strings,
@@ -243,8 +243,8 @@ def validate_meta_dict(data: Any) -> ModelMeta:
             raise ValueError(f"'{key}' must be {_TYPE_NAMES[types[0]]}, got {json.dumps(value)[:40]}")
     if data["arch"] not in available_architectures():
         raise ValueError(f"unknown architecture '{data['arch'][:40]}' (known: {', '.join(available_architectures())})")
-    if data["task"] not in ("instance", "semantic"):
-        raise ValueError(f"'task' must be 'instance' or 'semantic', got '{data['task'][:40]}'")
+    if data["task"] not in ("instance", "semantic", "regression"):
+        raise ValueError(f"'task' must be 'instance', 'semantic' or 'regression', got '{data['task'][:40]}'")
     if not 1 <= data["in_channels"] <= 4096:
         raise ValueError(f"'in_channels' must be 1..4096, got {data['in_channels']}")
     if "tile_size" in data and not 16 <= data["tile_size"] <= 16384:

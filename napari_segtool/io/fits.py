@@ -10,7 +10,8 @@ the header of the HDU it read as text in ``metadata["fits_header"]`` and a clean
   the input's *pixel values* -- ``BUNIT``, ``BSCALE``/``BZERO``/``BLANK``, ``DATAMIN``/``DATAMAX``,
   checksums -- are dropped because they are not true of labels), so DS9 and astropy overlay it on
   the image pixel for pixel;
-* a catalogue (an :class:`astropy.table.Table`) as ECSV or as a FITS binary table, chosen by suffix.
+* a catalogue (an :class:`astropy.table.Table`) as ECSV or as a FITS binary table, chosen by suffix;
+* a float image in the input's units under its header (:func:`write_image`: bulge and disk images).
 
 Every file is written atomically (:func:`napari_segtool.io.atomic.atomic_write`).
 """
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from astropy.wcs import WCS
 
 __all__ = ["fits_header", "header_from_text", "celestial_wcs", "segmentation_hdu", "write_segmentation",
-           "write_table", "SEGMENTATION_DROPPED", "TABLE_SUFFIXES"]
+           "write_table", "write_image", "SEGMENTATION_DROPPED", "TABLE_SUFFIXES"]
 
 #: Keywords of the input header that describe its pixel values or its place in the file, not labels.
 SEGMENTATION_DROPPED = ("BUNIT", "BSCALE", "BZERO", "BLANK", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM",
@@ -100,25 +101,41 @@ def segmentation_hdu(labels: Any, metadata: Mapping[str, Any], cards: Mapping[st
     ``labels`` take the input HDU's own shape when they only lack its degenerate axes (radio cubes
     read as 2D); ``cards`` are added as keywords (values, or ``(value, comment)`` pairs).
     """
-    from astropy.io import fits
-
     arr = np.asarray(labels.compute() if hasattr(labels, "compute") else labels)
     if arr.dtype.kind not in "biu":
         raise InputError(f"a segmentation map holds integer ids, got dtype {arr.dtype}")
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) > np.iinfo(np.int32).max):
         raise InputError(f"segmentation ids must lie in 0..{np.iinfo(np.int32).max}, got {arr.min()}..{arr.max()}")
+    return _product_hdu(arr.astype(np.int32, copy=False), metadata, SEGMENTATION_DROPPED, cards)
+
+
+def _product_hdu(arr: np.ndarray, metadata: Mapping[str, Any], dropped: tuple[str, ...],
+                 cards: Mapping[str, Any] | None):
+    """A primary HDU of ``arr`` (in the input HDU's shape) under the input's header less ``dropped``, plus ``cards``."""
+    from astropy.io import fits
+
     original = tuple(metadata.get("original_shape") or ())
     if original and arr.shape != original and int(np.prod(original)) == arr.size:
         arr = arr.reshape(original)
     header = fits_header(metadata)
     header = header.copy() if header is not None else fits.Header()
-    for key in SEGMENTATION_DROPPED:
+    for key in dropped:
         header.remove(key, ignore_missing=True, remove_all=True)
     for key, value in (cards or {}).items():
         header[key] = value
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # astropy's notes on the keywords it rewrites (NAXISn, BITPIX)
-        return fits.PrimaryHDU(arr.astype(np.int32, copy=False), header=header)
+        return fits.PrimaryHDU(arr, header=header)
+
+
+def write_image(path: str | os.PathLike, data: Any, metadata: Mapping[str, Any],
+                cards: Mapping[str, Any] | None = None) -> Path:
+    """Write a float32 image in the input's units (a bulge or disk flux image) atomically under the input HDU's
+    header: WCS, ``BUNIT`` and the rest kept; the keywords of its stored encoding (``BSCALE``/``BZERO``/``BLANK``,
+    ``DATAMIN``/``DATAMAX``, checksums, extension keywords) dropped. Returns the path."""
+    arr = np.asarray(data.compute() if hasattr(data, "compute") else data, dtype=np.float32)
+    hdu = _product_hdu(arr, metadata, tuple(k for k in SEGMENTATION_DROPPED if k != "BUNIT"), cards)
+    return atomic_write(Path(path), lambda fh: hdu.writeto(fh, output_verify="silentfix"))
 
 
 def write_segmentation(path: str | os.PathLike, labels: Any, metadata: Mapping[str, Any],

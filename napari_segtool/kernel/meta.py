@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-Task = Literal["instance", "semantic"]
+Task = Literal["instance", "semantic", "regression"]
 
 
 @dataclass
