@@ -171,7 +171,15 @@ def estimate_diameter(model: Any, plane: Any, *, factors: Sequence[float] = ESTI
 
 
 def _agreeing_median(implied: dict[float, float]) -> float | None:
-    """Median implied diameter over the longest run of neighbouring factors that agree."""
+    """Median implied diameter of the run of neighbouring factors that agree on the largest size.
+
+    A model shown objects far larger than it was trained on cuts them into fragments, and fragments
+    can look alike at neighbouring factors (a nucleus 4× too large gives ~9 px pieces at factors 1,
+    2 and 4), so the longest agreeing run is not always the true size. The opposite error (a model
+    inventing objects larger than those in the image, at two neighbouring factors) is much rarer,
+    so among runs confirmed by at least two factors the one with the largest diameter wins; with no
+    such run, the single factor that found objects (the coarsest of several).
+    """
     keys = sorted(implied)
     if not keys:
         return None
@@ -183,5 +191,7 @@ def _agreeing_median(implied: dict[float, float]) -> float | None:
             runs[-1].append(cur)
         else:
             runs.append([cur])
-    best = max(runs, key=len)  # ties: the coarser run (max keeps the first)
-    return float(np.median([implied[k] for k in best]))
+    confirmed = [run for run in runs if len(run) >= 2]
+    if not confirmed:
+        return float(implied[keys[0]])
+    return max(float(np.median([implied[k] for k in run])) for run in confirmed)

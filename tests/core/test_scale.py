@@ -12,7 +12,7 @@ from skimage.transform import rescale, resize
 from napari_segtool.core.batch import predict_to_zarr
 from napari_segtool.core.checkpoint import load_model
 from napari_segtool.core.predict import predict
-from napari_segtool.core.scale import (median_diameter, object_scale_from_labels, scale_factor,
+from napari_segtool.core.scale import (_agreeing_median, median_diameter, object_scale_from_labels, scale_factor,
                                        stack_scale_factor, whole_object_areas)
 from napari_segtool.kernel.errors import InputError
 from napari_segtool.kernel.meta import ObjectScale
@@ -169,6 +169,18 @@ def test_the_size_estimate_counts_only_objects_inside_the_crop():
     assert sorted(whole_object_areas(labels).tolist()) == [100, 100, 100]
     labels[labels == 4] = 0           # too few whole objects: all count
     assert sorted(whole_object_areas(labels).tolist()) == [100, 100, 120]
+
+
+def test_fragments_that_agree_do_not_outvote_the_true_size():
+    """Implied diameters measured with nuclei-maskrcnn on the real image magnified ×4 (nuclei ~96 px):
+    factors 1, 2 and 4 see fragments that agree on ~7 px; factors 1/8 and 1/4 see the nuclei."""
+    fragments = {0.125: 104.3, 0.25: 94.1, 0.5: 45.1, 1.0: 9.1, 2.0: 7.3, 4.0: 6.1}
+    assert 90 < _agreeing_median(fragments) < 105
+    # the same image at ×0.5 (nuclei ~12 px): a lone coarse factor's clumps do not win
+    small = {0.125: 43.3, 0.25: 24.9, 0.5: 13.7, 1.0: 12.9, 2.0: 12.0, 4.0: 4.0}
+    assert 12 < _agreeing_median(small) < 14
+    assert _agreeing_median({0.5: 20.0, 2.0: 5.0}) == 20.0  # nothing confirmed: the coarsest factor
+    assert _agreeing_median({}) is None
 
 
 def test_the_size_estimate_does_not_follow_the_frame(nuclei_model, nuclei_image):
