@@ -52,7 +52,7 @@ class SegmentJob:
     data: Any = None             # what iter_predict reads: the whole layer, or one (cropped) plane YXC
     axes: str = "YXC"
     planes: list[tuple[int, ...]] | None = None  # whole stack: the planes to predict (None: all)
-    out: np.ndarray | None = None                # whole stack: labels to fill (reviewed planes kept)
+    out: np.ndarray | None = None                # whole stack: labels to fill (reviewed planes kept), made in the worker
     todo: list[tuple[int, ...]] = field(default_factory=list)
     total: int = 1
     crop: tuple[slice, slice] | None = None      # one plane: the (Y, X) region predicted
@@ -61,6 +61,7 @@ class SegmentJob:
     show_probabilities: bool = False             # and shown as a layer
     task: str = "instance"                       # the model's, known once it is loaded
     layout: Any = None                           # its ProbabilityLayout (kernel.params), known once it is loaded
+    n_objects: int | None = None                 # whole stack: objects in the result, counted in the worker
 
 
 class SegmentWidget(SavesWithWindow, JobWidget):
@@ -289,14 +290,20 @@ class SegmentWidget(SavesWithWindow, JobWidget):
             from napari_segtool.core.predict import iter_predict
 
             yield Progress("load", 0, 1, "loading model")
+            if job.crop is None:  # whole stack: the array to fill is made here, never on the GUI thread
+                job.out = _stack_labels(job)
             model = session.get_model(job.model_ref)
             job.task = model.meta.task
+            if job.task == "regression":  # bulge/disk decomposition: component images, no labels
+                return _decompose(model, job, cancel, tile_callback)
             job.layout = model.architecture.probability_layout(model.meta)
             prediction = yield from iter_predict(
                 model, job.data, axes=job.axes, planes=job.planes, out=job.out,
                 tile_size=job.tile_size, return_probabilities=job.probabilities, cancel=cancel,
                 tile_callback=tile_callback, num_threads=worker_threads(), diameter=job.diameter,
                 **job.postprocess)
+            if job.crop is None:
+                job.n_objects = int(len(np.unique(prediction.labels))) - 1  # a sort: seconds on 2048² stacks
             return prediction
 
         return self.launch(make_job, status="loading model…", progress_total=max(1, job.total),
@@ -311,9 +318,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         scope = scope or self.scope_combo.currentText()
         shape = L.spatial_shape(image_layer)
         n_stack = len(shape) - 2
-        target = self._target_layer(image_layer, shape)
-        if target is None:  # the annotation layer appears now and fills in when the job is done
-            target = self.session.annotation_layer(image_layer)
+        target = self._target_layer(image_layer, shape)  # None: the annotation layer is made with the result
         tracker = self.session.tracker_for_labels(target) if target is not None else None
         reviewed = tracker.reviewed if tracker is not None else set()
         job = SegmentJob(image=image_layer, model_ref=ref, target=target, scope=scope,
@@ -325,8 +330,6 @@ class SegmentWidget(SavesWithWindow, JobWidget):
             todo = [p for p in all_planes if p not in reviewed]
             if not todo:
                 raise UserError("every slice is reviewed: nothing to segment")
-            job.out = np.array(target.data, dtype=np.int32, copy=True) if target is not None \
-                else np.zeros(shape, np.int32)
             job.data, job.axes, job.todo, job.total = L.layer_data(image_layer), axes, todo, len(todo)
             job.planes = None if len(todo) == len(all_planes) else todo
             job.postprocess.setdefault("z_scale", L.z_anisotropy(image_layer))  # 3D watershed of stacks
@@ -408,9 +411,16 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         image = job.image
         if image not in self.viewer.layers:
             raise RuntimeError(f"image layer '{image.name}' was removed meanwhile")
+        if job.task == "regression":
+            return self._show_components(prediction, image, job)
         target = job.target
         if target is None or target not in self.viewer.layers:
-            target = self.session.annotation_layer(image)
+            target = self.session.annotation_layer(image, create=False)
+        fresh = None  # the annotation layer is made once, holding the result: no zeros to fill, no merge
+        if target is None:
+            fresh = _new_labels(job, prediction)
+            target = self.session.annotation_layer(image, data=fresh)
+        fresh = fresh is not None and target.data is fresh  # (not when the project had stored labels)
         tracker = self.session.tracker_for_labels(target) or self.session.track(target, image)
         rows = fits_features(image, target, job.data, job.crop, prediction)  # FITS: catalogue, NaN unlabelled
         instance = job.task == "instance"
@@ -420,19 +430,19 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         else:
             pred = np.asarray(prediction.labels).astype(np.int32)
             offset = 0
-            if instance and pred.max() > 0:
+            if instance and pred.max() > 0 and not fresh:
                 offset = int(np.asarray(target.data).max())
                 pred = np.where(pred > 0, pred + offset, 0)
             updates = {job.index: (job.crop, pred)}
             self._show_table(target, rows, offset, job.crop)
-        written = tracker.apply_prediction(updates, instance=instance)
+        written = list(updates) if fresh else tracker.apply_prediction(updates, instance=instance)
         if prediction.probabilities is not None and job.crop is not None:
             if instance:
                 self.session.keep_maps(image, job.index, job.crop, prediction.probabilities, job.layout)
             if job.show_probabilities:
                 self._show_probabilities(prediction.probabilities, image, job, instance)
-        n = len(np.unique(np.asarray(target.data)[job.index] if job.crop is not None and job.index
-                          else np.asarray(target.data))) - 1
+        n = job.n_objects if job.n_objects is not None else \
+            len(np.unique(np.asarray(target.data)[job.index] if job.index else np.asarray(target.data))) - 1
         notes = "; ".join(prediction.notes)
         kept = len(tracker.reviewed) if job.crop is None else 0
         edited = int(tracker.edited.any())
@@ -487,6 +497,19 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         else:
             self.viewer.add_image(data, scale=scale, translate=translate, **kwargs)
 
+    def _show_components(self, result: Any, image: Image, job: SegmentJob) -> None:
+        """A bulge/disk decomposition (``core.decompose``): one image layer per component, over the region run."""
+        scale = L.spatial_scale(image)[-2:]
+        translate = np.asarray(L.spatial_translate(image)[-2:]) + np.asarray(
+            [job.crop[0].start, job.crop[1].start]) * np.asarray(scale)
+        for component, flux in result.layers().items():
+            name = f"{image.name} {component}"
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self.viewer.add_image(flux, name=name, scale=scale, translate=translate, colormap="gray",
+                                  metadata={L.META_KEY: {"derived_from": image.name}})
+        self.status_label.setText(f"done: bulge and disk images of '{image.name}' (sky {result.sky:.4g} subtracted)")
+
     def _on_predict_requested(self, image_layer: Any) -> None:
         if image_layer is None or image_layer not in self.viewer.layers:
             return
@@ -499,6 +522,33 @@ class SegmentWidget(SavesWithWindow, JobWidget):
             self.status_label.setText("every slice is reviewed: nothing to re-predict")
             return
         self.run(image_layer, scope)
+
+
+def _stack_labels(job: SegmentJob) -> np.ndarray:
+    """What a whole-stack run fills (run in the worker): a copy of the target layer's labels, whose
+    reviewed planes are kept, or zeros when the annotation layer is made at the end."""
+    if job.target is not None:
+        return np.array(job.target.data, dtype=np.int32, copy=True)
+    return np.zeros(job.shape, np.int32)
+
+
+def _new_labels(job: SegmentJob, prediction: Any) -> np.ndarray:
+    """The whole array of a new annotation layer holding ``prediction`` (a whole stack: its labels as they
+    are; one plane or region: zeros elsewhere)."""
+    if job.crop is None:
+        return np.asarray(prediction.labels, dtype=np.int32)
+    labels = np.zeros(job.shape, np.int32)
+    labels[tuple(job.index) + tuple(job.crop)] = prediction.labels
+    return labels
+
+
+def _decompose(model: Any, job: SegmentJob, cancel: Any, tile_callback: Any) -> Any:
+    """The worker's run of a bulge/disk model on the job's plane (or region)."""
+    from napari_segtool.core.decompose import decompose
+
+    if job.crop is None:
+        raise UserError("a bulge/disk model splits one plane: choose the current slice or the visible region")
+    return decompose(model, np.asarray(job.data), tile_size=job.tile_size, progress=tile_callback, cancel=cancel)
 
 
 def _is_input_image(layer: Any) -> bool:

@@ -343,8 +343,9 @@ class Session(QObject):
             tracker.close()
             self.trackers_changed.emit()
 
-    def annotation_layer(self, image_layer: Any, create: bool = True) -> Any | None:
-        """The tracked labels layer of an image: existing, restored from the project, or new."""
+    def annotation_layer(self, image_layer: Any, create: bool = True, data: Any = None) -> Any | None:
+        """The tracked labels layer of an image: existing, restored from the project, or new (holding
+        ``data``, e.g. a finished prediction, else zeros: a layer is made once, with its final array)."""
         from napari_segtool.plugin import _layers as L
 
         tracker = self.tracker_for_image(image_layer)
@@ -360,7 +361,8 @@ class Session(QObject):
             entry = self.project.find(image_layer.name, L.source_of(image_layer), shape)
             if entry is not None:
                 stored = self.project.load(entry.key)
-        data = stored.labels if stored is not None else np.zeros(shape, np.int32)
+        if stored is not None or data is None:
+            data = stored.labels if stored is not None else np.zeros(shape, np.int32)
         layer = self.viewer.add_labels(
             data, name=f"{image_layer.name} labels", scale=L.spatial_scale(image_layer),
             translate=L.spatial_translate(image_layer),
