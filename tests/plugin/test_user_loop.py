@@ -8,6 +8,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtTest import QTest
 from qtpy.QtWidgets import QDockWidget, QTabBar
 
+from tests.core.test_batch import threshold_unet
+
 pytestmark = pytest.mark.gui
 
 WIDGETS = ("Segment", "Correct", "Train", "Batch")
@@ -319,6 +321,73 @@ def test_k_twice_splits_two_touching_discs_at_the_neck(make_napari_viewer, qtbot
     assert tracker.edited[out > 0].all()  # the split object is training data
 
 
+# ---------------------------------------------------------------- item 1: a reviewed slice keeps the stack 3D
+
+
+@pytest.fixture
+def blob_model(tmp_path, monkeypatch):
+    """The hand-wired bright-blob U-Net of tests/core/test_batch.py (no training: real 3D nuclei) as the
+    user's only model."""
+    from napari_segtool.core.checkpoint import save_model
+
+    save_model(threshold_unet(), tmp_path / "blob-models" / "blobs")
+    monkeypatch.setenv("SEGTOOL_MODELS_DIR", str(tmp_path / "blob-models"))
+    return tmp_path / "blob-models" / "blobs"
+
+
+def _choose_text(combo, text):
+    """Pick a combo entry with the keyboard (Home, then Down until it shows ``text``)."""
+    combo.setFocus()
+    QTest.keyClick(combo, Qt.Key_Home)
+    for _ in range(combo.count()):
+        if combo.currentText() == text:
+            return
+        QTest.keyClick(combo, Qt.Key_Down)
+    assert combo.currentText() == text
+
+
+def _ids(plane):
+    return set(np.unique(plane).tolist()) - {0}
+
+
+def test_a_reviewed_slice_keeps_the_stack_three_dimensional(make_napari_viewer, qtbot, blob_model, errors):
+    from napari_segtool.plugin import segment_widget as sw
+    from napari_segtool.sim import simulate_nuclei
+
+    sim = simulate_nuclei((8, 96, 96), seed=3, anisotropy=2.0, snr=20.0)
+    viewer = make_napari_viewer(show=True)
+    _dock(viewer, qtbot, "Correct")
+    segment = _dock(viewer, qtbot, "Segment")  # opened last: in front
+    viewer.add_image(sim.image, name="stack")
+    assert segment.current_model_ref().endswith("blobs")
+    _choose_text(segment.scope_combo, sw.SCOPE_STACK)
+    _click(qtbot, segment.run_button)
+    qtbot.waitUntil(lambda: not segment.running, timeout=600000)
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    labels = viewer.layers["stack labels"]
+    first = np.array(labels.data, copy=True)
+    through = _ids(first[3]) & _ids(first[4]) & _ids(first[5])  # 3D objects running through slice 4
+    assert len(through) >= 5, through
+
+    # the user reviews slice 4 (R over the canvas), then segments the whole stack again
+    viewer.layers.selection.active = labels
+    viewer.dims.set_current_step(0, 4)
+    _key(viewer, qtbot, Qt.Key_R)
+    tracker = segment.session.tracker_for_labels(labels)
+    assert tracker.reviewed == {(4,)}
+    _click(qtbot, segment.run_button)
+    qtbot.waitUntil(lambda: not segment.running, timeout=600000)
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    assert segment.last_run.todo == [(z,) for z in range(8) if z != 4]
+    again = np.asarray(labels.data)
+    np.testing.assert_array_equal(again[4], first[4])  # the reviewed slice is kept as it was
+    # still 3D objects, joined to the kept slice's ids: the same objects run through slices 3-4-5 with the
+    # ids the user reviewed (not per-plane pieces sharing no id with their neighbours)
+    assert _ids(again[3]) & _ids(again[4]) & _ids(again[5]) == through
+    assert len(_ids(again)) <= len(_ids(first)) + 2, (len(_ids(again)), len(_ids(first)))
+    assert not any(kind == "show_error" for kind, _ in errors)
+
+
 # ---------------------------------------------------------------- item 5 (+10): deletions are training data
 
 
@@ -456,6 +525,41 @@ def test_deleting_the_labels_during_training_says_repredict_was_skipped(make_nap
     warnings = [m for kind, m in errors if kind == "show_warning" and "re-predict" in m]
     assert len(warnings) == 1 and "re-predict skipped" in warnings[0] and "'cells labels'" in warnings[0]
     assert "re-predict skipped" in train.status_label.text()
+
+
+# ---------------------------------------------------------------- item 10: Batch progress and result in one unit
+
+
+def test_batch_progress_and_result_count_the_same_steps(make_napari_viewer, qtbot, blob_model, errors):
+    """The issue saw "5/32 steps" while running and then "16 chunks": progress and result now both count steps
+    (a chunk in one pass), the chunk count beside them."""
+    import re
+
+    from napari_segtool.sim import simulate_nuclei
+
+    viewer = make_napari_viewer(show=True)
+    batch = _dock(viewer, qtbot, "Batch")
+    viewer.add_image(simulate_nuclei((256, 256), seed=1).image, name="cells")
+    assert str(batch.model_combo.currentData()).endswith("blobs")
+    _type_value(batch.chunk_spin, "64")  # 16 chunks
+    seen = []
+
+    def finished():
+        seen.append(batch.status_label.text())
+        return not batch.running
+
+    _click(qtbot, batch.run_button)
+    qtbot.waitUntil(finished, timeout=600000)
+    assert batch.last_outcome.ok, batch.last_outcome.message
+    assert batch.last_outcome.result.n_chunks == 16
+    final = batch.status_label.text()
+    found = re.search(r"(\d+) steps \(16 chunks\)", final)
+    assert found, final
+    steps = int(found.group(1))
+    assert steps in (16, 32)  # one pass, or two for an instance model (predict, then join across chunk borders)
+    progress = {t for t in seen if re.search(r"\d+/\d+", t) and not t.startswith("done")}
+    assert all(re.fullmatch(rf"step \d+/{steps}", t) for t in progress), progress
+    assert not any(kind == "show_error" for kind, _ in errors)
 
 
 # ---------------------------------------------------------------- object size (core.predict's diameter option)
