@@ -11,16 +11,19 @@ from .atomic import (
     atomic_write_text,
     atomic_write_tiff,
 )
-from .images import (
-    FITS_SUFFIXES,
-    TIFF_SUFFIXES,
-    ImageData,
-    ImageReadError,
-    image_format,
-    read_image,
-    read_labels,
-    write_labels,
-)
+# read_image & co. are imported on first use (PEP 562): ``images`` imports tifffile (0.1-0.5 s), and the
+# project store, which the plugin's widgets import on napari's GUI thread, needs only the atomic writers
+_IMAGES = ("FITS_SUFFIXES", "TIFF_SUFFIXES", "ImageData", "ImageReadError", "image_format", "read_image",
+           "read_labels", "write_labels")
+
+
+def __getattr__(name: str):
+    if name in _IMAGES:
+        from . import images
+
+        return getattr(images, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "atomic_write",

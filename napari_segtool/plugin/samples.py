@@ -33,13 +33,21 @@ def _cache_path(shape: tuple[int, ...], seed: int) -> Path:
     return cache_dir() / "samples" / f"nuclei-{'x'.join(map(str, shape))}-{seed}.npz"
 
 
-def _simulated_nuclei(shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, dict]:
-    """The stack and its simulation metadata: from the cache, else simulated (and cached)."""
+def _contrast_limits(image: np.ndarray) -> tuple[float, float]:
+    """The sample's display range (0.5-99.8 percentiles: a sort of the stack, ~0.1 s, kept in the cache)."""
+    lo, hi = np.percentile(image, [0.5, 99.8])
+    return float(lo), float(hi)
+
+
+def _simulated_nuclei(shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, dict, tuple[float, float]]:
+    """The stack, its simulation metadata and its contrast limits: from the cache, else simulated (and cached)."""
     path = _cache_path(shape, seed)
     with _cache_lock:
         try:
             with np.load(path, allow_pickle=False) as npz:
-                return npz["image"], json.loads(str(npz["meta"]))
+                image, meta = npz["image"], json.loads(str(npz["meta"]))
+                limits = tuple(float(v) for v in npz["limits"]) if "limits" in npz else _contrast_limits(image)
+                return image, meta, limits  # type: ignore[return-value]
         except (OSError, KeyError, ValueError):
             pass
         from napari_segtool.sim import simulate_nuclei
@@ -47,14 +55,15 @@ def _simulated_nuclei(shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, di
         sim = simulate_nuclei(shape, seed=seed, anisotropy=2.0, snr=20.0)
         image = np.asarray(sim.image)
         meta = json.loads(json.dumps(sim.meta, default=_plain))
+        limits = _contrast_limits(image)
         try:  # atomic: write a temporary in the folder, then rename
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.npz")
-            np.savez(tmp, image=image, meta=np.array(json.dumps(meta)))
+            np.savez(tmp, image=image, meta=np.array(json.dumps(meta)), limits=np.array(limits))
             os.replace(tmp, path)
         except OSError:
             pass
-        return image, meta
+        return image, meta, limits
 
 
 def _plain(value: object) -> object:
@@ -72,11 +81,10 @@ def prepare_cache() -> None:
 
 def nuclei_stack(shape: tuple[int, int, int] = NUCLEI_SHAPE, seed: int = NUCLEI_SEED) -> list[tuple]:
     """A simulated fluorescence stack of nuclei (Z spacing 2x the XY pixel size)."""
-    image, sim_meta = _simulated_nuclei(tuple(shape), seed)
+    image, sim_meta, limits = _simulated_nuclei(tuple(shape), seed)
     meta = {META_KEY: {"axes": "ZYX", "source": f"sim:nuclei:{tuple(shape)}:{seed}"}, "simulation": sim_meta}
-    lo, hi = np.percentile(image, [0.5, 99.8])
     return [(image, {"name": "nuclei (simulated)", "scale": (2.0, 1.0, 1.0), "metadata": meta,
-                     "axis_labels": ("z", "y", "x"), "contrast_limits": (float(lo), float(hi))}, "image")]
+                     "axis_labels": ("z", "y", "x"), "contrast_limits": limits}, "image")]
 
 
 def galaxy_field(shape: tuple[int, int] = (384, 384), seed: int = 11) -> list[tuple]:
