@@ -34,11 +34,17 @@ ProgressFn = Callable[[int, int], None]
 
 @dataclass
 class Patch:
-    """A training patch: image ``YXC`` float32, labels ``YX`` int, annotated ``YX`` bool."""
+    """A training patch: image ``YXC`` float32, labels ``YX`` int, annotated ``YX`` bool.
+
+    Regression patches also carry ``targets`` (``KYX`` float32, one map per output channel) and a
+    per-pixel loss ``weight`` (``YX`` float32); segmentation patches leave them ``None``.
+    """
 
     image: np.ndarray
     labels: np.ndarray
     annotated: np.ndarray
+    targets: np.ndarray | None = None
+    weight: np.ndarray | None = None
 
 
 @dataclass
@@ -118,6 +124,8 @@ class Architecture(ABC):
     name: str = ""
     #: the tasks it can learn
     tasks: tuple[str, ...] = ("instance", "semantic")
+    #: whether it also learns the ``regression`` task (per-pixel maps from targets, not labels: :meth:`predict_maps`)
+    regression: bool = False
     #: its per-plane post-processing settings (the core's own are ``ops.postprocess.CORE_PARAMS``)
     postprocess_params: tuple[Param, ...] = ()
     #: the network's settings (``meta.arch_kwargs``) a user may choose for a new model
@@ -201,6 +209,13 @@ class Architecture(ABC):
                       return_probabilities: bool = False, progress: ProgressFn | None = None,
                       cancel: CancelToken | None = None, **postprocess: Any) -> PlaneResult:
         """Labels for one normalised ``YXC`` float32 plane of any size (tiled)."""
+
+    def predict_maps(self, net: torch.nn.Module, image: np.ndarray, meta: ModelMeta, *, device: torch.device,
+                     tile_size: int | None = None, batch_size: int = 2, progress: ProgressFn | None = None,
+                     cancel: CancelToken | None = None) -> np.ndarray:
+        """The per-pixel output maps ``(K, Y, X)`` float32 of a ``regression`` model on one normalised ``YXC``
+        plane (tiled), for the architectures with :attr:`regression`."""
+        raise NotImplementedError(f"architecture '{self.name}' has no regression task")
 
     def stack_maps(self, probabilities: np.ndarray, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray] | None:
         """``(p_foreground, distance)`` from one plane's ``predict_plane`` probabilities, if this family

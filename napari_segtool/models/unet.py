@@ -1,4 +1,4 @@
-"""2D U-Net (Ronneberger et al. 2015) for semantic and instance segmentation.
+"""2D U-Net (Ronneberger et al. 2015) for semantic and instance segmentation, and image-to-image regression.
 
 Heads
 -----
@@ -7,6 +7,11 @@ Heads
 distance-to-border channel; instances come from a seeded watershed
 (:func:`napari_segtool.ops.postprocess.instances_from_maps`). Predicting the thin
 boundary class *between* touching objects is what lets the watershed split them.
+``regression``: K logits, one per named component (``meta.classes``); their softmax is each
+pixel's share of its flux per component (bulge / disk / other for ``core.decompose``), learnt by
+a flux-weighted soft cross-entropy against the true shares (``Patch.targets``, ``Patch.weight``).
+Shares rather than fluxes: the components always add up to the observed image, and the network
+never has to reproduce the noise or the flux scale.
 
 Normalisation is BatchNorm: at inference it uses running statistics, so the
 network is translation-equivariant and tiled predictions equal whole-image ones
@@ -167,6 +172,18 @@ def instance_targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return classes, dist
 
 
+def _share_loss(out: torch.Tensor, patches: Sequence[Patch], device: torch.device) -> torch.Tensor:
+    """Soft cross-entropy between the softmax of ``out`` and the true shares, each pixel weighted by
+    ``Patch.weight`` (its share of its source's flux: sources count alike, their pixels by flux, as in
+    a bulge-to-total ratio)."""
+    if any(p.targets is None or p.weight is None for p in patches):
+        raise ValueError("regression patches need targets and weight")
+    target = torch.from_numpy(np.stack([p.targets for p in patches])).to(device)
+    weight = torch.from_numpy(np.stack([p.weight for p in patches])).to(device)
+    ce = -(target * F.log_softmax(out, dim=1)).sum(dim=1)
+    return (ce * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
 def object_size_stats(label_images: Sequence[np.ndarray]) -> dict[str, float]:
     """Median object area and equivalent diameter over all training labels."""
     areas = []
@@ -181,7 +198,8 @@ def object_size_stats(label_images: Sequence[np.ndarray]) -> dict[str, float]:
 
 class UNetArchitecture(Architecture):
     name = "unet"
-    tasks = ("instance", "semantic")
+    tasks = ("instance", "semantic")  # trained from annotations (``core.train``, the Train widget)
+    regression = True  # and the image-to-image task (``core.decompose_train``)
     postprocess_params = POSTPROCESS_PARAMS
     arch_params = ARCH_PARAMS
 
@@ -204,12 +222,16 @@ class UNetArchitecture(Architecture):
     def probability_layout(self, meta: ModelMeta) -> ProbabilityLayout:
         if meta.task == "instance":
             return INSTANCE_LAYOUT
+        if meta.task == "regression":
+            return ProbabilityLayout(channels=tuple(meta.classes))
         return ProbabilityLayout(channels=tuple(meta.classes[1:]))  # one softmax map per class id 1..K
 
     def default_meta(self, task: str, in_channels: int, classes: Sequence[str], **arch_kwargs: Any) -> ModelMeta:
         kwargs = {"depth": 3, "width": 16, "norm": "batch", "kernel_size": 3}
         kwargs.update(arch_kwargs)
-        out = INSTANCE_CLASSES + 1 if task == "instance" else len(classes) - 1
+        out = {"instance": INSTANCE_CLASSES + 1, "regression": len(classes)}.get(task, len(classes) - 1)
+        if task == "regression" and out < 2:
+            raise ValueError("a regression model needs at least 2 named output channels")
         if task == "semantic" and out < 2:
             raise ValueError("a semantic model needs at least 2 classes besides 'unlabelled'")
         kwargs["out_channels"] = out
@@ -237,6 +259,8 @@ class UNetArchitecture(Architecture):
         x = torch.from_numpy(np.stack([p.image for p in patches])).permute(0, 3, 1, 2).to(device)
         weight = torch.from_numpy(np.stack([p.annotated for p in patches]).astype(np.float32)).to(device)
         out = net(x)
+        if meta.task == "regression":
+            return _share_loss(out, patches, device)
         denom = weight.sum().clamp_min(1.0)
         if meta.task == "semantic":
             target = np.stack([np.clip(p.labels.astype(np.int64) - 1, 0, None) for p in patches])
@@ -254,10 +278,9 @@ class UNetArchitecture(Architecture):
         return ce + 2.0 * mse
 
     # ---------------------------------------------------------------- inference
-    def predict_plane(self, net: nn.Module, image: Any, meta: ModelMeta, *, device: torch.device,
-                      tile_size: int | None = None, batch_size: int = 2, return_probabilities: bool = False,
-                      progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-                      **postprocess: Any) -> PlaneResult:
+    def _tiled_maps(self, net: nn.Module, image: Any, meta: ModelMeta, device: torch.device, tile_size: int | None,
+                    batch_size: int, progress: ProgressFn | None, cancel: CancelToken | None) -> np.ndarray:
+        """The network's activated maps ``(K, Y, X)`` of a whole plane, tile by tile with its halo."""
         net.eval()
         align = self.align(meta)
         tile_size = tile_size or max(meta.tile_size, PREDICT_TILE)
@@ -270,14 +293,28 @@ class UNetArchitecture(Architecture):
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             y = run(x)
-            if meta.task == "semantic":
+            if meta.task in ("semantic", "regression"):
                 return torch.softmax(y, dim=1)
             return torch.cat([torch.softmax(y[:, :INSTANCE_CLASSES], 1), torch.sigmoid(y[:, INSTANCE_CLASSES:])], 1)
 
-        probs = tiled_apply(forward, image, meta.arch_kwargs["out_channels"], tile_size=tile_size,
-                            halo=halo, align=align, batch_size=batch_size, device=device,
-                            progress=progress, cancel=cancel)
-        if meta.task == "semantic":
+        return tiled_apply(forward, image, meta.arch_kwargs["out_channels"], tile_size=tile_size,
+                           halo=halo, align=align, batch_size=batch_size, device=device,
+                           progress=progress, cancel=cancel)
+
+    def predict_maps(self, net: nn.Module, image: Any, meta: ModelMeta, *, device: torch.device,
+                     tile_size: int | None = None, batch_size: int = 2, progress: ProgressFn | None = None,
+                     cancel: CancelToken | None = None) -> np.ndarray:
+        """Each pixel's share of its flux per component ``(K, Y, X)`` (softmax, summing to 1) of a regression model."""
+        if meta.task != "regression":
+            raise ValueError(f"predict_maps needs a regression model, this one is {meta.task}")
+        return self._tiled_maps(net, image, meta, device, tile_size, batch_size, progress, cancel)
+
+    def predict_plane(self, net: nn.Module, image: Any, meta: ModelMeta, *, device: torch.device,
+                      tile_size: int | None = None, batch_size: int = 2, return_probabilities: bool = False,
+                      progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+                      **postprocess: Any) -> PlaneResult:
+        probs = self._tiled_maps(net, image, meta, device, tile_size, batch_size, progress, cancel)
+        if meta.task in ("semantic", "regression"):  # regression: the component holding most of the flux
             labels = (np.argmax(probs, axis=0) + 1).astype(np.int32)
             return PlaneResult(labels, probs if return_probabilities else None)
         settings = self.split_postprocess(meta, postprocess)  # the core applies its own to the assembled result
