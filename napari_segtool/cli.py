@@ -221,16 +221,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_segtool.core.validate import check_device
     from napari_segtool.io.outputs import made_dirs, remove_empty_dirs
 
-    from napari_segtool.core.checkpoint import resolve_model_path
+    from napari_segtool.core.checkpoint import read_meta, resolve_model_path
 
     if args.device is not None:
         check_device(args.device)
-    resolve_model_path(args.model)  # an unknown model is refused first
+    model_path = resolve_model_path(args.model)  # an unknown model is refused first
     inputs = _expand_inputs(args.images)
     for path in inputs:
         if not path.expanduser().exists():
             raise CliError(f"cannot read {path}: no such file or folder")
     out = Path(args.out).expanduser()
+    if read_meta(model_path).task == "regression":
+        return _decompose_files(args, inputs, out)
     if out.name.lower().endswith(".ome.zarr"):
         return _predict_ome_zarr(args, inputs, out)
     if out.suffix == ".zarr" or args.workers or args.scheduler:
@@ -339,6 +341,41 @@ def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], pla
         n = len(np.unique(pred.labels)) - 1 if model.meta.task == "instance" else int(pred.labels.max())
         kind = "objects" if model.meta.task == "instance" else "max class id"
         print(f"{path.name}: {n} {kind} -> {written}")
+
+
+#: What a folder --out receives per input from a bulge/disk (regression) model: its component images as FITS.
+DECOMPOSITION_PRODUCTS = ("_bulge.fits", "_disk.fits")
+
+
+def _decompose_files(args: argparse.Namespace, inputs: list[Path], out: Path) -> int:
+    """``<stem>_bulge.fits`` and ``<stem>_disk.fits`` per input (``core.decompose``), under the input HDU's header
+    and WCS (``io.fits.write_image``); flux in the input's units, sky subtracted."""
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.decompose import decompose
+    from napari_segtool.io.fits import write_image
+    from napari_segtool.io.images import read_image
+    from napari_segtool.io.outputs import made_dirs, plan_label_outputs, remove_empty_dirs
+
+    if out.suffix == ".zarr" or args.workers or args.scheduler:
+        raise CliError("a bulge/disk model writes FITS images: give a folder as --out (no .zarr, --workers, --scheduler)")
+    plans = plan_label_outputs(inputs, out, [_stem(p) for p in inputs], DECOMPOSITION_PRODUCTS, overwrite=args.overwrite)
+    model = load_model(args.model, device=args.device)
+    images = [read_image(path, axes=args.axes, lazy=True, hdu=args.hdu) for path in inputs]  # all readable first
+    created = made_dirs(out)
+    try:
+        for path, img, paths in zip(inputs, images, plans):
+            result = decompose(model, img.data, tile_size=args.tile_size)
+            cards = {"SEGMODEL": (model.meta.name, "napari-segtool model that made this image"),
+                     "SEGSRC": (Path(img.path).name, "image decomposed"),
+                     "SEGSKY": (result.sky, "sky level subtracted (input units)")}
+            for (name, flux), target in zip(result.layers().items(), paths):
+                write_image(target, flux, img.metadata, {**cards, "SEGCOMP": (name, "component in this image")})
+            print(f"{path.name}: bulge {np.nansum(result.bulge):.4g}, disk {np.nansum(result.disk):.4g} "
+                  f"-> {', '.join(str(p) for p in paths)}")
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
+    return 0
 
 
 def _predict_ome_zarr(args: argparse.Namespace, inputs: list[Path], out: Path) -> int:
@@ -547,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="shipped model name or path")
     p.add_argument("images", nargs="+")
     p.add_argument("--out", required=True, help="output folder, or a .zarr for chunked/distributed runs; "
-                   "per image <stem>_labels.tif + _objects.csv, for FITS <stem>_segm.fits + _cat.ecsv + _cat.fits")
+                   "per image <stem>_labels.tif + _objects.csv, for FITS <stem>_segm.fits + _cat.ecsv + _cat.fits; "
+                   "a bulge/disk model (astro-bulge-disk) writes <stem>_bulge.fits + _disk.fits")
     p.add_argument("--axes")
     p.add_argument("--tile-size", type=_number(int, 32, 16384))
     p.add_argument("--z-scale", type=_number(float, 0, 1000, lo_open=True),
