@@ -14,6 +14,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage import feature, measure, morphology, segmentation
 
 from napari_segtool.kernel.params import Param
+from napari_segtool.ops.deblend import CONTRAST, deblend_by_contrast
 
 
 #: How touching objects are told apart (``instances_from_maps(seed_mode=...)``).
@@ -313,7 +314,8 @@ def _flood_from_peaks(relief: np.ndarray, foreground: np.ndarray, spacing: float
 
 
 def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, *, fg_threshold: float = 0.5,
-                  seed_spacing: float = 0.25, smooth: float = 1.0, min_size: int = 4) -> np.ndarray:
+                  seed_spacing: float = 0.25, smooth: float = 1.0, min_size: int = 4,
+                  contrast: float = CONTRAST) -> np.ndarray:
     """Deblend: the network's foreground cut into one object per brightness peak of ``image``.
 
     Blended stars and galaxies rarely leave a waist in their joint footprint, but
@@ -334,11 +336,14 @@ def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, 
     seed_spacing : least distance between peaks, as a fraction of ``diameter``.
     smooth : Gaussian sigma (pixels) applied to ``image`` before finding peaks.
     min_size : objects smaller than this (pixels) are dropped.
+    contrast : a peak stays a source only with this share of its footprint's flux above its saddle
+        (SExtractor's DEBLEND_MINCONT; ``ops.deblend``, flux from the asinh stretch); 0 keeps every peak.
     """
     if image.ndim != 2 or image.shape != p_foreground.shape:
         raise ValueError(f"expected a YX image and map of one shape, got {image.shape} and {p_foreground.shape}")
     relief = ndi.gaussian_filter(np.nan_to_num(image.astype(np.float32)), smooth)
-    return _split_at_peaks(relief, p_foreground > fg_threshold, seed_spacing * diameter, min_size=min_size)
+    labels = _split_at_peaks(relief, p_foreground > fg_threshold, seed_spacing * diameter, min_size=min_size)
+    return deblend_by_contrast(labels, relief, contrast) if contrast > 0 else labels
 
 
 def split_by_shape(
