@@ -1,24 +1,32 @@
 """Astronomy source segmentation: the shipped ``astro-sources`` U-Net vs photutils and SEP.
 
     python benchmarks/astro_sources.py [--fields 20] [--size 256] [--model astro-sources|PATH]
-                                       [--tune-fields 8] [--out DIR]
+                                       [--tune-fields 8] [--speed-fields 5] [--out DIR]
 
 Held-out simulated fields (``napari_segtool.sim.simulate_astro_dataset``, seed
-``--seed``, default 100: the model was trained on seed 1 and its card scored on seed 2)
-are segmented by
+``--seed``, default 100: the model was trained on seeds 1 and 501 and its card scored on seed 2),
+*standard* and *crowded* (``crowding="crowded"``, seed + 1000: 2-3x the source density, 40-70 %
+blends), both with the simulator's documented truth (detectable sources, isophotal S/N >= 5, the
+1.5-sigma isophote, each pixel to the source with the most flux), are segmented by
 
 * the model (``core.predict.predict``, its own asinh normalisation);
 * photutils ``detect_sources`` + ``deblend_sources`` and SEP ``sep.extract`` with
   deblending and ``segmentation_map=True`` (``benchmarks/baselines.py``), each with the
   parameters that maximise mean AP@0.5 on separate tuning fields (seed ``--tune-seed``,
-  default 50) over a small grid (threshold, minimum area, deblending contrast and
-  levels), and, for reference, with their stock parameters.
+  default 50; crowded: seed + 1000, tuned separately) over a small grid (threshold, minimum
+  area, deblending contrast and levels), and, for reference, with their stock parameters.
 
 Per method, means over the test fields of ``ops.metrics.instance_scores``: AP@0.5,
 mean AP (0.5:0.95), precision, recall and F1 at IoU 0.5; the recall at IoU 0.5 of the
 *blended* sources (the simulator's ``blended`` flag: the footprint touches another one,
-8-connected), pooled over all fields because each field has only a few; and seconds
-per field (segmentation only; the model is warmed up once before timing).
+8-connected), pooled over all fields because each field has only a few; the share of *large*
+galaxies (the simulator's extended ones, 2-20 arcsec half-light radius) whose footprint is held
+mostly (> 50 %) by one label ("large whole"); and seconds per field (segmentation only; the model
+is warmed up once before timing).
+
+Speed (``--speed-fields``): the model alone on 512x512 standard fields, after a warm-up, each
+field timed (median and mean), with the 1-minute load average before and after: on a shared CPU
+the load says how far the figure is from an idle machine's.
 
 Real sky (``--no-real`` skips it): the same methods, with the same parameters, on the Hubble
 Deep Field shipped with scikit-image (grey: the mean of its RGB channels). No truth exists, so the
@@ -66,10 +74,12 @@ BASELINES: dict[str, tuple[Callable[..., np.ndarray], dict[str, Any], dict[str, 
 REAL_COLUMNS = [("image", "image", "s"), ("method", "method", "s"), ("params", "parameters", "s"),
                 ("n_sources", "sources", "d"), ("sep3_covered", "SEP 3σ covered", ".3f"),
                 ("largest_one_label", "largest: one label", ".3f"), ("seconds", "s/image", ".2f")]
-COLUMNS = [("method", "method", "s"), ("params", "parameters", "s"), ("ap50", "AP@0.5", ".3f"),
+COLUMNS = [("set", "fields", "s"), ("method", "method", "s"), ("params", "parameters", "s"), ("ap50", "AP@0.5", ".3f"),
            ("mean_ap", "mean AP", ".3f"), ("precision50", "precision", ".3f"), ("recall50", "recall", ".3f"),
            ("f1_50", "F1", ".3f"), ("blended_recall50", "blended recall", ".3f"),
-           ("seconds_per_field", "s/field", ".3f")]
+           ("large_whole", "large whole", ".2f"), ("seconds_per_field", "s/field", ".3f")]
+#: a large galaxy counts as kept whole when one label holds more than this share of its footprint
+LARGE_WHOLE = 0.5
 
 
 def blended_ids(field: AstroField) -> list[int]:
@@ -99,9 +109,11 @@ def tune(fn: Callable[..., np.ndarray], grid: dict[str, list], fields: Sequence[
     return best[1], best[0], failed
 
 
-def evaluate(method: str, params: str, segment: Segmenter, fields: Sequence[AstroField]) -> dict[str, Any]:
-    """Mean instance scores over ``fields``, pooled blended-source recall, seconds per field."""
-    per_field, seconds, hit, total = [], 0.0, 0, 0
+def evaluate(method: str, params: str, segment: Segmenter, fields: Sequence[AstroField],
+             set_name: str = "standard") -> dict[str, Any]:
+    """Mean instance scores over ``fields``, pooled blended-source recall, large galaxies kept whole,
+    seconds per field."""
+    per_field, seconds, hit, total, whole = [], 0.0, 0, 0, []
     for f in fields:
         t0 = time.perf_counter()
         pred = segment(f.image)
@@ -109,12 +121,32 @@ def evaluate(method: str, params: str, segment: Segmenter, fields: Sequence[Astr
         per_field.append(instance_scores(pred, f.labels))
         h, t = matched_count(pred, f.labels, blended_ids(f))
         hit, total = hit + h, total + t
-    row: dict[str, Any] = {"method": method, "params": params}
+        whole += [one_label_fraction(pred, f.labels == e["id"]) > LARGE_WHOLE for e in f.catalog if e.get("large")]
+    row: dict[str, Any] = {"set": set_name, "method": method, "params": params}
     for key in ("ap50", "mean_ap", "precision50", "recall50", "f1_50"):
         row[key] = float(np.mean([s[key] for s in per_field]))
     row["blended_recall50"] = hit / total if total else None
+    row["large_whole"] = float(np.mean(whole)) if whole else None
     row["seconds_per_field"] = seconds / len(fields)
     return row
+
+
+def speed(model, n_fields: int, seed: int) -> str:
+    """Seconds per 512x512 field for the model alone (warmed up), with the load average around the run."""
+    import os
+
+    fields = simulate_astro_dataset(n_fields, (512, 512), seed=seed)
+    predict(model, fields[0].image)
+    load0 = os.getloadavg()[0]
+    times = []
+    for f in fields:
+        t0 = time.perf_counter()
+        predict(model, f.image)
+        times.append(time.perf_counter() - t0)
+    load1 = os.getloadavg()[0]
+    return (f"speed: {n_fields} fields 512x512 (seed {seed}): median {np.median(times):.3f} s, mean "
+            f"{np.mean(times):.3f} s, min {np.min(times):.3f} s per field (network + deblending + source table); "
+            f"1-min load average {load0:.1f} before, {load1:.1f} after, on {os.cpu_count()} cores")
 
 
 def sep_reference(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -204,30 +236,44 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--fields", type=int, default=20, help="held-out test fields")
     p.add_argument("--size", type=int, default=256, help="field size (px)")
     p.add_argument("--model", default="astro-sources", help="zoo name or path of the model")
-    p.add_argument("--seed", type=int, default=100, help="test fields' seed (training used 1, the card 2)")
+    p.add_argument("--seed", type=int, default=100, help="test fields' seed (training used 1 and 501, the card 2)")
+    p.add_argument("--crowded-fields", type=int, default=20, help="held-out crowded fields (seed --seed + 1000)")
+    p.add_argument("--speed-fields", type=int, default=5, help="512x512 fields timed for the model alone (0: skip)")
     p.add_argument("--tune-fields", type=int, default=8, help="fields used to tune photutils and SEP")
     p.add_argument("--tune-seed", type=int, default=50)
     p.add_argument("--no-stock", action="store_true", help="skip the baselines with stock parameters")
     p.add_argument("--no-real", action="store_true", help="skip the real-sky rows (Hubble Deep Field)")
     p.add_argument("--out", type=Path, help="write astro_sources.md and astro_sources.csv here")
     args = p.parse_args(argv)
-    if args.seed in (1, 2) or args.tune_seed in (1, 2) or args.seed == args.tune_seed:
-        raise SystemExit("test and tuning seeds must differ from each other and from 1 and 2 (training, card)")
+    if {args.seed, args.tune_seed} & {1, 2, 501} or args.seed == args.tune_seed:
+        raise SystemExit("test and tuning seeds must differ from each other and from 1, 501 and 2 (training, card)")
 
     model = load(args.model)
     threads = configure_threads()
     shape = (args.size, args.size)
     t0 = time.perf_counter()
-    tune_fields = simulate_astro_dataset(args.tune_fields, shape, seed=args.tune_seed)
-    test_fields = simulate_astro_dataset(args.fields, shape, seed=args.seed)
-    n_src = sum(int(f.labels.max()) for f in test_fields)
-    n_blend = sum(len(blended_ids(f)) for f in test_fields)
+    sets = {"standard": (simulate_astro_dataset(args.tune_fields, shape, seed=args.tune_seed),
+                         simulate_astro_dataset(args.fields, shape, seed=args.seed))}
+    if args.crowded_fields:
+        sets["crowded"] = (simulate_astro_dataset(args.tune_fields, shape, seed=args.tune_seed + 1000, crowding="crowded"),
+                           simulate_astro_dataset(args.crowded_fields, shape, seed=args.seed + 1000, crowding="crowded"))
+    test_fields = sets["standard"][1]
     header = [
         "# Astronomy sources: U-Net model vs photutils and SEP (held-out simulated fields)",
         "",
-        f"- test: {args.fields} fields {args.size}×{args.size} (simulate_astro_dataset seed {args.seed}), "
-        f"{n_src} sources, {n_blend} blended",
-        f"- photutils / SEP tuned for AP@0.5 on {args.tune_fields} other fields (seed {args.tune_seed})",
+    ]
+    for name, (_, fields) in sets.items():
+        seed = args.seed if name == "standard" else args.seed + 1000
+        n_src = sum(int(f.labels.max()) for f in fields)
+        n_blend = sum(len(blended_ids(f)) for f in fields)
+        n_large = sum(e.get("large", False) for f in fields for e in f.catalog)
+        header.append(f"- {name}: {len(fields)} fields {args.size}×{args.size} (simulate_astro_dataset seed "
+                      f"{seed}), {n_src} sources, {n_blend} blended, "
+                      f"{n_large} large galaxies")
+    header += [
+        "- truth: detectable sources (isophotal S/N >= 5), footprints at the 1.5-sigma isophote (napari_segtool.sim.astro)",
+        f"- photutils / SEP tuned for AP@0.5 on {args.tune_fields} other fields per set (seed {args.tune_seed}, "
+        f"crowded {args.tune_seed + 1000})",
         f"- model: {model.meta.name or args.model} (`{args.model}`); device {pick_device()}, {threads} torch thread(s)",
         "- seconds are wall-clock times of this run; on a CPU shared with other jobs compare them within a run",
     ]
@@ -236,29 +282,37 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"  (simulated in {time.perf_counter() - t0:.0f} s)", flush=True)
 
     rows: list[dict[str, Any]] = []
+    real: list[dict[str, Any]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # photutils/astropy warn about deblending modes and empty meshes
-        predict(model, tune_fields[0].image)  # warm-up, untimed
+        predict(model, test_fields[0].image)  # warm-up, untimed
         arch = {"unet": "U-Net", "maskrcnn": "Mask R-CNN"}.get(model.meta.arch, model.meta.arch)
-        segmenters: list[tuple[str, str, Segmenter]] = [
-            (f"{arch} (ours)", f"model {model.meta.name or args.model}", lambda im: predict(model, im).labels)]
-        rows.append(evaluate(*segmenters[0], test_fields))
-        print(format_row(rows[-1], COLUMNS), flush=True)
-        for name, (fn, stock, grid) in BASELINES.items():
-            t0 = time.perf_counter()
-            best, ap, failed = tune(fn, grid, tune_fields)
-            n = int(np.prod([len(v) for v in grid.values()]))
-            print(f"{name}: best of {n} settings on the tuning fields AP@0.5 {ap:.3f} with {_fmt(best)} "
-                  f"({failed} failed, {time.perf_counter() - t0:.0f} s)", flush=True)
-            if not best:
-                continue
-            segmenters.append((f"{name} (tuned)", _fmt(best), lambda im, fn=fn, kw=best: fn(im, **kw)))
-            if not args.no_stock:
-                segmenters.append((f"{name} (stock)", _fmt(stock), lambda im, fn=fn, kw=stock: fn(im, **kw)))
-            for method in segmenters[len(rows):]:
-                rows.append(evaluate(*method, test_fields))
-                print(format_row(rows[-1], COLUMNS), flush=True)
-        real = [] if args.no_real else real_sky("Hubble Deep Field (skimage, grey)", hubble_grey(), segmenters)
+        ours: tuple[str, str, Segmenter] = (f"{arch} (ours)", f"model {model.meta.name or args.model}",
+                                             lambda im: predict(model, im).labels)
+        for set_name, (tune_fields, fields) in sets.items():
+            segmenters = [ours]
+            rows.append(evaluate(*ours, fields, set_name))
+            print(format_row(rows[-1], COLUMNS), flush=True)
+            for name, (fn, stock, grid) in BASELINES.items():
+                t0 = time.perf_counter()
+                best, ap, failed = tune(fn, grid, tune_fields)
+                n = int(np.prod([len(v) for v in grid.values()]))
+                print(f"{set_name} {name}: best of {n} settings on the tuning fields AP@0.5 {ap:.3f} with {_fmt(best)} "
+                      f"({failed} failed, {time.perf_counter() - t0:.0f} s)", flush=True)
+                if not best:
+                    continue
+                segmenters.append((f"{name} (tuned)", _fmt(best), lambda im, fn=fn, kw=best: fn(im, **kw)))
+                if not args.no_stock:
+                    segmenters.append((f"{name} (stock)", _fmt(stock), lambda im, fn=fn, kw=stock: fn(im, **kw)))
+                for method in segmenters[len(segmenters) - (1 if args.no_stock else 2):]:
+                    rows.append(evaluate(*method, fields, set_name))
+                    print(format_row(rows[-1], COLUMNS), flush=True)
+            if set_name == "standard" and not args.no_real:
+                real = real_sky("Hubble Deep Field (skimage, grey)", hubble_grey(), segmenters)
+        timing = speed(model, args.speed_fields, args.seed + 2000) if args.speed_fields else ""
+    if timing:
+        print(timing, flush=True)
+        header.append(f"- {timing}")
 
     classes = star_galaxy(model, test_fields)
     if classes:
