@@ -1,8 +1,10 @@
-"""Model QC: held-out reviewed regions, AP@0.5 / F1 of every model version of a project, roll back.
+"""Model QC: held-out reviewed regions, a score for every model version of a project, roll back.
 
 A stripe of every reviewed plane (the right :data:`HOLDOUT_FRACTION` of its width) is held
 out: :meth:`~napari_segtool.core.project.Project.training_mask` leaves it out of training, and
-:func:`score_model` predicts the plane and scores the model on it. Each model the project
+:func:`score_model` predicts the plane and scores the model on it: instance models by
+AP@0.5 / F1 of matched objects, semantic (and binary, two-class) models by per-class IoU and
+their mean (mIoU) -- object matching means nothing for a class map. Each model the project
 trains is recorded with :func:`record_version` (``versions.json`` in the project folder, atomic
 writes under the project lock); :func:`versions` lists them with their scores, rescoring the
 ones scored on another held-out set (reviewed planes changed since), so the user sees whether
@@ -82,39 +84,90 @@ def _signature(planes: Sequence[HeldOutPlane]) -> str:
 
 @dataclass
 class ModelScore:
-    """AP@0.5 and F1 (IoU 0.5) of a model on the held-out regions (``heldout``: their signature)."""
+    """A model's score on the held-out regions (``heldout``: their signature; scores compare only when equal).
 
-    ap50: float
-    f1: float
-    mean_ap: float
+    Instance models: ``ap50``, ``f1`` (IoU 0.5) and ``mean_ap`` over the held-out objects
+    (``n_objects``). Semantic models (``task == "semantic"``, binary ones included): ``miou``,
+    the mean of ``class_iou`` (class name -> IoU over the labelled held-out pixels,
+    ``n_pixels``); the instance fields are ``None``.
+    """
+
+    ap50: float | None
+    f1: float | None
+    mean_ap: float | None
     n_objects: int
     n_planes: int
     heldout: str
+    task: str = "instance"
+    miou: float | None = None
+    class_iou: dict[str, float] = field(default_factory=dict)
+    n_pixels: int = 0
+
+    @property
+    def metric(self) -> str:
+        """The headline figure's name: ``"AP@0.5"`` for instance models, ``"mIoU"`` for semantic ones."""
+        return "mIoU" if self.task == "semantic" else "AP@0.5"
+
+    @property
+    def value(self) -> float:
+        """The headline figure (what the Train widget compares between versions)."""
+        value = self.miou if self.task == "semantic" else self.ap50
+        return float(value) if value is not None else float("nan")
+
+    def figures(self) -> list[tuple[str, float]]:
+        """Short name and value of each figure a versions list shows: AP50 and F1, or mIoU."""
+        if self.task == "semantic":
+            return [("mIoU", self.value)]
+        return [("AP50", self.value), ("F1", float(self.f1) if self.f1 is not None else float("nan"))]
 
 
-def score_model(model: "SegModel", planes: Sequence[HeldOutPlane]) -> ModelScore | None:
-    """Predict each held-out plane whole (the training columns give context) and score its stripe.
-
-    Returns ``None`` when there is no held-out object to score against. Scores of several
-    planes are pooled by object count.
-    """
+def _predict_heldout(model: "SegModel", plane: HeldOutPlane) -> np.ndarray:
+    """The model's labels of the held-out stripe, the plane predicted whole (the training columns give context)."""
     from napari_segtool.core.predict import predict
+
+    image = np.asarray(plane.image)
+    image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    return predict(model, image, axes="YXC" if image.ndim == 3 else "YX").labels[:, plane.x0:]
+
+
+def _instance_score(preds: Sequence[np.ndarray], planes: Sequence[HeldOutPlane]) -> ModelScore:
+    """AP@0.5, F1 and mean AP of each stripe, pooled by object count."""
     from napari_segtool.ops.metrics import instance_scores
 
-    planes = [p for p in planes if p.n_objects]
-    if not planes:
-        return None
-    scores, weights = [], []
-    for p in planes:
-        image = np.asarray(p.image)
-        image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
-        pred = predict(model, image, axes="YXC" if image.ndim == 3 else "YX").labels
-        scores.append(instance_scores(pred[:, p.x0:], p.labels[:, p.x0:]))
-        weights.append(p.n_objects)
+    scores = [instance_scores(pred, p.labels[:, p.x0:]) for pred, p in zip(preds, planes)]
+    weights = [p.n_objects for p in planes]
     w = np.asarray(weights, float) / sum(weights)
     pooled = {k: float(sum(wi * s[k] for wi, s in zip(w, scores))) for k in ("ap50", "f1_50", "mean_ap")}
     return ModelScore(pooled["ap50"], pooled["f1_50"], pooled["mean_ap"], int(sum(weights)), len(planes),
                       _signature(planes))
+
+
+def _semantic_score(model: "SegModel", preds: Sequence[np.ndarray], planes: Sequence[HeldOutPlane]) -> ModelScore:
+    """Per-class IoU over the labelled pixels of every stripe together (label 0: not labelled, not scored)."""
+    from napari_segtool.ops.metrics import semantic_scores
+
+    scores = semantic_scores(np.concatenate([pred.ravel() for pred in preds]),
+                             np.concatenate([p.labels[:, p.x0:].ravel() for p in planes]), ignore_index=0)
+    names = list(model.meta.classes)
+    class_iou = {(names[c] if 0 < c < len(names) else f"class {c}"): float(s["iou"])
+                 for c, s in sorted(scores["per_class"].items())}
+    return ModelScore(None, None, None, 0, len(planes), _signature(planes), task="semantic",
+                      miou=float(scores["miou"]), class_iou=class_iou, n_pixels=int(scores["n_pixels"]))
+
+
+def score_model(model: "SegModel", planes: Sequence[HeldOutPlane]) -> ModelScore | None:
+    """Predict each held-out plane whole and score the model on its stripes, by the model's task.
+
+    Returns ``None`` when no stripe holds a labelled object (or, for a semantic model, a
+    labelled pixel) to score against.
+    """
+    planes = [p for p in planes if p.n_objects]
+    if not planes:
+        return None
+    preds = [_predict_heldout(model, p) for p in planes]
+    if model.meta.task == "semantic":
+        return _semantic_score(model, preds, planes)
+    return _instance_score(preds, planes)
 
 
 @dataclass

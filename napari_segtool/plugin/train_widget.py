@@ -116,13 +116,14 @@ class TrainWidget(SavesWithWindow, JobWidget):
                               cancel_tip="Stop now; the best model so far is saved")
         self.train_button = self.run_button
         # model QC (core.model_versions): every model trained in the project, scored on held-out reviewed
-        # regions, and Export: one row, so the widget fits a 1400x900 window's dock
-        row = QHBoxLayout()
+        # regions, on a row of its own (name, score and parent stay readable in a 1400x900 window's dock);
+        # Roll back and Export below it
         self.versions_combo = QComboBox()
         self.versions_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.versions_combo.setMinimumContentsLength(12)  # long names elide: the dock stays narrow
-        self.versions_combo.setToolTip("Model versions of this project, oldest first: AP@0.5 and F1 on the held-out "
-                                       "part of the reviewed slices (never trained on); ● the current model")
+        self.versions_combo.setToolTip("Model versions of this project, oldest first, scored on the held-out part "
+                                       "of the reviewed slices (never trained on): AP@0.5 and F1 of instance "
+                                       "models, mIoU of semantic ones; ● the current model")
         self.rollback_button = QPushButton("Roll back")
         self.rollback_button.setToolTip("Use the chosen version again (Segment selects it; later versions stay "
                                         "in the project)")
@@ -131,7 +132,8 @@ class TrainWidget(SavesWithWindow, JobWidget):
         self.export_button.setToolTip("Save the selected model as a bioimage.io package (.zip), ONNX or "
                                       "TorchScript for other tools (runs in the background)")
         self.export_button.clicked.connect(self._on_export_clicked)
-        row.addWidget(self.versions_combo, 1)
+        layout.addWidget(self.versions_combo)
+        row = QHBoxLayout()
         row.addWidget(self.rollback_button)
         row.addWidget(self.export_button)
         layout.addLayout(row)
@@ -322,10 +324,12 @@ class TrainWidget(SavesWithWindow, JobWidget):
         best_txt = f", best {best.metric_name} {max(e.val_metric for e in out.epochs):.3f}" if best else ""
         self.status_label.setText(f"saved '{out.name}' ({out.stop_reason}, {out.steps} steps, "
                                   f"{out.seconds:.0f} s, {out.n_examples} planes{best_txt})")
-        if out.score is not None:
-            was = (f" (was {out.parent_score.ap50:.2f} for {out.parent})" if out.parent_score is not None
-                   else "")
-            self.status_label.setText(self.status_label.text() + f" — held-out AP@0.5 {out.score.ap50:.2f}{was}")
+        if out.score is not None:  # AP@0.5 of an instance model, mIoU of a semantic one
+            parent = out.parent_score
+            was = (f" (was {parent.value:.2f} for {out.parent})"
+                   if parent is not None and parent.metric == out.score.metric else "")
+            self.status_label.setText(self.status_label.text() +
+                                      f" — held-out {out.score.metric} {out.score.value:.2f}{was}")
         self._use_model(out.path)
         self.name_edit.clear()
         self._suggest_name()
@@ -365,20 +369,27 @@ class TrainWidget(SavesWithWindow, JobWidget):
         for v in items:
             stale = v.score is not None and v.score.heldout != newest
             star = "*" if stale else ""
-            score = (f"AP50 {v.score.ap50:.2f}{star} F1 {v.score.f1:.2f}{star}" if v.score is not None
-                     else "no held-out objects")
+            score = (" ".join(f"{name} {value:.2f}{star}" for name, value in v.score.figures())
+                     if v.score is not None else "no held-out objects")
             mark = "● " if v.name == current else ""
-            parent = f" ← {v.parent}" if v.parent else ""
-            combo.addItem(f"{mark}{v.name} · {score}{parent}", v.name)
-            origin = f"fine-tuned from {v.parent}" if v.parent else "trained from scratch"
-            tip = f"{v.name}: {origin}, {v.created}" + (" (* scored on earlier held-out regions)" if stale else "")
-            combo.setItemData(combo.count() - 1, tip, Qt.ToolTipRole)
+            combo.addItem(f"{mark}{v.name} · {score}", v.name)  # the parent is in the tooltip: the text fits the dock
+            combo.setItemData(combo.count() - 1, self._version_tip(v, stale), Qt.ToolTipRole)
         if not items:
             combo.addItem("no trained versions yet", None)
         combo.view().setMinimumWidth(combo.view().sizeHintForColumn(0) + 24)  # the open list shows whole lines
         index = combo.findData(current)
         combo.setCurrentIndex(index if index >= 0 else combo.count() - 1)
         self.rollback_button.setEnabled(bool(items))
+
+    @staticmethod
+    def _version_tip(version: Any, stale: bool) -> str:
+        """A version's tooltip: its origin, and for a semantic model the IoU of each class."""
+        origin = f"fine-tuned from {version.parent}" if version.parent else "trained from scratch"
+        tip = f"{version.name}: {origin}, {version.created}"
+        score = version.score
+        if score is not None and score.class_iou:
+            tip += "\nheld-out IoU: " + ", ".join(f"{name} {iou:.2f}" for name, iou in score.class_iou.items())
+        return tip + (" (* scored on earlier held-out regions)" if stale else "")
 
     def _on_rollback_clicked(self) -> None:
         name = self.versions_combo.currentData()

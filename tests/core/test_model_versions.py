@@ -16,6 +16,7 @@ from napari_segtool.core.model_versions import (
 )
 from napari_segtool.core.project import ImageEntry, Project
 from tests.conftest import draw_objects
+from tests.core.test_batch import threshold_unet
 
 
 def test_holdout_mask_is_the_right_stripe_of_wide_planes_only():
@@ -115,3 +116,68 @@ def test_training_on_the_project_records_a_scored_version_next_to_its_parent(rev
     assert len(examples) == 2
     for example in examples:
         assert example.annotated[:, :256].all() and not example.annotated[:, 256:].any()
+
+
+def _semantic_blob_model(swap: bool = False):
+    """A semantic U-Net with classes background (1) and nucleus (2): the hand-wired bright-blob network of
+    tests/core/test_batch.py with its background and interior logits as the two classes (swapped: every pixel
+    gets the wrong class)."""
+    import torch
+
+    model = threshold_unet()
+    rows = [1, 0] if swap else [0, 1]  # background, interior logits of the instance head
+    old = model.net.head
+    head = torch.nn.Conv2d(old.in_channels, 2, 1)
+    with torch.no_grad():
+        head.weight.copy_(old.weight[rows])
+        head.bias.copy_(old.bias[rows])
+    model.net.head = head
+    model.meta.task = "semantic"
+    model.meta.classes = ["unlabelled", "background", "nucleus"]
+    model.meta.arch_kwargs["out_channels"] = 2
+    model.meta.postprocess = {}
+    return model
+
+
+def test_semantic_models_are_scored_by_class_iou_not_instance_ap(tmp_path):
+    """A semantic (here binary: background / nucleus) model's class map has no objects to match: its versions
+    are scored by per-class IoU on the held-out stripe and their mean, stored and listed with that metric."""
+    import numpy as np
+
+    from napari_segtool.core.checkpoint import save_model
+    from napari_segtool.core.predict import predict
+
+    image, objects = draw_objects((160, 320), n=40, seed=5, touching=False)
+    classes = np.where(objects > 0, 2, 1).astype(np.int32)  # every pixel reviewed: 1 background, 2 nucleus
+    classes[:, 300:] = 0                                       # ... but the last columns are not labelled
+    p = Project(tmp_path / "proj")
+    p.save_entry(ImageEntry(key="cells", name="cells", shape=classes.shape, reviewed=[()]))
+    p.save_plane("cells", (), classes, None, image=image)
+    (plane,) = heldout_planes(p)
+    good, wrong = _semantic_blob_model(), _semantic_blob_model(swap=True)
+    save_model(good, p.model_path("good"))
+    save_model(wrong, p.model_path("wrong"))
+    v_wrong = record_version(p, "wrong", wrong)
+    v_good = record_version(p, "good", parent="wrong")        # loaded from models/
+
+    score = v_good.score
+    assert score.task == "semantic" and score.metric == "mIoU"
+    assert score.ap50 is None and score.f1 is None and score.n_objects == 0
+    assert set(score.class_iou) == {"background", "nucleus"}
+    # the IoU of each class, counted by hand on the stripe's labelled pixels
+    pred = predict(good, image, axes="YX").labels[:, plane.x0:]
+    truth = classes[:, plane.x0:]
+    labelled = truth > 0
+    for cls, name in ((1, "background"), (2, "nucleus")):
+        inter = ((pred == cls) & (truth == cls) & labelled).sum()
+        union = (((pred == cls) & labelled) | (truth == cls)).sum()
+        assert score.class_iou[name] == pytest.approx(inter / union)
+    assert score.value == score.miou == pytest.approx(np.mean(list(score.class_iou.values())))
+    assert score.n_pixels == labelled.sum() and score.figures() == [("mIoU", score.miou)]
+    assert score.class_iou["nucleus"] > 0.8 and score.miou > 0.85     # the blob network finds the nuclei
+    assert v_wrong.score.miou < 0.1 and v_wrong.score.heldout == score.heldout
+    # stored and read back with its metric; instance scores keep theirs
+    listed = versions(Project(p.root))
+    assert [(v.name, v.score) for v in listed] == [("wrong", v_wrong.score), ("good", score)]
+    stored = json.loads((p.root / VERSIONS_FILE).read_text())
+    assert stored[1]["score"]["task"] == "semantic" and stored[1]["score"]["class_iou"]["nucleus"] > 0.8

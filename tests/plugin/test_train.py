@@ -5,6 +5,9 @@ import warnings
 import numpy as np
 import pytest
 
+from tests.core.test_model_versions import _semantic_blob_model
+from tests.plugin.test_user_loop import _dock
+
 pytestmark = pytest.mark.gui
 
 
@@ -274,7 +277,7 @@ def test_model_versions_list_scores_and_rolls_back(make_napari_viewer, qtbot, us
     train.init_combo.setCurrentIndex(0)  # fine-tune v0
     train.repredict_check.setChecked(False)
     assert train.train(_tiny_config()) is not None
-    qtbot.waitUntil(lambda: train.worker is None, timeout=300000)
+    qtbot.waitUntil(lambda: train.worker is None, timeout=1200000)
     outcome = train.last_outcome
     assert outcome.ok, outcome.message
     result = outcome.result
@@ -283,7 +286,8 @@ def test_model_versions_list_scores_and_rolls_back(make_napari_viewer, qtbot, us
     combo = train.versions_combo
     assert [combo.itemData(i) for i in range(combo.count())] == ["v0", result.name]
     assert combo.currentData() == result.name
-    assert combo.currentText() == f"● {result.name} · AP50 {result.score.ap50:.2f} F1 {result.score.f1:.2f} ← v0"
+    assert combo.currentText() == f"● {result.name} · AP50 {result.score.ap50:.2f} F1 {result.score.f1:.2f}"
+    assert "fine-tuned from v0" in combo.itemData(1, Qt.ToolTipRole)
     assert current_version(project) == result.name
     assert [v.name for v in versions(project, rescore=False)] == ["v0", result.name]
 
@@ -298,4 +302,100 @@ def test_model_versions_list_scores_and_rolls_back(make_napari_viewer, qtbot, us
     assert combo.count() == 1 and combo.currentData() is None and not train.rollback_button.isEnabled()
     assert train.set_project(str(project.root))
     assert [combo.itemData(i) for i in range(combo.count())] == ["v0", result.name] and combo.currentData() == "v0"
+    assert not any(kind == "show_error" for kind, _ in errors)
+
+
+def test_semantic_model_versions_show_held_out_miou(make_napari_viewer, qtbot, tmp_path, errors):
+    """Model QC of a semantic (binary: background / nucleus) model, by clicks and keys: the versions list and the
+    status line name the metric that means something for a class map (mIoU, each class's IoU in the tooltip),
+    not instance AP@0.5."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    from napari_segtool.core.model_versions import record_version
+    from tests.conftest import draw_objects
+
+    image, objects = draw_objects((96, 192), n=16, seed=3, touching=False)  # 192 px wide: a 38 px held-out stripe
+    classes = np.where(objects > 0, 2, 1).astype(np.int32)
+    viewer = make_napari_viewer(show=True)  # clicks reach shown widgets: the docks as the Plugins menu opens them
+    _dock(viewer, qtbot, "Segment")
+    train = _dock(viewer, qtbot, "Train")  # opened last: in front
+    session = train.session
+    project = session.project
+    img = viewer.add_image(image, name="cells")
+    labels = session.annotation_layer(img)
+    labels.data_setitem(np.nonzero(classes), classes[np.nonzero(classes)])  # the user's class map
+    session.tracker_for_labels(labels).set_reviewed(())
+    session.save_all(wait=True)
+    project.save_model(_semantic_blob_model(), "v0")
+    first = record_version(project, "v0")
+    assert first.score.metric == "mIoU"
+    session.select_model(str(project.model_path("v0")))
+    session.models_changed.emit()  # the lists refresh, v0 the project's model
+    combo = train.versions_combo
+    assert combo.currentText() == f"● v0 · mIoU {first.score.miou:.2f}"
+    assert "held-out IoU: background" in combo.itemData(0, Qt.ToolTipRole)
+
+    train.init_combo.setFocus()
+    QTest.keyClick(train.init_combo, Qt.Key_Home)  # fine-tune the selected model (v0)
+    for spin, text in ((train.epochs_spin, "1"), (train.steps_spin, "2"), (train.batch_spin, "2"),
+                       (train.patch_spin, "64")):
+        spin.setFocus()
+        spin.selectAll()
+        QTest.keyClicks(spin, text)
+        QTest.keyClick(spin, Qt.Key_Enter)
+    QTest.mouseClick(train.repredict_check, Qt.LeftButton, pos=train.repredict_check.rect().center())
+    assert not train.repredict_check.isChecked()
+    QTest.mouseClick(train.train_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: train.worker is None, timeout=1200000)  # a child process imports torch, then trains
+    outcome = train.last_outcome
+    assert outcome.ok, outcome.message
+    score, parent = outcome.result.score, outcome.result.parent_score
+    assert score.metric == "mIoU" and score.ap50 is None and parent == first.score
+    status = train.status_label.text()
+    assert f"held-out mIoU {score.miou:.2f} (was {first.score.miou:.2f} for v0)" in status, status
+    assert "AP" not in status
+    assert [combo.itemData(i) for i in range(combo.count())] == ["v0", outcome.result.name]
+    assert combo.currentText() == f"● {outcome.result.name} · mIoU {score.miou:.2f}"
+    assert "fine-tuned from v0" in combo.itemData(1, Qt.ToolTipRole)
+    assert not any(kind == "show_error" for kind, _ in errors)
+
+
+def test_versions_list_is_readable_in_a_1400x900_window(make_napari_viewer, qtbot, user_model, errors):
+    """The closed versions combo shows a whole entry (name, AP50, F1; the parent in its tooltip) in the Train tab of a 1400x900
+    window, with the widget still fitting its dock without scrolling."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QStyle, QStyleOptionComboBox
+
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.model_versions import record_version
+    from napari_segtool.sim import simulate_nuclei
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1400, 900)
+    for title in ("Segment", "Correct", "Batch"):
+        _dock(viewer, qtbot, title)
+    train = _dock(viewer, qtbot, "Train")  # the four widgets' tabs, Train in front
+    sim = simulate_nuclei((96, 192), seed=2)
+    session = train.session
+    labels = session.annotation_layer(viewer.add_image(sim.image, name="cells"))
+    labels.data_setitem(np.nonzero(sim.labels), sim.labels[np.nonzero(sim.labels)])
+    session.tracker_for_labels(labels).set_reviewed(())
+    session.save_all(wait=True)
+    session.project.save_model(load_model(user_model), "nuclei-ft-2")
+    version = record_version(session.project, "nuclei-ft-2", parent="nuclei")
+    session.select_model(str(session.project.model_path("nuclei-ft-2")))
+    session.models_changed.emit()
+    qtbot.wait(50)
+    combo = train.versions_combo
+    text = combo.currentText()
+    assert text == f"● nuclei-ft-2 · AP50 {version.score.ap50:.2f} F1 {version.score.f1:.2f}"
+    assert "fine-tuned from nuclei" in combo.itemData(combo.currentIndex(), Qt.ToolTipRole)
+    option = QStyleOptionComboBox()
+    combo.initStyleOption(option)
+    field = combo.style().subControlRect(QStyle.CC_ComboBox, option, QStyle.SC_ComboBoxEditField, combo)
+    assert combo.fontMetrics().horizontalAdvance(text) <= field.width(), (field.width(), text)
+    area = train.scroll_area
+    assert area.widget().minimumSizeHint().height() <= area.viewport().height()  # still no need to scroll
+    assert window.width() <= 1400 and window.height() <= 900
     assert not any(kind == "show_error" for kind, _ in errors)

@@ -424,7 +424,7 @@ def test_del_undo_del_then_train_on_the_deletion(make_napari_viewer, qtbot, user
     QTest.mouseClick(train.repredict_check, Qt.LeftButton, pos=train.repredict_check.rect().center())
     assert not train.repredict_check.isChecked()
     _click(qtbot, train.train_button)
-    qtbot.waitUntil(lambda: train.worker is None, timeout=300000)  # a child process imports torch, then trains
+    qtbot.waitUntil(lambda: train.worker is None, timeout=1200000)  # a child process imports torch, then trains
     outcome = train.last_outcome
     assert outcome.ok, outcome.message
     assert outcome.result.n_examples == 1 and outcome.result.path is not None
@@ -520,7 +520,7 @@ def test_deleting_the_labels_during_training_says_repredict_was_skipped(make_nap
     viewer.layers.selection.active = labels
     QTest.mouseClick(viewer.window._qt_viewer.layerButtons.deleteButton, Qt.LeftButton)
     assert "cells labels" not in viewer.layers
-    qtbot.waitUntil(lambda: train.worker is None, timeout=300000)  # a child process imports torch, then trains
+    qtbot.waitUntil(lambda: train.worker is None, timeout=1200000)  # a child process imports torch, then trains
     assert train.last_outcome.ok, train.last_outcome.message
     warnings = [m for kind, m in errors if kind == "show_warning" and "re-predict" in m]
     assert len(warnings) == 1 and "re-predict skipped" in warnings[0] and "'cells labels'" in warnings[0]
