@@ -117,6 +117,9 @@ def _onnx_forward(net: nn.Module, in_channels: int) -> Forward:
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
+    # no arena: ONNX Runtime frees each activation when the graph is done with it instead of keeping the
+    # pool's high-water mark (one 1216² nuclei tile: 577 MB over the model instead of 912, same speed)
+    options.enable_cpu_mem_arena = False
     session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def forward(x: torch.Tensor) -> torch.Tensor:
