@@ -162,8 +162,16 @@ def tiled_apply(
     size = plan_tile_size((h, w), tile_size, halo, align)
     tiles = make_tiles((h, w), size, halo, align)
     out = np.zeros((out_channels, h, w), dtype=np.float32)
-    weight = np.zeros((h, w), dtype=np.float32)
     win1d = blend_window(size, halo)
+    # a tile's weight is wy ⊗ wx and the tiles form a grid, so the summed weight is the outer product of
+    # two profiles: no (Y, X) weight plane (4 bytes per pixel of the image) is kept
+    weight_y, weight_x = np.zeros(h, np.float32), np.zeros(w, np.float32)
+    for start in sorted({t.y0 for t in tiles}):
+        span, part, wy = _window_1d(start, size, halo, h, win1d)
+        weight_y[span] += wy[part]
+    for start in sorted({t.x0 for t in tiles}):
+        span, part, wx = _window_1d(start, size, halo, w, win1d)
+        weight_x[span] += wx[part]
     done = 0
     for batch in iter_batches(tiles, max(1, min(batch_size, batch_pixels // (size * size)))):
         if cancel is not None:
@@ -173,30 +181,28 @@ def tiled_apply(
         with torch.inference_mode():
             y = fn(x).float().cpu().numpy()
         for t, pred in zip(batch, y):
-            _accumulate(out, weight, pred, t, win1d, halo, (h, w))
+            _accumulate(out, pred, t, win1d, halo, (h, w))
         done += len(batch)
         if progress is not None:
             progress(done, len(tiles))
-    out /= weight[None]
+    for y0 in range(0, h, 256):  # row blocks: no whole-plane temporary
+        out[:, y0:y0 + 256] /= weight_y[y0:y0 + 256, None] * weight_x[None, :]
     return out
 
 
-def _accumulate(out, weight, pred, tile: Tile, win1d, halo, shape) -> None:
-    h, w = shape
-    wy = win1d.copy()
-    wx = win1d.copy()
-    # at the plane's own border there is no neighbour to blend with: full weight
-    if tile.y0 <= -halo:
-        wy[:halo] = 1.0
-    if tile.y0 + tile.size >= h + halo:
-        wy[tile.size - halo:] = 1.0
-    if tile.x0 <= -halo:
-        wx[:halo] = 1.0
-    if tile.x0 + tile.size >= w + halo:
-        wx[tile.size - halo:] = 1.0
-    ya, yb = max(0, tile.y0), min(h, tile.y0 + tile.size)
-    xa, xb = max(0, tile.x0), min(w, tile.x0 + tile.size)
-    ty, tx = slice(ya - tile.y0, yb - tile.y0), slice(xa - tile.x0, xb - tile.x0)
-    win = wy[ty, None] * wx[None, tx]
-    out[:, ya:yb, xa:xb] += pred[:, ty, tx] * win
-    weight[ya:yb, xa:xb] += win
+def _window_1d(start: int, size: int, halo: int, length: int, win1d: np.ndarray) -> tuple[slice, slice, np.ndarray]:
+    """Along one axis: the plane span a tile starting at ``start`` covers, the matching part of the tile,
+    and its blending weights (full weight at the plane's own border: no neighbour to blend with there)."""
+    weights = win1d.copy()
+    if start <= -halo:
+        weights[:halo] = 1.0
+    if start + size >= length + halo:
+        weights[size - halo:] = 1.0
+    a, b = max(0, start), min(length, start + size)
+    return slice(a, b), slice(a - start, b - start), weights
+
+
+def _accumulate(out, pred, tile: Tile, win1d, halo, shape) -> None:
+    (ys, ty, wy), (xs, tx, wx) = (_window_1d(tile.y0, tile.size, halo, shape[0], win1d),
+                                  _window_1d(tile.x0, tile.size, halo, shape[1], win1d))
+    out[:, ys, xs] += pred[:, ty, tx] * (wy[ty, None] * wx[None, tx])

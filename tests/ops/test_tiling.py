@@ -73,3 +73,13 @@ def test_even_tiles_need_no_more_tiles_and_fewer_pixels(length, max_size, halo):
         covered[max(0, t.y0 + halo):t.y0 + size - halo, max(0, t.x0 + halo):t.x0 + size - halo] = True
     assert covered.all()
     assert tile_overhead(shape, size, halo, 16) == pytest.approx(len(even) * size**2 / (shape[0] * shape[1]))
+
+
+@pytest.mark.parametrize("shape,size,halo", [((300, 170), 96, 16), ((64, 700), 128, 32), ((50, 40), 512, 16)])
+def test_blending_weights_sum_to_one_everywhere(shape, size, halo):
+    """The weights are kept as two 1D profiles (no weight plane): an identity network still gets every
+    pixel back, seams, plane borders and tile overlaps included."""
+    plane = np.random.default_rng(1).random(shape + (2,)).astype(np.float32) + 0.5
+    out = tiled_apply(lambda x: x, plane, 2, tile_size=size, halo=halo, align=8, batch_size=3)
+    assert len(make_tiles(shape, min(size, 512), halo, 8)) > 1 or size == 512
+    np.testing.assert_allclose(out, plane.transpose(2, 0, 1), rtol=1e-6)
