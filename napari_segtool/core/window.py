@@ -111,7 +111,9 @@ def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowS
     inner = window[..., ya - offset[0]:yb - offset[0], xa - offset[1]:xb - offset[1], :]
     result = yield from _predict_content(model, inner, spatial_axes, settings, (ya - y0, xa - x0), planes,
                                          first_probabilities, cancel, tile_callback)
-    labels[..., ya - offset[0]:yb - offset[0], xa - offset[1]:xb - offset[1]] = result.labels
+    # NaN/inf pixels (masks, bad pixels) stay unlabelled even inside an object (issue 17)
+    labels[..., ya - offset[0]:yb - offset[0], xa - offset[1]:xb - offset[1]] = np.where(
+        np.isfinite(np.asarray(inner)).all(axis=-1), result.labels, 0)
     probs = result.probabilities
     if probs is not None and probs.shape[-2:] != window_hw:
         full = np.zeros(probs.shape[:-2] + window_hw, probs.dtype)
