@@ -22,10 +22,41 @@ Writes ``DIR/hitl.csv`` (``.tsv`` with ``--tsv``), ``DIR/hitl.png`` and
 
 ``--effort`` measures the effort axis instead (issue 14): user actions to reach
 ``--target`` AP@0.5 (default 0.90) on the held-out half, ``--actions-per-round`` per
-round, for two simulated annotators on the GUI's own engine (``core.hitl.iter_effort``):
-``prompts+ranking`` (correct-next ranking, a click to add, a box, a stroke to split, Del)
-and ``repaint+random`` (objects in random order, Del + one brush stroke per 10 px of
-diameter). Writes ``DIR/hitl_effort.csv``, ``DIR/hitl_effort.png`` and ``DIR/hitl_effort_summary.json``.
+round, for two simulated annotators on the GUI's own engine (``core.hitl.iter_effort``:
+``core.prompts``, ``core.edits``, and ``core.train_project.iter_fit`` for every
+fine-tuning, as the Train widget): ``prompts+ranking`` (jumps with correct next, fixes with
+the prompt tools) and ``repaint+random`` (looks at objects in random order, repaints by
+hand). Writes ``DIR/hitl_effort.csv``, ``DIR/hitl_effort.png`` and ``DIR/hitl_effort_summary.json``.
+
+Action costs (``core.hitl.ActionCosts``; this table is where they are defined and why).
+An action is one deliberate input that changes the labels: a key press with the cursor
+on the spot, a click, a drag. The same rule holds for both annotators:
+
+=====================  =====  ================================================================
+tool                   cost   why
+=====================  =====  ================================================================
+add (click)            1      A with the cursor on the missed object
+box                    2      B at one corner, B at the opposite corner (the widget's box)
+grow / shrink          1      Shift-G / Shift-S with the cursor where the object should change
+scribble split         n      a path clicked through the n merged objects' centres (a double
+                              click on the last point ends it)
+delete                 1      Del with the cursor on the object
+undo                   1      Ctrl-Z
+review                 1      R: the whole plane as it is now becomes training data
+repaint an object      1 + s  M (a fresh label id), then s = ceil(D / 10) brush strokes: napari's
+                       + e    default brush is 10 px wide and parallel strokes fill a disc of
+                              diameter D (its equivalent diameter); then e eraser strokes for what
+                              the objects under it spill onto background: per connected part,
+                              ceil(thickness / 10) strokes (a thin rim is one stroke around it)
+navigation             0      the correct-next key N, panning to the next object in random order
+                              and switching tools are counted for neither (the ``views`` column)
+=====================  =====  ================================================================
+
+Both annotators accept an object once its IoU with the truth reaches ``--accept-iou``
+(the IoU at which AP@0.5 counts it) and fall back to repainting, at the same cost, when
+their tools cannot get there. Fine-tuning keeps what the starting model knows
+(``TrainConfig.fine_tune``, ``core.finetune``): ``--freeze-norm``, ``--distill W``,
+``--l2sp A`` change it for measuring each lever.
 """
 from __future__ import annotations
 
@@ -35,6 +66,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -240,6 +272,24 @@ EFFORT_COLUMNS = ["dataset", "annotator", "round", "actions", "views", "tools", 
                   "predict_seconds", "annotated_pixels"]
 
 
+def effort_rows(args, cfg, dataset: str, train_pair, held, init, kind: str) -> list[dict[str, Any]]:
+    """The rows of one simulated annotator's effort run (``core.hitl.iter_effort``), printed as they come."""
+    rows = []
+    for rec in iter_effort(init, *train_pair, [held], kind, actions_per_round=args.actions_per_round,
+                           rounds=args.rounds, target_ap50=args.target, train=cfg,
+                           time_budget=None if args.steps else args.budget, seed=args.seed,
+                           accept_iou=args.accept_iou, training_margin=args.training_margin,
+                           freeze=tuple(f for f in args.freeze.split(",") if f), review=args.review):
+        row = {"dataset": dataset, "annotator": rec.annotator, "round": rec.round, "actions": rec.actions,
+               "views": rec.views, "tools": " ".join(f"{k}:{v}" for k, v in sorted(rec.tools.items())),
+               "ap50": rec.ap50, "mean_ap": rec.mean_ap, "train_seconds": rec.train_seconds,
+               "predict_seconds": rec.predict_seconds, "annotated_pixels": rec.annotated_pixels}
+        rows.append(row)
+        print(f"{rec.annotator:>16s} {rec.round:5d} {rec.actions:7d} {rec.views:5d} {rec.ap50:7.3f} "
+              f"{rec.train_seconds:8.1f}  {row['tools']}", flush=True)
+    return rows
+
+
 def run_effort(args, dataset: str, train_pair, held, init, init_name: str) -> dict[str, Any]:
     """Actions (clicks, boxes, strokes, Del, brush strokes) to reach ``--target`` AP@0.5 on the held-out half:
     prompts + correct-next ranking against repainting in random order, the same engine as the GUI."""
@@ -249,22 +299,21 @@ def run_effort(args, dataset: str, train_pair, held, init, init_name: str) -> di
         cfg.epochs, cfg.steps_per_epoch = 1, args.steps
     if args.lr:
         cfg.lr = args.lr
-    rows: list[dict[str, Any]] = []
+    ft = cfg.fine_tune
+    cfg.fine_tune = replace(ft, freeze_norm=ft.freeze_norm or args.freeze_norm,
+                            distill=ft.distill if args.distill is None else args.distill,
+                            l2sp=ft.l2sp if args.l2sp is None else args.l2sp)
+    kinds = args.annotators.split(",")
     print(f"{'annotator':>16s} {'round':>5s} {'actions':>7s} {'views':>5s} {'AP@0.5':>7s} {'train s':>8s}")
-    for kind in args.annotators.split(","):
-        for rec in iter_effort(init, *train_pair, [held], kind, actions_per_round=args.actions_per_round,
-                               rounds=args.rounds, target_ap50=args.target, train=cfg,
-                               time_budget=None if args.steps else args.budget, seed=args.seed,
-                               accept_iou=args.accept_iou, training_margin=args.training_margin,
-                               keep_norm_stats=args.keep_norm_stats,
-                               freeze=tuple(f for f in args.freeze.split(",") if f), review=args.review):
-            row = {"dataset": dataset, "annotator": rec.annotator, "round": rec.round, "actions": rec.actions,
-                   "views": rec.views, "tools": " ".join(f"{k}:{v}" for k, v in sorted(rec.tools.items())),
-                   "ap50": rec.ap50, "mean_ap": rec.mean_ap, "train_seconds": rec.train_seconds,
-                   "predict_seconds": rec.predict_seconds, "annotated_pixels": rec.annotated_pixels}
-            rows.append(row)
-            print(f"{rec.annotator:>16s} {rec.round:5d} {rec.actions:7d} {rec.views:5d} {rec.ap50:7.3f} "
-                  f"{rec.train_seconds:8.1f}  {row['tools']}", flush=True)
+    if args.parallel and len(kinds) > 1:  # one process per annotator: same settings, half the wall time
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(kinds), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(effort_rows, args, cfg, dataset, train_pair, held, init, kind) for kind in kinds]
+            rows = [row for f in futures for row in f.result()]
+    else:
+        rows = [row for kind in kinds for row in effort_rows(args, cfg, dataset, train_pair, held, init, kind)]
     path = args.out / "hitl_effort.csv"
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, EFFORT_COLUMNS, extrasaction="ignore")
@@ -313,7 +362,7 @@ def plot_effort(rows: list[dict[str, Any]], path: Path, target: float, title: st
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, key, label in zip(axes, ("actions", "round"),
-                              ("user actions (clicks, boxes, strokes, Del, brush strokes, R)",
+                              ("user actions (core.hitl.ActionCosts: keys, clicks, strokes)",
                                "fine-tuning round (a round with no new action: Train pressed again)")):
         for name, color in (("prompts+ranking", "C0"), ("repaint+random", "C1")):
             pts = [(int(r[key]), float(r["ap50"])) for r in rows if r["annotator"] == name]
@@ -365,12 +414,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--training-margin", type=int, default=3,
                    help="effort: px of background around edited objects added to the training pixels "
                         "(core.edits.training_mask, as the project trains; 0 = the edited pixels only)")
-    p.add_argument("--keep-norm-stats", action="store_true",
-                   help="effort: batch norm stays in eval mode while fine-tuning (core.hitl.few_object_init)")
+    p.add_argument("--freeze-norm", action="store_true",
+                   help="effort: batch norm keeps the starting statistics while fine-tuning (core.finetune)")
+    p.add_argument("--distill", type=float, default=None,
+                   help="effort: self-distillation weight on unannotated pixels (default: TrainConfig's)")
+    p.add_argument("--l2sp", type=float, default=None,
+                   help="effort: L2-SP pull towards the starting weights (default: TrainConfig's)")
     p.add_argument("--review", action="store_true",
                    help="effort: an annotator with nothing left to correct marks the plane reviewed (R, 1 action)")
     p.add_argument("--freeze", default="", help="effort: network modules not trained, e.g. down,bottom (U-Net encoder)")
     p.add_argument("--lr", type=float, default=0.0, help="effort: fine-tuning learning rate (0 = TrainConfig's)")
+    p.add_argument("--parallel", action="store_true",
+                   help="effort: run the annotators side by side, one process each (same settings)")
     p.add_argument("--annotators", default="prompts,repaint",
                    help="effort: which simulated annotators to run (comma-separated: prompts, repaint)")
     p.add_argument("--accept-iou", type=float, default=0.7,

@@ -35,7 +35,6 @@ it; it returns the list of rounds.
 """
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generator, Literal, Sequence
@@ -67,6 +66,7 @@ __all__ = [
     "PromptAnnotator",
     "RepaintAnnotator",
     "EffortRound",
+    "ActionCosts",
     "iter_effort",
 ]
 
@@ -318,41 +318,25 @@ def _predict_all(model: SegModel, images: Sequence[np.ndarray]) -> tuple[list[np
     return out, time.perf_counter() - t0
 
 
-def few_object_init(model: SegModel, *, keep_norm_stats: bool = True, freeze: Sequence[str] = ()) -> SegModel:
-    """A copy of ``model`` to fine-tune on a few corrected objects without forgetting the rest.
+def few_object_init(model: SegModel, *, freeze: Sequence[str] = ()) -> SegModel:
+    """A copy of ``model`` whose top-level modules named in ``freeze`` keep their weights while fine-tuning.
 
-    ``keep_norm_stats``: the batch-norm layers normalise with their running statistics while
-    training too, and keep them (they stay in eval mode): patches drawn around a few edited
-    objects do not have the image's statistics, and neither the batch statistics the layers
-    would train with nor running means shifted towards them are what prediction sees.
-    ``freeze``: names of the network's top-level modules whose weights stay as they are
-    (e.g. ``("down", "bottom")``: a U-Net's encoder); names the network does not have are
+    E.g. ``("down", "bottom")``: a U-Net's encoder; names the network does not have are
     ignored. The state dict keeps its keys, so the result saves and loads as any model.
+    (Batch-norm statistics are kept by ``TrainConfig.fine_tune.freeze_norm`` in every
+    fine-tuning: :mod:`napari_segtool.core.finetune`.)
     """
     import copy
 
     from torch import nn
 
     net = copy.deepcopy(model.net)
-    if keep_norm_stats:
-        for module in net.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.__class__ = _eval_mode(type(module))
     for name in freeze:
         part = getattr(net, name, None)
         if isinstance(part, nn.Module):
             for param in part.parameters():
                 param.requires_grad_(False)
     return SegModel(net, model.meta)
-
-
-@functools.lru_cache(maxsize=None)
-def _eval_mode(base: type) -> type:
-    """A subclass of the norm layer class ``base`` that stays in eval mode (running statistics, never updated)."""
-    def train(self: Any, mode: bool = True) -> Any:
-        return base.train(self, False)
-
-    return type(f"EvalMode{base.__name__}", (base,), {"train": train, "__doc__": _eval_mode.__doc__})
 
 
 def _fine_tune(examples, init: SegModel | None, like: SegModel, cfg: TrainConfig, cancel):
@@ -501,11 +485,50 @@ def run_hitl(*args: Any, callback: Callable[[HitlRound], None] | None = None, **
 
 from napari_segtool.core.edits import TRAINING_RING_PX, delete_object, edited_pixels, training_mask  # noqa: E402
 from napari_segtool.core import prompts as _prompts  # noqa: E402
+from napari_segtool.core import train_project as _train_project  # noqa: E402
+from napari_segtool.kernel.events import run_job  # noqa: E402
 
-#: napari's default brush is 10 px wide: repainting an object takes one stroke per 10 px of its diameter
-BRUSH_PX = 10
 #: a result the simulated user accepts without more work
 ACCEPT_IOU = 0.7
+
+
+@dataclass(frozen=True)
+class ActionCosts:
+    """User actions each tool costs, as the Correct widget and napari's labels layer are operated.
+
+    The justification of every figure is the table in ``benchmarks/hitl.py`` (the one
+    documented place); in short: a key press with the cursor on the spot is one action,
+    a box is two (B at each corner), a split two (K at each point), a scribble one click per
+    point of its path; repainting takes a fresh label (M), one brush stroke per brush width
+    of the object's diameter, and one eraser stroke per brush width of thickness of each
+    wrong part left outside it. Navigation (the correct-next key N, panning to the next
+    object) and switching tools are counted for neither annotator (``views`` apart).
+    """
+
+    add: int = 1            # A on the missed object
+    box: int = 2            # B at one corner, B at the opposite one
+    grow: int = 1           # Shift-G where the object should reach
+    shrink: int = 1         # Shift-S on the part that must go
+    scribble_point: int = 1  # per point of the path through the merged objects (double-click ends it)
+    delete: int = 1         # Del on the object
+    undo: int = 1           # Ctrl-Z
+    review: int = 1         # R: the plane is reviewed
+    new_label: int = 1      # M: a fresh label id before painting an object
+    brush_px: int = 10      # napari's default brush size: one stroke paints (or erases) a band this wide
+
+
+COSTS = ActionCosts()
+
+
+def _strokes(mask: np.ndarray, brush_px: int) -> int:
+    """Brush strokes to cover ``mask``: parts closer than a brush width are swept by one stroke; per such
+    group, one stroke per brush width of its thickness (twice its largest distance to its edge)."""
+    if not mask.any():
+        return 0
+    groups, n = ndi.label(ndi.binary_dilation(mask, iterations=max(1, brush_px // 2)))
+    radius = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    thickness = 2 * np.asarray(ndi.maximum(radius, groups, index=np.arange(1, n + 1)))
+    return int(np.sum(np.maximum(1, np.ceil(thickness / brush_px))))
 
 
 class PlaneEdits:
@@ -582,8 +605,9 @@ class EffortAnnotator:
     name = "annotator"
 
     def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0, accept_iou: float = ACCEPT_IOU,
-                 review: bool = False):
+                 review: bool = False, costs: ActionCosts = COSTS):
         self.gt = np.asarray(gt).astype(np.int32)
+        self.costs = costs
         self.accept_iou = float(accept_iou)
         self.review = bool(review)
         self.reviewed = False
@@ -615,7 +639,7 @@ class EffortAnnotator:
         """R: the whole plane as it is now is what the user asserts (the tracker's reviewed plane)."""
         self.plane.marks[:] = True
         self.plane.edited = edited_pixels(self.plane.base, self.plane.labels, self.plane.marks)
-        self.actions.append(Action("review", 1))
+        self.actions.append(Action("review", self.costs.review))
         self.reviewed = True
 
     def step(self) -> bool:  # pragma: no cover - abstract
@@ -623,26 +647,35 @@ class EffortAnnotator:
 
     # -- what both annotators do when a tool is not enough: repaint the object by hand
     def repaint(self, g: int) -> None:
+        """Paint true object ``g`` with a fresh label and erase what the objects under it spill onto background.
+
+        Costs (:class:`ActionCosts`): M, then one stroke per brush width of the object's
+        diameter (parallel strokes fill a disc), then per wrong part left outside it on true
+        background one eraser stroke per brush width of its thickness."""
         obj = self.gt == g
         labels = self.plane.labels
-        # what lies mostly inside the object goes (Del at each); the paint covers the rest (strokes)
-        wrong = [int(i) for i, n in zip(*np.unique(labels[obj], return_counts=True))
-                 if i and n >= 0.5 * (labels == i).sum()]
-        plane = labels
-        for i in wrong:
-            plane = delete_object(plane, i)
-        plane = plane.copy()
-        new = int(max(plane.max(), labels.max())) + 1
+        # the objects under it that are its own (of the true objects they cover, this one holds most of them):
+        # what they spill onto background is this object's error; a neighbour that only touches it is left
+        on_truth = np.bincount(labels[self.gt > 0].ravel(), minlength=int(labels.max()) + 1)
+        ids, inside = np.unique(labels[obj], return_counts=True)
+        own = [int(i) for i, n in zip(ids.tolist(), inside.tolist()) if i and n >= 0.5 * on_truth[i]]
+        spill = np.isin(labels, own) & ~obj & (self.gt == 0) if own else np.zeros_like(obj)
+        plane = labels.copy()
+        plane[spill] = 0
+        new = int(labels.max()) + 1
         plane[obj] = new
         diameter = 2 * np.sqrt(obj.sum() / np.pi)
         self.plane.apply(plane)
-        self.actions.append(Action("delete", len(wrong), g))
-        self.actions.append(Action("paint", int(np.ceil(diameter / BRUSH_PX)), g, new))
+        self.actions.append(Action("new_label", self.costs.new_label, g, new))
+        self.actions.append(Action("paint", int(np.ceil(diameter / self.costs.brush_px)), g, new))
+        erase = _strokes(spill, self.costs.brush_px)
+        if erase:
+            self.actions.append(Action("erase", erase, g, new))
         self._done_gt.add(g)
 
     def delete(self, label: int) -> None:
         self.plane.apply(delete_object(self.plane.labels, label))
-        self.actions.append(Action("delete", 1, 0, label))
+        self.actions.append(Action("delete", self.costs.delete, 0, label))
 
     def fix_gt(self, g: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -659,8 +692,8 @@ class RepaintAnnotator(EffortAnnotator):
     name = "repaint+random"
 
     def __init__(self, gt: np.ndarray, labels: np.ndarray, seed: int = 0, accept_iou: float = ACCEPT_IOU,
-                 review: bool = False):
-        super().__init__(gt, labels, seed, accept_iou, review)
+                 review: bool = False, costs: ActionCosts = COSTS):
+        super().__init__(gt, labels, seed, accept_iou, review, costs)
         self._order: list[tuple[str, int]] = []
 
     def update(self, pred: np.ndarray, maps: Any = None) -> None:
@@ -792,11 +825,11 @@ class PromptAnnotator(EffortAnnotator):
             except _prompts.PromptError:
                 break
             self.plane.apply(edit)
-            self.actions.append(Action(tool, 1, g, label))
+            self.actions.append(Action(tool, getattr(self.costs, tool), g, label))
             new_label, new_iou = _iou_with(self.plane.labels, obj_gt)
             if new_iou <= iou:  # worse: Ctrl-Z (counted) and stop trying
                 self.plane.apply(before)
-                self.actions.append(Action("undo", 1, g, label))
+                self.actions.append(Action("undo", self.costs.undo, g, label))
                 break
             label, iou = new_label, new_iou
             if iou >= self.accept_iou:
@@ -817,7 +850,7 @@ class PromptAnnotator(EffortAnnotator):
         except _prompts.PromptError:
             fallback(g)
             return
-        self.actions.append(Action(tool, 1, g))
+        self.actions.append(Action(tool, getattr(self.costs, tool), g))
         self._accept_or_fallback(g, tried_box=tool == "box")
 
     def _add(self, g: int) -> None:
@@ -848,7 +881,7 @@ class PromptAnnotator(EffortAnnotator):
         try:
             self.plane.apply(_prompts.split_by_scribble(self.plane.labels, self.maps, stroke,
                                                         self.plane.next_label()))
-            self.actions.append(Action("scribble", 1, gts[0], p))
+            self.actions.append(Action("scribble", self.costs.scribble_point * len(stroke), gts[0], p))
         except _prompts.PromptError:
             for g in gts:
                 self.repaint(g)
@@ -900,9 +933,9 @@ def iter_effort(
     seed: int = 0,
     accept_iou: float = ACCEPT_IOU,
     training_margin: int = TRAINING_RING_PX,
-    keep_norm_stats: bool = False,
     freeze: Sequence[str] = (),
     review: bool = False,
+    costs: ActionCosts = COSTS,
     cancel: CancelToken | None = None,
 ) -> Generator[EffortRound, None, list[EffortRound]]:
     """Correct → fine-tune → re-predict, counting user actions; yields an :class:`EffortRound` per round.
@@ -917,7 +950,9 @@ def iter_effort(
     ``training_margin``: background ring added around edited objects for training
     (:func:`~napari_segtool.core.edits.training_mask`, what the project trains on:
     :data:`~napari_segtool.core.edits.TRAINING_RING_PX`); 0 trains on the edited pixels only.
-    ``keep_norm_stats`` / ``freeze``: fine-tune from :func:`few_object_init`. ``review``: the
+    Fine-tuning runs the Train widget's own function
+    (:func:`~napari_segtool.core.train_project.iter_fit`, with ``train.fine_tune``);
+    ``freeze``: from :func:`few_object_init`. ``costs``: :class:`ActionCosts`. ``review``: the
     annotator marks the plane reviewed (one action) once it finds nothing left to correct;
     later rounds then train again on the reviewed plane without new actions (Train pressed
     again: the seconds count, the actions do not grow).
@@ -932,7 +967,7 @@ def iter_effort(
     predict_seconds = time.perf_counter() - t0
     cls = PromptAnnotator if annotator == "prompts" else RepaintAnnotator
     ann = cls(train_labels, np.zeros_like(np.asarray(train_labels), np.int32), seed=seed, accept_iou=accept_iou,
-              review=review)
+              review=review, costs=costs)
     ann.update(labels, maps)
     ap50, mean_ap = _score(preds, heldout)
     history = [EffortRound(ann.name, 0, 0, 0, {}, ap50, mean_ap, 0.0, predict_seconds, 0)]
@@ -949,9 +984,8 @@ def iter_effort(
             annotated = training_mask(ann.plane.labels, ann.plane.edited, training_margin)
             example = make_example(train_image, ann.plane.labels, annotated, normalization=norm,
                                    name=f"effort-{rnd}")
-            init = few_object_init(current, keep_norm_stats=keep_norm_stats, freeze=freeze) \
-                if (keep_norm_stats or freeze) else current
-            res = _fine_tune([example], init, model, replace(cfg, seed=seed + rnd), cancel)
+            init = few_object_init(current, freeze=freeze) if freeze else current
+            res = run_job(_train_project.iter_fit([example], init, replace(cfg, seed=seed + rnd), cancel))
             current, train_seconds = res.model, res.seconds
         except DataError:
             pass

@@ -19,6 +19,7 @@ import torch
 
 from napari_segtool.core.augment import AugmentConfig, augment
 from napari_segtool.core.data import DataError, Example, PatchSampler, split_validation
+from napari_segtool.core.finetune import Anchor, FineTuneConfig
 from napari_segtool.core.scale import object_scale_from_labels
 from napari_segtool.kernel.device import configure_threads, pick_device
 from napari_segtool.kernel.errors import ConfigError
@@ -44,6 +45,7 @@ class TrainConfig:
     device: str | None = None
     num_threads: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)  # used only when starting from a model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,8 +127,14 @@ def _validate(model: SegModel, val: Sequence[Example], device: torch.device) -> 
         pred = arch.predict_plane(model.net, ex.image[sl], model.meta, device=device, tile_size=256).labels
         name, value = arch.validation_score(pred, ex.labels[sl], ex.annotated[sl], model.meta)
         scores.append(value)
-    model.net.train()
     return name, float(np.mean(scores)) if scores else float("nan")
+
+
+def _train_mode(model: SegModel, anchor: Anchor | None) -> None:
+    """The network in training mode; when fine-tuning, batch norm as the anchor says (frozen statistics)."""
+    model.net.train()
+    if anchor is not None:
+        anchor.set_mode(model.net)
 
 
 def iter_train(
@@ -196,7 +204,8 @@ def iter_train(
     train_set, val_set = split_validation(examples, cfg.val_fraction)
     sampler = PatchSampler(train_set, cfg.patch_size, rng)
     model.to(device)
-    model.net.train()
+    anchor = Anchor(model.net, cfg.fine_tune) if init is not None else None
+    _train_mode(model, anchor)
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     epochs: list[TrainEpoch] = []
@@ -221,10 +230,20 @@ def iter_train(
                 progress = max(progress, elapsed / cfg.time_budget)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(cfg.lr, progress)
-            loss = architecture.loss(model.net, _batch(sampler, cfg, rng), model.meta, device)
+            batch = _batch(sampler, cfg, rng)
+            if anchor is None:
+                loss = architecture.loss(model.net, batch, model.meta, device)
+            else:
+                with anchor.watch(model.net):
+                    loss = architecture.loss(model.net, batch, model.meta, device)
+                extra = anchor.distill_loss([p.annotated for p in batch])
+                if extra is not None:
+                    loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if anchor is not None:
+                anchor.pull(model.net, optimizer.param_groups[0]["lr"])
             step += 1
             losses.append(float(loss.detach()))
             step_seconds = 0.8 * step_seconds + 0.2 * (time.perf_counter() - t0) if step > 1 else time.perf_counter() - t0
@@ -233,7 +252,7 @@ def iter_train(
             break
         model.net.eval()
         metric_name, score = _validate(model, val_set, device) if val_set else ("train_loss", -float(np.mean(losses)))
-        model.net.train()
+        _train_mode(model, anchor)
         is_best = score > best_score
         if is_best:
             best_score, since_best = score, 0

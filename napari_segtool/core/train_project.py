@@ -23,7 +23,8 @@ import numpy as np
 from napari_segtool.core.data import DataError, Example
 from napari_segtool.core.model_versions import ModelScore, heldout_planes, record_version, score_model, versions
 from napari_segtool.core.project import Project
-from napari_segtool.core.train import TrainConfig
+from napari_segtool.core.model import SegModel
+from napari_segtool.core.train import TrainConfig, TrainResult
 from napari_segtool.kernel.events import CancelToken, Progress, TrainEpoch, TrainStep, tap
 
 
@@ -103,6 +104,26 @@ def parent_score(project: Project, parent: str | None, init: Any | None, score: 
     return score_model(init, heldout_planes(project)) if init is not None else None
 
 
+def iter_fit(examples: list[Example], init: SegModel | None, config: TrainConfig, cancel: CancelToken | None = None,
+             *, task: str = "instance", arch: str = "unet", arch_kwargs: dict[str, Any] | None = None
+             ) -> Generator[TrainStep | TrainEpoch, None, TrainResult]:
+    """The training of a project run: channels matched to the model, then :func:`~napari_segtool.core.train.iter_train`.
+
+    Fine-tuning ``init`` (``config.fine_tune`` keeps what it knows: frozen norm statistics,
+    self-distillation, L2-SP; :mod:`napari_segtool.core.finetune`), or a new ``arch`` model for
+    ``task`` when ``init`` is None. The Train widget (through :func:`iter_train_project`) and the
+    effort benchmark (:func:`napari_segtool.core.hitl.iter_effort`) both train through here.
+    """
+    from napari_segtool.core.train import iter_train
+
+    examples = same_channels(examples, init.meta.in_channels if init is not None else None)
+    if init is not None:
+        return (yield from iter_train(examples, arch=init.meta.arch, task=init.meta.task, init=init, config=config,
+                                      cancel=cancel))
+    return (yield from iter_train(examples, arch=arch, task=task, config=config, cancel=cancel,
+                                  arch_kwargs=arch_kwargs))
+
+
 def iter_train_project(job: ProjectTrainJob, cancel: CancelToken | None = None
                        ) -> Generator[Progress | TrainStep | TrainEpoch, None, ProjectTrainResult]:
     """Train on every correction of ``job.project_root``; yields progress, returns where the model went.
@@ -111,7 +132,6 @@ def iter_train_project(job: ProjectTrainJob, cancel: CancelToken | None = None
     correction yet. Every finished epoch is written to the project's history at once.
     """
     from napari_segtool.core.checkpoint import load_model
-    from napari_segtool.core.train import iter_train
 
     project = Project(job.project_root, create=False)
     yield Progress("data", 0, 1, "collecting corrections")
@@ -124,7 +144,6 @@ def iter_train_project(job: ProjectTrainJob, cancel: CancelToken | None = None
         why = f" ({notes[0]})" if notes else ""
         raise DataError("no training data yet: correct some objects or mark slices reviewed (R) "
                         "in the Correct widget" + why)
-    examples = same_channels(examples, init.meta.in_channels if init is not None else None)
     yield Progress("data", 1, 1, f"{len(examples)} annotated plane(s)")
     run_id = project.record_run({
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "init": job.init_ref, "task": task,
@@ -136,9 +155,8 @@ def iter_train_project(job: ProjectTrainJob, cancel: CancelToken | None = None
             epochs.append(event.as_dict())
             project.record_run({"id": run_id, "epochs": epochs})  # history autosave
 
-    result = yield from tap(iter_train(examples, arch=init.meta.arch if init is not None else job.arch,
-                                       task=task, init=init, config=job.config, cancel=cancel,
-                                       arch_kwargs=None if finetune else job.arch_kwargs), record)
+    result = yield from tap(iter_fit(examples, init, job.config, cancel, task=task, arch=job.arch,
+                                     arch_kwargs=job.arch_kwargs), record)
     outcome = ProjectTrainResult(None, "", len(examples), notes, result.epochs, result.stop_reason,
                                  result.seconds, result.steps)
     if not result.epochs:
