@@ -45,9 +45,9 @@ def _simulated_nuclei(shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, di
     with _cache_lock:
         try:
             with np.load(path, allow_pickle=False) as npz:
-                image, meta = npz["image"], json.loads(str(npz["meta"]))
-                limits = tuple(float(v) for v in npz["limits"]) if "limits" in npz else _contrast_limits(image)
-                return image, meta, limits  # type: ignore[return-value]
+                # a cache file without limits (written by an older version) is simulated again, in the warm-up
+                limits = (float(npz["limits"][0]), float(npz["limits"][1]))
+                return npz["image"], json.loads(str(npz["meta"])), limits
         except (OSError, KeyError, ValueError):
             pass
         from napari_segtool.sim import simulate_nuclei
