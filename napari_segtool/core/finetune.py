@@ -25,6 +25,10 @@ from a model (:func:`napari_segtool.core.train.iter_train` with ``init``):
 Architecture-agnostic: the network's output is caught with a forward hook during the
 architecture's own loss, so no loss function is copied; a network whose output is not a
 tensor with the patch's height and width (Mask R-CNN's dicts) gets no distillation term.
+
+All three are off by default: a project trains on its edits plus the 3 px background ring,
+and there plain fine-tuning beat every lever measured (``docs/benchmarks/hitl_effort.md``);
+distillation is what keeps training on edited pixels alone from forgetting.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ class FineTuneConfig:
     """How fine-tuning stays close to the starting model (ignored when training from scratch)."""
 
     freeze_norm: bool = False  # batch norm keeps the starting model's running statistics (eval mode)
-    distill: float = 1.0       # weight of the self-distillation term on unannotated pixels (0 = off)
+    distill: float = 0.0       # weight of the self-distillation term on unannotated pixels (0 = off; see below)
     l2sp: float = 0.0          # decoupled pull of the weights towards their starting values (0 = off)
 
 
