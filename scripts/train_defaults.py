@@ -143,15 +143,14 @@ RECIPES = {
         description="U-Net source segmentation + deblending (network footprints split at flux saddles, peaks "
                     "kept by SExtractor's flux-contrast rule) for single-band astronomy images",
         make_data=astro_data, n_train=64, n_test=8,
-        config=TrainConfig(epochs=10, steps_per_epoch=50, batch_size=8, patch_size=96, lr=3e-3,
+        config=TrainConfig(epochs=30, steps_per_epoch=50, batch_size=8, patch_size=128, lr=2e-3,
                            val_fraction=0.0, patience=1000, seed=0,
                            augment=AugmentConfig(scale_range=(0.9, 1.1), p_elastic=0.0, gamma_range=(1.0, 1.0),
                                                  gain_range=(0.8, 1.25))),
-        # width 8 (a quarter of width 16's FLOPs): a 512² field must take <= 0.3 s on 2 CPU cores.
-        # The shipped weights (width 16, 1200 steps on the previous simulator and truth) predate this recipe: its
-        # first run (500 steps, shortened to fit a CPU shared at load 25-30) scored held-out AP@0.5 0.270 vs 0.273
-        # for the shipped weights on the same fields and truth, so they were not replaced; it needs more steps.
-        arch_kwargs={"depth": 4, "width": 8},
+        # width 16, 1500 steps (6.5 min on 2 idle threads): on benchmarks/astro_sources.py (10 + 10 fields) AP@0.5
+        # 0.338 / 0.419 standard / crowded against 0.275 / 0.307 for the previous weights (old simulator and truth);
+        # a width-8, 500-step run (for the 0.3 s target) scored 0.270 vs 0.273 on 8 held-out fields
+        arch_kwargs={"depth": 4, "width": 16},
         normalization={"method": "asinh", "softening": 3.0},
         # deblending: the network's footprints cut at the saddles between brightness peaks (split_by_flux)
         postprocess={"seed_mode": "flux", "source_table": True},  # + a catalogue: flux, centroid, size, S/N
