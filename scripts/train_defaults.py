@@ -9,11 +9,11 @@ trains for a fixed number of optimiser steps (not a time budget, so the result
 does not depend on machine speed; with the same seed, torch version and thread
 count the weights are bit-identical), scores the model on held-out simulated
 images it never saw, and writes ``napari_segtool/zoo/<name>/`` (safetensors
-weights, JSON metadata, model card with the measured figures). The shipped
-weights were trained with one thread (``SEGTOOL_NUM_THREADS=1``, as the card
-says), which is also the fastest on a busy 2-core machine: two threads each
-waiting for the other at every operation made an epoch 15× slower there. Each
-recipe takes under 35 minutes on one core.
+weights, JSON metadata, model card with the measured figures). Each card
+states the thread count its weights were trained with (set it with
+``SEGTOOL_NUM_THREADS``); on a busy 2-core machine use one thread: two threads
+each waiting for the other at every operation made an epoch 15× slower there.
+Each recipe takes under 35 minutes on one core.
 """
 from __future__ import annotations
 
