@@ -111,9 +111,12 @@ def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowS
     inner = window[..., ya - offset[0]:yb - offset[0], xa - offset[1]:xb - offset[1], :]
     result = yield from _predict_content(model, inner, spatial_axes, settings, (ya - y0, xa - x0), planes,
                                          first_probabilities, cancel, tile_callback)
-    # NaN/inf pixels (masks, bad pixels) stay unlabelled even inside an object (issue 17)
-    labels[..., ya - offset[0]:yb - offset[0], xa - offset[1]:xb - offset[1]] = np.where(
-        np.isfinite(np.asarray(inner)).all(axis=-1), result.labels, 0)
+    core = (..., slice(ya - offset[0], yb - offset[0]), slice(xa - offset[1], xb - offset[1]))
+    labels[core] = result.labels
+    if np.issubdtype(inner.dtype, np.floating):
+        # NaN/inf pixels (masks, bad pixels) stay unlabelled even inside an object (issue 17); only float
+        # data can hold them, so integer images are not read a second time for this
+        labels[core] = np.where(np.isfinite(np.asarray(inner)).all(axis=-1), labels[core], 0)
     probs = result.probabilities
     if probs is not None and probs.shape[-2:] != window_hw:
         full = np.zeros(probs.shape[:-2] + window_hw, probs.dtype)
