@@ -153,6 +153,14 @@ class Architecture(ABC):
 
         return halo_for(self.receptive_field(meta), self.align(meta))
 
+    def window_extent(self, meta: ModelMeta, plane_hw: tuple[int, int], region: tuple[int, int, int, int], *,
+                      tile_size: int | None = None, postprocess: Mapping[str, Any] | None = None
+                      ) -> tuple[int, int, int, int] | None:
+        """The part ``(y0, y1, x0, x1)`` of a whole plane of ``plane_hw`` (model grid) that a window must hold
+        for its labels inside ``region`` to be those of a whole-plane run; ``None`` when the region grown by
+        the halo is enough (dense maps blend to the whole-plane ones). Tile-bound detectors return whole tiles."""
+        return None
+
     def probability_layout(self, meta: ModelMeta) -> ProbabilityLayout:
         """What the maps of ``predict_plane(..., return_probabilities=True)`` are, for this model."""
         return ProbabilityLayout(channels=("object",), foreground_channels=(0,))
