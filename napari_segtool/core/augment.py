@@ -39,6 +39,8 @@ class AugmentConfig:
     noise_std: float = 0.05
     p_context: float = 0.0       # chance of cutting the patch and filling beyond the cut (flat / noise / mirror)
     context_cut: tuple[float, float] = (0.05, 0.45)  # how far in (fraction of the patch) each cut side lies
+    p_resolution: float = 0.0    # chance of a patch seen at lower resolution, then upsampled (as the engine does)
+    resolution_range: tuple[float, float] = (1.0, 2.5)  # how many times lower that resolution is
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,11 +93,30 @@ def augment(patch: Patch, out_size: int, rng: np.random.Generator, cfg: AugmentC
         o = (src - out_size) // 2
         img, lab, ann = img[o:o + out_size, o:o + out_size], lab[o:o + out_size, o:o + out_size], ann[o:o + out_size, o:o + out_size]
     img = np.ascontiguousarray(img, dtype=np.float32)
+    if cfg.enabled and rng.random() < cfg.p_resolution:
+        img = lower_resolution(img, rng.uniform(*cfg.resolution_range))
     if cfg.enabled and rng.random() < cfg.p_context:
         img, lab, ann = surround(img, np.ascontiguousarray(lab), np.ascontiguousarray(ann), rng, cfg.context_cut)
     if cfg.enabled and rng.random() < cfg.p_intensity:
         img = _intensity(img, rng, cfg)
     return Patch(img, np.ascontiguousarray(lab), np.ascontiguousarray(ann))
+
+
+def lower_resolution(img: np.ndarray, factor: float) -> np.ndarray:
+    """``img`` (``YXC``) as if acquired ``factor`` times coarser and upsampled back to its grid.
+
+    An image taken at a lower magnification than the model's is upsampled by the engine
+    (bilinear, :mod:`napari_segtool.ops.resample`) before the network sees it: its objects have
+    the right size but soft edges and no fine texture. Training on such patches teaches the
+    model that look, so its results follow object scale below its training resolution too.
+    """
+    if factor <= 1.0:
+        return img
+    from skimage.transform import resize
+
+    small_shape = tuple(max(2, int(round(n / factor))) for n in img.shape[:2]) + img.shape[2:]
+    small = resize(img, small_shape, order=1, anti_aliasing=True, preserve_range=True)
+    return resize(small, img.shape, order=1, anti_aliasing=False, preserve_range=True).astype(np.float32)
 
 
 CONTEXTS = ("flat", "noise", "mirror")
