@@ -74,7 +74,10 @@ class LabelsTracker(QObject):
     message = Signal(str)       # what a prompt tool did, or why it could not
     queue_changed = Signal()    # the "correct next" list was recomputed or moved on
 
-    def __init__(self, session: Any, labels_layer: Any, image_layer: Any, restore: bool = False):
+    def __init__(self, session: Any, labels_layer: Any, image_layer: Any, restore: bool = False,
+                 snapshots: tuple[np.ndarray, np.ndarray] | None = None):
+        """``snapshots``: two private copies of ``labels_layer.data`` made off the GUI thread (a worker
+        that produced the data); without them the tracker copies the data twice here."""
         super().__init__()
         self.session = session
         self.labels_layer = labels_layer
@@ -99,11 +102,13 @@ class LabelsTracker(QObject):
         self.last_error = ""
         self.saves = 0
         self._suppress = 0
-        self.shadow = np.array(labels_layer.data, copy=True)
+        usable = snapshots is not None and all(s.shape == self.shape and s is not labels_layer.data
+                                                for s in snapshots) and snapshots[0] is not snapshots[1]
+        self.shadow = snapshots[0] if usable else np.array(labels_layer.data, copy=True)
         # what the labels were before the user touched them (predictions, restored corrections) and
         # the regions marked annotated outright: ``edited`` is recomputed from these, so undoing an
         # edit (Ctrl-Z) also undoes its annotation
-        self.base = self.shadow.copy()
+        self.base = snapshots[1] if usable else self.shadow.copy()
         self.marks = np.zeros(self.shape, bool)
         self.project: Project | None = None
         self.key = ""

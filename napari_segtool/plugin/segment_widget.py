@@ -62,6 +62,9 @@ class SegmentJob:
     task: str = "instance"                       # the model's, known once it is loaded
     layout: Any = None                           # its ProbabilityLayout (kernel.params), known once it is loaded
     n_objects: int | None = None                 # whole stack: objects in the result, counted in the worker
+    # whole stack into a new annotation layer: the edit tracker's two snapshots of the result (what the labels
+    # were before any edit), copied in the worker so the GUI thread copies nothing when the layer appears
+    snapshots: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class SegmentWidget(SavesWithWindow, JobWidget):
@@ -304,6 +307,9 @@ class SegmentWidget(SavesWithWindow, JobWidget):
                 **job.postprocess)
             if job.crop is None:
                 job.n_objects = int(len(np.unique(prediction.labels))) - 1  # a sort: seconds on 2048² stacks
+                if job.target is None:
+                    labels = np.asarray(prediction.labels, dtype=np.int32)
+                    job.snapshots = (labels.copy(), labels.copy())
             return prediction
 
         return self.launch(make_job, status="loading model…", progress_total=max(1, job.total),
@@ -419,7 +425,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         fresh = None  # the annotation layer is made once, holding the result: no zeros to fill, no merge
         if target is None:
             fresh = _new_labels(job, prediction)
-            target = self.session.annotation_layer(image, data=fresh)
+            target = self.session.annotation_layer(image, data=fresh, snapshots=job.snapshots)
         fresh = fresh is not None and target.data is fresh  # (not when the project had stored labels)
         tracker = self.session.tracker_for_labels(target) or self.session.track(target, image)
         rows = fits_features(image, target, job.data, job.crop, prediction)  # FITS: catalogue, NaN unlabelled

@@ -319,8 +319,11 @@ class Session(QObject):
                 return tracker
         return None
 
-    def track(self, labels_layer: Any, image_layer: Any, restore: bool = False) -> Any:
-        """Start turning the edits of ``labels_layer`` into training data for ``image_layer``."""
+    def track(self, labels_layer: Any, image_layer: Any, restore: bool = False, snapshots: Any = None) -> Any:
+        """Start turning the edits of ``labels_layer`` into training data for ``image_layer``.
+
+        ``snapshots``: two copies of the layer's data made elsewhere (a worker), for the tracker to keep.
+        """
         from napari_segtool.plugin.correct import LabelsTracker
 
         old = self.tracker_for_image(image_layer)
@@ -332,7 +335,7 @@ class Session(QObject):
             return tracker
         if tracker is not None:
             self.untrack(labels_layer)
-        tracker = LabelsTracker(self, labels_layer, image_layer, restore=restore)
+        tracker = LabelsTracker(self, labels_layer, image_layer, restore=restore, snapshots=snapshots)
         self.trackers[id(labels_layer)] = tracker
         self.trackers_changed.emit()
         return tracker
@@ -343,9 +346,11 @@ class Session(QObject):
             tracker.close()
             self.trackers_changed.emit()
 
-    def annotation_layer(self, image_layer: Any, create: bool = True, data: Any = None) -> Any | None:
+    def annotation_layer(self, image_layer: Any, create: bool = True, data: Any = None,
+                         snapshots: Any = None) -> Any | None:
         """The tracked labels layer of an image: existing, restored from the project, or new (holding
-        ``data``, e.g. a finished prediction, else zeros: a layer is made once, with its final array)."""
+        ``data``, e.g. a finished prediction, else zeros: a layer is made once, with its final array).
+        ``snapshots``: two copies of ``data`` made off the GUI thread, kept by the edit tracker."""
         from napari_segtool.plugin import _layers as L
 
         tracker = self.tracker_for_image(image_layer)
@@ -363,12 +368,13 @@ class Session(QObject):
                 stored = self.project.load(entry.key)
         if stored is not None or data is None:
             data = stored.labels if stored is not None else np.zeros(shape, np.int32)
+            snapshots = None
         layer = self.viewer.add_labels(
             data, name=f"{image_layer.name} labels", scale=L.spatial_scale(image_layer),
             translate=L.spatial_translate(image_layer),
             metadata={L.META_KEY: {"axes": L.labels_axes(L.image_axes(image_layer)),
                                    "image": image_layer.name}})
-        self.track(layer, image_layer, restore=stored is not None)
+        self.track(layer, image_layer, restore=stored is not None, snapshots=snapshots)
         return layer
 
     def restore_open_images(self) -> list[Any]:

@@ -59,6 +59,12 @@ def test_first_segment_click_adds_no_layer_and_the_result_layer_is_made_once_wit
     assert segment.status_label.text().startswith(f"done: {n} objects in 'nuclei labels'")
     tracker = segment.session.tracker_for_labels(labels)
     assert tracker is not None and not tracker.edited.any()  # a prediction, not an edit
+    # the tracker's snapshots (what the labels were before any edit) are the worker's copies: none made
+    # on the GUI thread when the layer appeared, and each a private array equal to the layer's
+    shadow, base = segment.last_run.snapshots
+    assert tracker.shadow is shadow and tracker.base is base
+    assert shadow is not labels.data and base is not labels.data and shadow is not base
+    np.testing.assert_array_equal(base, labels.data)
 
     # a second run writes into the same layer; the copy it fills is made in the worker
     copies = []
