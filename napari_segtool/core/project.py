@@ -12,6 +12,7 @@ Layout::
       images/<key>/entry.json       name, source path, label shape + axes, reviewed planes
       images/<key>/planes/<i>.npz   per plane: labels, edited mask (compressed)
       images/<key>/planes/<i>.img.npy  the image plane (YXC), kept once the plane has annotations
+      images/<key>/object_size.json the object diameter the user set for the image (pixels), if any
       models/<name>/                trained models (see :mod:`napari_segtool.core.checkpoint`)
       history.json                  one record per training run (epochs, losses, scores)
 
@@ -96,6 +97,10 @@ Index = tuple[int, ...]
 
 class ProjectError(SegtoolError):
     """The project folder cannot be used (message says why)."""
+
+
+#: per image: the object diameter the user set (``images/<key>/object_size.json``)
+OBJECT_SIZE_FILE = "object_size.json"
 
 
 def _now() -> str:
@@ -388,6 +393,32 @@ class Project:
             entry.updated = _now()
             atomic_write_json(self._image_dir(entry.key) / "entry.json", entry.to_dict(), default=str)
             self._seen_reviewed[entry.key] = mine
+
+    def object_size(self, name: str, source: str | None, shape: Sequence[int]) -> float | None:
+        """The object diameter (image pixels) the user set for this image, or ``None`` (estimate it)."""
+        try:
+            data = json.loads((self._image_dir(self._key_for(name, source, shape)) / OBJECT_SIZE_FILE).read_text())
+            value = float(data["diameter_px"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return value if value > 0 else None
+
+    def remember_object_size(self, name: str, source: str | None, shape: Sequence[int],
+                             diameter: float | None) -> None:
+        """Keep the object diameter (image pixels) the user set for this image; ``None`` forgets it.
+
+        A file of its own per image (atomic; the last writer wins), apart from ``entry.json``, so a
+        session holding an older entry in memory never writes an old size back.
+        """
+        path = self._image_dir(self._key_for(name, source, shape)) / OBJECT_SIZE_FILE
+        if diameter is None or diameter <= 0:
+            path.unlink(missing_ok=True)
+            return
+        atomic_write_json(path, {"diameter_px": float(diameter), "updated": _now()})
+
+    def _key_for(self, name: str, source: str | None, shape: Sequence[int]) -> str:
+        entry = self.find(name, source, shape)
+        return entry.key if entry is not None else image_key(name, source, shape)
 
     def save_plane(self, key: str, index: Sequence[int], labels: np.ndarray, edited: np.ndarray | None = None,
                    image: np.ndarray | None = None) -> None:

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
 from napari_segtool.plugin import _layers as L
 from napari_segtool.plugin._components import LayerCombo, ModelCombo, ParamControls, choice_combo
 from napari_segtool.plugin._docking import scroll_layout
+from napari_segtool.plugin.object_size import ObjectSizeRow
 from napari_segtool.plugin._jobs import JobWidget, UserError
 from napari_segtool.plugin.astro import fits_features
 from napari_segtool.plugin._warmup import models_ready, when_models_ready
@@ -82,6 +83,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self.image_combo.currentTextChanged.connect(self._on_image_changed)
+        self.image_combo.refreshed.connect(self.object_size.image_changed)  # the first image arrives silently
         self.session.predict_requested.connect(self._on_predict_requested)
 
     # ------------------------------------------------------------------ UI
@@ -111,13 +113,9 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         self.tile_spin.setSpecialValueText("model default")
         self.tile_spin.setToolTip("Tile edge in pixels; smaller uses less memory")
         form.addRow("Tile size", self.tile_spin)
-        self.diameter_spin = QSpinBox()
-        self.diameter_spin.setRange(0, 4096)
-        self.diameter_spin.setSuffix(" px")
-        self.diameter_spin.setSpecialValueText("auto")
-        self.diameter_spin.setToolTip("Typical object diameter in image pixels; the model runs at the scale it "
-                                      "was trained at. 'auto' estimates it (the estimate is shown after a run)")
-        form.addRow("Object size", self.diameter_spin)
+        self.object_size = ObjectSizeRow(self.viewer, self.session, self.current_image)
+        self.diameter_spin = self.object_size.spin
+        form.addRow("Object size", self.object_size)
         layout.addLayout(form)
 
         # the selected model's post-processing settings, built from its architecture's schema
@@ -180,6 +178,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
 
     def _on_image_changed(self, name: str) -> None:
         self._propose_model(self.current_image())
+        self.object_size.image_changed()
 
     def _propose_model(self, layer: Image | None) -> None:
         """Propose the shipped model for this kind of image (``astro-sources`` for FITS / sky images).
@@ -329,7 +328,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         reviewed = tracker.reviewed if tracker is not None else set()
         job = SegmentJob(image=image_layer, model_ref=ref, target=target, scope=scope,
                          tile_size=self.tile_spin.value() or None,
-                         diameter=float(self.diameter_spin.value()) or None,
+                         diameter=self.object_size.diameter_px(),
                          postprocess=self.postprocess_overrides(), shape=shape, n_stack=n_stack)
         if scope == SCOPE_STACK and n_stack > 0:
             all_planes = [tuple(int(i) for i in p) for p in np.ndindex(*shape[:n_stack])]
@@ -459,7 +458,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         if job.diameter:
             msg += f" · object size {job.diameter:.0f} px (given)"
         elif size:
-            self.diameter_spin.setSpecialValueText(f"auto (last: {size:.0f})")
+            self.object_size.show_estimate(size)
         self.status_label.setText(msg + (f" — {notes}" if notes else ""))
         self.viewer.layers.selection.active = target
         self.refresh_layers()

@@ -252,3 +252,21 @@ def test_a_second_session_on_the_same_project_is_reported(tmp_path):
     assert [p.name.rpartition("-")[2] for p in (tmp_path / "p" / ".sessions").iterdir()] == [str(os.getpid())]
     a.close()
     assert list((tmp_path / "p" / ".sessions").iterdir()) == []
+
+
+def test_object_size_is_kept_per_image_apart_from_its_entry(tmp_path):
+    """The size a user set survives another session and an older entry written back after it."""
+    first, second = Project(tmp_path / "p"), Project(tmp_path / "p")
+    entry = ImageEntry(key=image_key("a", None, (8, 8)), name="a", shape=(8, 8))
+    first.save_entry(entry)
+    stale = first.find("a", None, (8, 8))                 # a session holding the entry in memory
+    second.remember_object_size("a", None, (8, 8), 23.5)
+    first.save_entry(stale)                                # writes its (older) entry back
+    assert first.object_size("a", None, (8, 8)) == 23.5
+    assert second.object_size("b", None, (8, 8)) is None  # other images: none
+    assert [e.name for e in first.entries()] == ["a"]
+    second.remember_object_size("b", None, (8, 8), 11.0)   # an image without annotations yet
+    assert first.object_size("b", None, (8, 8)) == 11.0
+    assert [e.name for e in first.entries()] == ["a"]     # remembering a size makes no entry
+    first.remember_object_size("a", None, (8, 8), None)   # forgotten: estimated again
+    assert second.object_size("a", None, (8, 8)) is None
