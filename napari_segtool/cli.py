@@ -48,6 +48,36 @@ def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+def _diameter(text: str) -> Any:
+    """``--diameter``: pixels (``24``, ``24px``) -> float, or a length with its unit (``7.5um``, ``7.5 µm``,
+    ``0.01 mm``) -> an astropy Quantity, converted per image with the file's pixel size."""
+    number = text.strip().removesuffix("px").strip()
+    try:
+        return _number(float, 0, 100000, lo_open=True)(number)
+    except argparse.ArgumentTypeError as exc:
+        if not any(c.isalpha() or c == "µ" for c in number):
+            raise exc
+    import astropy.units as u
+
+    try:
+        quantity = u.Quantity(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected pixels or a length such as 7.5um, got {text!r}") from None
+    if quantity.unit.physical_type != "length" or not (math.isfinite(quantity.value) and quantity.value > 0):
+        raise argparse.ArgumentTypeError(f"expected pixels or a positive length such as 7.5um, got {text!r}")
+    return quantity
+
+
+def _diameter_px(diameter: Any, img: Any, path: Path) -> float | None:
+    """``--diameter`` in the pixels of ``img``: a length is divided by the file's X pixel size."""
+    if diameter is None or isinstance(diameter, float):
+        return diameter
+    size = img.pixel_size_in(diameter.unit)
+    if size is None:
+        raise CliError(f"--diameter {diameter}: {path} gives no pixel size in a length unit; give pixels instead")
+    return float(diameter.value) / size
+
+
 def _number(kind: Callable[[str], Any], lo: float | None = None, hi: float | None = None,
             lo_open: bool = False) -> Callable[[str], Any]:
     """An argparse type: ``kind`` (int or float), finite, within ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``)."""
@@ -242,11 +272,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.tile_size is not None and args.tile_size <= model.meta.receptive_field:
         raise CliError(f"--tile-size {args.tile_size} is too small for model '{model.meta.name}' "
                        f"(receptive field {model.meta.receptive_field} px): use more than {model.meta.receptive_field}")
-    for path in inputs:  # every input readable before any work (lazy: headers only; not kept open)
-        read_image(path, axes=args.axes, lazy=True, hdu=args.hdu)
+    diameters = []  # every input readable (lazy: headers only; not kept open), its diameter known, before any work
+    for path in inputs:
+        diameters.append(_diameter_px(args.diameter, read_image(path, axes=args.axes, lazy=True, hdu=args.hdu), path))
     created = made_dirs(out)
     try:
-        _predict_files(args, model, inputs, plans)
+        _predict_files(args, model, inputs, plans, diameters)
     except BaseException:
         remove_empty_dirs(created)
         raise
@@ -310,11 +341,12 @@ def _write_fits_products(paths: list[Path], img: Any, pred: Any, model: Any) -> 
     return f"{segm}, {ecsv.name}, {table.name}"
 
 
-def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], plans: list[list[Path]]) -> None:
+def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], plans: list[list[Path]],
+                   diameters: list[float | None]) -> None:
     from napari_segtool.core.predict import iter_predict
     from napari_segtool.io.images import read_image, write_labels
 
-    for path, paths in zip(inputs, plans):
+    for path, paths, diameter in zip(inputs, plans, diameters):
         img = read_image(path, axes=args.axes, lazy=True, hdu=args.hdu)
         bar = _progress_bar(None, path.name, not args.quiet)
 
@@ -325,7 +357,7 @@ def _predict_files(args: argparse.Namespace, model: Any, inputs: list[Path], pla
 
         z_scale = args.z_scale or img.z_anisotropy()
         job = iter_predict(model, img.data, axes=img.axes, tile_size=args.tile_size, tile_callback=tiles,
-                           z_scale=z_scale, diameter=args.diameter)
+                           z_scale=z_scale, diameter=diameter)
         try:
             pred = run_job(job)
         finally:
@@ -399,6 +431,7 @@ def _predict_ome_zarr(args: argparse.Namespace, inputs: list[Path], out: Path) -
         raise CliError(f"--tile-size {args.tile_size} is too small for model '{model.meta.name}' "
                        f"(receptive field {model.meta.receptive_field} px): use more than {model.meta.receptive_field}")
     img = read_image(inputs[0], axes=args.axes, lazy=True, hdu=args.hdu)
+    diameter = _diameter_px(args.diameter, img, inputs[0])
     created = made_dirs(out.parent)
     try:
         bar = _progress_bar(None, inputs[0].name, not args.quiet)
@@ -408,7 +441,7 @@ def _predict_ome_zarr(args: argparse.Namespace, inputs: list[Path], out: Path) -
             bar.refresh()
 
         job = iter_predict(model, img.data, axes=img.axes, tile_size=args.tile_size, tile_callback=tiles,
-                           z_scale=args.z_scale or img.z_anisotropy(), diameter=args.diameter)
+                           z_scale=args.z_scale or img.z_anisotropy(), diameter=diameter)
         try:
             pred = run_job(job)
         finally:
@@ -435,6 +468,14 @@ def _predict_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> i
     resolve_model_path(args.model)  # an unknown model is refused before any folder is made
     if args.hdu is not None:
         raise CliError("--hdu works with a folder or .ome.zarr --out; chunked runs read the first image HDU")
+    if args.diameter is not None and not isinstance(args.diameter, float):  # a length: one size in pixels for all
+        from napari_segtool.io.images import read_image
+
+        found = {_diameter_px(args.diameter, read_image(p, axes=args.axes, lazy=True), p) for p in inputs}
+        if len(found) > 1:
+            raise CliError(f"--diameter {args.diameter}: these inputs have different pixel sizes; "
+                           f"run them separately or give pixels")
+        args.diameter = found.pop()
     if out.suffix == ".zarr" and len(inputs) == 1:
         check_output_path(out, inputs, overwrite=args.overwrite)
         created = made_dirs(out.parent)
@@ -590,9 +631,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=_number(int, 32, 16384))
     p.add_argument("--z-scale", type=_number(float, 0, 1000, lo_open=True),
                    help="Z voxel size / XY pixel size of stacks (default: from the file's metadata, else the model's)")
-    p.add_argument("--diameter", type=_number(float, 0, 100000, lo_open=True),
-                   help="typical object diameter in pixels (default: estimated per image with the model); the "
-                        "image is run at the model's object size and the labels mapped back")
+    p.add_argument("--diameter", type=_diameter,
+                   help="typical object diameter in pixels (24), or as a length (7.5um) converted with each file's "
+                        "pixel size (default: estimated per image with the model); the image is run at the "
+                        "model's object size and the labels mapped back")
     p.add_argument("--device")
     p.add_argument("--workers", type=_number(int, 1, 1024), help="run chunked on a local dask cluster with N workers")
     p.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://host:8786")

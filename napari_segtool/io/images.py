@@ -103,6 +103,20 @@ class ImageData:
         scale = self.metadata.get("scale") or {}
         return tuple(float(scale.get(a, 1.0)) for a in normalize_axes(axes or self.axes))
 
+    def pixel_size_in(self, unit: Any) -> float | None:
+        """The X pixel size expressed in ``unit`` (an astropy length unit), when the file gives one."""
+        import astropy.units as u
+
+        size = (self.metadata.get("scale") or {}).get("X")
+        file_unit = (self.metadata.get("units") or {}).get("X")
+        if not size or not file_unit:
+            return None
+        try:
+            value = float((float(size) * u.Unit(str(file_unit))).to_value(unit))
+        except (ValueError, TypeError, u.UnitsError):
+            return None
+        return value if value > 0 else None
+
     def z_anisotropy(self) -> float | None:
         """Z voxel size / X pixel size when the file gives both in one unit, else ``None``.
 

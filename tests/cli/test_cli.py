@@ -174,3 +174,32 @@ def test_models_lists_a_non_utf8_user_model_as_broken(files, raw_model, capsys, 
     assert main(["models"]) == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("broken")]
     assert len(line) == 1 and "unreadable" in line[0] and "UTF-8" in line[0]
+
+
+def test_diameter_as_a_length_uses_each_files_pixel_size(files, tiny_model, capsys):
+    """``--diameter 10um`` on a 0.5 µm/pixel file is ``--diameter 20`` on every path; a file without a
+    pixel size is refused (one line, exit 2, no output)."""
+    image = tifffile.imread(files / "img.tif")
+    tifffile.imwrite(files / "um.tif", image, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "micron"})
+    runs = {}
+    for name, value in (("px", "20"), ("um", "10um"), ("mm", "0.01 mm")):
+        out = files / f"out_{name}"
+        assert main(["-q", "predict", str(tiny_model), str(files / "um.tif"), "--out", str(out),
+                     "--diameter", value]) == 0
+        runs[name] = read_labels(out / "um_labels.tif")
+    np.testing.assert_array_equal(runs["um"], runs["px"])
+    np.testing.assert_array_equal(runs["mm"], runs["px"])
+    auto = files / "out_auto"
+    assert main(["-q", "predict", str(tiny_model), str(files / "um.tif"), "--out", str(auto), "--diameter", "40"]) == 0
+    assert not np.array_equal(read_labels(auto / "um_labels.tif"), runs["px"])  # the size changes the result
+    zarr_out = files / "um.zarr"
+    assert main(["-q", "predict", str(tiny_model), str(files / "um.tif"), "--out", str(zarr_out),
+                 "--diameter", "10um"]) == 0
+    capsys.readouterr()
+    refused = files / "refused"
+    assert main(["-q", "predict", str(tiny_model), str(files / "img.tif"), "--out", str(refused),
+                 "--diameter", "10um"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no pixel size" in err and not refused.exists()
+    assert main(["-q", "predict", str(tiny_model), str(files / "um.tif"), "--out", str(refused),
+                 "--diameter", "10 s"]) == 2
