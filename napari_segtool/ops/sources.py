@@ -4,7 +4,8 @@ For every labelled source: background-subtracted flux, peak, flux-weighted
 centroid, size and ellipticity (flux-weighted second moments) and
 signal-to-noise. The sky level and noise come from the pixels outside all
 sources (sigma-clipped, :func:`astropy.stats.sigma_clipped_stats`); the
-per-source measurements are scikit-image's intensity-weighted ``regionprops``.
+per-source measurements are those of scikit-image's intensity-weighted ``regionprops``,
+computed for all sources at once (:func:`measure_sources`).
 
 Star/galaxy: a star is the point-spread function itself, so what separates it
 from a galaxy is compactness *relative to the field's PSF*. The PSF size is
@@ -18,11 +19,12 @@ accuracy is in ``docs/benchmarks.md``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["source_table", "source_features", "fit_star_classifier", "star_probability", "truth_classes",
+__all__ = ["source_table", "measure_sources", "SourceMeasures", "source_features", "fit_star_classifier", "star_probability", "truth_classes",
            "FEATURES"]
 
 #: Sources above this signal-to-noise ratio are used to measure the field's PSF size.
@@ -44,30 +46,24 @@ def source_table(image: np.ndarray, labels: np.ndarray,
     (:func:`fit_star_classifier`), ``p_star`` and ``class`` ("star"/"galaxy").
     """
     from astropy.stats import sigma_clipped_stats
-    from skimage.measure import regionprops
 
     if image.shape != labels.shape or image.ndim != 2:
         raise ValueError(f"expected a YX image and labels of one shape, got {image.shape} and {labels.shape}")
     image = np.asarray(image, dtype=np.float64)
+    labels = np.asarray(labels)
     finite = np.isfinite(image)
     sky_pixels = image[(labels == 0) & finite]
     if sky_pixels.size < 10 or labels.max() == 0:
         return []
     sky, _, noise = (float(v) for v in sigma_clipped_stats(sky_pixels, sigma=3.0))
     noise = noise if noise > 0 else 1.0
-    signal = np.where(finite, image - sky, 0.0)
+    m = measure_sources(np.where(finite, image - sky, 0.0), labels)
     rows: list[dict[str, Any]] = []
-    for region in regionprops(labels, intensity_image=np.clip(signal, 0.0, None)):
-        values = signal[region.slice][region.image]
-        flux = float(values.sum())
-        mu = region.moments_weighted_central
-        a, b, c = mu[2, 0], mu[0, 2], mu[1, 1]
-        size = float(np.sqrt((a + b) / (2.0 * mu[0, 0]))) if mu[0, 0] > 0 else 0.0
-        ellipticity = float(np.sqrt((a - b) ** 2 + 4 * c ** 2) / (a + b)) if a + b > 0 else 0.0
-        cy, cx = region.centroid_weighted if mu[0, 0] > 0 else region.centroid
-        rows.append({"label": int(region.label), "y": float(cy), "x": float(cx), "flux": flux,
-                     "peak": float(values.max()), "area": int(region.area),
-                     "snr": flux / (noise * np.sqrt(region.area)), "size": size, "ellipticity": ellipticity})
+    for i, lab in enumerate(m.label):
+        rows.append({"label": int(lab), "y": float(m.y[i]), "x": float(m.x[i]), "flux": float(m.flux[i]),
+                     "peak": float(m.peak[i]), "area": int(m.area[i]),
+                     "snr": float(m.flux[i] / (noise * np.sqrt(m.area[i]))), "size": float(m.size[i]),
+                     "ellipticity": float(m.ellipticity[i])})
     psf_size = _psf_size(rows)
     for row in rows:
         row.update(sky=sky, sky_noise=noise, psf_size=psf_size)
@@ -76,6 +72,56 @@ def source_table(image: np.ndarray, labels: np.ndarray,
             row["p_star"] = float(p)
             row["class"] = "star" if p >= 0.5 else "galaxy"
     return rows
+
+
+@dataclass(frozen=True)
+class SourceMeasures:
+    """Per-source measurements of :func:`measure_sources`, one array entry per label present (ascending)."""
+
+    label: np.ndarray
+    area: np.ndarray
+    flux: np.ndarray
+    peak: np.ndarray
+    y: np.ndarray
+    x: np.ndarray
+    size: np.ndarray
+    ellipticity: np.ndarray
+
+
+def measure_sources(signal: np.ndarray, labels: np.ndarray) -> SourceMeasures:
+    """Area, flux and peak of the sky-subtracted ``signal`` over each label's footprint, and the centroid, RMS
+    size and ellipticity of its flux-weighted second moments (weights: the signal clipped at 0; a source
+    with no positive signal gets its plain centroid and size 0).
+
+    The same quantities as scikit-image's intensity-weighted ``regionprops`` (``centroid_weighted``,
+    ``moments_weighted_central``), computed for all labels at once with ``np.bincount`` over the labelled
+    pixels instead of one Python object per region: a 512² field of ~100 sources took 0.15 CPU s that way.
+    """
+    flat = labels.ravel()
+    where = np.flatnonzero(flat > 0)
+    lab = flat[where].astype(np.int64)
+    n = int(lab.max()) + 1 if lab.size else 1
+    ys, xs = np.divmod(where, labels.shape[1])
+    values = signal.ravel()[where]
+    w = np.clip(values, 0.0, None)
+    area = np.bincount(lab, minlength=n)
+    present = np.flatnonzero(area)
+    present = present[present > 0]
+    flux = np.bincount(lab, values, n)
+    peak = np.full(n, -np.inf)
+    np.maximum.at(peak, lab, values)
+    m00 = np.bincount(lab, w, n)
+    weighted = m00 > 0
+    safe = np.where(weighted, m00, 1.0)
+    cy = np.where(weighted, np.bincount(lab, w * ys, n) / safe, np.bincount(lab, ys, n) / np.maximum(area, 1))
+    cx = np.where(weighted, np.bincount(lab, w * xs, n) / safe, np.bincount(lab, xs, n) / np.maximum(area, 1))
+    dy, dx = ys - cy[lab], xs - cx[lab]
+    a, b, c = (np.bincount(lab, w * d, n) for d in (dy * dy, dx * dx, dy * dx))
+    size = np.where(weighted, np.sqrt((a + b) / (2.0 * safe)), 0.0)
+    spread = a + b
+    ellipticity = np.where(spread > 0, np.sqrt((a - b) ** 2 + 4 * c ** 2) / np.where(spread > 0, spread, 1.0), 0.0)
+    return SourceMeasures(present, area[present], flux[present], peak[present], cy[present], cx[present],
+                          size[present], ellipticity[present])
 
 
 def _psf_size(rows: list[dict[str, Any]]) -> float:

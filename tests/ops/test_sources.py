@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from napari_segtool.ops.sources import source_table
+from napari_segtool.ops.sources import measure_sources, source_table
 
 
 def test_fluxes_centroids_and_sky_of_two_gaussian_sources():
@@ -24,6 +24,35 @@ def test_fluxes_centroids_and_sky_of_two_gaussian_sources():
     assert rows[0]["size"] == pytest.approx(2.0, rel=0.15)  # noise in a faint footprint inflates moments,
     assert rows[1]["size"] > rows[0]["size"]                 # but the wider source stays the wider one
     assert rows[0]["snr"] > rows[1]["snr"]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # regionprops' moments of the zero-weight source
+def test_measurements_equal_scikit_image_regionprops():
+    """measure_sources (all labels at once) against regionprops per region, on a simulated field with gaps in
+    the ids, a source with no positive signal and a one-pixel source."""
+    from skimage.measure import regionprops
+
+    from napari_segtool.sim import simulate_astro_dataset
+
+    field = simulate_astro_dataset(1, (192, 160), seed=4)[0]
+    labels = field.labels.astype(np.int32) * 3  # ids 3, 6, 9...: absent ids are skipped
+    signal = field.image.astype(np.float64) - np.median(field.image)
+    labels[:4, :4] = 1
+    signal[:4, :4] = -1.0  # all below the sky: plain centroid, size 0
+    labels[-1, -1], signal[-1, -1] = 2, 5.0  # one pixel
+    m = measure_sources(signal, labels)
+    props = regionprops(labels, intensity_image=np.clip(signal, 0.0, None))
+    assert m.label.tolist() == [p.label for p in props] and len(props) >= 6
+    for i, p in enumerate(props):
+        values = signal[p.slice][p.image]
+        mu = p.moments_weighted_central
+        a, b, c = mu[2, 0], mu[0, 2], mu[1, 1]
+        weighted = mu[0, 0] > 0
+        assert (m.area[i], m.flux[i], m.peak[i]) == pytest.approx((p.area, values.sum(), values.max()))
+        assert (m.y[i], m.x[i]) == pytest.approx(p.centroid_weighted if weighted else p.centroid)
+        assert m.size[i] == pytest.approx(np.sqrt((a + b) / (2 * mu[0, 0])) if weighted else 0.0, abs=1e-9)
+        assert m.ellipticity[i] == pytest.approx(np.sqrt((a - b) ** 2 + 4 * c ** 2) / (a + b) if a + b > 0 else 0.0,
+                                                 abs=1e-9)
 
 
 def test_empty_and_mismatched_inputs():
