@@ -93,7 +93,7 @@ def augment(patch: Patch, out_size: int, rng: np.random.Generator, cfg: AugmentC
         o = (src - out_size) // 2
         img, lab, ann = img[o:o + out_size, o:o + out_size], lab[o:o + out_size, o:o + out_size], ann[o:o + out_size, o:o + out_size]
     img = np.ascontiguousarray(img, dtype=np.float32)
-    if cfg.enabled and rng.random() < cfg.p_resolution:
+    if cfg.enabled and cfg.p_resolution > 0 and rng.random() < cfg.p_resolution:  # no draw when off: same stream
         img = lower_resolution(img, rng.uniform(*cfg.resolution_range))
     if cfg.enabled and rng.random() < cfg.p_context:
         img, lab, ann = surround(img, np.ascontiguousarray(lab), np.ascontiguousarray(ann), rng, cfg.context_cut)
