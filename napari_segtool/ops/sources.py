@@ -55,7 +55,8 @@ def source_table(image: np.ndarray, labels: np.ndarray,
     sky_pixels = image[(labels == 0) & finite]
     if sky_pixels.size < 10 or labels.max() == 0:
         return []
-    sky, _, noise = (float(v) for v in sigma_clipped_stats(sky_pixels, sigma=3.0))
+    # axis given: astropy's C implementation of the same clipping (same values, half the time)
+    sky, _, noise = (float(v) for v in sigma_clipped_stats(sky_pixels, sigma=3.0, axis=0))
     noise = noise if noise > 0 else 1.0
     m = measure_sources(np.where(finite, image - sky, 0.0), labels)
     rows: list[dict[str, Any]] = []
