@@ -1,7 +1,7 @@
 """Bulge/disk decomposition: the shipped ``astro-bulge-disk`` network vs a parametric fit per galaxy.
 
-    python benchmarks/bulge_disk.py [--fields 12] [--size 256] [--seed 100] [--model astro-bulge-disk|PATH]
-                                    [--out docs/benchmarks/bulge_disk.txt]
+    python benchmarks/bulge_disk.py [--fields 12] [--size 256] [--seed 100] [--model astro-bulge-disk|PATH ...]
+                                    [--no-parametric] [--out docs/benchmarks/bulge_disk.txt]
 
 Held-out simulated fields (``napari_segtool.sim.bulge_disk.bulge_disk_fields``, seed ``--seed``,
 default 100; the model was trained on seed 1 and its card scored on seed 2) with their noiseless
@@ -9,8 +9,9 @@ bulge and disk images. Every catalogued galaxy whose footprint (the simulator's 
 has at least ``EVAL_MIN_PIXELS`` pixels is judged by its bulge-to-total ratio on that footprint:
 
 * truth: sum of the noiseless bulge image over the footprint / sum of bulge + disk;
-* network: ``core.decompose.decompose`` on the whole noisy field (it estimates the sky itself),
-  bulge / (bulge + disk) summed over the same footprint;
+* network: ``core.decompose.decompose`` on the whole noisy field (it estimates the sky itself and,
+  for a model with a PSF channel, the PSF size), bulge / (bulge + disk) summed over the same
+  footprint; ``--model`` again adds another network (e.g. the previous weights) to the same run;
 * parametric: astropy.modeling, a Sersic bulge (n = 4) plus an exponential disk (Sersic n = 1)
   with a common centre, fitted by least squares (``TRFLSQFitter``, pixels weighted by 1/sigma) to
   the footprint's pixels of a cutout, after subtracting the simulator's true sky level (given to
@@ -20,7 +21,7 @@ has at least ``EVAL_MIN_PIXELS`` pixels is judged by its bulge-to-total ratio on
 Printed per method: galaxies, median and mean |B/T error| against the footprint truth, median
 |B/T error| against the catalogue's total B/T (flux of the whole profiles), and seconds per field;
 and, as a floor any useful method must beat, the errors of one constant B/T (the test truths' own
-median) given to every galaxy.
+median) given to every galaxy. ``--no-parametric`` leaves out the fit (about 20 s per field).
 """
 from __future__ import annotations
 
@@ -37,9 +38,9 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_segtool.core.checkpoint import load_model  # noqa: E402
-from napari_segtool.core.decompose import EVAL_MIN_PIXELS, bt_pairs, decompose  # noqa: E402
+from napari_segtool.core.decompose import bulge_to_total, decompose  # noqa: E402
 from napari_segtool.kernel.device import configure_threads  # noqa: E402
-from napari_segtool.sim.bulge_disk import bulge_disk_fields, galaxy_truth  # noqa: E402
+from napari_segtool.sim.bulge_disk import EVAL_MIN_PIXELS, bt_pairs, bulge_disk_fields, galaxy_truth  # noqa: E402
 
 
 @dataclass
@@ -122,7 +123,8 @@ def parametric_pairs(field, min_pixels: int = EVAL_MIN_PIXELS, pad: int = 4) -> 
 
 def network_pairs(model, field) -> list[tuple[float, float, float]]:
     """(footprint truth, catalogue total, network) B/T of each judged galaxy of a field."""
-    return [(g.bt_footprint, g.bt_total, bt) for g, bt in bt_pairs(model, field)]
+    predicted = bulge_to_total(decompose(model, field.image), field.labels)
+    return [(g.bt_footprint, g.bt_total, bt) for g, bt in bt_pairs(field, predicted)]
 
 
 def summary(name: str, rows: list[tuple[float, float, float]], seconds: float, n_fields: int) -> str:
@@ -138,20 +140,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fields", type=int, default=12)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=100)
-    parser.add_argument("--model", default="astro-bulge-disk")
+    parser.add_argument("--model", action="append", help="a model name or folder (repeat to compare; "
+                                                         "default astro-bulge-disk)")
+    parser.add_argument("--parametric", action=argparse.BooleanOptionalAction, default=True,
+                        help="fit the parametric baseline too (default; about 20 s per field)")
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     configure_threads(None)
-    model = load_model(args.model)
+    names = args.model or ["astro-bulge-disk"]
     fields = bulge_disk_fields(args.fields, (args.size, args.size), seed=args.seed)
-    decompose(model, fields[0].image)  # warm-up (torch's first call)
+    runs = []
+    for i, name in enumerate(names):
+        model = load_model(name)
+        decompose(model, fields[0].image)  # warm-up (torch's first call)
+        runs.append(("network" if i == 0 else f"net:{Path(name).name}"[:12],
+                     lambda f, model=model: network_pairs(model, f)))
+    if args.parametric:
+        runs.append(("parametric", parametric_pairs))
     results = {}
-    for name, run in (("network", lambda f: network_pairs(model, f)), ("parametric", parametric_pairs)):
+    for name, run in runs:
         t0 = time.perf_counter()
         rows = [r for f in fields for r in run(f)]
         results[name] = (rows, time.perf_counter() - t0)
     header = (f"# benchmarks/bulge_disk.py --fields {args.fields} --size {args.size} --seed {args.seed} "
-              f"--model {args.model}\n# galaxies with >= {EVAL_MIN_PIXELS} footprint pixels; B/T error against "
+              f"{' '.join(f'--model {n}' for n in names)}{'' if args.parametric else ' --no-parametric'}\n# galaxies with >= {EVAL_MIN_PIXELS} footprint pixels; B/T error against "
               f"the noiseless components on the true footprint (and the catalogue's total B/T)\n"
               f"{'method':<12} {'galaxies':>8} {'median |dB/T|':>14} {'mean |dB/T|':>12} "
               f"{'median |dB/T| total':>18} {'s/field':>10}")

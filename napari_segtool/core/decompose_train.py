@@ -7,13 +7,13 @@ bulge, disk and other flux (``sim.bulge_disk.component_fractions``) and per-pixe
 (``sim.bulge_disk.footprint_weights``: every source counts alike, its pixels by flux).
 :func:`iter_train_regression` draws patches around weighted pixels, turns them by the 8 symmetries
 of the square (the sky has no preferred orientation), and asks the architecture for the loss;
-it is a job generator like ``core.train.iter_train`` (``TrainStep`` / ``TrainEpoch`` events, a
-``CancelToken``) with the same ``TrainConfig`` and learning-rate schedule, and fixed steps, so a
-recipe's weights are reproducible.
+it runs the same optimisation loop as ``core.train.iter_train`` (``core.train_loop``: ``TrainStep`` /
+``TrainEpoch`` events, ``CancelToken``, time budget, learning-rate schedule, history entry) with the
+same ``TrainConfig``, and keeps the last weights of its fixed steps, so a recipe's weights are
+reproducible.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Generator, Sequence
@@ -21,15 +21,15 @@ from typing import Any, Generator, Sequence
 import numpy as np
 import torch
 
-from napari_segtool.core.decompose import COMPONENTS
+from napari_segtool.core.decompose import COMPONENTS, DecompositionInput
 from napari_segtool.core.model import SegModel
-from napari_segtool.core.train import TrainConfig, TrainResult, _lr_at
+from napari_segtool.core.train import TrainConfig, TrainResult
+from napari_segtool.core.train_loop import history_entry, iter_optimise
 from napari_segtool.kernel.device import configure_threads, pick_device
 from napari_segtool.kernel.errors import ConfigError, InputError
 from napari_segtool.kernel.events import CancelToken, TrainEpoch, TrainStep
 from napari_segtool.models.base import Patch
 from napari_segtool.models.registry import get_architecture
-from napari_segtool.ops.normalize import normalize
 from napari_segtool.sim.astro import AstroField
 from napari_segtool.sim.bulge_disk import component_fractions, footprint_weights
 
@@ -45,10 +45,11 @@ class RegressionExample:
     weight: np.ndarray
 
 
-def field_example(field: AstroField, normalization: dict[str, Any]) -> RegressionExample:
-    """A simulated field (with components) as a training example, normalised as the model will be."""
-    image = normalize(field.image.astype(np.float32)[..., None], **normalization)
-    return RegressionExample(image, component_fractions(field), footprint_weights(field))
+def field_example(field: AstroField, normalization: dict[str, Any], with_psf: bool = False) -> RegressionExample:
+    """A simulated field (with components) as a training example, the input made as ``core.decompose``
+    makes it (``with_psf``: a second channel holding the PSF size it measures on the noisy image)."""
+    inputs = DecompositionInput.of(field.image, normalization, 2 if with_psf else 1)
+    return RegressionExample(np.asarray(inputs[:, :]), component_fractions(field), footprint_weights(field))
 
 
 def _crop(ex: RegressionExample, size: int, rng: np.random.Generator) -> Patch:
@@ -84,7 +85,8 @@ def iter_train_regression(
     normalization: dict[str, Any] | None = None,
     cancel: CancelToken | None = None,
 ) -> Generator[TrainStep | TrainEpoch, None, TrainResult]:
-    """Train a new regression model on ``examples`` for ``config.epochs * config.steps_per_epoch`` steps."""
+    """Train a new regression model on ``examples`` for ``config.epochs * config.steps_per_epoch`` steps
+    (fewer if ``config.time_budget`` runs out or ``cancel`` is set)."""
     cfg = config or TrainConfig()
     architecture = get_architecture(arch)
     if not architecture.regression:
@@ -106,40 +108,15 @@ def iter_train_regression(
         raise ConfigError(problem)
     model = SegModel(architecture.build(meta), meta).to(device)
     model.net.train()
-    optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps, step, stop_reason, epochs = cfg.epochs * cfg.steps_per_epoch, 0, "epochs", []
-    for epoch in range(cfg.epochs):
-        losses = []
-        for _ in range(cfg.steps_per_epoch):
-            if cancel is not None and cancel.cancelled:
-                stop_reason = "cancelled"
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(cfg.lr, step / total_steps)
-            batch = [_crop(examples[int(rng.integers(len(examples)))], cfg.patch_size, rng)
-                     for _ in range(cfg.batch_size)]
-            loss = architecture.loss(model.net, batch, meta, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            yield TrainStep(step, epoch, losses[-1], time.perf_counter() - start, total_steps)
-        if not losses:
-            break
-        event = TrainEpoch(epoch, float(np.mean(losses)), -float(np.mean(losses)), "train_loss",
-                           time.perf_counter() - start, True, cfg.epochs)
-        epochs.append(event)
-        yield event
-        if stop_reason != "epochs":
-            break
-    model.net.eval()
+
+    def batch_loss() -> torch.Tensor:
+        batch = [_crop(examples[int(rng.integers(len(examples)))], cfg.patch_size, rng) for _ in range(cfg.batch_size)]
+        return architecture.loss(model.net, batch, meta, device)
+
+    run = yield from iter_optimise(model.net, cfg, batch_loss, start=start, cancel=cancel)
     seconds = time.perf_counter() - start
-    meta.history.append({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "examples": len(examples), "steps": step,
-                         "seconds": round(seconds, 1), "stop_reason": stop_reason,
-                         "config": {k: v for k, v in copy.deepcopy(cfg.to_dict()).items() if k != "device"},
-                         "epochs": [e.as_dict() for e in epochs]})
-    return TrainResult(model, epochs, stop_reason, seconds, step)
+    meta.history.append(history_entry(cfg, run, len(examples), seconds))
+    return TrainResult(model, run.epochs, run.stop_reason, seconds, run.steps)
 
 
 def train_regression(examples: Sequence[RegressionExample], **kwargs: Any) -> TrainResult:

@@ -21,6 +21,7 @@ from napari_segtool.core.augment import AugmentConfig, augment
 from napari_segtool.core.data import DataError, Example, PatchSampler, split_validation
 from napari_segtool.core.finetune import Anchor, FineTuneConfig
 from napari_segtool.core.scale import object_scale_from_labels
+from napari_segtool.core.train_loop import history_entry, iter_optimise
 from napari_segtool.kernel.device import configure_threads, pick_device
 from napari_segtool.kernel.errors import ConfigError
 from napari_segtool.kernel.events import CancelToken, TrainEpoch, TrainStep
@@ -86,12 +87,6 @@ def _check_compatible(model: SegModel, examples: Sequence[Example], task: str) -
         top = max(int(ex.labels.max()) for ex in examples)
         if top > len(model.meta.classes) - 1:
             raise DataError(f"labels use class id {top} but the model has {len(model.meta.classes) - 1} classes")
-
-
-def _lr_at(base: float, progress: float) -> float:
-    """Short linear warm-up then cosine decay over ``progress`` in [0, 1]."""
-    warm = min(1.0, progress / 0.05) if progress < 0.05 else 1.0
-    return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 #: Augmented draws per batch item before falling back to an unaugmented patch around an annotated pixel.
@@ -206,80 +201,27 @@ def iter_train(
     model.to(device)
     anchor = Anchor(model.net, cfg.fine_tune) if init is not None else None
     _train_mode(model, anchor)
-    optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    epochs: list[TrainEpoch] = []
-    best_state = copy.deepcopy(model.net.state_dict())
-    best_score, since_best, step = -math.inf, 0, 0
-    total_steps = cfg.epochs * cfg.steps_per_epoch
-    stop_reason = "epochs"
-    step_seconds = 0.0
-    for epoch in range(cfg.epochs):
-        losses = []
-        for _ in range(cfg.steps_per_epoch):
-            elapsed = time.perf_counter() - start
-            if cancel is not None and cancel.cancelled:
-                stop_reason = "cancelled"
-                break
-            if cfg.time_budget is not None and elapsed + step_seconds > cfg.time_budget:
-                stop_reason = "time budget"
-                break
-            t0 = time.perf_counter()
-            progress = step / total_steps
-            if cfg.time_budget:
-                progress = max(progress, elapsed / cfg.time_budget)
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(cfg.lr, progress)
-            batch = _batch(sampler, cfg, rng)
-            if anchor is None:
-                loss = architecture.loss(model.net, batch, model.meta, device)
-            else:
-                with anchor.watch(model.net):
-                    loss = architecture.loss(model.net, batch, model.meta, device)
-                extra = anchor.distill_loss([p.annotated for p in batch])
-                if extra is not None:
-                    loss = loss + extra
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if anchor is not None:
-                anchor.pull(model.net, optimizer.param_groups[0]["lr"])
-            step += 1
-            losses.append(float(loss.detach()))
-            step_seconds = 0.8 * step_seconds + 0.2 * (time.perf_counter() - t0) if step > 1 else time.perf_counter() - t0
-            yield TrainStep(step, epoch, losses[-1], time.perf_counter() - start, total_steps)
-        if not losses:
-            break
-        model.net.eval()
-        metric_name, score = _validate(model, val_set, device) if val_set else ("train_loss", -float(np.mean(losses)))
-        _train_mode(model, anchor)
-        is_best = score > best_score
-        if is_best:
-            best_score, since_best = score, 0
-            best_state = copy.deepcopy(model.net.state_dict())
-        else:
-            since_best += 1
-        event = TrainEpoch(epoch, float(np.mean(losses)), score, metric_name,
-                           time.perf_counter() - start, is_best, cfg.epochs)
-        epochs.append(event)
-        yield event
-        if stop_reason != "epochs":
-            break
-        if since_best >= cfg.patience:
-            stop_reason = "early stopping"
-            break
-    model.net.load_state_dict(best_state)
-    model.net.eval()
+    def batch_loss() -> torch.Tensor:
+        batch = _batch(sampler, cfg, rng)
+        if anchor is None:
+            return architecture.loss(model.net, batch, model.meta, device)
+        with anchor.watch(model.net):
+            loss = architecture.loss(model.net, batch, model.meta, device)
+        extra = anchor.distill_loss([p.annotated for p in batch])
+        return loss if extra is None else loss + extra
+
+    def score(losses: list[float]) -> tuple[str, float]:
+        return _validate(model, val_set, device) if val_set else ("train_loss", -float(np.mean(losses)))
+
+    run = yield from iter_optimise(
+        model.net, cfg, batch_loss, start=start, cancel=cancel, score=score,
+        train_mode=lambda: _train_mode(model, anchor),
+        after_step=None if anchor is None else lambda lr: anchor.pull(model.net, lr))
     seconds = time.perf_counter() - start
-    model.meta.history.append({
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "fine_tuned_from": init.meta.name if init is not None else None,
-        "examples": len(examples), "steps": step, "seconds": round(seconds, 1), "stop_reason": stop_reason,
-        "best_score": None if math.isinf(best_score) else best_score,
-        "config": {k: v for k, v in cfg.to_dict().items() if k != "device"},
-        "epochs": [e.as_dict() for e in epochs],
-    })
-    return TrainResult(model, epochs, stop_reason, seconds, step)
+    model.meta.history.append(history_entry(cfg, run, len(examples), seconds,
+                                            fine_tuned_from=init.meta.name if init is not None else None))
+    return TrainResult(model, run.epochs, run.stop_reason, seconds, run.steps)
 
 
 def train(examples: Sequence[Example], **kwargs: Any) -> TrainResult:

@@ -10,22 +10,25 @@ images. This module turns one such field into what a decomposition is trained an
   (each catalogued source weighs 1 in total, and within it pixels count by flux, as they do in
   its bulge-to-total ratio);
 * :func:`galaxy_truth`: per catalogued galaxy, B/T measured on its footprint from the noiseless
-  component images (what an image-to-image decomposition can see) and the catalogue's total B/T.
+  component images (what an image-to-image decomposition can see) and the catalogue's total B/T;
+* :func:`bt_pairs`: the galaxies a method is judged on (footprints of at least ``EVAL_MIN_PIXELS``)
+  beside the B/T it gives them (the recipe's held-out score and ``benchmarks/bulge_disk.py``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from .astro import AstroField, simulate_astro_field
 
-__all__ = ["COMPONENTS", "GalaxyTruth", "bulge_disk_fields", "component_fractions", "footprint_weights",
-           "galaxy_truth"]
+__all__ = ["EVAL_MIN_PIXELS", "GalaxyTruth", "bt_pairs", "bulge_disk_fields", "component_fractions",
+           "footprint_weights", "galaxy_truth"]
 
-#: the channels of :func:`component_fractions`
-COMPONENTS = ("bulge", "disk", "other")
+#: galaxies are judged when their footprint has at least this many pixels (a two-profile fit has 10 parameters)
+EVAL_MIN_PIXELS = 30
 
 
 @dataclass
@@ -50,8 +53,8 @@ def bulge_disk_fields(n: int, shape: tuple[int, int] = (256, 256), seed: int = 0
 
 
 def component_fractions(field: AstroField) -> np.ndarray:
-    """``(3, Y, X)`` float32 shares of the noiseless flux: bulge, disk, other (stars); where no source
-    has flux the pixel is all *other*."""
+    """``(3, Y, X)`` float32 shares of the noiseless flux: bulge, disk, other (stars), the order of
+    ``core.decompose.COMPONENTS``; where no source has flux the pixel is all *other*."""
     if field.bulge is None or field.disk is None:
         raise ValueError("the field has no component images: simulate it with with_components=True")
     bulge = np.clip(field.bulge, 0, None)
@@ -92,3 +95,11 @@ def galaxy_truth(field: AstroField, min_pixels: int = 1) -> list[GalaxyTruth]:
         out.append(GalaxyTruth(i, int(entry["npix"]), float(bulge[i] / (bulge[i] + disk[i])),
                                float(entry["bulge_frac"]), float(entry["flux"])))
     return out
+
+
+def bt_pairs(field: AstroField, predicted: Mapping[int, float],
+             min_pixels: int = EVAL_MIN_PIXELS) -> list[tuple[GalaxyTruth, float]]:
+    """Each catalogued galaxy of ``field`` with at least ``min_pixels`` footprint pixels, with the B/T a
+    method gives its footprint (``predicted``: per label id, as ``core.decompose.bulge_to_total``
+    returns; ``nan`` where it gives none)."""
+    return [(g, float(predicted.get(g.id, np.nan))) for g in galaxy_truth(field, min_pixels)]

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from napari_segtool.core.checkpoint import load_model, save_model
-from napari_segtool.core.decompose import Decomposition, bt_pairs, bulge_to_total, decompose
+from napari_segtool.core.decompose import (COMPONENTS, Decomposition, DecompositionInput, bulge_to_total, decompose,
+                                           field_psf_size)
 from napari_segtool.core.decompose_train import field_example, iter_train_regression, train_regression
 from napari_segtool.core.train import TrainConfig
 from napari_segtool.kernel.errors import InputError
-from napari_segtool.kernel.events import TrainEpoch, TrainStep
-from napari_segtool.sim.bulge_disk import bulge_disk_fields, component_fractions, footprint_weights
+from napari_segtool.kernel.events import CancelToken, TrainEpoch, TrainStep, run_job
+from napari_segtool.sim.bulge_disk import bt_pairs, bulge_disk_fields, component_fractions, footprint_weights
 
 NORM = {"method": "asinh", "softening": 3.0}
 
@@ -35,7 +36,9 @@ def trained(fields):
 def test_truth_shares_sum_to_one_and_sources_weigh_one(fields):
     f = fields[0]
     shares = component_fractions(f)
-    assert shares.shape == (3,) + f.image.shape
+    assert shares.shape == (len(COMPONENTS),) + f.image.shape
+    np.testing.assert_allclose(shares[COMPONENTS.index("bulge")] * (f.noiseless > 0),
+                               np.clip(f.bulge, 0, None) / np.where(f.noiseless > 0, f.noiseless, 1), atol=1e-4)
     np.testing.assert_allclose(shares.sum(0), 1.0, atol=1e-5)
     galaxy = next(e for e in f.catalog if e["class"] == "galaxy" and e["bulge_frac"] > 0)
     inside = f.labels == galaxy["id"]
@@ -129,7 +132,61 @@ def test_bulge_to_total_sums_over_each_source():
 
 
 def test_bt_pairs_judge_the_catalogued_galaxies(trained, fields):
-    pairs = bt_pairs(trained[0].model, fields[0], min_pixels=10)
+    f = fields[0]
+    pairs = bt_pairs(f, bulge_to_total(decompose(trained[0].model, f.image), f.labels), min_pixels=10)
     assert pairs and all(0 <= truth.bt_footprint <= 1 and 0 <= bt <= 1 for truth, bt in pairs)
     ids = {truth.id for truth, _ in pairs}
     assert all(fields[0].classes[i] == "galaxy" for i in ids)
+
+
+def test_regression_training_stops_at_its_time_budget_and_on_cancel(fields):
+    """The decomposition runs core.train's loop: a time budget and a cancel end it early, epochs kept."""
+    examples = [field_example(f, NORM) for f in fields]
+    cfg = TrainConfig(epochs=50, steps_per_epoch=2, batch_size=2, patch_size=32, num_threads=1, time_budget=1e-3)
+    result = train_regression(examples, config=cfg, arch_kwargs={"depth": 2, "width": 8})
+    assert result.stop_reason == "time budget" and result.steps < 100
+    token = CancelToken()
+
+    def cancel_after_three(event):
+        if isinstance(event, TrainStep) and event.step == 3:
+            token.cancel()
+
+    cfg = TrainConfig(epochs=50, steps_per_epoch=2, batch_size=2, patch_size=32, num_threads=1)
+    result = run_job(iter_train_regression(examples, config=cfg, arch_kwargs={"depth": 2, "width": 8},
+                                           cancel=token), cancel_after_three)
+    assert result.stop_reason == "cancelled" and result.steps == 3 and len(result.epochs) == 2
+    assert result.model.meta.history[-1]["stop_reason"] == "cancelled"
+
+
+def test_psf_size_follows_the_seeing():
+    """The same galaxies and stars under a sharp and a broad PSF: the measured size follows the PSF."""
+    from napari_segtool.sim.astro import simulate_astro_field
+
+    sizes = [field_psf_size(simulate_astro_field((128, 128), psf_fwhm=fwhm, n_stars=8, sky_sigma=5.0, seed=4).image)
+             for fwhm in (0.5, 0.8, 1.2)]
+    sigmas = [fwhm / 0.2 / 2.355 for fwhm in (0.5, 0.8, 1.2)]  # pixel scale 0.2"
+    assert sizes[0] < sizes[1] < sizes[2]
+    np.testing.assert_allclose(sizes, sigmas, rtol=0.35)
+    assert field_psf_size(np.full((64, 64), 100.0)) is None  # nothing to measure it on
+
+
+def test_a_psf_model_takes_the_psf_size_as_its_second_channel(fields):
+    f = fields[0]
+    one = DecompositionInput.of(f.image, NORM, 1)
+    two = DecompositionInput.of(f.image, NORM, 2, psf_size=3.0)
+    assert one.shape == f.image.shape + (1,) and two.shape == f.image.shape + (2,)
+    np.testing.assert_array_equal(two[10:20, 5:9][..., :1], one[10:20, 5:9])
+    assert np.all(two[10:20, 5:9][..., 1] == two[:, :][0, 0, 1]) and two[:, :][0, 0, 1] > 0
+    example = field_example(f, NORM, with_psf=True)
+    assert example.image.shape[-1] == 2
+    assert example.image[0, 0, 1] == pytest.approx(DecompositionInput.of(f.image, NORM, 2)[0:1, 0:1][0, 0, 1])
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32, num_threads=1)
+    model = train_regression([field_example(g, NORM, with_psf=True) for g in fields], config=cfg,
+                             arch_kwargs={"depth": 2, "width": 8}, normalization=NORM).model
+    assert model.meta.in_channels == 2
+    measured, sharp, broad = (decompose(model, f.image, psf_size=s) for s in (None, 0.5, 5.0))
+    np.testing.assert_allclose(measured.bulge + measured.disk + measured.other, f.image - measured.sky,
+                               rtol=1e-4, atol=1e-3)
+    assert not np.array_equal(sharp.bulge, broad.bulge)  # the network reads the PSF channel
+    with pytest.raises(InputError, match="PSF size"):
+        decompose(model, f.image, psf_size=-1.0)
