@@ -2,6 +2,7 @@
 
     python benchmarks/inference_speed.py [--model nuclei] [--sizes 512 1024 2048 4096] [--tile N]
                                          [--backend auto|torch|fused|onnxruntime] [--diameter D]
+    python benchmarks/inference_speed.py --halo-check 0.999 1024 0.97 1152   # labels per halo mass / tile
 
 Each size runs in a fresh subprocess (so its peak RSS, ``ru_maxrss``, is its own) on a mosaic of
 one simulated 512² nuclei image, scored against the mosaic's exact labels. Per row:
@@ -173,6 +174,51 @@ def network_sweep(widths: list[int], depth: int, size: int, backend: str | None)
               flush=True)
 
 
+def tiled_real(k: int) -> tuple[Any, Any]:
+    """The real 512² nuclei image (``benchmarks/real_data.py``) tiled ``k``×``k`` without gaps, its labels too."""
+    import numpy as np
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from real_data import nuclei_2d
+
+    image, gt = nuclei_2d()
+    n = int(gt.max())
+    labels = np.block([[np.where(gt > 0, gt + n * (i * k + j), 0) for j in range(k)] for i in range(k)])
+    return np.tile(image, (k, k)), labels
+
+
+def halo_check(model_name: str, configs: list[tuple[float, int]]) -> None:
+    """Labels per (gradient mass of the measured halo, largest tile) on the 2048² mosaic (diameter 14) and the
+    real image tiled 4×4 and 6×6 (diameter estimated): AP against the truth, and against the first
+    configuration's labels."""
+    import functools
+
+    import numpy as np
+
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.predict import predict
+    from napari_segtool.models import base, runtime, unet
+    from napari_segtool.ops.metrics import instance_scores, match_instances
+
+    model = load_model(model_name)
+    cases = {"mosaic2048 d14": (*mosaic(2048), 14.0), "real tiled 4x4": (*tiled_real(4), None),
+             "real tiled 6x6": (*tiled_real(6), None)}
+    measure, first = base.measured_halo, {}
+    for mass, tile in configs:
+        unet.measured_halo, unet.PREDICT_TILE = functools.partial(measure, mass=mass), tile
+        runtime._CACHE.pop(model.net, None)  # the halo is cached per weights version, not per mass
+        for name, (image, gt, diameter) in cases.items():
+            t0 = time.process_time()
+            labels = np.asarray(predict(model, image, diameter=diameter).labels)
+            cpu = time.process_time() - t0
+            s = instance_scores(labels, gt)
+            ref = first.setdefault(name, labels)
+            print(f"mass {mass} tile {tile} halo {model.architecture.halo(model.net, model.meta)} {name}: "
+                  f"objects {labels.max()} AP50 {s['ap50']:.4f} meanAP {s['mean_ap']:.4f} cpu {cpu:.1f}s; vs first: "
+                  f"identical {np.array_equal(ref, labels)} AP50 {match_instances(labels, ref, 0.5).ap:.4f}",
+                  flush=True)
+
+
 HEADER = (f"{'size':>6s} {'tile':>5s} {'halo':>4s} {'seconds':>8s} {'e2e Mpx/s':>9s} {'net Mpx/s':>9s} "
           f"{'GFLOP/s':>7s} {'% mm':>5s} {'overhead':>8s} {'post %':>6s} {'other %':>7s} {'peak MB':>7s} "
           f"{'AP@0.5':>6s}")
@@ -195,8 +241,14 @@ def main() -> None:
                         help="objects' diameter in pixels (skips the size estimate)")
     parser.add_argument("--widths", type=int, nargs="*", default=[],
                         help="also time untrained depth-4 U-Nets of these widths (network only, one tile)")
+    parser.add_argument("--halo-check", type=float, nargs="*", default=[], metavar="MASS TILE",
+                        help="labels per (halo gradient mass, largest tile) pair vs the first pair, then stop")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.halo_check:
+        pairs = args.halo_check
+        halo_check(args.model, [(pairs[i], int(pairs[i + 1])) for i in range(0, len(pairs) - 1, 2)])
+        return
     if args.widths:
         network_sweep(args.widths, 4, 1024, args.backend)
         if not args.sizes:

@@ -39,8 +39,9 @@ from napari_segtool.models.runtime import cached, inference_forward, resolve_bac
 
 INSTANCE_CLASSES = 3  # background, interior, boundary
 #: tiles of prediction are at most this large unless the caller asks otherwise (larger tiles spend less
-#: of their work on the halo; the speed section of docs/benchmarks.md has the measurements)
-PREDICT_TILE = 1024
+#: of their work on the halo; the speed section of docs/benchmarks.md has the measurements): a 1024 px core
+#: plus a 64 px measured halo each side, so planes of 1024² and up run at 1.27-1.29x their own pixels
+PREDICT_TILE = 1152
 #: planes whose tiles hold at least this many pixels get the measured halo (measuring it, once per weights
 #: version, costs about as much as running a 512² tile; smaller planes -- object-size estimates, validation
 #: while training, where the weights change between calls -- keep half the theoretical receptive field)
