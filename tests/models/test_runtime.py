@@ -129,3 +129,28 @@ def test_fast_path_labels_equal_the_reference_labels(monkeypatch):
     assert np.abs(fast.probabilities - ref.probabilities).mean() < 1e-3
     assert agreement(fast.labels, ref.labels) >= 0.999
     assert abs(int(fast.labels.max()) - int(ref.labels.max())) <= 1
+
+
+@pytest.mark.parametrize("model_name", ["nuclei", "astro-sources"])
+def test_labels_only_maps_give_the_labels_of_the_full_maps(model_name):
+    """predict_plane without probabilities keeps only foreground / interior / distance per tile (less memory):
+    the same labels as from the four blended maps, across tile seams, for the shape and the flux splits."""
+    from napari_segtool.core.checkpoint import load_model
+
+    model = load_model(model_name)
+    if model_name == "nuclei":
+        image = nuclei_image().astype(np.float32)
+        low, high = np.percentile(image, [1, 99.8])
+        plane = ((image - low) / (high - low))[:, :, None]
+    else:
+        from napari_segtool.ops.normalize import normalize
+        from napari_segtool.sim import simulate_astro_dataset
+
+        field = simulate_astro_dataset(1, (384, 384), seed=3)[0].image.astype(np.float32)
+        plane = normalize(field[:, :, None], **model.meta.normalization)
+    arch = model.architecture
+    full = arch.predict_plane(model.net, plane, model.meta, device="cpu", tile_size=256, return_probabilities=True)
+    lean = arch.predict_plane(model.net, plane, model.meta, device="cpu", tile_size=256)
+    assert lean.probabilities is None and full.probabilities.shape[0] == 4
+    assert full.labels.max() > 10
+    np.testing.assert_array_equal(lean.labels, full.labels)
