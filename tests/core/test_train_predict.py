@@ -1,4 +1,6 @@
 """Training, prediction and checkpoints on small synthetic data (real behaviour, seconds each)."""
+import time
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -273,3 +275,37 @@ def test_context_augmentation_cuts_the_patch_and_surrounds_what_is_kept(kind):
         assert img[outside].std() == pytest.approx(background.std(), rel=0.3)
     else:
         assert not ann[outside].any()                                    # mirrored copies carry no labels
+
+
+def test_the_shared_loop_keeps_the_best_scored_weights_or_the_last():
+    """core.train_loop: with an epoch score the best epoch's weights are restored (and patience stops the
+    run); without one every epoch counts and the last weights stay (the fixed-step recipes)."""
+    from napari_segtool.core.train_loop import iter_optimise
+
+    def run(score):
+        torch.manual_seed(0)
+        net = torch.nn.Linear(1, 1, bias=False)
+        x = torch.ones(4, 1)
+
+        def loss():
+            return ((net(x) - 3.0) ** 2).mean()
+
+        snapshots = []
+
+        def record(event):
+            if isinstance(event, TrainEpoch):
+                snapshots.append(float(net.weight.detach()))
+
+        result = run_job(iter_optimise(net, TrainConfig(epochs=6, steps_per_epoch=5, lr=0.3, patience=2), loss,
+                                       start=time.perf_counter(), score=score), record)
+        return result, snapshots, float(net.weight.detach())
+
+    def prefer_first(_losses, scores=iter([5.0, 1.0, 2.0, 3.0, 4.0, 6.0])):
+        return "made up", next(scores)
+
+    best, snaps, weight = run(prefer_first)
+    assert best.stop_reason == "early stopping" and len(best.epochs) == 3 and best.best_score == 5.0
+    assert weight == snaps[0] != snaps[-1] and [e.is_best for e in best.epochs] == [True, False, False]
+    last, snaps, weight = run(None)
+    assert last.stop_reason == "epochs" and last.steps == 30 and weight == snaps[-1]
+    assert all(e.is_best and e.metric_name == "train_loss" for e in last.epochs)
