@@ -1,5 +1,7 @@
 """Human-in-the-loop simulation: the annotator's choices, and the benchmark run end to end (tiny budgets)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -317,6 +319,11 @@ def test_the_effort_benchmark_runs_the_core_functions_of_the_widgets(monkeypatch
     assert calls.get("rank_uncertain", 0) >= 1 and calls.get("iter_fit", 0) == 1 and calls.get("merge_prediction")
     assert sum(calls.get(n, 0) for n in ("add_object", "redraw_in_box", "split_by_scribble")) >= 1
     assert (tmp_path / "hitl_effort.csv").exists()
+    import json
+
+    recorded = json.loads((tmp_path / "hitl_effort_summary.json").read_text())["source"]  # the code the figures ran on
+    if (Path(bench.__file__).resolve().parent.parent / ".git").exists():
+        assert len(recorded["commit"]) == 40 and isinstance(recorded["changed_files"], list)
     source = inspect.getsource(bench)
     for own_logic in ("def merge", "np.isin(", "binary_dilation", " watershed(", "def repaint", "from scipy"):
         assert own_logic not in source
