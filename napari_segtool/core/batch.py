@@ -15,6 +15,10 @@ How it works (the geometry and merge maths live in
    crops the labels. This is what ``dask.array.overlap`` with
    ``boundary="none"`` does, but each task reads its own window, so reading is
    retried with the prediction and no neighbour slices travel between workers.
+   An architecture whose detections depend on the tile (Mask R-CNN) gets the window
+   widened to the whole tiles, on the whole image's grid, that label the region
+   (:func:`~napari_segtool.core.window.window_for`); a stack whose Z assembly needs
+   every plane (3D watershed, chain cutting) is never cut along Z.
    The core's labels (local ids) go to a temporary zarr, and the label strips
    around its borders to small files beside it (held in memory until their
    neighbour is done, they grew the job by ~1 MB a block: +0.5 GB at 20000²);
@@ -52,7 +56,7 @@ import time
 import uuid
 from contextlib import nullcontext
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -61,11 +65,11 @@ import numpy as np
 from napari_segtool.kernel.axes import spatial_axes as axes_without_channel
 from napari_segtool.kernel.axes import to_canonical
 from napari_segtool.ops.chunked import (Block, ChunkPlan, face_matches, merge_labels, overlap_counts,
-                                         plan_chunks, round_up)
+                                         plan_chunks, round_up, union)
 from napari_segtool.kernel.events import CancelToken, Cancelled
 from napari_segtool.core.model import ModelMeta, SegModel
 from napari_segtool.core.plan import model_diameter, plan_image
-from napari_segtool.core.window import predict_window
+from napari_segtool.core.window import WindowSettings, predict_window, window_for
 from napari_segtool.io.atomic import replace_dir
 from napari_segtool.io.outputs import check_output_path, unique_stems
 from napari_segtool.kernel.events import run_job
@@ -582,18 +586,31 @@ class _Job:
         halo = int(np.ceil(halo_for(rf, align) / factor)) + align if rf else 0  # input pixels
         self.instance = meta.task == "instance"
         stack_axes = spatial[:-2]
-        three_d = self.instance and self.settings.want_maps  # one 3D watershed per block: Z never cut
+        # a 3D watershed or Z chain cutting needs the whole stack: Z never cut, each block assembles it as
+        # core.predict does; plain overlap linking is merged across Z blocks instead (ops.chunked.merge_labels)
+        three_d = self.instance and self.settings.whole_z
         self.settings.link = three_d
         diameter = plan.scale.diameter or model_diameter(meta) / factor
         self.plan: ChunkPlan = plan_chunks(self.canon.shape[:-1], stack_axes, chunk_size,
                                            margin=_margin(meta, diameter, align), halo=halo, align=align,
                                            whole="Z" if three_d else "")
+        self.plan.blocks = [_widened(blk, model, self.settings, self.canon.shape[-3:-1]) for blk in self.plan.blocks]
         self.z_dim = stack_axes.index("Z") if (self.instance and "Z" in stack_axes and not three_d) else None
         self.steps = len(self.plan.blocks) * (2 if self.instance else 1)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
         return _permute(self.plan.shape, self.perm)
+
+
+def _widened(block: Block, model: SegModel, settings: WindowSettings, image_hw: tuple[int, int]) -> Block:
+    """``block`` with its window grown to what the architecture needs for exact labels in its region
+    (:func:`~napari_segtool.core.window.window_for`: Mask R-CNN's whole tiles of the whole image's grid)."""
+    need = window_for(model, settings, block.region, image_hw)
+    if need is None:
+        return block
+    y0, y1, x0, x1 = union(block.window, need)
+    return replace(block, window=(max(0, y0), min(image_hw[0], y1), max(0, x0), min(image_hw[1], x1)))
 
 
 def _create(path: Path, shape, chunks, attrs: dict | None = None):

@@ -17,9 +17,11 @@ from typing import Any, Callable, Generator, Sequence
 import numpy as np
 
 from napari_segtool.kernel.events import CancelToken, Progress
+from napari_segtool.ops.chunked import PlacedPlane, Rect, union
 from napari_segtool.ops.normalize import NormalizedPlane, Normalizer
 from napari_segtool.ops.postprocess import link_stack, overlap_matrix, split_by_shape, split_z_chains, typical_diameter
-from napari_segtool.ops.resample import ResampledPlane, is_identity, labels_to_input
+from napari_segtool.ops.resample import (ResampledPlane, antialias_sigma, is_identity, labels_to_input,
+                                        scaled_length)
 
 
 class ChannelMean:
@@ -63,6 +65,13 @@ class WindowSettings:
     @property
     def want_maps(self) -> bool:
         return self.link and self.stack.get("z_mode") == "watershed"
+
+    @property
+    def whole_z(self) -> bool:
+        """Whether the Z assembly needs every plane at once: a 3D watershed, or chains cut at their area
+        necks (``z_split_dip``). Overlap linking alone is reproduced across chunks by
+        :func:`~napari_segtool.ops.chunked.merge_labels`."""
+        return self.want_maps or (self.link and float(self.stack.get("z_split_dip", 0.0) or 0.0) > 0)
 
 
 @dataclass
@@ -150,6 +159,50 @@ def _predict_panels(model: Any, window: Any, spatial_axes: str, settings: Window
     return WindowResult(labels, {}, probs)
 
 
+def model_plane_hw(settings: WindowSettings) -> tuple[int, int]:
+    """The content box's size on the model grid (what a window of it is a part of)."""
+    h, w = settings.content_hw
+    if is_identity(settings.factor):
+        return h, w
+    return scaled_length(h, settings.factor), scaled_length(w, settings.factor)
+
+
+def window_for(model: Any, settings: WindowSettings, region: Rect, image_hw: tuple[int, int]) -> Rect | None:
+    """The input pixels (image coordinates) a window must hold for its labels inside ``region`` to be those of
+    a whole-image run, as the architecture asks (``Architecture.window_extent``: Mask R-CNN's whole tiles);
+    ``None`` when the region grown by the halo suffices. Each panel of the content has its own tile grid."""
+    panels = settings.panels or ((settings.content or (0, image_hw[0], 0, image_hw[1])),)
+    factor = settings.factor
+    identity = is_identity(factor)
+    # input pixels the resampled view reads beyond a model pixel's centre (ResampledPlane._sample)
+    reach = 0 if identity else int(np.ceil(4 * antialias_sigma(factor))) + 2
+    out = None
+    for panel in panels:
+        y0, y1, x0, x1 = panel
+        ry0, ry1, rx0, rx1 = max(region[0], y0), min(region[1], y1), max(region[2], x0), min(region[3], x1)
+        if ry1 <= ry0 or rx1 <= rx0:
+            continue
+        local = replace(settings, content=panel, panels=())
+        plane_hw = model_plane_hw(local)
+        rel = (ry0 - y0, ry1 - y0, rx0 - x0, rx1 - x0)
+        if not identity:  # the model pixels whose centres fall in the region, and one more each side
+            rel = (max(0, int(np.floor(rel[0] * factor)) - 1), min(plane_hw[0], int(np.ceil(rel[1] * factor)) + 1),
+                   max(0, int(np.floor(rel[2] * factor)) - 1), min(plane_hw[1], int(np.ceil(rel[3] * factor)) + 1))
+        ext = model.architecture.window_extent(model.meta, plane_hw, rel, tile_size=settings.tile_size,
+                                               postprocess=settings.postprocess)
+        if ext is None:
+            return None
+        if not identity:  # input pixels holding those model pixels' sources (source_coords), and what they read
+            lo = [int(np.floor((a + 0.5) / factor - 0.5)) - reach for a in (ext[0], ext[2])]
+            hi = [int(np.floor((b - 0.5) / factor - 0.5)) + 2 + reach for b in (ext[1], ext[3])]
+            ext = (lo[0], hi[0], lo[1], hi[1])
+        align = max(1, settings.align)  # the window starts on the pooling grid counted from the panel
+        rect = (y0 + (max(0, ext[0]) // align) * align, min(y1, y0 + ext[1]),
+                x0 + (max(0, ext[2]) // align) * align, min(x1, x0 + ext[3]))
+        out = rect if out is None else union(out, rect)
+    return out
+
+
 def _aligned_start(window_start: int, content_start: int, align: int) -> int:
     """Where a window's work starts: inside the content, on the pooling grid counted from its start.
 
@@ -185,6 +238,7 @@ def _predict_content(model: Any, window: Any, spatial_axes: str, settings: Windo
         view = plane_view(window[index] if index else window, settings, offset)
         if not identity:
             grid_start, grid_hw = view.grid_start, tuple(view.shape[:2])
+        view = PlacedPlane(view, grid_start if not identity else offset, model_plane_hw(settings))
         want_probs = want_maps or (first_probabilities and i == 0)
         result = arch.predict_plane(model.net, view, meta, device=model.device, tile_size=settings.tile_size,
                                     batch_size=settings.batch_size, return_probabilities=want_probs,

@@ -61,6 +61,14 @@ already pasted (IoU >= ``nms_iou`` or > half of its own pixels) is dropped, and 
 partial overlaps the earlier (higher-scoring) object keeps the pixels. Memory is
 bounded by the tile: masks are pasted box by box, never as full-plane arrays.
 
+Detections depend on the tile (its context, proposals and NMS), so the tiles are always those
+of the *whole* plane: a window of it (a dask chunk, handed over as a
+:class:`~napari_segtool.ops.chunked.PlacedPlane`) runs the tiles of the whole plane's grid it
+holds whole, and :meth:`MaskRCNNArchitecture.window_extent` tells ``core.batch`` how far to
+widen a chunk's window for exact labels in its region. Each tile runs alone (batched
+convolutions differ in the last bits), so a tile gives the same detections on every path
+and chunked labels equal in-memory ones up to ids.
+
 ``meta.receptive_field`` is set to ``2·margin``: the context, beyond every kept
 object's box, that the tiling guarantees (the U-Net convention, where the halo is
 half the receptive field). The backbone's theoretical receptive field is much
@@ -90,6 +98,7 @@ from napari_segtool.kernel.events import CancelToken
 from napari_segtool.kernel.meta import ModelMeta
 from napari_segtool.kernel.params import Param, ProbabilityLayout
 from napari_segtool.models.base import Architecture, Patch, PlaneResult, ProgressFn
+from napari_segtool.ops.chunked import placement
 
 ALIGN = 32  # largest backbone stride used by the RoI heads; tiles start on this grid
 MIN_MARGIN = 64  # two cells of the stride-32 level: its border effects stay out of owned regions
@@ -383,7 +392,10 @@ def make_target(patch: Patch, min_visible: int) -> tuple[np.ndarray, dict[str, n
 
 
 # ----------------------------------------------------------------------------- tiling
-def axis_tiles(length: int, size: int, margin: int) -> tuple[list[int], int, list[tuple[float, float]]]:
+_AxisTiles = tuple[list[int], int, list[tuple[float, float]]]
+
+
+def axis_tiles(length: int, size: int, margin: int) -> _AxisTiles:
     """Tile starts along one axis, the tile extent, and each tile's owned interval.
 
     Starts are multiples of :data:`ALIGN`; neighbouring tiles overlap by at least
@@ -401,6 +413,13 @@ def axis_tiles(length: int, size: int, margin: int) -> tuple[list[int], int, lis
     bounds = [(starts[i + 1] + min(starts[i] + size, length)) / 2 for i in range(len(starts) - 1)]
     edges = [-math.inf] + bounds + [math.inf]
     return starts, size, [(edges[i], edges[i + 1]) for i in range(len(starts))]
+
+
+def _held(starts: Sequence[int], size: int, origin: int, length: int, plane_length: int) -> list[int]:
+    """Indices of the tiles along one axis that a window (``origin``, ``length``) of the plane holds whole;
+    a tile reaching past the plane's end needs the window to reach that end (the rest is zero padding)."""
+    end = origin + length
+    return [i for i, s in enumerate(starts) if s >= origin and (s + size <= end or end >= plane_length)]
 
 
 def effective_tile_size(tile_size: int, margin: int) -> int:
@@ -455,7 +474,7 @@ class MaskRCNNArchitecture(Architecture):
     tasks = ("instance",)
     postprocess_params = POSTPROCESS_PARAMS
     arch_params = ARCH_PARAMS
-    # align: 1 (the default). predict_plane puts its own tiles on the ALIGN grid of the plane it gets.
+    # align: 1 (the default). predict_plane puts its own tiles on the ALIGN grid of the whole plane.
     # receptive_field: meta.receptive_field (2 * tile_margin, see the module docstring).
 
     def probability_layout(self, meta: ModelMeta) -> ProbabilityLayout:
@@ -536,21 +555,45 @@ class MaskRCNNArchitecture(Architecture):
             d["masks"] = d["masks"][:, 0] if "masks" in d else torch.zeros((0, 28, 28))
         return detections
 
+    def _tile_grid(self, meta: ModelMeta, plane_hw: tuple[int, int], tile_size: int | None,
+                   params: dict[str, Any]) -> tuple[_AxisTiles, _AxisTiles, int]:
+        """The tiles of a whole plane (per axis: starts, extent, owned intervals) and the tile margin."""
+        margin = int(params.get("tile_margin", 64))
+        size = effective_tile_size(tile_size or meta.tile_size, margin)
+        return axis_tiles(plane_hw[0], size, margin), axis_tiles(plane_hw[1], size, margin), margin
+
+    def window_extent(self, meta: ModelMeta, plane_hw: tuple[int, int], region: tuple[int, int, int, int], *,
+                      tile_size: int | None = None, postprocess: Any = None) -> tuple[int, int, int, int]:
+        """Whole tiles: every tile whose owned interval (give or take ``margin/4``) comes within two margins of
+        ``region`` (a kept object is at most a margin across, and may lose pixels to an overlapping one), plus
+        the pixel :func:`paste_mask` reaches beyond a box, clipped to the plane."""
+        params = self.split_postprocess(meta, postprocess).plane
+        grid_y, grid_x, margin = self._tile_grid(meta, plane_hw, tile_size, params)
+        out = []
+        for (starts, size, owned), lo, hi, n in ((grid_y, region[0], region[1], plane_hw[0]),
+                                                 (grid_x, region[2], region[3], plane_hw[1])):
+            tol = margin / 4
+            near = [i for i, (a, b) in enumerate(owned) if a - tol < hi + 2 * margin and b + tol > lo - 2 * margin]
+            out += [max(0, starts[near[0]] - 1), min(n, starts[near[-1]] + size + 1)]
+        return out[0], out[1], out[2], out[3]
+
     def predict_plane(self, net: nn.Module, image: Any, meta: ModelMeta, *, device: torch.device,
                       tile_size: int | None = None, batch_size: int = 2, return_probabilities: bool = False,
                       progress: ProgressFn | None = None, cancel: CancelToken | None = None,
                       **postprocess: Any) -> PlaneResult:
+        """Labels of ``image``, tiled on the grid of the whole plane it belongs to (a window of a plane,
+        :class:`~napari_segtool.ops.chunked.PlacedPlane`, runs the tiles of that grid it holds whole)."""
         params = self.split_postprocess(meta, postprocess).plane
         score_thr = float(params.get("score_threshold", 0.5))
         mask_thr = float(params.get("mask_threshold", 0.5))
         nms_iou = float(params.get("nms_iou", 0.5))
         min_size = int(params.get("min_size", 0))
-        margin = int(params.get("tile_margin", 64))
         h, w = image.shape[:2]
-        size = effective_tile_size(tile_size or meta.tile_size, margin)
-        ys, ty, own_y = axis_tiles(h, size, margin)
-        xs, tx, own_x = axis_tiles(w, size, margin)
-        tiles = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+        origin, plane_hw = placement(image)
+        (ys, ty, own_y), (xs, tx, own_x), margin = self._tile_grid(meta, plane_hw, tile_size, params)
+        iy = _held(ys, ty, origin[0], h, plane_hw[0])
+        ix = _held(xs, tx, origin[1], w, plane_hw[1])
+        tiles = [(i, j) for i in iy for j in ix]
         tol = margin / 4
 
         net.eval()
@@ -558,17 +601,17 @@ class MaskRCNNArchitecture(Architecture):
         net.roi_heads.score_thresh = score_thr
         net.roi_heads.nms_thresh = nms_iou
         candidates: list[_Candidate] = []
-        done = 0
-        for start in range(0, len(tiles), max(1, batch_size)):
+        # one tile per pass (``batch_size`` is not used): batched convolutions differ in the last bits from
+        # single ones (boxes by ~3e-5 px), and a window's tiles are batched with other neighbours than a whole
+        # plane's; alone, a tile gives the same detections on every path (a CPU gains nothing from batching)
+        for done, (i, j) in enumerate(tiles, start=1):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            batch = tiles[start:start + max(1, batch_size)]
-            arr = np.stack([read_block(image, ys[i], xs[j], ty, tx) for i, j in batch])
-            x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(device)
-            for (i, j), det in zip(batch, self.detect(net, x)):
-                candidates.extend(self._tile_candidates(det, ys[i], xs[j], ty, tx, own_y[i], own_x[j], tol,
-                                                        (h, w), last=(i == len(ys) - 1, j == len(xs) - 1)))
-            done += len(batch)
+            block = read_block(image, ys[i] - origin[0], xs[j] - origin[1], ty, tx)
+            x = torch.from_numpy(block).permute(2, 0, 1)[None].contiguous().to(device)
+            det = self.detect(net, x)[0]
+            candidates.extend(self._tile_candidates(det, ys[i], xs[j], ty, tx, own_y[i], own_x[j], tol, plane_hw,
+                                                    (i == len(ys) - 1, j == len(xs) - 1), origin, (h, w)))
             if progress is not None:
                 progress(done, len(tiles))
         labels, probs, table = self._merge(candidates, (h, w), mask_thr, nms_iou, min_size, return_probabilities)
@@ -577,7 +620,8 @@ class MaskRCNNArchitecture(Architecture):
         return PlaneResult(labels, probs, table)
 
     @staticmethod
-    def _tile_candidates(det, y0, x0, ty, tx, own_y, own_x, tol, shape, last) -> list[_Candidate]:
+    def _tile_candidates(det, y0, x0, ty, tx, own_y, own_x, tol, plane_hw, last, origin, shape) -> list[_Candidate]:
+        """A tile's kept detections (``y0, x0``: the tile in the whole plane), pasted on the window at ``origin``."""
         out = []
         if len(det["boxes"]) == 0:
             return out
@@ -588,14 +632,15 @@ class MaskRCNNArchitecture(Architecture):
         cy = (boxes[:, 1] + boxes[:, 3]) / 2 + y0
         cx = (boxes[:, 0] + boxes[:, 2]) / 2 + x0
         keep = ((cy >= own_y[0] - tol) & (cy < own_y[1] + tol) & (cx >= own_x[0] - tol) & (cx < own_x[1] + tol)
-                & (cy < shape[0]) & (cx < shape[1]))
+                & (cy < plane_hw[0]) & (cx < plane_hw[1]))
         # an inner tile edge is one with a neighbouring tile beyond it
         inner = (y0 > 0, x0 > 0, not last[0], not last[1])
+        shift = np.array([x0 - origin[1], y0 - origin[0]] * 2, np.float32)
         for k in np.flatnonzero(keep):
             bx0, by0, bx1, by1 = boxes[k]
             touches = ((inner[0] and by0 <= 1) or (inner[1] and bx0 <= 1)
                        or (inner[2] and by1 >= ty - 1) or (inner[3] and bx1 >= tx - 1))
-            pasted = paste_mask(masks[k], boxes[k] + np.array([x0, y0, x0, y0], np.float32), shape)
+            pasted = paste_mask(masks[k], boxes[k] + shift, shape)
             if pasted is None:
                 continue
             out.append(_Candidate(float(scores[k]), int(classes[k]), not touches, pasted[0], pasted[1], pasted[2]))

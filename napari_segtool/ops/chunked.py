@@ -18,7 +18,11 @@ padded: planes are predicted one by one):
   with its full context and chunk borders leave no seams in the probabilities.
 
 Window origins are multiples of the network's pooling factor (``align``) so the
-pooling grid of every block lines up with a whole-image prediction.
+pooling grid of every block lines up with a whole-image prediction. An architecture whose
+output depends on where its tiles start (Mask R-CNN: each tile detects on its own) gets
+each window as a :class:`PlacedPlane`, which knows where the window lies in the whole
+plane: it cuts its tiles on the whole plane's grid, and ``core.batch`` widens every window
+to whole tiles (``Architecture.window_extent``), so every path runs exactly the same tiles.
 
 Merging
 -------
@@ -211,6 +215,37 @@ def plan_chunks(shape: Sequence[int], stack_axes: str, chunk_size: int, *, margi
         window = _grow(region, halo, (H, W))
         blocks.append(Block(index, stack, core, region, window))
     return ChunkPlan(shape, stack_axes, chunks, margin, halo, grid, blocks)
+
+
+class PlacedPlane:
+    """A window of a ``YXC`` plane that knows where it lies: ``origin`` (y, x) of its first pixel in the
+    whole plane, whose size is ``plane_hw`` (both on the grid the network reads).
+
+    Reads go to the window (``shape`` and ``__getitem__`` are its own), so any code that tiles a plane
+    runs on it unchanged; an architecture that must tile the whole plane's grid reads the placement
+    with :func:`placement`.
+    """
+
+    def __init__(self, plane, origin: tuple[int, int], plane_hw: tuple[int, int]):
+        self.plane = plane
+        self.shape = tuple(plane.shape)
+        self.origin = (int(origin[0]), int(origin[1]))
+        self.plane_hw = (int(plane_hw[0]), int(plane_hw[1]))
+
+    def __getitem__(self, key):
+        return self.plane[key]
+
+
+def placement(plane) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(origin, plane_hw)`` of a :class:`PlacedPlane`; any other plane is a whole plane at ``(0, 0)``."""
+    if isinstance(plane, PlacedPlane):
+        return plane.origin, plane.plane_hw
+    return (0, 0), (int(plane.shape[0]), int(plane.shape[1]))
+
+
+def union(a: Rect, b: Rect) -> Rect:
+    """The smallest rect holding both."""
+    return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
 
 
 def _grow(rect: Rect, by: int, hw: tuple[int, int]) -> Rect:

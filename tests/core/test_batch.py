@@ -117,6 +117,14 @@ def assert_same_objects(out: np.ndarray, ref: np.ndarray) -> None:
     assert matched >= 0.999 * out.size
 
 
+def assert_same_partition(out: np.ndarray, ref: np.ndarray) -> None:
+    """Exactly the same objects and pixels, ids aside: each id of one array meets one id of the other, 0 meets 0."""
+    assert out.shape == ref.shape
+    pairs = np.unique(np.stack([out.ravel(), ref.ravel()]).astype(np.int64), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1], "objects differ"
+    assert (pairs[1][pairs[0] == 0] == 0).all()
+
+
 def straddling(ref: np.ndarray, chunk: int) -> list[int]:
     """Reference objects whose pixels lie on both sides of a YX chunk border (largest first)."""
     found = []
@@ -272,6 +280,30 @@ def test_failing_chunk_is_retried_then_reported(batch_model, images, reference, 
     assert info.value.report.failed_chunks == [(1, 1)]
     assert "simulated read error" in info.value.report.errors[(1, 1)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]
+
+
+def test_maskrcnn_chunks_give_the_in_memory_objects_in_2d_and_3d(tmp_path):
+    """nuclei-maskrcnn through zarr chunks gives exactly the in-memory objects, ids aside. 2D: its detections
+    depend on the tile, so each chunk runs whole tiles of the whole image's grid (a 288² image in 256 px
+    tiles, 144 px chunks whose windows start off that grid). 3D: its stacks are linked and cut at their
+    Z necks (``z_split_dip``), which needs every plane at once, so Z is not cut into chunks."""
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.sim import simulate_nuclei
+
+    model = load_model("nuclei-maskrcnn")
+    image = simulate_nuclei((288, 288), radius_range=(8.0, 14.0), snr=20, seed=1).image.astype(np.float32)
+    ref = predict(model, image, axes="YX", tile_size=256).labels
+    predict_to_zarr(model, image, tmp_path / "2d.zarr", axes="YX", chunk_size=144, tile_size=256)
+    assert ref.max() >= 50
+    assert_same_partition(zarr.open_array(str(tmp_path / "2d.zarr"), mode="r")[...], ref)
+
+    stack = simulate_nuclei((8, 64, 64), radius_range=(6.0, 9.0), anisotropy=2.0, snr=30, seed=0, density=0.6,
+                            touching=0.5).image.astype(np.float32)
+    ref = predict(model, stack, axes="ZYX").labels
+    assert ref.max() > predict(model, stack, axes="ZYX", z_split_dip=0.0).labels.max()  # chains were cut
+    report = predict_to_zarr(model, stack, tmp_path / "3d.zarr", axes="ZYX", chunk_size=32)
+    assert report.n_chunks == 4
+    assert_same_partition(zarr.open_array(str(tmp_path / "3d.zarr"), mode="r")[...], ref)
 
 
 def test_semantic_model_and_channel_axis(tmp_path):

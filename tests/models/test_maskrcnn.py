@@ -22,6 +22,7 @@ from napari_segtool.models.maskrcnn import (
     paste_mask,
 )
 from napari_segtool.models.registry import get_architecture
+from napari_segtool.ops.chunked import PlacedPlane
 
 CPU = torch.device("cpu")
 
@@ -280,6 +281,25 @@ def test_tiled_prediction_matches_whole_plane_on_a_mosaic(trained):
     tiled = predict(model, mosaic, tile_size=256, progress=lambda d, n: calls.append((d, n)))
     assert margin <= 64 and calls[-1][0] == calls[-1][1] >= 4  # really tiled, progress reported to the end
     assert_same_instances(tiled.labels, whole.labels)
+
+
+def test_a_window_of_whole_tiles_labels_its_region_as_the_whole_plane_does(trained):
+    """Tiles come from the whole plane's grid: a window of the plane (``PlacedPlane``, as a dask chunk gets it)
+    cut to ``window_extent`` of a region, off the grid a window-anchored tiling would use, labels that region
+    exactly as the whole plane does (same objects and pixels, ids aside)."""
+    model = trained[0].model
+    image, _ = scene((576, 576), n=190, seed=5)
+    whole = predict(model, image, tile_size=256).labels
+    region = (360, 460, 370, 470)
+    y0, y1, x0, x1 = model.architecture.window_extent(model.meta, (576, 576), region, tile_size=256)
+    assert y0 > 0 and x0 > 0  # a window, not the plane (tiles at 0, 128, 256, 320; this one from 128)
+    part = predict(model, PlacedPlane(image[y0:y1, x0:x1], (y0, x0), (576, 576)), tile_size=256).labels
+    a = whole[region[0]:region[1], region[2]:region[3]]
+    b = part[region[0] - y0:region[1] - y0, region[2] - x0:region[3] - x0]
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    assert len(np.unique(a)) >= 5
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]  # one id for one id
+    assert (pairs[1][pairs[0] == 0] == 0).all()
 
 
 def test_huge_objects_empty_and_tiny_planes(trained):
