@@ -35,7 +35,7 @@ from napari_segtool.core.predict import predict  # noqa: E402
 from napari_segtool.core.train import TrainConfig, train  # noqa: E402
 
 
-def instance_half(budget: float, seed: int = 0, init: str | None = None) -> tuple[dict, float]:
+def instance_half(budget: float, seed: int = 0, init: str | None = None, lr: float | None = None) -> tuple[dict, float]:
     """Scores on the right half of a U-Net trained ``budget`` s on the left half (from ``init`` if given)."""
     from napari_segtool.core.checkpoint import load_model
 
@@ -44,8 +44,10 @@ def instance_half(budget: float, seed: int = 0, init: str | None = None) -> tupl
     start = load_model(init) if init else None
     normalization = start.meta.normalization if start is not None else None
     t0 = time.perf_counter()
-    res = train([make_example(image[left], labels[left], normalization=normalization)], init=start,
-                config=TrainConfig(time_budget=budget, epochs=10_000, patience=10_000, val_fraction=0.15, seed=seed))
+    config = TrainConfig(time_budget=budget, epochs=10_000, patience=10_000, val_fraction=0.15, seed=seed)
+    if lr is not None:
+        config.lr = lr
+    res = train([make_example(image[left], labels[left], normalization=normalization)], init=start, config=config)
     seconds = time.perf_counter() - t0
     return instance_scores(predict(res.model, image[right]).labels, labels[right]), seconds
 
@@ -139,6 +141,7 @@ def main() -> None:
                         help="shipped model the instance task also fine-tunes (the Train widget's default); "
                              "'none' trains from scratch only")
     parser.add_argument("--no-scratch", action="store_true", help="instance task: only the fine-tuning rows")
+    parser.add_argument("--lr", type=float, help="learning rate of the instance rows (default: TrainConfig's)")
     args = parser.parse_args()
     seeds = range(max(1, args.seeds))
     if args.only in (None, "instance"):
@@ -146,7 +149,7 @@ def main() -> None:
         print(f"{'method':40s} {'AP@0.5':>8s} {'mean AP':>8s} {'seconds':>8s}")
         starts = ([] if args.no_scratch else [None]) + ([] if args.init == "none" else [args.init])
         for init in starts:
-            runs = [instance_half(args.budget, seed, init) for seed in seeds]
+            runs = [instance_half(args.budget, seed, init, args.lr) for seed in seeds]
             name = f"U-Net fine-tuned from {init}" if init else "U-Net from scratch"
             print("\n".join(_seed_rows(name, runs, ("ap50", "mean_ap"))), flush=True)
         s, sec = instance_forest()
