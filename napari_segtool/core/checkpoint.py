@@ -114,6 +114,7 @@ def save_model(model: SegModel, path: str | os.PathLike) -> Path:
     meta = model.meta
     if not meta.version:
         meta.version = _package_version()
+    meta.halo = model.architecture.measure_halo(model.net, meta)  # a property of these weights, kept with them
     meta_json = json.dumps(meta.to_dict(), indent=2, sort_keys=True)
     tensors = _state_dict(model.net)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -170,6 +170,7 @@ def iter_train(
 
     if init is not None:
         model = SegModel(copy.deepcopy(init.net), ModelMeta.from_dict(copy.deepcopy(init.meta.to_dict())))
+        model.meta.halo = 0  # the weights will change: their halo is measured again when they are saved
         # a shipped model may post-process differently once it has learnt the user's data
         model.meta.postprocess.update(model.meta.postprocess.pop("after_fine_tuning", None) or {})
         _check_compatible(model, examples, task)

@@ -52,6 +52,9 @@ class ModelMeta:
     )
     postprocess: dict[str, Any] = field(default_factory=dict)
     receptive_field: int = 0
+    # the context (pixels each side) these weights measurably need, stored when the model is saved
+    # (``Architecture.measure_halo``); 0: not measured, tiles carry half the theoretical receptive field
+    halo: int = 0
     scale: ObjectScale = field(default_factory=ObjectScale)
     tile_size: int = 256
     name: str = ""

@@ -155,6 +155,11 @@ class Architecture(ABC):
 
         return halo_for(self.receptive_field(meta), self.align(meta))
 
+    def measure_halo(self, net: torch.nn.Module, meta: ModelMeta) -> int:
+        """The context these weights measurably need, stored as ``meta.halo`` when the model is saved so that
+        every run of the same file tiles alike; 0 where the architecture does not use it."""
+        return 0
+
     def window_extent(self, meta: ModelMeta, plane_hw: tuple[int, int], region: tuple[int, int, int, int], *,
                       tile_size: int | None = None, postprocess: Mapping[str, Any] | None = None
                       ) -> tuple[int, int, int, int] | None:

@@ -42,9 +42,10 @@ INSTANCE_CLASSES = 3  # background, interior, boundary
 #: of their work on the halo; the speed section of docs/benchmarks.md has the measurements): a 1024 px core
 #: plus a 64 px measured halo each side, so planes of 1024² and up run at 1.27-1.29x their own pixels
 PREDICT_TILE = 1152
-#: planes whose tiles hold at least this many pixels get the measured halo (measuring it, once per weights
-#: version, costs about as much as running a 512² tile; smaller planes -- object-size estimates, validation
-#: while training, where the weights change between calls -- keep half the theoretical receptive field)
+#: weights saved without their measured halo (``meta.halo``: models saved before it was stored, weights being
+#: trained) get it measured for planes whose tiles hold at least this many pixels (measuring costs about as
+#: much as running a 512² tile; smaller planes -- object-size estimates, validation while training, where
+#: the weights change between calls -- keep half the theoretical receptive field)
 MEASURED_HALO_PIXELS = 2 * 1024 * 1024
 #: the maps of an instance U-Net: class probabilities (softmax) then the sigmoid distance
 INSTANCE_LAYOUT = ProbabilityLayout(channels=("background", "interior", "boundary", "distance"),
@@ -216,12 +217,19 @@ class UNetArchitecture(Architecture):
         return int(meta.receptive_field or unet_receptive_field(int(meta.arch_kwargs.get("depth", 3)),
                                                                 int(meta.arch_kwargs.get("kernel_size", 3))))
 
-    def halo(self, net: nn.Module, meta: ModelMeta) -> int:
+    def measure_halo(self, net: nn.Module, meta: ModelMeta) -> int:
         """The measured context of these weights (:func:`~napari_segtool.models.base.measured_halo`), at most
-        half the theoretical receptive field; measured once per network and weights version."""
+        half the theoretical receptive field."""
+        return measured_halo(net, meta.in_channels, int(meta.arch_kwargs["out_channels"]), self.align(meta),
+                             super().halo(net, meta))
+
+    def halo(self, net: nn.Module, meta: ModelMeta) -> int:
+        """The halo stored with the weights (``meta.halo``, measured when they were saved), else measured once
+        per network and weights version; at most half the theoretical receptive field."""
         bound = super().halo(net, meta)
-        return cached(net, ("halo", bound), lambda: measured_halo(  # type: ignore[return-value]
-            net, meta.in_channels, int(meta.arch_kwargs["out_channels"]), self.align(meta), bound))
+        if meta.halo:
+            return min(int(meta.halo), bound)
+        return cached(net, ("halo", bound), lambda: self.measure_halo(net, meta))  # type: ignore[return-value]
 
     def probability_layout(self, meta: ModelMeta) -> ProbabilityLayout:
         if meta.task == "instance":
@@ -296,7 +304,9 @@ class UNetArchitecture(Architecture):
         tile_size = tile_size or max(meta.tile_size, PREDICT_TILE)
         halo = super().halo(net, meta)
         work = tiled_pixels(image.shape[:2], tile_size, halo, align)
-        if work >= MEASURED_HALO_PIXELS and resolve_backend(device) != "torch":  # "torch": the reference path
+        # the measured halo: stored with the weights (every plane), else measured for large planes only;
+        # the "torch" backend is the reference path (half the theoretical receptive field)
+        if resolve_backend(device) != "torch" and (meta.halo or work >= MEASURED_HALO_PIXELS):
             halo = self.halo(net, meta)
             work = tiled_pixels(image.shape[:2], tile_size, halo, align)
         run = inference_forward(net, meta.in_channels, device, work=work)

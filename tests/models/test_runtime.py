@@ -154,3 +154,40 @@ def test_labels_only_maps_give_the_labels_of_the_full_maps(model_name):
     assert lean.probabilities is None and full.probabilities.shape[0] == 4
     assert full.labels.max() > 10
     np.testing.assert_array_equal(lean.labels, full.labels)
+
+
+def test_the_measured_halo_is_stored_with_the_weights_and_used_for_every_plane(tmp_path, monkeypatch):
+    """A saved U-Net carries its measured halo, so a 512² field tiles like a 4096² plane (the same file
+    always tiles alike) without measuring it again; weights being fine-tuned forget it until saved."""
+    from napari_segtool.core.checkpoint import load_model, save_model
+    from napari_segtool.core.data import make_example
+    from napari_segtool.core.train import TrainConfig, train
+    from napari_segtool.models import unet
+
+    shipped = load_model("astro-sources")
+    arch = shipped.architecture
+    bound = halo_for(arch.receptive_field(shipped.meta), arch.align(shipped.meta))
+    assert 0 < shipped.meta.halo == arch.measure_halo(shipped.net, shipped.meta) < bound
+    used = []
+    real = unet.tiled_apply
+    monkeypatch.setattr(unet, "tiled_apply", lambda *a, **k: used.append(k["halo"]) or real(*a, **k))
+    field = np.random.default_rng(0).normal(0, 1, (128, 128, 1)).astype(np.float32)
+    arch.predict_plane(shipped.net, field, shipped.meta, device="cpu")  # far below MEASURED_HALO_PIXELS
+    assert used == [shipped.meta.halo]
+
+    tuned = train([make_example(*_tiny_scene())], init=shipped,
+                  config=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=1, patch_size=64, val_fraction=0.0))
+    assert tuned.model.meta.halo == 0  # new weights: not measured yet
+    save_model(tuned.model, tmp_path / "tuned")
+    again = load_model(tmp_path / "tuned")
+    assert again.meta.halo == arch.measure_halo(again.net, again.meta) > 0
+
+
+def _tiny_scene() -> tuple[np.ndarray, np.ndarray]:
+    image = np.zeros((96, 96), np.float32)
+    labels = np.zeros((96, 96), np.int32)
+    yy, xx = np.mgrid[:96, :96]
+    for i, (y, x) in enumerate(((30, 30), (60, 65)), start=1):
+        disc = (yy - y) ** 2 + (xx - x) ** 2 < 64
+        image[disc], labels[disc] = 10.0, i
+    return image + np.random.default_rng(1).normal(0, 0.5, image.shape).astype(np.float32), labels
