@@ -36,9 +36,10 @@ from scipy import ndimage as ndi
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from napari_segtool.core.edits import split_object_points  # noqa: E402
+from napari_segtool.core.edits import split_object_points_in_window  # noqa: E402
 from napari_segtool.models.unet import INSTANCE_LAYOUT  # noqa: E402
 from napari_segtool.core.prompts import (  # noqa: E402
+    LocalEdit,
     PromptError,
     PromptMaps,
     add_object,
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             work[bridge] = pid
             if work[c2] == pid:
                 merged = work.copy()
-                ms, ok = timed(lambda: split_object_points(merged, c, c2, next_id), merged)
+                # what the widget runs: the object's window and its new labels, written into the plane
+                ms, ok = timed(lambda: LocalEdit(*split_object_points_in_window(merged, c, c2, next_id)), merged)
                 times["split2"].append(ms)
                 done["split2"] += ok
                 quality["split2"].append(min(_iou_at(merged, c, obj), _iou_at(merged, c2, other)))

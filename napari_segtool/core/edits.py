@@ -129,7 +129,17 @@ def merge_objects(plane: np.ndarray, labels: Iterable[int]) -> np.ndarray:
 
 def split_object_points(plane: np.ndarray, p1: Sequence[int], p2: Sequence[int], new_label: int) -> np.ndarray:
     """Split the object under ``p1`` and ``p2`` (y, x) at its neck between them; ``p2``'s piece gets
-    ``new_label`` (see :func:`napari_segtool.core.edits.split_mask_at_neck`)."""
+    ``new_label`` (see :func:`napari_segtool.core.edits.split_mask_at_neck`). A new plane."""
+    sl, labels = split_object_points_in_window(plane, p1, p2, new_label)
+    out = plane.copy()
+    out[sl] = labels
+    return out
+
+
+def split_object_points_in_window(plane: np.ndarray, p1: Sequence[int], p2: Sequence[int], new_label: int
+                                  ) -> tuple[tuple[slice, slice], np.ndarray]:
+    """:func:`split_object_points` as ``(window, its new labels)``: the rest of the plane is unchanged, so an
+    editor writes only the object's window (no copy of a 2048² plane per click)."""
     label = int(plane[tuple(p1)])
     if label == 0 or int(plane[tuple(p2)]) != label:
         raise ValueError("both split points must be inside the same object")
@@ -137,9 +147,9 @@ def split_object_points(plane: np.ndarray, p1: Sequence[int], p2: Sequence[int],
     sl = object_window(plane, label, ((y1 + y2) / 2, (x1 + x2) / 2), max(48, int(np.hypot(y2 - y1, x2 - x1))))
     pieces = split_mask_at_neck(plane[sl] == label, (y1 - sl[0].start, x1 - sl[1].start),
                                 (y2 - sl[0].start, x2 - sl[1].start))
-    out = plane.copy()
-    out[sl][pieces == 2] = new_label  # only the object's window is read (a large plane stays fast)
-    return out
+    labels = plane[sl].copy()  # only the object's window is read (a large plane stays fast)
+    labels[pieces == 2] = new_label
+    return sl, labels
 
 
 def split_object_line(plane: np.ndarray, line: np.ndarray, first_new_label: int, min_size: int = 3) -> np.ndarray:

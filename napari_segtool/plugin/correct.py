@@ -34,6 +34,7 @@ from napari_segtool.core.edits import (  # noqa: F401
     renumber,
     split_object_line,
     split_object_points,
+    split_object_points_in_window,
 )
 from napari_segtool.core.project import ImageEntry, Project, image_key
 from napari_segtool.plugin import _layers as L
@@ -500,9 +501,8 @@ class LabelsTracker(QObject):
         return n
 
     def split_points(self, index: Index, p1: tuple[int, int], p2: tuple[int, int]) -> int:
-        plane = self._plane(index)
-        new = split_object_points(plane, p1, p2, self.next_label())
-        return self.apply_plane_edit(index, new)
+        sl, labels = split_object_points_in_window(self._plane(index), p1, p2, self.next_label())
+        return self.apply_plane_edit(index, labels, sl)  # the object's window only
 
     def add_split_seed_at_cursor(self) -> str:
         where = self.cursor_position()

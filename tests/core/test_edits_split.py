@@ -39,3 +39,20 @@ def test_points_on_different_objects_are_refused():
     plane = _merged_pair()
     with pytest.raises(ValueError):
         split_object_points(plane, (300, 330), (500, 600), 9)
+
+
+def test_the_window_version_changes_only_the_objects_window():
+    """What the Correct widget writes: the window and its labels; pasted into the plane, the whole-plane answer."""
+    from napari_segtool.core.edits import split_object_points_in_window
+
+    plane = np.zeros((600, 700), np.int32)
+    yy, xx = np.mgrid[:600, :700]
+    plane[(yy - 300) ** 2 + (xx - 330) ** 2 < 15 ** 2] = 4
+    plane[(yy - 300) ** 2 + (xx - 356) ** 2 < 15 ** 2] = 4
+    plane[10:20, 10:20] = 7
+    sl, labels = split_object_points_in_window(plane, (300, 330), (300, 356), 9)
+    assert labels.shape == plane[sl].shape and labels.size < plane.size / 20
+    pasted = plane.copy()
+    pasted[sl] = labels
+    np.testing.assert_array_equal(pasted, split_object_points(plane, (300, 330), (300, 356), 9))
+    assert (labels == 9).sum() > 300 and (labels == 4).sum() > 300
