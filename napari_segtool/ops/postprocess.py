@@ -11,11 +11,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
-from skimage import measure, morphology, segmentation
+from skimage import feature, measure, morphology, segmentation
 
 from napari_segtool.kernel.params import Param
 from napari_segtool.ops.deblend import CONTRAST, deblend_by_contrast
-from napari_segtool.ops.peaks import peaks_by_label
 
 
 #: How touching objects are told apart (``instances_from_maps(seed_mode=...)``).
@@ -326,7 +325,8 @@ def _flood_from_peaks(relief: np.ndarray, foreground: np.ndarray, spacing: float
     """
     xy = max(2, int(round(spacing)))
     half = (max(1, int(round(xy / max(float(z_scale), 1e-6)))), xy, xy) if relief.ndim == 3 else (xy, xy)
-    peaks = peaks_by_label(relief, measure.label(foreground), half)  # skimage's peak_local_max(labels=...), vectorised
+    peaks = feature.peak_local_max(relief, min_distance=min(half), footprint=np.ones([2 * h + 1 for h in half], bool),
+                                   labels=measure.label(foreground), exclude_border=False)
     seeds = np.zeros(foreground.shape, np.int32)
     seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     return segmentation.watershed(-relief, markers=seeds, mask=foreground)
