@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QPushButton, QWidget
 
 from napari_segtool.plugin import _layers as L
@@ -54,8 +53,6 @@ def line_lengths(shapes: Any) -> list[float]:
 
 class ObjectSizeRow(QWidget):
     """Spin box (``0`` = auto) + unit + Measure; remembers each image's value in the session's project."""
-
-    changed = Signal(float)  # the diameter in image pixels (0: auto)
 
     def __init__(self, viewer: Any, session: Any, current_image: Callable[[], Any], parent: QWidget | None = None):
         super().__init__(parent)
@@ -145,7 +142,6 @@ class ObjectSizeRow(QWidget):
         layer, project = self.current_image(), self.session.project
         if layer is not None and project is not None:
             project.remember_object_size(layer.name, L.source_of(layer), L.spatial_shape(layer), diameter)
-        self.changed.emit(diameter or 0.0)
 
     def _on_unit(self, unit: str) -> None:
         if not unit:
@@ -154,7 +150,6 @@ class ObjectSizeRow(QWidget):
         self._unit = unit
         self._restoring = True
         try:
-            self.spin.setSuffix("")
             self.set_diameter_px(diameter)
         finally:
             self._restoring = False
