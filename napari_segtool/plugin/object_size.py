@@ -68,6 +68,8 @@ class ObjectSizeRow(QWidget):
         self.spin.setRange(0, 100000)
         self.spin.setDecimals(1)
         self.spin.setSpecialValueText("auto")
+        # the value counts (and is written to the project) when typing ends (Enter, focus out), not per key
+        self.spin.setKeyboardTracking(False)
         self.spin.setToolTip("Typical object diameter; the model runs at the scale it was trained at. 'auto' "
                              "estimates it (the estimate is shown after a run). Remembered per image in the project.")
         self.unit_combo = QComboBox()

@@ -34,7 +34,12 @@ def test_a_typed_size_is_remembered_per_image_in_the_project(make_napari_viewer,
     viewer.add_image(_cells(1), name="a")
     viewer.add_image(_cells(2), name="b")
     segment.image_combo.setCurrentText("a")
+    writes = []
+    project = segment.session.project
+    real = project.remember_object_size
+    project.remember_object_size = lambda *a: writes.append(a) or real(*a)
     _type_value(segment.diameter_spin, "23")
+    assert len(writes) == 1  # written once, when typing ends, not once per key
     segment.image_combo.setCurrentText("b")
     assert segment.diameter_spin.text() == "auto"      # b has no size of its own
     segment.image_combo.setCurrentText("a")
