@@ -468,14 +468,15 @@ def _predict_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> i
     resolve_model_path(args.model)  # an unknown model is refused before any folder is made
     if args.hdu is not None:
         raise CliError("--hdu works with a folder or .ome.zarr --out; chunked runs read the first image HDU")
-    if args.diameter is not None and not isinstance(args.diameter, float):  # a length: one size in pixels for all
+    diameter = args.diameter
+    if diameter is not None and not isinstance(diameter, float):  # a length: one size in pixels for all
         from napari_segtool.io.images import read_image
 
-        found = {_diameter_px(args.diameter, read_image(p, axes=args.axes, lazy=True), p) for p in inputs}
+        found = {_diameter_px(diameter, read_image(p, axes=args.axes, lazy=True), p) for p in inputs}
         if len(found) > 1:
-            raise CliError(f"--diameter {args.diameter}: these inputs have different pixel sizes; "
+            raise CliError(f"--diameter {diameter}: these inputs have different pixel sizes; "
                            f"run them separately or give pixels")
-        args.diameter = found.pop()
+        diameter = found.pop()
     if out.suffix == ".zarr" and len(inputs) == 1:
         check_output_path(out, inputs, overwrite=args.overwrite)
         created = made_dirs(out.parent)
@@ -495,17 +496,18 @@ def _predict_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> i
             check_output_path(out / name, inputs, overwrite=args.overwrite)
         created = made_dirs(out)
     try:
-        return _run_batch(args, inputs, out)
+        return _run_batch(args, inputs, out, diameter)
     except BaseException:
         remove_empty_dirs(created)
         raise
 
 
-def _run_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> int:
+def _run_batch(args: argparse.Namespace, inputs: list[Path], out: Path, diameter: float | None) -> int:
+    """``diameter``: ``--diameter`` in pixels (a length converted with the inputs' pixel size)."""
     from napari_segtool.core.batch import predict_folder, predict_to_zarr
 
     kwargs = dict(axes=args.axes, workers=args.workers, scheduler=args.scheduler, chunk_size=args.chunk_size,
-                  diameter=args.diameter, tile_size=args.tile_size, z_scale=args.z_scale, overwrite=args.overwrite)
+                  diameter=diameter, tile_size=args.tile_size, z_scale=args.z_scale, overwrite=args.overwrite)
     bar = _progress_bar(None, "chunks", not args.quiet)
 
     def progress(done: int, total: int) -> None:
