@@ -359,14 +359,23 @@ class Project:
             return None
 
     def find(self, name: str, source: str | None, shape: Sequence[int]) -> ImageEntry | None:
-        """The entry of an image, by its key, else by same source (or name) and shape."""
+        """The entry of an image, by its key, else by same source and shape (a layer renamed since).
+
+        No other entry is read: a key ends in the hash of the image's source (or name) and shape, so
+        the entry of a renamed layer is a folder ``*-<that hash>``, found by one read of the
+        ``images/`` folder's names (only with a source: without one, the name is in the hash and an
+        entry of the same name and shape has this very key). The Segment widget's Object size row
+        asks on the GUI thread for every image shown, in projects of thousands of images.
+        """
         shape = tuple(int(s) for s in shape)
-        entry = self.entry(image_key(name, source, shape))
-        if entry is not None:
+        key = image_key(name, source, shape)
+        entry = self.entry(key)
+        if entry is not None or not source:
             return entry
-        for entry in self.entries():
-            if entry.shape == shape and ((source and entry.source == source) or
-                                         (not source and entry.name == name)):
+        digest = key.rpartition("-")[2]
+        for folder in sorted(self.images_dir.glob(f"*-{digest}")):
+            entry = self.entry(folder.name)
+            if entry is not None and entry.shape == shape and entry.source == source:
                 return entry
         return None
 
@@ -417,8 +426,13 @@ class Project:
         atomic_write_json(path, {"diameter_px": float(diameter), "updated": _now()})
 
     def _key_for(self, name: str, source: str | None, shape: Sequence[int]) -> str:
+        """The folder of an image's files: its key's when that exists (one stat), else a renamed layer's
+        entry's (:meth:`find`), else its key's (to be made)."""
+        key = image_key(name, source, shape)
+        if self._image_dir(key).is_dir():
+            return key
         entry = self.find(name, source, shape)
-        return entry.key if entry is not None else image_key(name, source, shape)
+        return entry.key if entry is not None else key
 
     def save_plane(self, key: str, index: Sequence[int], labels: np.ndarray, edited: np.ndarray | None = None,
                    image: np.ndarray | None = None) -> None:

@@ -270,3 +270,50 @@ def test_object_size_is_kept_per_image_apart_from_its_entry(tmp_path):
     assert [e.name for e in first.entries()] == ["a"]     # remembering a size makes no entry
     first.remember_object_size("a", None, (8, 8), None)   # forgotten: estimated again
     assert second.object_size("a", None, (8, 8)) is None
+
+
+_OPENED: list[str] | None = None  # paths opened while a test listens (audit hooks cannot be removed)
+
+
+def _record_opens(event, args):
+    if _OPENED is not None and event in ("open", "os.scandir", "os.listdir") and args and args[0] is not None:
+        _OPENED.append(f"{event} {os.fsdecode(args[0]) if not isinstance(args[0], int) else args[0]}")
+
+
+def test_an_image_lookup_reads_no_other_entry_in_a_project_of_2000_images(tmp_path):
+    """The Object size row asks on the GUI thread for every image shown: it must not read the project's
+    other entries (it used to open every entry.json when the image had none)."""
+    global _OPENED
+    import sys
+
+    project = Project(tmp_path / "p")
+    for i in range(2000):  # plain files: the test's set-up, not what is measured
+        key = image_key(f"img{i}", f"/data/img{i}.tif", (64, 64))
+        folder = project.images_dir / key
+        folder.mkdir(parents=True)
+        (folder / "entry.json").write_text(json.dumps(
+            ImageEntry(key=key, name=f"img{i}", shape=(64, 64), source=f"/data/img{i}.tif").to_dict()))
+    project.remember_object_size("img7", "/data/img7.tif", (64, 64), 17.0)
+    project.remember_object_size("new", "/data/new.tif", (64, 64), 9.0)  # an image without an entry
+    sys.addaudithook(_record_opens)
+    _OPENED = []
+    try:
+        sizes = [project.object_size("img7", "/data/img7.tif", (64, 64)),
+                 project.object_size("new", "/data/new.tif", (64, 64)),
+                 project.object_size("other", "/data/other.tif", (64, 64)),  # neither entry nor size
+                 project.object_size("unsaved", None, (64, 64))]
+        renamed = project.find("img7 renamed", "/data/img7.tif", (64, 64))  # same file, layer renamed
+        opened = list(_OPENED)
+    finally:
+        _OPENED = None
+    assert sizes == [17.0, 9.0, None, None]
+    assert renamed is not None and renamed.key == image_key("img7", "/data/img7.tif", (64, 64))
+    wanted = {image_key(*args, (64, 64)) for args in
+              (("img7", "/data/img7.tif"), ("new", "/data/new.tif"), ("other", "/data/other.tif"),
+               ("unsaved", None))}
+    files = [p for p in opened if p.startswith("open ")]
+    assert files and [p for p in files if p.split("/images/")[1].split("/")[0] not in wanted] == []
+    assert len(files) <= 2 * len(wanted) + 1, files  # entry.json + object_size.json per image, + the renamed
+    # one read of the images/ folder's names (no file opened) where the key's folder does not exist:
+    # for 'other' and the renamed layer (a key ends in the hash of the source, which they share)
+    assert [p for p in opened if not p.startswith("open ")] == [f"os.scandir {project.images_dir}"] * 2
