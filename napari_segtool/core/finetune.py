@@ -1,10 +1,11 @@
-"""Fine-tuning that keeps what the starting model knows: frozen norm statistics, self-distillation, L2-SP.
+"""Fine-tuning that keeps what the starting model knows: frozen norm statistics, self-distillation, L2-SP,
+weight averaging.
 
 A user's corrections are a biased sample: a handful of edited objects and a thin ring of
 background around them (:func:`napari_segtool.core.edits.training_mask`). Fine-tuned on
 that alone, a network forgets the rest of the image (false objects appear in the
 background it no longer sees) and a round of corrections can make the model worse than
-the one it started from. Three remedies from the literature, each one setting of
+the one it started from. Four remedies from the literature, each one setting of
 :class:`FineTuneConfig` (``TrainConfig.fine_tune``), applied only when training starts
 from a model (:func:`napari_segtool.core.train.iter_train` with ``init``):
 
@@ -21,12 +22,18 @@ from a model (:func:`napari_segtool.core.train.iter_train` with ``init``):
 * ``l2sp``: L2-SP (Li, Grandvalet & Davoine 2018), decoupled as AdamW decouples weight
   decay: after every optimiser step each weight moves back towards its starting value by
   ``lr * l2sp * (w - w0)``.
+* ``average``: weight averaging (Polyak averaging; the EMA of "mean teacher" / SWA-style
+  averaging of iterates): the run ends on an exponential moving average of the weights
+  after each step (decay ``average``), batch-norm statistics included, instead of its last
+  step. With a handful of corrections a run's last weights depend on which random patches
+  its last steps drew; their average depends on it less. It replaces the last weights,
+  also when an epoch score picked the best epoch's.
 
 Architecture-agnostic: the network's output is caught with a forward hook during the
 architecture's own loss, so no loss function is copied; a network whose output is not a
 tensor with the patch's height and width (Mask R-CNN's dicts) gets no distillation term.
 
-All three are off by default: a project trains on its edits plus the 3 px background ring,
+All are off by default: a project trains on its edits plus the 3 px background ring,
 and there plain fine-tuning beat every lever measured (``docs/benchmarks/hitl_effort.md``);
 distillation is what keeps training on edited pixels alone from forgetting.
 """
@@ -49,6 +56,7 @@ class FineTuneConfig:
     freeze_norm: bool = False  # batch norm keeps the starting model's running statistics (eval mode)
     distill: float = 0.0       # weight of the self-distillation term on unannotated pixels (0 = off; see below)
     l2sp: float = 0.0          # decoupled pull of the weights towards their starting values (0 = off)
+    average: float = 0.0       # decay of an exponential moving average of the weights, kept at the end (0 = off)
 
 
 def freeze_norm_statistics(net: nn.Module) -> None:
@@ -70,6 +78,9 @@ class Anchor:
                 p.requires_grad_(False)
         self.start = [p.detach().clone() for p in net.parameters()] if config.l2sp > 0 else []
         self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.averaged = torch.optim.swa_utils.AveragedModel(
+            net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.average), use_buffers=True
+        ) if config.average > 0 else None
 
     def set_mode(self, net: nn.Module) -> None:
         """The training mode of the fine-tuned network: batch norm frozen when configured."""
@@ -109,8 +120,15 @@ class Anchor:
 
     @torch.no_grad()
     def pull(self, net: nn.Module, lr: float) -> None:
-        """L2-SP step: each weight moves towards its starting value by ``lr * l2sp * (w - w0)``."""
-        if not self.start:
-            return
+        """After each optimiser step: the L2-SP step (each weight moves towards its starting value by
+        ``lr * l2sp * (w - w0)``), then the moving average takes in the new weights."""
         for p, p0 in zip(net.parameters(), self.start):
             p.sub_(p - p0, alpha=lr * self.config.l2sp)
+        if self.averaged is not None:
+            self.averaged.update_parameters(net)
+
+    @torch.no_grad()
+    def finish(self, net: nn.Module) -> None:
+        """End of the run: ``net`` takes the averaged weights and batch-norm statistics (when averaging)."""
+        if self.averaged is not None and int(self.averaged.n_averaged) > 0:
+            net.load_state_dict(self.averaged.module.state_dict())

@@ -219,6 +219,8 @@ def iter_train(
         model.net, cfg, batch_loss, start=start, cancel=cancel, score=score,
         train_mode=lambda: _train_mode(model, anchor),
         after_step=None if anchor is None else lambda lr: anchor.pull(model.net, lr))
+    if anchor is not None:
+        anchor.finish(model.net)  # the averaged weights, when fine-tuning averages them
     seconds = time.perf_counter() - start
     model.meta.history.append(history_entry(cfg, run, len(examples), seconds,
                                             fine_tuned_from=init.meta.name if init is not None else None))

@@ -94,3 +94,27 @@ def test_training_from_scratch_ignores_the_fine_tuning_settings():
     cfg = _cfg(distill=1.0, l2sp=1.0)
     res = train([_few_objects_example()], config=cfg, arch_kwargs={"depth": 2, "width": 8})
     assert res.steps == 4 and res.model.meta.history[-1]["config"]["fine_tune"]["distill"] == 1.0
+
+
+def test_weight_averaging_ends_on_the_moving_average_of_the_steps():
+    """``average=d``: after steps with weights w1, w2 the run ends on d*w1 + (1-d)*w2, batch-norm statistics too."""
+    model = new_model("unet", "instance", 1, depth=2, width=8)
+    net = model.net
+    anchor = Anchor(net, FineTuneConfig(average=0.75))
+    states = []
+    for shift in (1.0, 3.0):
+        with torch.no_grad():
+            for t in list(net.parameters()) + [b for b in net.buffers() if b.is_floating_point()]:
+                t.add_(shift)
+        anchor.pull(net, lr=0.0)
+        states.append({k: v.clone() for k, v in net.state_dict().items()})
+    anchor.finish(net)
+    for key, value in net.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.75 * states[0][key] + 0.25 * states[1][key])
+    # without averaging the run keeps its last weights
+    plain = Anchor(net, FineTuneConfig())
+    last = {k: v.clone() for k, v in net.state_dict().items()}
+    plain.pull(net, lr=0.0)
+    plain.finish(net)
+    assert all(torch.equal(v, last[k]) for k, v in net.state_dict().items())
