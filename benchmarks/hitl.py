@@ -56,7 +56,7 @@ Both annotators accept an object once its IoU with the truth reaches ``--accept-
 (the IoU at which AP@0.5 counts it) and fall back to repainting, at the same cost, when
 their tools cannot get there. Fine-tuning keeps what the starting model knows
 (``TrainConfig.fine_tune``, ``core.finetune``): ``--freeze-norm``, ``--distill W``,
-``--l2sp A`` change it for measuring each lever.
+``--l2sp A``, ``--average D`` change it for measuring each lever.
 """
 from __future__ import annotations
 
@@ -302,7 +302,8 @@ def run_effort(args, dataset: str, train_pair, held, init, init_name: str) -> di
     ft = cfg.fine_tune
     cfg.fine_tune = replace(ft, freeze_norm=ft.freeze_norm or args.freeze_norm,
                             distill=ft.distill if args.distill is None else args.distill,
-                            l2sp=ft.l2sp if args.l2sp is None else args.l2sp)
+                            l2sp=ft.l2sp if args.l2sp is None else args.l2sp,
+                            average=ft.average if args.average is None else args.average)
     kinds = args.annotators.split(",")
     print(f"{'annotator':>16s} {'round':>5s} {'actions':>7s} {'views':>5s} {'AP@0.5':>7s} {'train s':>8s}")
     if args.parallel and len(kinds) > 1:  # one process per annotator: same settings, half the wall time
@@ -441,6 +442,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="effort: self-distillation weight on unannotated pixels (default: TrainConfig's)")
     p.add_argument("--l2sp", type=float, default=None,
                    help="effort: L2-SP pull towards the starting weights (default: TrainConfig's)")
+    p.add_argument("--average", type=float, default=None,
+                   help="effort: decay of the moving average of the fine-tuned weights (0 = off; default: TrainConfig's)")
     p.add_argument("--review", action="store_true",
                    help="effort: an annotator with nothing left to correct marks the plane reviewed (R, 1 action)")
     p.add_argument("--freeze", default="", help="effort: network modules not trained, e.g. down,bottom (U-Net encoder)")
