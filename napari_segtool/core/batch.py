@@ -67,6 +67,7 @@ from napari_segtool.kernel.axes import to_canonical
 from napari_segtool.ops.chunked import (Block, ChunkPlan, face_matches, merge_labels, overlap_counts,
                                          plan_chunks, round_up, union)
 from napari_segtool.kernel.events import CancelToken, Cancelled
+from napari_segtool.kernel.memory import release_freed_memory
 from napari_segtool.core.model import ModelMeta, SegModel
 from napari_segtool.core.plan import model_diameter, plan_image
 from napari_segtool.core.window import WindowSettings, predict_window, window_for
@@ -413,7 +414,7 @@ class _LocalRunner:
         import torch
 
         torch.set_num_threads(self._saved)
-        _release_freed_memory()
+        release_freed_memory()
 
     def model_ref(self, model: SegModel) -> _ModelRef:
         return _ModelRef(model, portable=False)
@@ -440,18 +441,6 @@ class _LocalRunner:
         except BaseException:
             self.inflight.wait()
             raise
-
-
-def _release_freed_memory() -> None:
-    """Hand the heap the task threads freed back to the OS (glibc keeps it in per-thread arenas; dask's
-    documentation trims its workers the same way): a caller that then holds a whole plane in memory
-    (``core.predict`` on a huge plane) has that room. A no-op where the C library is not glibc."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class _DistRunner:

@@ -35,7 +35,7 @@ from napari_segtool.kernel.params import Param, ProbabilityLayout
 from napari_segtool.ops.postprocess import SEED_MODES, instances_from_maps
 from napari_segtool.ops.tiling import tiled_apply, tiled_pixels
 from napari_segtool.models.base import Architecture, Patch, PlaneResult, ProgressFn, measured_halo
-from napari_segtool.models.runtime import cached, inference_forward, resolve_backend
+from napari_segtool.models.runtime import cached, inference_forward, release_buffers, resolve_backend
 
 INSTANCE_CLASSES = 3  # background, interior, boundary
 #: tiles of prediction are at most this large unless the caller asks otherwise (larger tiles spend less
@@ -323,9 +323,12 @@ class UNetArchitecture(Architecture):
             return torch.cat([p, distance], 1)
 
         channels = len(LABEL_MAPS) if labels_only else meta.arch_kwargs["out_channels"]
-        return tiled_apply(forward, image, channels, tile_size=tile_size,
-                           halo=halo, align=align, batch_size=batch_size, device=device,
-                           progress=progress, cancel=cancel)
+        try:
+            return tiled_apply(forward, image, channels, tile_size=tile_size,
+                               halo=halo, align=align, batch_size=batch_size, device=device,
+                               progress=progress, cancel=cancel)
+        finally:
+            release_buffers(net)
 
     def predict_maps(self, net: nn.Module, image: Any, meta: ModelMeta, *, device: torch.device,
                      tile_size: int | None = None, batch_size: int = 2, progress: ProgressFn | None = None,

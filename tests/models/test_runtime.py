@@ -191,3 +191,22 @@ def _tiny_scene() -> tuple[np.ndarray, np.ndarray]:
         disc = (yy - y) ** 2 + (xx - x) ** 2 < 64
         image[disc], labels[disc] = 10.0, i
     return image + np.random.default_rng(1).normal(0, 0.5, image.shape).astype(np.float32), labels
+
+
+@pytest.mark.skipif(not runtime.onnxruntime_available(), reason="ONNX Runtime is not installed")
+def test_released_buffers_go_back_to_the_os_and_runs_go_on():
+    """ONNX Runtime keeps a run's buffers for the next (its arena: faster); releasing them after a plane
+    returns that memory to the OS, and later runs still give the reference outputs."""
+    import psutil
+
+    net = trained_like_unet(2)
+    forward = runtime.inference_forward(net, 2, "cpu", "onnxruntime", work=10**9)
+    x = torch.rand(1, 2, 1024, 1024)  # activations of ~100 MB in all
+    process = psutil.Process()
+    with torch.inference_mode():
+        forward(x)
+        held = process.memory_info().rss
+        runtime.release_buffers(net)
+        released = process.memory_info().rss
+        assert held - released > 32 * 2**20
+        torch.testing.assert_close(forward(x[..., :64, :64]), net(x[..., :64, :64]), atol=1e-4, rtol=1e-4)
