@@ -8,11 +8,13 @@ viewer could not repaint or react to the mouse. Measured while
 
 * (a) the Segment widget runs a model on a whole stack and on one slice (with
   probabilities) through its ``thread_worker``, including loading the model and
-  writing the result into the labels layer, and
+  writing the result into the labels layer, then on the next slice (its map replaces
+  the first one's in the same layer), and
 * (b) the Train widget trains from scratch on corrected slices, including the
   first optimiser step (where torch's lazy imports used to freeze the GUI),
 * (c) Segment (whole stack) and Train run at once,
-* (d) the Batch widget runs the whole image chunk by chunk and adds its lazy labels layer,
+* (d) the Batch widget runs the whole image chunk by chunk and adds its lazy labels layer (then runs
+  again: the layer's data is replaced in place),
 * (e) the Segment widget runs a stack of 2048 x 2048 planes (the nuclei sample tiled),
 
 and for the first widget opening (the torch warm-up runs in a thread until the model
@@ -123,6 +125,47 @@ class GapSampler:
                 print(f"        {line}")
 
 
+class GuiProfile:
+    """cProfile of the GUI thread for each row (``--profile DIR``): one ``.prof`` file per row and its top calls.
+
+    Everything the GUI thread runs during a row is a Qt callback reached from this script's
+    ``processEvents`` loop, so a profile enabled on the main thread at the row's start sees it all:
+    napari's layer creation, vispy's GL calls, our widgets' slots. (It slows Python calls down:
+    compare rows' gaps without it.)
+    """
+
+    def __init__(self, folder: str | None):
+        self.folder = Path(folder) if folder else None
+        self.profile = None
+
+    def start(self) -> float:
+        """Begin a row: returns its ``t0``; profiling starts when a folder was given."""
+        if self.folder is not None:
+            import cProfile
+
+            self.profile = cProfile.Profile()
+            self.profile.enable()
+        return time.perf_counter()
+
+    def stop(self, name: str, top: int = 25) -> None:
+        """End the row ``name``: write its profile and print its ``top`` calls by cumulative time."""
+        if self.profile is None:
+            return
+        import io
+        import pstats
+        import re
+
+        self.profile.disable()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = re.sub(r"[^\w]+", "_", name).strip("_")[:60]
+        self.profile.dump_stats(str(self.folder / f"{stem}.prof"))
+        text = io.StringIO()
+        pstats.Stats(self.profile, stream=text).sort_stats("cumulative").print_stats(top)
+        print(f"--- GUI-thread profile of '{name}' ({self.folder / stem}.prof):")
+        print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[:8000])
+        self.profile = None
+
+
 def trace(probe: Probe, row: str, t0: float, t1: float, note: str = "", sampler: GapSampler | None = None) -> None:
     """Print every gap over 100 ms between ``t0`` and ``t1`` (with the GUI thread's sampled stacks)."""
     ticks = probe.ticks_between(t0, t1)
@@ -131,6 +174,24 @@ def trace(probe: Probe, row: str, t0: float, t1: float, note: str = "", sampler:
             print(f"  {row} gap {1000 * (b - a):.0f} ms from {a - t0:.2f} s" + (f"; {note}" if note else ""))
             if sampler is not None:
                 sampler.report(a, b)
+
+
+def precompile_package(folder: Path) -> int:
+    """Byte-compile napari_segtool into ``folder`` and import it from there, as a user's install does.
+
+    pip compiles a package's modules when it installs it; this checkout runs with
+    ``PYTHONDONTWRITEBYTECODE=1``, so without this every run compiled the plugin from source: on the
+    GUI thread when napari imported a widget's module (``builtins.compile``: 0.18 s of the first widget
+    open's 0.38 s in a profile), and in the warm-up thread, where each ``compile`` holds the GIL. Returns
+    the number of files compiled. (``sys.pycache_prefix`` is where imports look for cached bytecode.)
+    """
+    import compileall
+
+    sys.pycache_prefix = str(folder)
+    package = Path(__file__).resolve().parents[1] / "napari_segtool"
+    before = sum(1 for _ in folder.rglob("*.pyc")) if folder.exists() else 0
+    compileall.compile_dir(str(package), quiet=1)
+    return sum(1 for _ in folder.rglob("*.pyc")) - before
 
 
 def wait(app, condition, timeout: float = 900.0) -> None:
@@ -159,7 +220,7 @@ NAPARI_ALONE_ROWS = (
 )
 
 
-def napari_alone(app, viewer, probe: Probe, tmp: Path) -> list[float]:
+def napari_alone(app, viewer, probe: Probe, tmp: Path, profiler: GuiProfile | None = None) -> list[float]:
     """The largest GUI gap of each napari call in :data:`NAPARI_ALONE_ROWS`, in a viewer without the plugin.
 
     What a row's gap would be if the plugin added nothing to napari's own work: the floor a row can
@@ -187,11 +248,13 @@ def napari_alone(app, viewer, probe: Probe, tmp: Path) -> list[float]:
              lambda: viewer.add_image(stack[0] * 2), lambda: viewer.add_labels(da.from_zarr(lazy)),
              lambda: viewer.add_labels(big_labels)]
     worst = []
-    for call in calls:
+    profiler = profiler or GuiProfile(None)
+    for call, (_, what) in zip(calls, NAPARI_ALONE_ROWS):
         settle(app, 0.3)
-        t0 = time.perf_counter()
+        t0 = profiler.start()
         call()
         settle(app, 0.3)
+        profiler.stop(f"napari alone {what}")
         worst.append(max(probe.gaps_between(t0, time.perf_counter()), default=float("nan")))
     return worst
 
@@ -207,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-napari-progress", action="store_true",
                         help="widgets' own progress bars only (SEGTOOL_NAPARI_PROGRESS=0): no napari activity "
                              "indicator, whose animation costs repaints on software-rendered displays")
+    parser.add_argument("--source-imports", action="store_true",
+                        help="import the plugin from source as this checkout's PYTHONDONTWRITEBYTECODE shells do "
+                             "(default: byte-compiled first, as an installed package is)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="cProfile the GUI thread of every row into DIR/<row>.prof and print its top calls")
     parser.add_argument("--napari-alone", action="store_true",
                         help="only napari's own layer calls behind the rows, without the plugin (the floor)")
     args = parser.parse_args(argv)
@@ -217,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_napari_progress:
         os.environ["SEGTOOL_NAPARI_PROGRESS"] = "0"
     tmp = Path(tempfile.mkdtemp(prefix="segtool-stall-"))
+    if not args.source_imports and not args.napari_alone:
+        print(f"plugin byte-compiled first, as installed: {precompile_package(tmp / 'pycache')} modules")
     os.environ["SEGTOOL_PROJECT_DIR"] = str(tmp / "project")
     t_start = time.perf_counter()
     import napari
@@ -235,13 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     spans: list[tuple[str, float, float]] = []  # every row's (name, t0, t1), traced at the end with --trace
 
     if args.napari_alone:
-        floor = napari_alone(app, viewer, probe, tmp)
+        floor = napari_alone(app, viewer, probe, tmp, GuiProfile(args.profile))
         for (_, call), ms in zip(NAPARI_ALONE_ROWS, floor):
             print(f"napari alone: {call:<52} {ms:8.1f}")
         viewer.close()
         return 0
 
+    profiler = GuiProfile(args.profile)
+
     def row(name: str, t0: float, t1: float) -> None:
+        profiler.stop(name)
         results.append(summarize(name, probe, t0, t1))
         spans.append((name, t0, t1))
     settle(app, 0.3)
@@ -250,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     # warm-up thread meanwhile (the model list fills in when it is done); measured until the warm-up ends
     from napari_segtool.plugin import _warmup
 
-    t0 = time.perf_counter()
+    t0 = profiler.start()
     _, segment = viewer.window.add_plugin_dock_widget("napari-segtool", "Segment")
     t_open = time.perf_counter() - t0
     wait(app, _warmup.is_warm)
@@ -259,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first widget open: {t_open * 1000:.0f} ms on the GUI thread; warm-up thread {_warmup._SECONDS:.1f} s")
 
     # the nuclei sample (cached by the warm-up thread)
-    t0 = time.perf_counter()
+    t0 = profiler.start()
     viewer.open_sample("napari-segtool", "nuclei-3d")
     settle(app, 0.3)
     row("open sample nuclei-3d (16x256x256)", t0, time.perf_counter())
@@ -282,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     segment.fg_spin.setValue(0.5)
 
     settle(app, 0.3)
-    t0 = time.perf_counter()
+    t0 = profiler.start()
     settle(app, 1.0)
     row("idle (baseline)", t0, time.perf_counter())
 
@@ -290,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # (a) inference: whole stack, then one slice with probabilities
     settle(app, 0.3)  # the row's first gap starts at the tick before t0: not the set-up's work
-    t0 = time.perf_counter()
+    t0 = profiler.start()
     segment.run(image, sw.SCOPE_STACK)  # creates the (empty) labels layer, starts the worker
     t_click = time.perf_counter() - t0
     wait(app, lambda: not segment.running)
@@ -301,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.dims.set_current_step(0, shape[0] // 2)
     segment.prob_check.setChecked(True)
     settle(app, 0.3)  # the row's first gap starts at the tick before t0: not the set-up's work
-    t0 = time.perf_counter()
+    t0 = profiler.start()
     segment.run(image, sw.SCOPE_SLICE)
     t_click = time.perf_counter() - t0
     wait(app, lambda: not segment.running)
@@ -309,6 +382,15 @@ def main(argv: list[str] | None = None) -> int:
     assert segment.last_outcome.ok, segment.last_outcome.message
     print(f"Segment click (one slice): {t_click * 1000:.0f} ms")
     row("(a) Segment click + one slice + probabilities", t0, t1)
+    # the next click (another slice): its probability map goes into the layer the first click added
+    viewer.dims.set_current_step(0, shape[0] // 2 + 1)
+    settle(app, 0.3)
+    t0 = profiler.start()
+    segment.run(image, sw.SCOPE_SLICE)
+    wait(app, lambda: not segment.running)
+    t1 = time.perf_counter()
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    row("(a) next slice click + probabilities", t0, t1)
     segment.prob_check.setChecked(False)
 
     # (b) training from scratch on two corrected, reviewed slices (includes the first step)
@@ -337,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         return TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps, batch_size=4, patch_size=96)
 
     settle(app, 0.3)  # the row's first gap starts at the tick before t0: not the set-up's work
-    t0 = time.perf_counter()
+    t0 = profiler.start()
     train.train(config())
     train.worker.yielded.connect(on_event)
     wait(app, lambda: train.worker is None)
@@ -350,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     # (c) Segment (whole stack) and Train at once, as a user clicks both
     done_at: dict[str, float] = {}
     settle(app, 0.3)  # the row's first gap starts at the tick before t0: not the set-up's work
-    t0 = time.perf_counter()
+    t0 = profiler.start()
     train.train(config())
     segment.run(image, sw.SCOPE_STACK)
 
@@ -366,24 +448,27 @@ def main(argv: list[str] | None = None) -> int:
     row("(c) Segment whole stack + Train at once", t0, t1)
     print(f"(c) segment done at {done_at.get('segment', 0) - t0:.2f} s, train done at {done_at.get('train', 0) - t0:.2f} s")
 
-    # (d) Batch: the whole image chunk by chunk into zarr, then the lazy Labels layer it adds
-    batch.path_edit.setText(str(tmp / "batch.zarr"))
+    # (d) Batch: the whole image chunk by chunk into zarr, then the lazy Labels layer it adds; run again into
+    # another zarr: the result layer (same name) gets the new data in place
     batch.chunk_spin.setValue(128)
-    settle(app, 0.3)  # the row's first gap starts at the tick before t0: not the set-up's work
-    t0 = time.perf_counter()
-    batch.run(image)
-    wait(app, lambda: not batch.running)
-    settle(app, 0.3)
-    t1 = time.perf_counter()
-    assert batch.last_outcome.ok, batch.last_outcome.message
-    row("(d) Batch run + result layer", t0, t1)
+    for out, name in (("batch.zarr", "(d) Batch run + result layer"),
+                      ("batch-again.zarr", "(d) Batch run again (result layer updated)")):
+        batch.path_edit.setText(str(tmp / out))
+        settle(app, 0.3)  # the row's first gap starts at the tick before t0: not the set-up's work
+        t0 = profiler.start()
+        batch.run(image)
+        wait(app, lambda: not batch.running)
+        settle(app, 0.3)
+        t1 = time.perf_counter()
+        assert batch.last_outcome.ok, batch.last_outcome.message
+        row(name, t0, t1)
 
     # (e) a whole stack of 2048 x 2048 planes: the result written into the labels layer, as a user's large image
     import numpy as np
 
     big = viewer.add_image(np.tile(np.asarray(image.data[: args.big_planes]), (1, 8, 8)), name="big")
     settle(app, 0.5)
-    t0 = time.perf_counter()
+    t0 = profiler.start()
     segment.run(big, sw.SCOPE_STACK)
     wait(app, lambda: not segment.running)
     settle(app, 0.3)
@@ -395,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nevery gap over 100 ms, with the GUI thread's sampled stacks:")
         for name, a, b in spans:
             trace(probe, name.split(" ")[0] if name.startswith("(") else name[:18], a, b, sampler=sampler)
-    floor = _napari_alone_in_a_fresh_process()
+    floor = _napari_alone_in_a_fresh_process(args.profile)
     mode = "widgets only" if args.no_napari_progress else "widgets + napari activity"
     print(f"\nprogress display: {mode}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'phase':<48} {'seconds':>8} {'ticks':>6} {'median':>7} {'p99':>7} {'max gap':>8} {'napari alone':>13}")
@@ -414,11 +499,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if verdict == "PASS" else 1
 
 
-def _napari_alone_in_a_fresh_process() -> dict[str, str]:
+def _napari_alone_in_a_fresh_process(profile: str | None = None) -> dict[str, str]:
     """Run ``--napari-alone`` in a new interpreter (napari's first-use costs not yet paid there)."""
     import subprocess
 
-    done = subprocess.run([sys.executable, __file__, "--napari-alone"], capture_output=True, text=True, timeout=600)
+    extra = ["--profile", str(Path(profile) / "napari-alone")] if profile else []
+    done = subprocess.run([sys.executable, __file__, "--napari-alone", *extra], capture_output=True, text=True,
+                          timeout=600)
+    if profile:
+        print(done.stdout)
     floor = {}
     for line in done.stdout.splitlines():
         if line.startswith("napari alone: "):

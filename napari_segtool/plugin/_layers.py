@@ -10,6 +10,44 @@ from napari_segtool.kernel.axes import guess_axes, to_canonical
 META_KEY = "segtool"
 
 
+def show_in_layer(viewer: Any, layer_type: type, data: Any, name: str, **properties: Any) -> tuple[Any, bool]:
+    """Show ``data`` in the viewer's layer ``name``; returns ``(layer, added)``.
+
+    An existing layer of ``layer_type`` with ``data``'s dimensionality gets the new data (and the
+    ``properties`` that differ: scale, translate, metadata...) in place; otherwise (none, another type
+    or shape of array) a new layer is added in place of the old one. Adding a layer is what costs napari
+    most on the GUI thread (its layer controls, vispy visuals and overlays: 0.2-0.5 s on a
+    software-rendered display, docs/upstream-napari.md); setting a layer's data only re-slices it, so a
+    result shown again (the same image re-run) does not pay it again.
+    """
+    old = viewer.layers[name] if name in viewer.layers else None
+    if type(old) is layer_type and old.ndim == np.ndim(data) and not getattr(old, "multiscale", False):
+        for key, value in properties.items():
+            if not _same(getattr(old, key, None), value):
+                setattr(old, key, value)
+        old.data = data
+        return old, False
+    if old is not None:
+        viewer.layers.remove(old)
+    add = getattr(viewer, f"add_{layer_type.__name__.lower()}")
+    return add(data, name=name, **properties), True
+
+
+def _same(current: Any, wanted: Any) -> bool:
+    """Whether a layer property already has the wanted value (arrays and sequences by value, colormaps by name)."""
+    if isinstance(wanted, str) and hasattr(current, "name"):
+        return current.name == wanted
+    if isinstance(wanted, (tuple, list, np.ndarray)):
+        try:
+            return np.shape(current) == np.shape(wanted) and bool(np.allclose(current, wanted))
+        except (TypeError, ValueError):
+            return False
+    try:
+        return bool(current == wanted)
+    except (TypeError, ValueError):
+        return False
+
+
 def layer_data(layer: Any) -> Any:
     """Full-resolution data of a (possibly multiscale) layer."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data

@@ -9,7 +9,8 @@ once in a daemon thread that the first widget starts once it is docked (:func:`s
 * the model lists (which need ``core.checkpoint``, hence torch) fill in when it
   is ready (:func:`when_models_ready`; the combo boxes say "loading models…"),
 * the nuclei sample is simulated and cached meanwhile (``samples.prepare_cache``),
-* napari's layer types get their first-use imports (pandas for label features).
+* napari's layer types get their first-use imports (pandas for label features), and dask its
+  schedulers' (napari computes a lazy layer's slices on the GUI thread).
 
 Nothing here creates Qt widgets off the GUI thread: the thread only imports and
 computes; :class:`_Notifier`'s queued signals call back on the GUI thread.
@@ -165,12 +166,22 @@ def _run() -> None:
 
         Labels(np.zeros((4, 4), np.int32))
         Image(np.zeros((4, 4), np.float32))
+        _warm_dask()
     except Exception as exc:  # pragma: no cover
         log.debug("napari layer warm-up failed: %s", exc)
     sys.setswitchinterval(interval)
     _SECONDS = time.perf_counter() - t0
     _done.set()
     _emit("done")
+
+
+def _warm_dask() -> None:
+    """Run one tiny dask computation: the first in a process imports dask's schedulers (and ``distributed``
+    when it is installed, to look for a default client): 0.5 s measured. napari computes a lazy layer's
+    slice on the GUI thread (a zarr opened with File > Open, the Batch result), so it is paid here."""
+    import dask.array as da
+
+    da.zeros((2, 2), chunks=1).sum().compute()
 
 
 def _emit(name: str) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari.layers import Image
+from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
@@ -243,13 +243,12 @@ class BatchWidget(JobWidget):
                         apply=self._show_result)
 
     def _show_result(self, report: Any) -> None:
-        """Add (or replace) the lazy Labels layer reading the written zarr (opened by the worker)."""
+        """Show the lazy Labels layer reading the written zarr (opened by the worker): added the first time,
+        its data replaced when the same image is run again."""
         job = self.last_job
         data = job.labels if job.labels is not None else _open_lazily(report.out_path)
-        if job.layer_name in self.viewer.layers:
-            self.viewer.layers.remove(job.layer_name)
-        layer = self.viewer.add_labels(
-            data, name=job.layer_name, scale=job.scale, translate=job.translate,
+        layer, _ = L.show_in_layer(  # a re-run updates the layer it showed before: no new layer to build
+            self.viewer, Labels, data, job.layer_name, scale=job.scale, translate=job.translate,
             metadata={L.META_KEY: {"axes": job.labels_axes, "image": job.image_name,
                                    "source": str(report.out_path)}})
         self.viewer.layers.selection.active = layer

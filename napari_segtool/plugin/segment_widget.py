@@ -495,12 +495,10 @@ class SegmentWidget(SavesWithWindow, JobWidget):
             name = f"{image.name} class probabilities"
         kwargs = dict(name=name, colormap="magma", opacity=0.6, blending="additive",
                       contrast_limits=(0.0, 1.0), metadata={L.META_KEY: {"derived_from": image.name}})
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
         if data.ndim == 3:
-            self.viewer.add_image(data, scale=(1.0,) + tuple(scale), translate=(0.0,) + tuple(translate), **kwargs)
-        else:
-            self.viewer.add_image(data, scale=scale, translate=translate, **kwargs)
+            scale, translate = (1.0,) + tuple(scale), (0.0,) + tuple(translate)
+        # the next run's map replaces this one's in the same layer: only the first run adds it
+        L.show_in_layer(self.viewer, Image, data, scale=tuple(scale), translate=tuple(translate), **kwargs)
 
     def _show_components(self, result: Any, image: Image, job: SegmentJob) -> None:
         """A bulge/disk decomposition (``core.decompose``): one image layer per component, over the region run."""

@@ -131,3 +131,104 @@ def test_nuclei_sample_opens_from_the_cache_without_sorting_the_stack(make_napar
     layer = viewer.layers["nuclei (simulated)"]
     assert sorts == []
     np.testing.assert_allclose(layer.contrast_limits, expected)
+
+
+def test_batch_rerun_updates_its_result_layer_in_place(make_napari_viewer, qtbot, user_model, tmp_path):
+    """Each Batch run removed its result layer and added a new one: napari built the layer's controls, vispy
+    visuals and overlays again on the GUI thread (0.2-0.4 s here). A re-run now sets the data of the layer it
+    showed before."""
+    import dask.array as da
+
+    viewer = make_napari_viewer(show=True)
+    batch = _docked(viewer, qtbot, "Batch")
+    viewer.add_image(np.random.default_rng(0).normal(10, 1, (96, 96)).astype(np.float32), name="cells",
+                     scale=(0.5, 0.5))
+    batch.chunk_spin.setValue(64)
+    inserted, removed = [], []
+    viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
+    viewer.layers.events.removed.connect(lambda event: removed.append(event.value.name))
+    layers = []
+    for run in ("first.zarr", "second.zarr"):
+        batch.path_edit.setText(str(tmp_path / run))
+        QTest.mouseClick(batch.run_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: not batch.running, timeout=600000)
+        assert batch.last_outcome.ok, batch.last_outcome.message
+        layers.append(viewer.layers["cells labels (batch)"])
+        assert isinstance(layers[-1].data, da.Array)
+        assert layers[-1].metadata["segtool"]["source"] == str(tmp_path / run)  # reads this run's zarr
+    assert layers[0] is layers[1]
+    assert inserted == ["cells labels (batch)"] and removed == []
+    assert tuple(layers[1].scale) == (0.5, 0.5)
+    import zarr
+
+    np.testing.assert_array_equal(np.asarray(layers[1].data), zarr.open_array(str(tmp_path / "second.zarr"))[:])
+
+
+def test_probability_map_of_a_new_click_replaces_the_layers_data(make_napari_viewer, qtbot, user_model, nuclei_stack):
+    """Every Segment click with "also show probabilities" removed the map's layer and added a new one; the
+    next click's map now goes into the same layer (its position follows the slice's crop)."""
+    image, _ = nuclei_stack
+    viewer = make_napari_viewer(show=True)
+    segment = _docked(viewer, qtbot, "Segment")
+    viewer.add_image(image, name="nuclei", scale=(2, 1, 1))
+    segment.scope_combo.setCurrentText(sw.SCOPE_SLICE)
+    QTest.keyClick(segment.prob_check, Qt.Key_Space)
+    assert segment.prob_check.isChecked()
+    inserted, removed, maps = [], [], []
+    viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
+    viewer.layers.events.removed.connect(lambda event: removed.append(event.value.name))
+    for z in (1, 2):
+        viewer.dims.set_current_step(0, z)
+        QTest.mouseClick(segment.run_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: not segment.running, timeout=600000)
+        assert segment.last_outcome.ok, segment.last_outcome.message
+        assert segment.last_run.index == (z,)
+        layer = viewer.layers["nuclei object probability"]
+        maps.append((layer, np.array(layer.data)))
+    (first, map1), (second, map2) = maps
+    assert first is second
+    assert [n for n in inserted if n.endswith("probability")] == ["nuclei object probability"] and removed == []
+    assert not np.array_equal(map1, map2)  # the second slice's map, not the first one kept
+    assert tuple(second.contrast_limits) == (0.0, 1.0) and second.colormap.name == "magma"
+
+
+_LAZY_LAYER_AFTER_WARM_UP = """
+import sys, time
+import dask.array as da, napari, zarr
+from qtpy.QtWidgets import QApplication
+from napari_segtool.plugin import _warmup
+{patch}
+viewer = napari.Viewer(show=True)
+viewer.window.add_plugin_dock_widget("napari-segtool", "Segment")
+app, end = QApplication.instance(), time.time() + 600
+while not _warmup.is_warm() and time.time() < end:
+    app.processEvents()
+    time.sleep(0.01)
+z = zarr.open_array({path!r}, mode="w", shape=(2, 64, 64), chunks=(1, 32, 32), dtype="int32")
+z[...] = 3
+lazy = da.from_zarr(z)
+before = set(sys.modules)
+viewer.add_labels(lazy)  # napari computes the first slice on the GUI thread
+print(_warmup.is_warm(), sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("dask", "distributed")))
+viewer.close()
+"""
+
+
+def test_a_lazy_layer_after_the_warm_up_imports_no_dask_scheduler_on_the_gui_thread(tmp_path):
+    """napari computes a lazy layer's slice on the GUI thread; dask's first computation in a process imports
+    its schedulers (``distributed`` too, 0.5 s). The first widget's warm-up thread now runs one, so a zarr
+    opened afterwards (File > Open, the Batch result) does not pay it on the GUI thread. (A fresh process:
+    this test session has run dask already.)"""
+    import subprocess
+    import sys
+
+    def run(patch: str) -> str:
+        code = _LAZY_LAYER_AFTER_WARM_UP.format(patch=patch, path=str(tmp_path / f"l{len(patch)}.zarr"))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    assert run("") == "True []"
+    # without the warm-up's dask computation the same layer imports dask's schedulers on the GUI thread
+    imported = run("_warmup._warm_dask = lambda: None")
+    assert imported.startswith("True [") and imported != "True []"
