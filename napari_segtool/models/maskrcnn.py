@@ -54,7 +54,9 @@ at least the largest object measured in the training data. Each tile *owns* the
 region between the mid-lines of its overlaps; a detection is kept from a tile
 only when its box centre lies in that region (give or take ``margin/4``), so an
 object up to ``margin`` in size is always taken from a tile that contains it
-whole. The few duplicates the tolerance lets through are removed while pasting:
+whole. Tiles at the plane's edges read :data:`BORDER_PAD` zeros beyond them
+(:func:`tile_block`), so objects cut by the plane's edge meet blank pixels as cut objects did
+in training, not the bare edge of the tensor. The few duplicates the tolerance lets through are removed while pasting:
 detections are pasted in order (not touching an inner tile edge first, then by
 score) into the label image, a detection whose mask is mostly covered by an object
 already pasted (IoU >= ``nms_iou`` or > half of its own pixels) is dropped, and on
@@ -103,6 +105,7 @@ from napari_segtool.ops.chunked import placement
 ALIGN = 32  # largest backbone stride used by the RoI heads; tiles start on this grid
 MIN_MARGIN = 64  # two cells of the stride-32 level: its border effects stay out of owned regions
 MAX_COVERED = 0.5  # a detection with more of its pixels already claimed is a duplicate
+BORDER_PAD = ALIGN  # zeros a tile reads beyond the plane's edges (see tile_block)
 MIN_TILE = 256  # smaller tiles starve the coarse FPN levels of context (see effective_tile_size)
 AREA_REF = 256 * 256
 PRE_NMS_PER_DETECTION = 1.0  # RPN boxes per FPN level before NMS, per allowed detection
@@ -433,12 +436,29 @@ def effective_tile_size(tile_size: int, margin: int) -> int:
 
 
 def read_block(image: Any, y0: int, x0: int, ty: int, tx: int) -> np.ndarray:
-    """Read ``ty × tx`` pixels from ``y0, x0``, zero-padded past the plane's bottom/right."""
+    """Read ``ty × tx`` pixels from ``y0, x0`` (may be negative), zero-padded past the plane's edges."""
     h, w = image.shape[:2]
-    block = np.asarray(image[y0:min(h, y0 + ty), x0:min(w, x0 + tx)], dtype=np.float32)
-    if block.shape[0] != ty or block.shape[1] != tx:
-        block = np.pad(block, ((0, ty - block.shape[0]), (0, tx - block.shape[1]), (0, 0)))
+    ya, xa = max(0, y0), max(0, x0)
+    block = np.asarray(image[ya:max(ya, min(h, y0 + ty)), xa:max(xa, min(w, x0 + tx))], dtype=np.float32)
+    before = (ya - y0, xa - x0)
+    after = (ty - before[0] - block.shape[0], tx - before[1] - block.shape[1])
+    if any(before) or any(after):
+        block = np.pad(block, ((before[0], after[0]), (before[1], after[1]), (0, 0)))
     return block
+
+
+def tile_block(start: int, size: int, first: bool, last: bool, length: int) -> tuple[int, int]:
+    """Where a tile's input block starts and how long it is along one axis.
+
+    A tile at the plane's start or end reaches :data:`BORDER_PAD` zeros beyond that edge (a
+    block stays on the :data:`ALIGN` grid): the network was trained on patches where cut objects
+    meet blanked (zero) pixels, and at the bare edge of the input tensor it found more false
+    fragments of the cut objects than when the same plane is framed by background (AP@0.5 of
+    the real nuclei image 0.753 bare vs 0.787 framed by noise; with the pad 0.761 vs 0.762).
+    """
+    lo = start - BORDER_PAD if first else start
+    hi = max(start + size, length + BORDER_PAD) if last else start + size
+    return lo, _round_up(hi - lo, ALIGN)
 
 
 def paste_mask(prob: torch.Tensor, box: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, np.ndarray] | None:
@@ -597,7 +617,6 @@ class MaskRCNNArchitecture(Architecture):
         tol = margin / 4
 
         net.eval()
-        _apply_runtime(net, meta, ty * tx, training=False)
         net.roi_heads.score_thresh = score_thr
         net.roi_heads.nms_thresh = nms_iou
         candidates: list[_Candidate] = []
@@ -607,11 +626,14 @@ class MaskRCNNArchitecture(Architecture):
         for done, (i, j) in enumerate(tiles, start=1):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            block = read_block(image, ys[i] - origin[0], xs[j] - origin[1], ty, tx)
+            by, bh = tile_block(ys[i], ty, i == 0, i == len(ys) - 1, plane_hw[0])
+            bx, bw = tile_block(xs[j], tx, j == 0, j == len(xs) - 1, plane_hw[1])
+            block = read_block(image, by - origin[0], bx - origin[1], bh, bw)
             x = torch.from_numpy(block).permute(2, 0, 1)[None].contiguous().to(device)
+            _apply_runtime(net, meta, bh * bw, training=False)
             det = self.detect(net, x)[0]
-            candidates.extend(self._tile_candidates(det, ys[i], xs[j], ty, tx, own_y[i], own_x[j], tol, plane_hw,
-                                                    (i == len(ys) - 1, j == len(xs) - 1), origin, (h, w)))
+            candidates.extend(self._tile_candidates(det, by, bx, bh, bw, own_y[i], own_x[j], tol, plane_hw,
+                                                    (i > 0, j > 0, i < len(ys) - 1, j < len(xs) - 1), origin, (h, w)))
             if progress is not None:
                 progress(done, len(tiles))
         labels, probs, table = self._merge(candidates, (h, w), mask_thr, nms_iou, min_size, return_probabilities)
@@ -620,8 +642,9 @@ class MaskRCNNArchitecture(Architecture):
         return PlaneResult(labels, probs, table)
 
     @staticmethod
-    def _tile_candidates(det, y0, x0, ty, tx, own_y, own_x, tol, plane_hw, last, origin, shape) -> list[_Candidate]:
-        """A tile's kept detections (``y0, x0``: the tile in the whole plane), pasted on the window at ``origin``."""
+    def _tile_candidates(det, y0, x0, ty, tx, own_y, own_x, tol, plane_hw, inner, origin, shape) -> list[_Candidate]:
+        """A tile's kept detections (``y0, x0``: its block in the whole plane; ``inner``: top, left, bottom, right
+        edges with a neighbouring tile beyond), pasted on the window at ``origin``."""
         out = []
         if len(det["boxes"]) == 0:
             return out
@@ -632,9 +655,7 @@ class MaskRCNNArchitecture(Architecture):
         cy = (boxes[:, 1] + boxes[:, 3]) / 2 + y0
         cx = (boxes[:, 0] + boxes[:, 2]) / 2 + x0
         keep = ((cy >= own_y[0] - tol) & (cy < own_y[1] + tol) & (cx >= own_x[0] - tol) & (cx < own_x[1] + tol)
-                & (cy < plane_hw[0]) & (cx < plane_hw[1]))
-        # an inner tile edge is one with a neighbouring tile beyond it
-        inner = (y0 > 0, x0 > 0, not last[0], not last[1])
+                & (cy >= 0) & (cx >= 0) & (cy < plane_hw[0]) & (cx < plane_hw[1]))
         shift = np.array([x0 - origin[1], y0 - origin[0]] * 2, np.float32)
         for k in np.flatnonzero(keep):
             bx0, by0, bx1, by1 = boxes[k]
