@@ -28,6 +28,7 @@ from napari_segtool.kernel.errors import SegtoolError
 from napari_segtool.kernel.events import run_job
 
 EXIT_BAD_INPUT = 2
+DEFAULT_ARCH = "unet"
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
 IMAGE_SUFFIXES = (".tif", ".tiff", ".fits", ".fit", ".fts", ".fits.gz", ".npy", ".zarr")
@@ -48,34 +49,126 @@ def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _diameter(text: str) -> Any:
-    """``--diameter``: pixels (``24``, ``24px``) -> float, or a length with its unit (``7.5um``, ``7.5 µm``,
-    ``0.01 mm``) -> an astropy Quantity, converted per image with the file's pixel size."""
-    number = text.strip().removesuffix("px").strip()
-    try:
-        return _number(float, 0, 100000, lo_open=True)(number)
-    except argparse.ArgumentTypeError as exc:
-        if not any(c.isalpha() or c == "µ" for c in number):
-            raise exc
-    import astropy.units as u
+def _size(kinds: tuple[str, ...], example: str) -> Callable[[str], Any]:
+    """An argparse type for a size: pixels (``24``, ``24px``, ``24 pix``) -> float, or a quantity of one of the
+    astropy physical types ``kinds`` (``7.5um``, ``1.2 arcsec``) -> a Quantity, converted per image."""
+    what = " or ".join(f"a positive {kind}" for kind in kinds)
 
-    try:
-        quantity = u.Quantity(text)
-    except (ValueError, TypeError):
-        raise argparse.ArgumentTypeError(f"expected pixels or a length such as 7.5um, got {text!r}") from None
-    if quantity.unit.physical_type != "length" or not (math.isfinite(quantity.value) and quantity.value > 0):
-        raise argparse.ArgumentTypeError(f"expected pixels or a positive length such as 7.5um, got {text!r}")
-    return quantity
+    def parse(text: str) -> Any:
+        number = text.strip().removesuffix("px").strip()
+        try:
+            return _number(float, 0, 100000, lo_open=True)(number)
+        except argparse.ArgumentTypeError as exc:
+            if not any(c.isalpha() or c in "µ\"'" for c in number):
+                raise exc
+        import astropy.units as u
+
+        try:
+            quantity = u.Quantity(text)
+        except (ValueError, TypeError):
+            raise argparse.ArgumentTypeError(f"expected pixels or {what} such as {example}, got {text!r}") from None
+        ok = math.isfinite(quantity.value) and quantity.value > 0
+        if ok and quantity.unit == u.pix:
+            return float(quantity.value)
+        if quantity.unit.physical_type not in kinds or not ok:
+            raise argparse.ArgumentTypeError(f"expected pixels or {what} such as {example}, got {text!r}")
+        return quantity
+
+    parse.__name__ = "size"  # argparse names the type in its messages
+    return parse
 
 
-def _diameter_px(diameter: Any, img: Any, path: Path) -> float | None:
-    """``--diameter`` in the pixels of ``img``: a length is divided by the file's X pixel size."""
-    if diameter is None or isinstance(diameter, float):
-        return diameter
-    size = img.pixel_size_in(diameter.unit)
+def _length_px(option: str, value: Any, img: Any, path: Path) -> float | None:
+    """A size option in the pixels of ``img``: pixels as given, a length divided by the file's X pixel size."""
+    if value is None or isinstance(value, float):
+        return value
+    size = img.pixel_size_in(value.unit)
     if size is None:
-        raise CliError(f"--diameter {diameter}: {path} gives no pixel size in a length unit; give pixels instead")
-    return float(diameter.value) / size
+        raise CliError(f"{option} {value}: {path} gives no pixel size in a length unit; give pixels instead")
+    return float(value.value) / size
+
+
+def _psf_fwhm(value: Any, img: Any, path: Path) -> Any:
+    """The PSF FWHM a bulge/disk model gets for ``img`` (``core.decompose.PsfFwhm``): ``--psf-fwhm`` (pixels, a
+    length over the file's pixel size, an angle over its WCS pixel scale), else the FITS header's keyword, else
+    ``None`` (measured on the image)."""
+    from napari_segtool.core.decompose import PsfFwhm, header_psf_fwhm, psf_fwhm_pixels
+
+    if value is None:
+        return header_psf_fwhm(img.metadata)
+    if isinstance(value, float) or value.unit.physical_type == "length":
+        given = _fmt(value) if isinstance(value, float) else value
+        return PsfFwhm(_length_px("--psf-fwhm", value, img, path), f"--psf-fwhm {given}")
+    pixels = psf_fwhm_pixels(value, img.metadata)
+    if pixels is None:
+        raise CliError(f"--psf-fwhm {value}: {path} has no celestial WCS to give its pixel scale; give pixels instead")
+    return PsfFwhm(pixels, f"--psf-fwhm {value}")
+
+
+def _check_tile_size(tile_size: int | None, meta: Any) -> None:
+    """``--tile-size`` must exceed the model's receptive field, on every path."""
+    if tile_size is not None and tile_size <= meta.receptive_field:
+        raise CliError(f"--tile-size {tile_size} is too small for model '{meta.name}' "
+                       f"(receptive field {meta.receptive_field} px): use more than {meta.receptive_field}")
+
+
+#: why a way ``segtool predict`` runs does not use an option: given, it is refused before any work (one line,
+#: exit 2) instead of being silently ignored. Ways: :func:`_predict_way`.
+_CHUNKS = "it sets the chunks of chunked runs (--out x.zarr, --workers, --scheduler)"
+_IN_MEMORY = "a bulge/disk model writes FITS images made in memory: give a folder as --out"
+_ONE_HDU = "chunked runs read the first image HDU; --hdu works with a folder or .ome.zarr --out"
+UNUSED_OPTIONS: dict[str, dict[str, str]] = {
+    "in memory": {"chunk_size": _CHUNKS},
+    "OME-Zarr": {"chunk_size": _CHUNKS,
+                 "workers": "OME-Zarr labels are made in memory; --workers/--scheduler write a plain .zarr",
+                 "scheduler": "OME-Zarr labels are made in memory; --workers/--scheduler write a plain .zarr"},
+    "chunked": {"hdu": _ONE_HDU},  # --out x.zarr, or a folder with --scheduler threads/synchronous
+    "dask cluster": {"hdu": _ONE_HDU,
+                     "device": "the dask workers load the model on their own best device (leave it out, or run "
+                               "without --workers/--scheduler)"},
+    "bulge/disk": {"diameter": "it runs on the field's own pixels, never rescaled to an object size (its other "
+                               "input is the PSF size: --psf-fwhm)",
+                   "z_scale": "it decomposes one 2D plane", "chunk_size": _IN_MEMORY, "workers": _IN_MEMORY,
+                   "scheduler": _IN_MEMORY},
+}
+#: --scheduler values that run dask in this process (``core.batch``), not on a cluster
+LOCAL_SCHEDULERS = ("threads", "threading", "synchronous", "sync")
+WAY_NAMES = {"in memory": "a prediction in memory (--out FOLDER)",
+             "OME-Zarr": "an OME-Zarr prediction (--out x.ome.zarr)",
+             "chunked": "a chunked prediction in this process (--out x.zarr)",
+             "dask cluster": "a prediction on a dask cluster (--workers, --scheduler)"}
+
+
+def _predict_way(meta: Any, out: Path, args: argparse.Namespace) -> str:
+    """How ``segtool predict`` runs: a key of :data:`UNUSED_OPTIONS`."""
+    if meta.task == "regression":
+        return "bulge/disk"
+    if out.name.lower().endswith(".ome.zarr"):
+        return "OME-Zarr"
+    if args.workers or (args.scheduler and args.scheduler not in LOCAL_SCHEDULERS):
+        return "dask cluster"
+    return "chunked" if out.suffix == ".zarr" or args.scheduler else "in memory"
+
+
+def _refuse_unused(args: argparse.Namespace, meta: Any, way: str) -> None:
+    """Refuse every option given that ``way`` does not use (:data:`UNUSED_OPTIONS`), and ``--psf-fwhm`` for a
+    model without the PSF input channel."""
+    from napari_segtool.core.decompose import has_psf_channel
+
+    described = f"{meta.name} (a bulge/disk model)" if way == "bulge/disk" else WAY_NAMES[way]
+    for dest, why in UNUSED_OPTIONS[way].items():
+        if getattr(args, dest) is not None:
+            raise CliError(f"--{dest.replace('_', '-')} is not used by {described}: {why}")
+    if args.psf_fwhm is not None and not has_psf_channel(meta):
+        raise CliError(f"--psf-fwhm is not used by model '{meta.name}': only a bulge/disk model with a PSF input "
+                       f"channel takes it")
+
+
+def _refuse_z_scale_on_planes(z_scale: float | None, images: Sequence[Any], inputs: Sequence[Path]) -> None:
+    """``--z-scale`` is the Z step of stacks: refused when no input has a Z axis."""
+    if z_scale is not None and not any("Z" in img.axes for img in images):
+        which = "none of the inputs has" if len(inputs) > 1 else f"{inputs[0]} (axes {images[0].axes}) has no"
+        raise CliError(f"--z-scale is the Z step of stacks, and {which} Z axis (give --axes if the file says wrong)")
 
 
 def _number(kind: Callable[[str], Any], lo: float | None = None, hi: float | None = None,
@@ -176,8 +269,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CliError(f"cannot read {path}: no such file or folder")
     check_model_output(args.out, [*pairs, *masks], overwrite=args.overwrite)
     init = load_model(args.init) if args.init else None
-    if init is not None and args.model != init.meta.arch:
-        args.model = init.meta.arch
+    for option, given, kind in (("--model", args.model, "arch"), ("--task", args.task, "task")):
+        if init is not None and given not in (None, getattr(init.meta, kind)):  # refused before reading any data
+            raise CliError(f"{option} {given}: fine-tuning keeps the {'architecture' if kind == 'arch' else kind} "
+                           f"of --init {args.init} ({getattr(init.meta, kind)}); leave {option} out")
+    arch = init.meta.arch if init is not None else args.model or DEFAULT_ARCH
+    task = init.meta.task if init is not None else args.task or "instance"
     normalization = init.meta.normalization if init is not None else None
     examples = []
     for k, (img_path, lab_path) in enumerate(zip(images, labels)):
@@ -190,10 +287,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         for i, (plane, lp, mp) in enumerate(zip(_planes_of(img.data, img.axes), lab_planes, mask_planes)):
             if mp is not None and not mp.any():
                 continue
-            if mp is None and args.task == "instance" and not lp.any() and len(lab_planes) > 1:
+            if mp is None and task == "instance" and not lp.any() and len(lab_planes) > 1:
                 continue  # unlabelled plane of a stack
             try:
-                examples.append(make_example(plane, lp, mp, task=args.task, name=f"{Path(img_path).name}[{i}]",
+                examples.append(make_example(plane, lp, mp, task=task, name=f"{Path(img_path).name}[{i}]",
                                              normalization=normalization))
             except DataError as exc:
                 raise CliError(str(exc)) from exc
@@ -203,7 +300,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in ("batch_size", "patch_size", "lr", "steps_per_epoch"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
-    job = iter_train(examples, arch=args.model, task=args.task, init=init, config=config)
+    job = iter_train(examples, arch=arch, task=task, init=init, config=config)
     bar = _progress_bar(None, "training", not args.quiet)
 
     def show(event: Any) -> None:
@@ -256,25 +353,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.device is not None:
         check_device(args.device)
     model_path = resolve_model_path(args.model)  # an unknown model is refused first
+    meta = read_meta(model_path)
+    out = Path(args.out).expanduser()
+    way = _predict_way(meta, out, args)
+    _refuse_unused(args, meta, way)  # every option is used by this way, or refused here
+    _check_tile_size(args.tile_size, meta)
     inputs = _expand_inputs(args.images)
     for path in inputs:
         if not path.expanduser().exists():
             raise CliError(f"cannot read {path}: no such file or folder")
-    out = Path(args.out).expanduser()
-    if read_meta(model_path).task == "regression":
+    if way == "bulge/disk":
         return _decompose_files(args, inputs, out)
-    if out.name.lower().endswith(".ome.zarr"):
+    if way == "OME-Zarr":
         return _predict_ome_zarr(args, inputs, out)
-    if out.suffix == ".zarr" or args.workers or args.scheduler:
+    if way != "in memory":
         return _predict_batch(args, inputs, out)
     plans = _plan_outputs(inputs, out, args.overwrite)
+    # every input readable (lazy: headers only; not kept open), its diameter known, before any work
+    images = [read_image(path, axes=args.axes, lazy=True, hdu=args.hdu) for path in inputs]
+    _refuse_z_scale_on_planes(args.z_scale, images, inputs)
+    diameters = [_length_px("--diameter", args.diameter, img, path) for img, path in zip(images, inputs)]
+    del images
     model = load_model(args.model, device=args.device)
-    if args.tile_size is not None and args.tile_size <= model.meta.receptive_field:
-        raise CliError(f"--tile-size {args.tile_size} is too small for model '{model.meta.name}' "
-                       f"(receptive field {model.meta.receptive_field} px): use more than {model.meta.receptive_field}")
-    diameters = []  # every input readable (lazy: headers only; not kept open), its diameter known, before any work
-    for path in inputs:
-        diameters.append(_diameter_px(args.diameter, read_image(path, axes=args.axes, lazy=True, hdu=args.hdu), path))
     created = made_dirs(out)
     try:
         _predict_files(args, model, inputs, plans, diameters)
@@ -286,6 +386,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 #: What a folder --out receives per input: labels + object table, or for FITS the FITS products.
 LABEL_PRODUCTS = ("_labels.tif", "_objects.csv")
+#: chunk edge of chunked runs when --chunk-size is not given (pixels)
+DEFAULT_CHUNK_SIZE = 1024
 FITS_PRODUCTS = ("_segm.fits", "_cat.ecsv", "_cat.fits")
 
 
@@ -382,24 +484,33 @@ DECOMPOSITION_PRODUCTS = ("_bulge.fits", "_disk.fits")
 def _decompose_files(args: argparse.Namespace, inputs: list[Path], out: Path) -> int:
     """``<stem>_bulge.fits`` and ``<stem>_disk.fits`` per input (``core.decompose``), under the input HDU's header
     and WCS (``io.fits.write_image``); flux in the input's units, sky subtracted."""
+    from astropy.stats import gaussian_sigma_to_fwhm
+
     from napari_segtool.core.checkpoint import load_model
-    from napari_segtool.core.decompose import decompose
+    from napari_segtool.core.decompose import decompose, has_psf_channel
     from napari_segtool.io.fits import write_image
     from napari_segtool.io.images import read_image
     from napari_segtool.io.outputs import made_dirs, plan_label_outputs, remove_empty_dirs
+    from napari_segtool.kernel.axes import to_canonical
 
-    if out.suffix == ".zarr" or args.workers or args.scheduler:
-        raise CliError("a bulge/disk model writes FITS images: give a folder as --out (no .zarr, --workers, --scheduler)")
+    if out.suffix == ".zarr":
+        raise CliError(f"--out {out.name}: {_IN_MEMORY}")
     plans = plan_label_outputs(inputs, out, [_stem(p) for p in inputs], DECOMPOSITION_PRODUCTS, overwrite=args.overwrite)
-    model = load_model(args.model, device=args.device)
     images = [read_image(path, axes=args.axes, lazy=True, hdu=args.hdu) for path in inputs]  # all readable first
+    model = load_model(args.model, device=args.device)
+    psfs = [_psf_fwhm(args.psf_fwhm, img, path) if has_psf_channel(model.meta) else None
+            for img, path in zip(images, inputs)]  # known for every input before any work
     created = made_dirs(out)
     try:
-        for path, img, paths in zip(inputs, images, plans):
-            result = decompose(model, img.data, tile_size=args.tile_size)
+        for path, img, paths, psf in zip(inputs, images, plans, psfs):
+            plane = to_canonical(img.data, img.axes)[0]  # YXC whatever the file's (or --axes') order
+            result = decompose(model, plane, tile_size=args.tile_size, psf_size=psf)
             cards = {"SEGMODEL": (model.meta.name, "napari-segtool model that made this image"),
                      "SEGSRC": (Path(img.path).name, "image decomposed"),
                      "SEGSKY": (result.sky, "sky level subtracted (input units)")}
+            if result.psf_size is not None:
+                cards["SEGPSF"] = (result.psf_size * gaussian_sigma_to_fwhm, "PSF FWHM (pixels) given to the model")
+                print(f"note: {path.name}: {result.psf_note()}", file=sys.stderr)
             for (name, flux), target in zip(result.layers().items(), paths):
                 write_image(target, flux, img.metadata, {**cards, "SEGCOMP": (name, "component in this image")})
             print(f"{path.name}: bulge {np.nansum(result.bulge):.4g}, disk {np.nansum(result.disk):.4g} "
@@ -421,17 +532,13 @@ def _predict_ome_zarr(args: argparse.Namespace, inputs: list[Path], out: Path) -
     if len(inputs) != 1:
         raise CliError(f"--out {out.name} (OME-Zarr) holds one image's labels, got {len(inputs)} images; "
                        f"give a folder for several")
-    if args.workers or args.scheduler:
-        raise CliError("--workers/--scheduler write a plain .zarr; OME-Zarr labels (--out *.ome.zarr) are made in memory")
     check_output_path(out, inputs, overwrite=args.overwrite)
     table = out.with_name(out.name[: -len(".ome.zarr")] + "_objects.csv")
     check_output_path(table, inputs, overwrite=args.overwrite)
-    model = load_model(args.model, device=args.device)
-    if args.tile_size is not None and args.tile_size <= model.meta.receptive_field:
-        raise CliError(f"--tile-size {args.tile_size} is too small for model '{model.meta.name}' "
-                       f"(receptive field {model.meta.receptive_field} px): use more than {model.meta.receptive_field}")
     img = read_image(inputs[0], axes=args.axes, lazy=True, hdu=args.hdu)
-    diameter = _diameter_px(args.diameter, img, inputs[0])
+    _refuse_z_scale_on_planes(args.z_scale, [img], inputs)
+    diameter = _length_px("--diameter", args.diameter, img, inputs[0])
+    model = load_model(args.model, device=args.device)
     created = made_dirs(out.parent)
     try:
         bar = _progress_bar(None, inputs[0].name, not args.quiet)
@@ -465,18 +572,19 @@ def _predict_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> i
     from napari_segtool.core.checkpoint import resolve_model_path
     from napari_segtool.io.outputs import check_output_path, made_dirs, remove_empty_dirs
 
+    from napari_segtool.io.images import read_image
+
     resolve_model_path(args.model)  # an unknown model is refused before any folder is made
-    if args.hdu is not None:
-        raise CliError("--hdu works with a folder or .ome.zarr --out; chunked runs read the first image HDU")
+    images = [read_image(p, axes=args.axes, lazy=True) for p in inputs]  # headers only
+    _refuse_z_scale_on_planes(args.z_scale, images, inputs)
     diameter = args.diameter
     if diameter is not None and not isinstance(diameter, float):  # a length: one size in pixels for all
-        from napari_segtool.io.images import read_image
-
-        found = {_diameter_px(diameter, read_image(p, axes=args.axes, lazy=True), p) for p in inputs}
+        found = {_length_px("--diameter", diameter, img, p) for img, p in zip(images, inputs)}
         if len(found) > 1:
             raise CliError(f"--diameter {diameter}: these inputs have different pixel sizes; "
                            f"run them separately or give pixels")
         diameter = found.pop()
+    del images
     if out.suffix == ".zarr" and len(inputs) == 1:
         check_output_path(out, inputs, overwrite=args.overwrite)
         created = made_dirs(out.parent)
@@ -505,9 +613,13 @@ def _predict_batch(args: argparse.Namespace, inputs: list[Path], out: Path) -> i
 def _run_batch(args: argparse.Namespace, inputs: list[Path], out: Path, diameter: float | None) -> int:
     """``diameter``: ``--diameter`` in pixels (a length converted with the inputs' pixel size)."""
     from napari_segtool.core.batch import predict_folder, predict_to_zarr
+    from napari_segtool.core.checkpoint import load_model
 
-    kwargs = dict(axes=args.axes, workers=args.workers, scheduler=args.scheduler, chunk_size=args.chunk_size,
-                  diameter=diameter, tile_size=args.tile_size, z_scale=args.z_scale, overwrite=args.overwrite)
+    kwargs = dict(axes=args.axes, workers=args.workers, scheduler=args.scheduler,
+                  chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE, diameter=diameter, tile_size=args.tile_size,
+                  z_scale=args.z_scale, overwrite=args.overwrite)
+    # threads of this process run the model as loaded here, on --device (a cluster's workers: refused before)
+    model = load_model(args.model, device=args.device) if args.device is not None else args.model
     bar = _progress_bar(None, "chunks", not args.quiet)
 
     def progress(done: int, total: int) -> None:
@@ -517,9 +629,9 @@ def _run_batch(args: argparse.Namespace, inputs: list[Path], out: Path, diameter
 
     try:
         if out.suffix == ".zarr" and len(inputs) == 1:
-            reports = [predict_to_zarr(args.model, inputs[0], out, progress=progress, **kwargs)]
+            reports = [predict_to_zarr(model, inputs[0], out, progress=progress, **kwargs)]
         else:
-            reports = predict_folder(args.model, inputs, out, progress=progress, **kwargs)
+            reports = predict_folder(model, inputs, out, progress=progress, **kwargs)
     finally:
         bar.close()
     for r in reports:
@@ -573,10 +685,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_path(out, inputs, overwrite=args.overwrite)
     if out.is_dir():
         raise CliError(f"--out {out} is a folder; give a file name")
+    if args.format != "bioimageio":
+        for given, option in ((args.sample, "--sample"), (args.author, "--author")):
+            if given:
+                raise CliError(f"{option} is used by bioimage.io packages only (--format bioimageio), "
+                               f"not by --format {args.format}")
+    if args.axes and not args.sample:
+        raise CliError("--axes gives the axes of --sample; without --sample there is no image to read")
     sample = None
     if args.sample:
-        if args.format != "bioimageio":
-            raise CliError("--sample is the test image of a bioimage.io package (--format bioimageio)")
         from napari_segtool.io.images import read_image
 
         img = read_image(args.sample, axes=args.axes, lazy=True)
@@ -604,8 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("pairs", nargs="+", metavar="IMAGE LABELS", help="image and label files, alternating")
     from napari_segtool.models.registry import available_architectures  # names only: no torch
 
-    t.add_argument("--model", choices=available_architectures(), default="unet")
-    t.add_argument("--task", choices=["instance", "semantic"], default="instance")
+    t.add_argument("--model", choices=available_architectures(),
+                   help=f"architecture of a new model (default {DEFAULT_ARCH}; with --init, the start's own)")
+    t.add_argument("--task", choices=["instance", "semantic"],
+                   help="instance (default) or semantic; with --init, the start's own")
     t.add_argument("--mask", nargs="+", help="annotated-pixel mask per image (0 = not annotated)")
     t.add_argument("--init", help="fine-tune from this model (name or path)")
     t.add_argument("--epochs", type=_number(int, 1, 1_000_000), default=100)
@@ -633,15 +752,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=_number(int, 32, 16384))
     p.add_argument("--z-scale", type=_number(float, 0, 1000, lo_open=True),
                    help="Z voxel size / XY pixel size of stacks (default: from the file's metadata, else the model's)")
-    p.add_argument("--diameter", type=_diameter,
+    p.add_argument("--diameter", type=_size(("length",), "7.5um"),
                    help="typical object diameter in pixels (24), or as a length (7.5um) converted with each file's "
                         "pixel size (default: estimated per image with the model); the image is run at the "
                         "model's object size and the labels mapped back")
     p.add_argument("--device")
     p.add_argument("--workers", type=_number(int, 1, 1024), help="run chunked on a local dask cluster with N workers")
     p.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://host:8786")
-    p.add_argument("--chunk-size", type=_number(int, 64, 65536), default=1024,
-                   help="chunk edge for chunked runs (pixels)")
+    p.add_argument("--chunk-size", type=_number(int, 64, 65536),
+                   help=f"chunk edge for chunked runs (pixels; default {DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--psf-fwhm", type=_size(("angle", "length"), "1.2arcsec"),
+                   help="bulge/disk models with a PSF input: the field's PSF FWHM in pixels (3.5), or as an angle "
+                        "(1.2arcsec) converted with the FITS WCS pixel scale (default: the header's PSF_FWHM, FWHM "
+                        "or SEEING keyword, else measured on the image's compact sources); other models refuse it")
     p.add_argument("--hdu", metavar="N|NAME", help="FITS inputs: the HDU to segment, by index or EXTNAME "
                    "(default: the first image HDU)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")

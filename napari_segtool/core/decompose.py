@@ -11,15 +11,18 @@ sky. :func:`bulge_to_total` sums them per source of a segmentation map.
 A bulge is a concentrated core, so whether a compact galaxy has one depends on how sharp the seeing
 is: a model with two input channels also takes the field's PSF size (:func:`field_psf_size`, measured
 on the image's own compact bright sources, or given) as a constant second channel
-(:class:`DecompositionInput`, the same for training and prediction).
+(:class:`DecompositionInput`, the same for training and prediction). A user gives it as a FWHM
+(``segtool predict --psf-fwhm``), or the FITS header does (:func:`header_psf_fwhm`: ``PSF_FWHM``,
+``FWHM``, ``SEEING``); :class:`PsfFwhm` says which, in pixels (angles over the WCS pixel scale).
 
 The CLI (``segtool predict astro-bulge-disk``), the napari Segment widget and
 ``benchmarks/bulge_disk.py`` all call :func:`decompose`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -28,10 +31,11 @@ from napari_segtool.core.model import SegModel
 from napari_segtool.core.plan import check_image
 from napari_segtool.kernel.errors import InputError
 from napari_segtool.kernel.events import CancelToken
+from napari_segtool.kernel.meta import ModelMeta
 from napari_segtool.ops.normalize import NormalizedPlane, Normalizer, fit_normalizer
 
-__all__ = ["COMPONENTS", "Decomposition", "DecompositionInput", "decompose", "bulge_to_total", "field_psf_size",
-           "is_decomposition_model"]
+__all__ = ["COMPONENTS", "Decomposition", "DecompositionInput", "PsfFwhm", "decompose", "bulge_to_total",
+           "field_psf_size", "has_psf_channel", "header_psf_fwhm", "is_decomposition_model", "psf_fwhm_pixels"]
 
 #: the components a decomposition model names, in order (``sim.bulge_disk.component_fractions``' channels)
 COMPONENTS = ("bulge", "disk", "other")
@@ -39,6 +43,10 @@ COMPONENTS = ("bulge", "disk", "other")
 PSF_CHANNEL_SCALE = 2.0
 #: the PSF size (pixels) assumed where an image has no source to measure it on (mid-range of training)
 DEFAULT_PSF_SIZE = 1.7
+#: FITS keywords giving a field's PSF FWHM, the first present wins, with the unit taken when the card's comment
+#: names none (``[arcsec]``, ``pixels``...): a seeing is an angle by definition, the others are read as pixels
+PSF_KEYWORDS: tuple[tuple[str, str], ...] = (("PSF_FWHM", "pix"), ("PSFFWHM", "pix"), ("FWHM", "pix"),
+                                             ("SEEING", "arcsec"))
 
 
 @dataclass
@@ -50,16 +58,108 @@ class Decomposition:
     disk: np.ndarray
     other: np.ndarray
     sky: float
+    psf_size: float | None = None  # the PSF sigma (pixels) a two-channel model was given, measured or not
+    psf_origin: str = ""           # where it came from: a PsfFwhm's origin, "given" or "measured on the image"
 
     def layers(self) -> dict[str, np.ndarray]:
         """The galaxy components by name (what the CLI writes and napari shows)."""
         return {"bulge": self.bulge, "disk": self.disk}
+
+    def psf_note(self) -> str:
+        """Which PSF the model was given, for the user (empty for a model without the PSF channel)."""
+        if self.psf_size is None:
+            return ""
+        from astropy.stats import gaussian_sigma_to_fwhm
+
+        return f"PSF FWHM {self.psf_size * gaussian_sigma_to_fwhm:.3g} px ({self.psf_origin})"
 
 
 def is_decomposition_model(model: SegModel) -> bool:
     """Whether ``model`` is a bulge/disk regression model (:func:`decompose` runs it)."""
     return (model.meta.task == "regression" and tuple(model.meta.classes) == COMPONENTS
             and model.meta.in_channels in (1, 2))
+
+
+def has_psf_channel(meta: ModelMeta) -> bool:
+    """Whether a model (its ``ModelMeta``: known before loading it) decomposes with the PSF size as its
+    second input channel."""
+    return meta.task == "regression" and tuple(meta.classes) == COMPONENTS and meta.in_channels == 2
+
+
+@dataclass(frozen=True)
+class PsfFwhm:
+    """The PSF FWHM a field is decomposed with, in its pixels, and where it came from (said to the user)."""
+
+    pixels: float
+    origin: str  # e.g. "--psf-fwhm 1.2 arcsec", "header SEEING = 0.9 (arcsec, from its comment)"
+
+    @property
+    def sigma(self) -> float:
+        """The Gaussian sigma in pixels: what :func:`decompose` takes as ``psf_size``."""
+        from astropy.stats import gaussian_fwhm_to_sigma
+
+        return self.pixels * gaussian_fwhm_to_sigma
+
+
+def psf_fwhm_pixels(fwhm: Any, metadata: Mapping[str, Any]) -> float | None:
+    """A FWHM (an astropy Quantity) in the image's pixels: ``pix`` as it is, an angle over the pixel scale of
+    the image's celestial WCS (``metadata`` of ``read_image`` or a napari layer; the mean of its two axes);
+    ``None`` for an angle without a celestial WCS, or a unit that is neither."""
+    import astropy.units as u
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    from napari_segtool.io.fits import celestial_wcs
+
+    if fwhm.unit.is_equivalent(u.pix):
+        return float(fwhm.to_value(u.pix))
+    wcs = celestial_wcs(metadata) if fwhm.unit.physical_type == "angle" else None
+    if wcs is None:
+        return None
+    scale = float(np.mean(proj_plane_pixel_scales(wcs))) * u.Unit(wcs.wcs.cunit[0] or "deg")
+    return float((fwhm / scale).decompose().value)
+
+
+def header_psf_fwhm(metadata: Mapping[str, Any]) -> PsfFwhm | None:
+    """The PSF FWHM a FITS image's header gives (:data:`PSF_KEYWORDS`, unit from the card's comment when it
+    names one), in pixels; ``None`` without such a keyword, or with one that cannot be used (not a positive
+    number, an angle without a WCS)."""
+    import astropy.units as u
+
+    from napari_segtool.io.fits import fits_header
+
+    header = fits_header(metadata)
+    if header is None:
+        return None
+    for key, default in PSF_KEYWORDS:
+        value = header.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+            continue
+        comment = str(header.comments[key])
+        unit = _comment_unit(comment)
+        fwhm = value * (unit or u.Unit(default))
+        pixels = psf_fwhm_pixels(fwhm, metadata)
+        if pixels is not None and pixels > 0:
+            said = f"{unit}, from its comment" if unit is not None else f"{default} assumed: its comment names no unit"
+            return PsfFwhm(pixels, f"header {key} = {value:g} ({said})")
+    return None
+
+
+def _comment_unit(comment: str) -> Any:
+    """The unit a FITS card's comment names: ``[unit]`` (the FITS standard's way), else a word such as arcsec
+    or pixels; ``None`` when it names none."""
+    import astropy.units as u
+
+    bracket = re.match(r"\s*\[([^\]]+)\]", comment)
+    words = [bracket.group(1)] if bracket else []
+    words += re.findall(r"arcsec|arcmin|deg|pix", comment.lower())
+    for word in words:
+        try:
+            unit = u.Unit(word.strip())
+        except ValueError:
+            continue
+        if unit.is_equivalent(u.pix) or unit.physical_type == "angle":
+            return unit
+    return None
 
 
 def field_psf_size(image: np.ndarray) -> float | None:
@@ -118,12 +218,12 @@ class DecompositionInput:
         return cls(plane, normalizer, psf_size if in_channels == 2 else None)
 
 
-def decompose(model: SegModel, image: Any, *, psf_size: float | None = None, tile_size: int | None = None,
+def decompose(model: SegModel, image: Any, *, psf_size: "float | PsfFwhm | None" = None, tile_size: int | None = None,
               progress: Any = None, cancel: CancelToken | None = None) -> Decomposition:
     """Split a 2D sky image (``YX``, or ``YXC`` with one channel) into bulge, disk and other flux.
 
-    ``psf_size``: the PSF's sigma in pixels (about FWHM / 2.35; :func:`field_psf_size`), for a model
-    that takes it; measured on the image when not given."""
+    ``psf_size``: the PSF's sigma in pixels (about FWHM / 2.35; :func:`field_psf_size`), or a :class:`PsfFwhm`
+    (its origin is kept in the result), for a model that takes it; measured on the image when not given."""
     if not is_decomposition_model(model):
         raise InputError(f"model '{model.meta.name or model.meta.arch}' is not a bulge/disk decomposition model "
                          f"(task {model.meta.task}, outputs {', '.join(model.meta.classes)})")
@@ -133,6 +233,9 @@ def decompose(model: SegModel, image: Any, *, psf_size: float | None = None, til
         data = data[..., 0]
     if data.ndim != 2:
         raise InputError(f"bulge/disk decomposition needs one 2D plane (YX), got shape {tuple(np.shape(image))}")
+    origin = "given" if psf_size is not None else "measured on the image"
+    if isinstance(psf_size, PsfFwhm):
+        psf_size, origin = psf_size.sigma, psf_size.origin
     if psf_size is not None and not (np.isfinite(psf_size) and psf_size > 0):
         raise InputError(f"the PSF size must be a positive number of pixels, got {psf_size}")
     inputs = DecompositionInput.of(data, model.meta.normalization, model.meta.in_channels, psf_size)
@@ -141,7 +244,9 @@ def decompose(model: SegModel, image: Any, *, psf_size: float | None = None, til
     sky = float(inputs.image.normalizer.lo[0])
     flux = data - sky
     bulge, disk, other = (np.asarray(shares[k] * flux, np.float32) for k in range(3))
-    return Decomposition(bulge, disk, other, sky)
+    if inputs.psf_value is None:
+        return Decomposition(bulge, disk, other, sky)
+    return Decomposition(bulge, disk, other, sky, inputs.psf_value * PSF_CHANNEL_SCALE, origin)
 
 
 def bulge_to_total(result: Decomposition, labels: np.ndarray) -> dict[int, float]:
