@@ -13,6 +13,9 @@ The Segment widget hands each finished prediction of one plane (or of its visibl
   ``.fits`` (:func:`napari_segtool.plugin.writers.write_labels_fits`) keeps them.
 
 Other images get the model's own rows (``Prediction.tables``) unchanged.
+
+A bulge/disk model with a PSF input gets the PSF FWHM of the layer's FITS header
+(:func:`layer_psf_fwhm`, as ``segtool predict`` reads it), else measures it on the image.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from napari_segtool.plugin._layers import META_KEY
 
-__all__ = ["fits_features", "is_fits_layer", "FITS_KEYS"]
+__all__ = ["fits_features", "is_fits_layer", "layer_psf_fwhm", "FITS_KEYS"]
 
 #: Metadata entries of a FITS image layer that travel to its labels layer.
 FITS_KEYS = ("fits_header", "wcs_header", "fits_hdu", "fits_extname", "original_shape")
@@ -32,6 +35,16 @@ def is_fits_layer(layer: Any) -> bool:
     """True for an image layer read from a FITS file by this plugin's reader."""
     meta = getattr(layer, "metadata", None) or {}
     return (meta.get(META_KEY) or {}).get("format") == "fits" and isinstance(meta.get("fits_header"), str)
+
+
+def layer_psf_fwhm(layer: Any) -> Any:
+    """The PSF FWHM the FITS header of an image layer gives (``core.decompose.header_psf_fwhm``: PSF_FWHM,
+    FWHM, SEEING, angles over the layer's WCS pixel scale), or ``None`` (the model measures it)."""
+    if not is_fits_layer(layer):
+        return None
+    from napari_segtool.core.decompose import header_psf_fwhm
+
+    return header_psf_fwhm(layer.metadata)
 
 
 def fits_features(image: Any, target: Any, plane: Any, crop: tuple[slice, slice] | None,

@@ -511,7 +511,8 @@ class SegmentWidget(SavesWithWindow, JobWidget):
                 self.viewer.layers.remove(name)
             self.viewer.add_image(flux, name=name, scale=scale, translate=translate, colormap="gray",
                                   metadata={L.META_KEY: {"derived_from": image.name}})
-        self.status_label.setText(f"done: bulge and disk images of '{image.name}' (sky {result.sky:.4g} subtracted)")
+        self.status_label.setText(f"done: bulge and disk images of '{image.name}' (sky {result.sky:.4g} subtracted"
+                                  + (f"; {result.psf_note()})" if result.psf_note() else ")"))
 
     def _on_predict_requested(self, image_layer: Any) -> None:
         if image_layer is None or image_layer not in self.viewer.layers:
@@ -548,10 +549,14 @@ def _new_labels(job: SegmentJob, prediction: Any) -> np.ndarray:
 def _decompose(model: Any, job: SegmentJob, cancel: Any, tile_callback: Any) -> Any:
     """The worker's run of a bulge/disk model on the job's plane (or region)."""
     from napari_segtool.core.decompose import decompose
+    from napari_segtool.plugin.astro import layer_psf_fwhm
 
     if job.crop is None:
         raise UserError("a bulge/disk model splits one plane: choose the current slice or the visible region")
-    return decompose(model, np.asarray(job.data), tile_size=job.tile_size, progress=tile_callback, cancel=cancel)
+    if job.diameter is not None:  # never silently ignored (#11)
+        raise UserError("a bulge/disk model runs on the field's own pixels: set the Object size to auto")
+    return decompose(model, np.asarray(job.data), tile_size=job.tile_size, progress=tile_callback, cancel=cancel,
+                     psf_size=layer_psf_fwhm(job.image))
 
 
 def _is_input_image(layer: Any) -> bool:
