@@ -17,6 +17,11 @@ ground truth; ``benchmarks/real_data.py`` gives the real nuclei image, 512², ~2
   :func:`~napari_segtool.core.batch.predict_to_zarr` on a 2-worker local cluster, 512-px chunks.
 * ``--stack``: the real 3D stack plain, chunked, and with XY magnified ×2.
 * ``--astro``: simulated fields, plain / framed / 2×2 mosaic / chunked.
+* ``--diagnose``: per magnification, the estimated diameter, the factor the engine chose and the
+  objects' size on the model grid (beside the plain image's), AP, and the *oracle* AP with the
+  factor forced to the plain image's factor divided by the magnification (the plain run's grid).
+  Oracle ≈ plain and engine < plain: the size estimate or the factor policy is at fault, not
+  the resampling.
 
 Every prediction goes through the same public functions the CLI and the widgets call.
 ``size`` is the object diameter (input pixels) the engine estimated for the condition.
@@ -131,6 +136,29 @@ def nuclei_conditions(model, mosaic_k: int, with_chunked: bool) -> None:
         scored("mosaic 4x4 chunked (zarr, 2 workers)", lambda: (chunked(model, img, "YX"), lab), plain)
 
 
+def diagnose_magnifications(model) -> None:
+    """Where a magnification loses AP: the size estimate, the factor policy, or the resampling itself."""
+    from unittest import mock
+
+    import napari_segtool.core.plan as plan
+
+    image, gt = nuclei_2d()
+    image = image.astype(np.float32)
+    base = predict(model, image)
+    for m in (0.5, 1.0, 2.0, 3.0, 4.0):
+        img, lab = (image, gt) if m == 1 else magnify(image, gt, m)
+        pred = predict(model, img)
+        ap = instance_scores(pred.labels, lab)["ap50"]
+        oracle_factor = base.scale_factor / m
+        with mock.patch.object(plan, "scale_factor", lambda scale, diameter: oracle_factor):
+            oracle = predict(model, img, diameter=base.diameter * m)  # the plain run's grid, exactly
+        grid = (pred.diameter or 0.0) * pred.scale_factor
+        print(f"  x{m:<4g} estimate {pred.diameter or 0:6.1f} (plain x m {base.diameter * m:6.1f})  factor "
+              f"{pred.scale_factor:.3f} -> grid {grid:5.1f} (plain {base.diameter * base.scale_factor:5.1f})  "
+              f"AP {ap:.3f}  oracle factor {oracle_factor:.3f}: AP {instance_scores(oracle.labels, lab)['ap50']:.3f}",
+              flush=True)
+
+
 def stack_conditions(model, with_chunked: bool) -> None:
     stack, gt = nuclei_3d()
     stack = stack.astype(np.float32)
@@ -187,9 +215,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stack", action="store_true", help="also the real 3D stack")
     parser.add_argument("--astro", action="store_true", help="simulated sky fields (for astro-sources)")
     parser.add_argument("--fields", type=int, default=6)
+    parser.add_argument("--diagnose", action="store_true",
+                        help="only the magnifications: estimate, factor, grid size, AP and the oracle factor's AP")
     args = parser.parse_args(argv)
     for name in args.models:
         model = load_model(name)
+        if args.diagnose:
+            print(f"{name}: magnification diagnosis")
+            diagnose_magnifications(model)
+            continue
         print(f"{name}:  {'condition':34s} {'AP@0.5':>7s} {'vs plain':>7s} {'mean AP':>8s} {'size':>6s} "
               f"{'seconds':>8s}")
         if args.astro:
