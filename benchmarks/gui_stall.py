@@ -215,7 +215,7 @@ NAPARI_ALONE_ROWS = (
     ("open sample", "add_image 16x256x256 float32 (first image layer)"),
     ("(a) Segment click + whole stack", "add_labels 16x256x256 int32 (first labels layer)"),
     ("(a) Segment click + one slice", "add_image 256x256 float32 (second image layer)"),
-    ("(d) Batch run", "add_labels lazy zarr 16x256x256 (second labels layer)"),
+    ("(d) Batch run + result layer", "add_labels lazy zarr 16x256x256 (second labels layer)"),
     ("(e) Segment whole stack", "add_labels 2x2048x2048 int32 (third labels layer)"),
 )
 
