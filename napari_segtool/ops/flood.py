@@ -19,12 +19,12 @@ face-connected piece around it. Here, with the same peaks in the same order and 
   The spacing pass only concerns candidates of one component closer than ``min_distance``, and runs
   only for them.
 * flood (:func:`flood_from_peaks`): a component with one seed becomes the face-connected piece
-  holding the seed (what the watershed's face-connected flood reaches); a component with several
-  seeds is flooded alone, on its bounding box. That equals the whole image's watershed because
-  scikit-image's priority queue orders pixels by (height, push order): the pixels of one component
-  are popped in the same order whatever else is in the queue, provided no two of its seeds have the
-  same height (seeds all enter with push order 0, and the heap would then break their tie by its
-  layout). If two have, the whole image is flooded as scikit-image would.
+  holding the seed (what the watershed's face-connected flood reaches); components with several
+  seeds are flooded a few neighbours at a time, on their bounding boxes. That equals the whole
+  image's watershed because scikit-image's priority queue orders pixels by (height, push order): the
+  pixels of one component are popped in the same order whatever else is in the queue, provided no two
+  of its seeds have the same height (seeds all enter with push order 0, and the heap would then break
+  their tie by its layout). If two have, the whole image is flooded as scikit-image would.
 """
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ from scipy.spatial import cKDTree
 from skimage import segmentation
 
 __all__ = ["component_peaks", "flood_from_peaks"]
+
+#: components with several seeds whose boxes start in one tile of this many pixels (per axis) are flooded in one
+#: watershed on the union of their boxes: a short queue and few calls (2048² nuclei plane: 0.51 CPU s flooding
+#: each component alone, 0.42 per 128 px tile, 0.49 per 512 px tile, 0.9 the whole image at once)
+FLOOD_TILE = 128
 
 
 def component_peaks(relief: np.ndarray, components: np.ndarray, half: Sequence[int]) -> np.ndarray:
@@ -136,9 +141,18 @@ def flood_from_peaks(relief: np.ndarray, components: np.ndarray, peaks: np.ndarr
         return segmentation.watershed(-relief, markers=seeds, mask=foreground)
     seeds[tuple(c[several] for c in where)] = ids[several]
     lowland = -relief
-    for k, box in enumerate(ndi.find_objects(components), start=1):
-        if box is not None and count[k] > 1:  # one small watershed per component: a short queue, in cache
-            inside = components[box] == k
-            view = labels[box]
-            view[inside] = segmentation.watershed(lowland[box], markers=seeds[box], mask=inside)[inside]
+    boxes = ndi.find_objects(components)
+    crowded = np.flatnonzero(count > 1)
+    starts = np.array([[axis.start for axis in boxes[k - 1]] for k in crowded])
+    stops = np.array([[axis.stop for axis in boxes[k - 1]] for k in crowded])
+    tile = np.ravel_multi_index(tuple((starts // FLOOD_TILE).T), tuple(-(-np.array(relief.shape) // FLOOD_TILE)))
+    order = np.argsort(tile, kind="stable")
+    member = np.zeros(count.size, bool)
+    for group in np.split(order, np.flatnonzero(np.diff(tile[order])) + 1):
+        box = tuple(slice(a, b) for a, b in zip(starts[group].min(axis=0), stops[group].max(axis=0)))
+        member[crowded[group]] = True
+        inside = member[components[box]]
+        member[crowded[group]] = False
+        view = labels[box]
+        view[inside] = segmentation.watershed(lowland[box], markers=seeds[box], mask=inside)[inside]
     return labels
