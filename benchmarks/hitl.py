@@ -398,8 +398,8 @@ def source_state() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "napari_segtool", "benchmarks").splitlines()
-               if not line.startswith("??")]
+    changed = [line.split(maxsplit=1)[-1] for line in git("status", "--porcelain", "--", "napari_segtool",
+                                                             "benchmarks").splitlines() if not line.startswith("??")]
     return {"commit": git("rev-parse", "HEAD"), "changed_files": changed}
 
 
