@@ -114,12 +114,18 @@ def _batch(sampler: PatchSampler, cfg: TrainConfig, rng: np.random.Generator):
 
 
 def _validate(model: SegModel, val: Sequence[Example], device: torch.device) -> tuple[str, float]:
+    """The architecture's validation score of the held-out annotated region of each example (mean).
+
+    Each region is predicted in the prediction path's own tiles (a stripe this small is one tile plus
+    its halo). Tiles of 256 px with the nuclei model's 112 px halo kept a 32 px core: 24 tiles, 79x the
+    pixels of the 78x256 held-out stripe of the real nuclei half-image, 1.56 s CPU per epoch against 0.27 s.
+    """
     arch = model.architecture
     scores, name = [], "score"
     for ex in val:
         ys, xs = np.nonzero(ex.annotated)
         sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-        pred = arch.predict_plane(model.net, ex.image[sl], model.meta, device=device, tile_size=256).labels
+        pred = arch.predict_plane(model.net, ex.image[sl], model.meta, device=device).labels
         name, value = arch.validation_score(pred, ex.labels[sl], ex.annotated[sl], model.meta)
         scores.append(value)
     return name, float(np.mean(scores)) if scores else float("nan")

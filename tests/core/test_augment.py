@@ -39,3 +39,22 @@ def test_resolution_augmentation_changes_only_the_image():
     coarse = augment(patch, 64, np.random.default_rng(1), on)
     np.testing.assert_array_equal(plain.labels, coarse.labels)
     assert _fine_detail(coarse.image) < 0.5 * _fine_detail(plain.image)
+
+
+def test_geometric_augmentation_keeps_each_pixels_label_and_mask_together():
+    """Labels and the annotated mask are resampled at the same source pixel; pixels mapped from outside
+    the source patch are unannotated background."""
+    n = 96
+    ids = np.arange(1, n * n + 1, dtype=np.int32).reshape(n, n)  # every source pixel its own id
+    mask = np.random.default_rng(2).random((n, n)) < 0.5
+    patch = Patch(_texture(n), ids, mask)
+    cfg = AugmentConfig(p_similarity=1.0, scale_range=(0.7, 1.3), p_elastic=1.0, p_intensity=0)
+    outside = 0
+    for seed in range(6):
+        out = augment(patch, 64, np.random.default_rng(seed), cfg)
+        assert out.labels.dtype == ids.dtype and out.annotated.dtype == bool
+        inside = out.labels > 0
+        np.testing.assert_array_equal(out.annotated[inside], mask.ravel()[out.labels[inside] - 1])
+        assert not out.annotated[~inside].any()
+        outside += int((~inside).sum())
+    assert outside > 0  # some draws reach beyond the source patch
