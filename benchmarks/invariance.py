@@ -136,12 +136,21 @@ def nuclei_conditions(model, mosaic_k: int, with_chunked: bool) -> None:
         scored("mosaic 4x4 chunked (zarr, 2 workers)", lambda: (chunked(model, img, "YX"), lab), plain)
 
 
-def diagnose_magnifications(model) -> None:
-    """Where a magnification loses AP: the size estimate, the factor policy, or the resampling itself."""
+def at_factor(model, image: np.ndarray, factor: float, diameter: float) -> Any:
+    """``predict`` with the resampling factor forced (the size estimate and the factor policy bypassed)."""
     from unittest import mock
 
     import napari_segtool.core.plan as plan
 
+    with mock.patch.object(plan, "scale_factor", lambda scale, image_diameter: factor):
+        return predict(model, image, diameter=diameter)
+
+
+def diagnose_magnifications(model, grids: tuple[float, ...] = (13.5, 16.0, 20.0, 24.0, 28.0)) -> None:
+    """Where a magnification loses AP: the size estimate, the factor policy, or the model's response to size.
+
+    Last line: the plain image run with its objects at several sizes on the model grid (factor forced).
+    """
     image, gt = nuclei_2d()
     image = image.astype(np.float32)
     base = predict(model, image)
@@ -150,13 +159,15 @@ def diagnose_magnifications(model) -> None:
         pred = predict(model, img)
         ap = instance_scores(pred.labels, lab)["ap50"]
         oracle_factor = base.scale_factor / m
-        with mock.patch.object(plan, "scale_factor", lambda scale, diameter: oracle_factor):
-            oracle = predict(model, img, diameter=base.diameter * m)  # the plain run's grid, exactly
+        oracle = at_factor(model, img, oracle_factor, base.diameter * m)  # the plain run's grid, exactly
         grid = (pred.diameter or 0.0) * pred.scale_factor
         print(f"  x{m:<4g} estimate {pred.diameter or 0:6.1f} (plain x m {base.diameter * m:6.1f})  factor "
               f"{pred.scale_factor:.3f} -> grid {grid:5.1f} (plain {base.diameter * base.scale_factor:5.1f})  "
               f"AP {ap:.3f}  oracle factor {oracle_factor:.3f}: AP {instance_scores(oracle.labels, lab)['ap50']:.3f}",
               flush=True)
+    aps = [instance_scores(at_factor(model, image, g / base.diameter, base.diameter).labels, gt)["ap50"] for g in grids]
+    print("  plain image, objects on the model grid at " + "  ".join(f"{g:g} px: {a:.3f}" for g, a in zip(grids, aps)),
+          flush=True)
 
 
 def stack_conditions(model, with_chunked: bool) -> None:
