@@ -457,7 +457,7 @@ def _prefetch_prompt_imports() -> None:
     _PREFETCHED = True
 
     def job() -> None:
-        import napari_segtool.ops.postprocess  # noqa: F401  (split_by_shape: skimage.feature)
+        import napari_segtool.ops.postprocess  # noqa: F401  (split_by_shape: ops.flood, skimage.segmentation)
         import skimage.draw  # noqa: F401
         import skimage.filters  # noqa: F401
         import skimage.morphology  # noqa: F401
