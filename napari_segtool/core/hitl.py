@@ -936,6 +936,7 @@ def iter_effort(
     freeze: Sequence[str] = (),
     review: bool = False,
     costs: ActionCosts = COSTS,
+    warm_start: bool = True,
     cancel: CancelToken | None = None,
 ) -> Generator[EffortRound, None, list[EffortRound]]:
     """Correct → fine-tune → re-predict, counting user actions; yields an :class:`EffortRound` per round.
@@ -955,7 +956,9 @@ def iter_effort(
     ``freeze``: from :func:`few_object_init`. ``costs``: :class:`ActionCosts`. ``review``: the
     annotator marks the plane reviewed (one action) once it finds nothing left to correct;
     later rounds then train again on the reviewed plane without new actions (Train pressed
-    again: the seconds count, the actions do not grow).
+    again: the seconds count, the actions do not grow). ``warm_start=False``: every round
+    fine-tunes ``model`` itself on all corrections so far (the Train widget with the starting
+    model chosen again) instead of the previous round's model.
     """
     cfg = replace(train or HitlConfig().train, time_budget=time_budget)
     heldout = [(np.asarray(img), np.asarray(gt)) for img, gt in heldout]
@@ -984,7 +987,8 @@ def iter_effort(
             annotated = training_mask(ann.plane.labels, ann.plane.edited, training_margin)
             example = make_example(train_image, ann.plane.labels, annotated, normalization=norm,
                                    name=f"effort-{rnd}")
-            init = few_object_init(current, freeze=freeze) if freeze else current
+            start = current if warm_start else model
+            init = few_object_init(start, freeze=freeze) if freeze else start
             res = run_job(_train_project.iter_fit([example], init, replace(cfg, seed=seed + rnd), cancel))
             current, train_seconds = res.model, res.seconds
         except DataError:

@@ -328,3 +328,33 @@ def test_the_effort_benchmark_runs_the_core_functions_of_the_widgets(monkeypatch
     for own_logic in ("def merge", "np.isin(", "binary_dilation", " watershed(", "def repaint", "from scipy"):
         assert own_logic not in source
     assert hitl.edited_pixels is edits.edited_pixels and hitl.training_mask is edits.training_mask
+
+
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_effort_rounds_fine_tune_the_previous_model_or_the_start(monkeypatch, init_model, warm_start):
+    """iter_effort's round 2 fine-tunes round 1's model (warm start, the widget after a round) or the
+    starting model again (``warm_start=False``)."""
+    from napari_segtool.core import train_project
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.hitl import iter_effort
+    from napari_segtool.core.train import TrainConfig
+
+    inits, annotated, results = [], [], []
+    real = train_project.iter_fit
+
+    def spy(examples, init, *args, **kwargs):
+        inits.append(init)
+        annotated.append(int(examples[0].annotated.sum()))
+        result = yield from real(examples, init, *args, **kwargs)
+        results.append(result.model)
+        return result
+
+    monkeypatch.setattr(train_project, "iter_fit", spy)
+    image, labels = draw_objects((128, 192), n=28, seed=11, touching=False)
+    train_pair, held = split_image(image, labels)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, patch_size=64, batch_size=2, val_fraction=0.0, num_threads=1)
+    model = load_model(init_model)
+    list(iter_effort(model, *train_pair, [held], "repaint", actions_per_round=4, rounds=2, target_ap50=1.01,
+                     train=cfg, time_budget=None, warm_start=warm_start))
+    assert len(inits) == 2 and inits[0] is model and min(annotated) > 0
+    assert inits[1] is (results[0] if warm_start else model)
