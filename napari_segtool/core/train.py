@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generator, Sequence
 
@@ -113,6 +114,40 @@ def _batch(sampler: PatchSampler, cfg: TrainConfig, rng: np.random.Generator):
     return patches
 
 
+#: device types on which the next batch is drawn in a worker thread while the network trains on the current
+#: one. On an accelerator that thread uses a core that would wait (H200, nuclei fine-tune, 60 steps + 6 validations:
+#: 11.3 -> 9.9 s); on a CPU torch's threads already fill the cores (2 cores: same wall time, +3 % CPU).
+PREFETCH_ON = ("cuda", "mps")
+
+
+class _Batches:
+    """The training batches of :func:`_batch`, in order; with ``prefetch`` the next one is drawn in one worker
+    thread while the caller trains on the current one.
+
+    Sampling, augmentation and the copies around them hold no torch state, so they can run beside the
+    forward and backward passes (which release the GIL). After the first draw only the worker uses ``rng``,
+    one batch after another, so the batches -- and the losses of a seeded run -- are those of drawing them in
+    the loop.
+    """
+
+    def __init__(self, sampler: PatchSampler, cfg: TrainConfig, rng: np.random.Generator, prefetch: bool):
+        self._args = (sampler, cfg, rng)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="segtool-batches") if prefetch else None
+        self._next: Future | None = None
+
+    def next(self) -> list:
+        if self._pool is None:
+            return _batch(*self._args)
+        batch = (self._next or self._pool.submit(_batch, *self._args)).result()
+        self._next = self._pool.submit(_batch, *self._args)
+        return batch
+
+    def close(self) -> None:
+        """Stop the worker (after the batch it is drawing, which is dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _validate(model: SegModel, val: Sequence[Example], device: torch.device) -> tuple[str, float]:
     """The architecture's validation score of the held-out annotated region of each example (mean).
 
@@ -209,8 +244,10 @@ def iter_train(
     anchor = Anchor(model.net, cfg.fine_tune) if init is not None else None
     _train_mode(model, anchor)
 
+    batches = _Batches(sampler, cfg, rng, prefetch=device.type in PREFETCH_ON)
+
     def batch_loss() -> torch.Tensor:
-        batch = _batch(sampler, cfg, rng)
+        batch = batches.next()
         if anchor is None:
             return architecture.loss(model.net, batch, model.meta, device)
         with anchor.watch(model.net):
@@ -221,10 +258,13 @@ def iter_train(
     def score(losses: list[float]) -> tuple[str, float]:
         return _validate(model, val_set, device) if val_set else ("train_loss", -float(np.mean(losses)))
 
-    run = yield from iter_optimise(
-        model.net, cfg, batch_loss, start=start, cancel=cancel, score=score,
-        train_mode=lambda: _train_mode(model, anchor),
-        after_step=None if anchor is None else lambda lr: anchor.pull(model.net, lr))
+    try:
+        run = yield from iter_optimise(
+            model.net, cfg, batch_loss, start=start, cancel=cancel, score=score,
+            train_mode=lambda: _train_mode(model, anchor),
+            after_step=None if anchor is None else lambda lr: anchor.pull(model.net, lr))
+    finally:
+        batches.close()
     if anchor is not None:
         anchor.finish(model.net)  # the averaged weights, when fine-tuning averages them
     seconds = time.perf_counter() - start

@@ -191,6 +191,24 @@ def test_training_is_reproducible_with_seed():
         torch.testing.assert_close(va, vb)
 
 
+def test_batches_drawn_ahead_in_a_thread_train_exactly_as_drawn_in_the_loop(monkeypatch):
+    """Prefetching changes when a batch is drawn, not which: same seed, same losses and weights."""
+    import napari_segtool.core.train as train_module
+
+    ex = make_example(*draw_objects((96, 96), n=8, seed=8))
+    cfg = dict(epochs=2, steps_per_epoch=4, batch_size=2, patch_size=32, val_fraction=0.2, seed=5)
+    runs = {}
+    for prefetch in (False, True):
+        monkeypatch.setattr(train_module, "PREFETCH_ON", ("cpu",) if prefetch else ())
+        losses = []
+        res = train([ex], config=TrainConfig(**cfg), arch_kwargs={"depth": 1, "width": 4},
+                    callback=lambda e: losses.append(e.loss) if isinstance(e, TrainStep) else None)
+        runs[prefetch] = (losses, res.model.net.state_dict())
+    assert len(runs[True][0]) == 8 and runs[True][0] == runs[False][0]
+    for key, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][key], value, rtol=0, atol=0)
+
+
 def test_fine_tuning_keeps_architecture_and_checks_channels(tiny_model):
     init = load_model(tiny_model)
     ex = make_example(*draw_objects((64, 64), n=5, seed=9))
