@@ -188,3 +188,26 @@ def test_finished_is_relabel_sequential_of_remove_small():
         for min_size in (0, 1, 3, 8):
             assert np.array_equal(postprocess._finished(labels.astype(np.int32), min_size),
                                   reference_finished(labels.astype(np.int32), min_size))
+
+
+@pytest.mark.parametrize("sampling", [None, (1.0, 1.0, 1.0), (2.0, 1.0, 1.0), (1.3, 1.0, 1.0)])
+def test_distance_inside_is_scipys_edt(sampling):
+    """The shape split's distance transform (the ``edt`` package) gives scipy's values: to the bit for
+    pixels and integer voxel sizes, to float32 rounding otherwise; the image edge is not background."""
+    from scipy import ndimage as ndi
+
+    from napari_segtool.ops.postprocess import distance_inside
+
+    rng = np.random.default_rng(7)
+    shape = (300, 257) if sampling is None else (10, 90, 77)
+    masks = [ndi.gaussian_filter(rng.random(shape), 3) > 0.5 for _ in range(3)]
+    masks += [np.ones(shape, bool), np.zeros(shape, bool)]
+    masks[0][(slice(None),) * (len(shape) - 1) + (slice(0, 20),)] = True  # objects cut by the edge
+    for mask in masks:
+        ref = ndi.distance_transform_edt(mask, sampling=sampling).astype(np.float32)
+        got = distance_inside(mask, sampling)
+        assert got.dtype == np.float32 and got.shape == mask.shape
+        if sampling is None or all(float(s).is_integer() for s in sampling):
+            assert np.array_equal(got, ref)
+        else:
+            np.testing.assert_allclose(got, ref, rtol=1e-6)
