@@ -29,12 +29,14 @@ face-connected piece around it. Here, with the same peaks in the same order and 
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from skimage import segmentation
+
+from napari_segtool.ops.parallel import each, in_bands
 
 __all__ = ["component_peaks", "flood_from_peaks"]
 
@@ -55,10 +57,10 @@ def component_peaks(relief: np.ndarray, components: np.ndarray, half: Sequence[i
     if not inside.any():
         return np.empty((0, relief.ndim), np.intp)
     masked = np.where(inside, relief, -np.inf).astype(relief.dtype, copy=False)
-    near = ndi.maximum_filter(masked, size=3, mode="constant", cval=-np.inf)
+    near = in_bands(_box_maximum((1,) * relief.ndim), masked, margin=1)
     candidates = np.flatnonzero(inside & (relief == near))  # maxima of the 3^ndim neighbourhood: the only candidates
     if candidates.size > relief.size // 256:  # plateaus: those topping the whole foreground's box are sure
-        box = ndi.maximum_filter(masked, size=[2 * int(h) + 1 for h in half], mode="constant", cval=-np.inf)
+        box = in_bands(_box_maximum(half), masked, margin=int(half[-2]))
         unsure = relief.ravel()[candidates] < box.ravel()[candidates]
     else:
         unsure = np.ones(candidates.size, bool)
@@ -81,6 +83,12 @@ def component_peaks(relief: np.ndarray, components: np.ndarray, half: Sequence[i
     if min_distance > 1 and len(coords):
         coords = coords[_spaced(coords, label[order], min_distance)]
     return coords.astype(np.intp, copy=False)
+
+
+def _box_maximum(half: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
+    """The maximum over the box of half-sizes ``half`` around each pixel (outside the array: -inf)."""
+    return lambda heights: ndi.maximum_filter(heights, size=[2 * int(h) + 1 for h in half], mode="constant",
+                                              cval=-np.inf)
 
 
 def _tops_own_box(relief: np.ndarray, components: np.ndarray, flat: np.ndarray, half: Sequence[int]) -> np.ndarray:
@@ -148,11 +156,17 @@ def flood_from_peaks(relief: np.ndarray, components: np.ndarray, peaks: np.ndarr
     tile = np.ravel_multi_index(tuple((starts // FLOOD_TILE).T), tuple(-(-np.array(relief.shape) // FLOOD_TILE)))
     order = np.argsort(tile, kind="stable")
     member = np.zeros(count.size, bool)
+    groups = []
     for group in np.split(order, np.flatnonzero(np.diff(tile[order])) + 1):
         box = tuple(slice(a, b) for a, b in zip(starts[group].min(axis=0), stops[group].max(axis=0)))
         member[crowded[group]] = True
-        inside = member[components[box]]
+        groups.append((box, member[components[box]]))
         member[crowded[group]] = False
+
+    def flood(group: tuple[tuple[slice, ...], np.ndarray]) -> None:  # groups own disjoint pixels: run side by side
+        box, inside = group
         view = labels[box]
         view[inside] = segmentation.watershed(lowland[box], markers=seeds[box], mask=inside)[inside]
+
+    each(flood, groups)
     return labels

@@ -8,7 +8,6 @@ blended sources. Stacks are linked across Z by overlap.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ from skimage import measure, morphology, segmentation
 from napari_segtool.kernel.params import Param
 from napari_segtool.ops.deblend import CONTRAST, deblend_by_contrast
 from napari_segtool.ops.flood import component_peaks, flood_from_peaks
+from napari_segtool.ops.parallel import gaussian_radius, in_bands, worker_count
 
 
 #: How touching objects are told apart (``instances_from_maps(seed_mode=...)``).
@@ -382,7 +382,8 @@ def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, 
     """
     if image.ndim != 2 or image.shape != p_foreground.shape:
         raise ValueError(f"expected a YX image and map of one shape, got {image.shape} and {p_foreground.shape}")
-    relief = ndi.gaussian_filter(np.nan_to_num(image.astype(np.float32)), smooth)
+    relief = in_bands(lambda plane: ndi.gaussian_filter(np.nan_to_num(plane.astype(np.float32)), smooth), image,
+                      margin=gaussian_radius(smooth))
     labels = _split_at_peaks(relief, p_foreground > fg_threshold, seed_spacing * diameter, min_size=min_size)
     return deblend_by_contrast(labels, relief, contrast) if contrast > 0 else labels
 
@@ -402,10 +403,8 @@ def distance_inside(mask: np.ndarray, sampling: Sequence[float] | None = None) -
 
     if mask.all():
         return ndi.distance_transform_edt(mask, sampling=sampling).astype(np.float32)
-    threads = os.environ.get("SEGTOOL_NUM_THREADS") or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                         else os.cpu_count())
     return edt.edt(np.ascontiguousarray(mask, dtype=np.uint8), anisotropy=tuple(sampling) if sampling else None,
-                   black_border=False, parallel=max(1, int(threads or 1)))
+                   black_border=False, parallel=worker_count())
 
 
 def split_by_shape(
@@ -453,8 +452,11 @@ def split_by_shape(
     stack = foreground.ndim == 3
     smooth = (0.5, 1.0, 1.0) if stack else (1.0, 1.0)
     sampling = (float(z_scale), 1.0, 1.0) if stack else None
-    relief = distance_inside(foreground, sampling)
-    relief = ndi.gaussian_filter(relief * (0.5 + ndi.gaussian_filter(distance.astype(np.float32), smooth)), smooth)
+
+    def smoothed(inside: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        return ndi.gaussian_filter(inside * (0.5 + ndi.gaussian_filter(predicted.astype(np.float32), smooth)), smooth)
+
+    relief = in_bands(smoothed, distance_inside(foreground, sampling), distance, margin=2 * gaussian_radius(smooth))
     if min_size is None:
         whole = np.pi / 6.0 * diameter ** 3 / max(float(z_scale), 1e-6) if stack else np.pi / 4.0 * diameter ** 2
         min_size = int(0.25 * whole)

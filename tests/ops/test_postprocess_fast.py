@@ -211,3 +211,91 @@ def test_distance_inside_is_scipys_edt(sampling):
             assert np.array_equal(got, ref)
         else:
             np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 1.3, 2.5, 4.0])
+def test_gaussian_radius_is_scipys(sigma):
+    """The margin of a band is scipy's kernel radius: an impulse spreads exactly that far."""
+    from napari_segtool.ops.parallel import gaussian_radius
+
+    impulse = np.zeros(41)
+    impulse[20] = 1.0
+    reach = np.flatnonzero(ndi.gaussian_filter1d(impulse, sigma))
+    assert gaussian_radius(sigma) == 20 - reach.min() == reach.max() - 20
+
+
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_band_split_gaussian_is_the_whole_gaussian_to_the_bit(workers):
+    """Gaussians (the shape split's smoothing of a product of smoothings, the flux split's) on bands of rows with a
+    margin of scipy's radius give the whole array's values to the bit, 2D and 3D, in float32 and float64; a margin
+    one row short of one gaussian's radius does not."""
+    from napari_segtool.ops.parallel import gaussian_radius, in_bands
+
+    rng = np.random.default_rng(workers)
+    calls = []
+    for shape, sigma, dtype in (((517, 300), 1.0, np.float32), ((400, 77), 2.5, np.float64),
+                                ((6, 300, 41), (0.5, 1.0, 1.0), np.float32), ((260, 9), 0.7, np.float32)):
+        a, b = rng.random(shape).astype(dtype), rng.random(shape).astype(dtype)
+
+        def smoothed(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            calls.append(x.shape)
+            return ndi.gaussian_filter(x * (0.5 + ndi.gaussian_filter(y, sigma)), sigma)
+
+        margin = 2 * gaussian_radius(sigma)
+        whole = smoothed(a, b)
+        calls.clear()
+        banded = in_bands(smoothed, a, b, margin=margin, workers=workers)
+        assert 1 < len(calls) <= workers and sum(c[-2] for c in calls) > shape[-2]  # really split, with margins
+        assert banded.dtype == whole.dtype and np.array_equal(banded, whole)
+        for radius in (gaussian_radius(sigma), gaussian_radius(sigma) - 1):
+            single = in_bands(lambda x: ndi.gaussian_filter(x, sigma), a, margin=radius, workers=workers)
+            assert np.array_equal(single, ndi.gaussian_filter(a, sigma)) == (radius == gaussian_radius(sigma))
+
+
+def same_on_threads(monkeypatch, split, *args, **kwargs) -> np.ndarray:
+    """``split(*args, **kwargs)`` on 1 thread (the serial path), asserted equal (ids, dtype) on 3 and 4 threads."""
+    monkeypatch.setenv("SEGTOOL_NUM_THREADS", "1")
+    serial = split(*args, **kwargs)
+    for threads in ("3", "4"):
+        monkeypatch.setenv("SEGTOOL_NUM_THREADS", threads)
+        parallel = split(*args, **kwargs)
+        assert parallel.dtype == serial.dtype and np.array_equal(parallel, serial), threads
+    return serial
+
+
+def test_parallel_shape_split_of_the_real_plane_is_the_serial_one(monkeypatch, plane_maps):
+    fg, distance = (np.tile(m, (2, 2)) for m in plane_maps)
+    for diameter in (8.0, 14.0):
+        assert same_on_threads(monkeypatch, split_by_shape, fg, distance, diameter).max() > 100
+
+
+@pytest.mark.parametrize("z_scale", [1.0, 2.0])
+def test_parallel_shape_split_of_a_stack_is_the_serial_one(monkeypatch, stack_maps, z_scale):
+    fg, distance = (np.tile(m, (1, 3, 2)) for m in stack_maps)  # rows enough for bands
+    assert same_on_threads(monkeypatch, split_by_shape, fg, distance, 10.0, z_scale=z_scale).max() > 5
+
+
+def test_parallel_flux_split_of_a_sky_is_the_serial_one(monkeypatch):
+    from napari_segtool.sim import simulate_astro_field
+
+    field = simulate_astro_field((384, 384), seed=2)
+    image = np.arcsinh((field.image - field.sky_level) / field.noise_sigma).astype(np.float32)
+    p_foreground = ndi.gaussian_filter((field.labels > 0).astype(np.float32), 1.0)
+    for contrast in (0.0, 0.005):
+        assert same_on_threads(monkeypatch, split_by_flux, image, p_foreground, 6.0, contrast=contrast).max() > 10
+
+
+def test_parallel_splits_of_edge_cases_are_the_serial_ones(monkeypatch):
+    """Tiny, empty, full and thin arrays (one band or bands barely taller than their margin), NaN in a sky, and
+    seeds of one component at one height (the whole-image flood)."""
+    rng = np.random.default_rng(3)
+    speckle = (ndi.gaussian_filter(rng.random((200, 130)), 2.0) > 0.5).astype(np.float32)
+    plateau = np.minimum(ndi.gaussian_filter(rng.random((300, 64)), 4.0) * 8, 4.2).astype(np.float32)
+    for fg in (np.zeros((16, 16), np.float32), np.ones((260, 14), np.float32), speckle, np.ones((1, 300, 3)),
+               speckle[None].repeat(3, axis=0)):
+        same_on_threads(monkeypatch, split_by_shape, fg, ndi.gaussian_filter(fg, 1.0), 8.0, min_size=0)
+    sky = plateau.copy()
+    sky[100:103, 10:20] = np.nan
+    for smooth in (0.0, 1.0):
+        same_on_threads(monkeypatch, split_by_flux, sky, (plateau > 3.0).astype(np.float32), 8.0, smooth=smooth,
+                        contrast=0.0)
