@@ -53,14 +53,11 @@ def component_peaks(relief: np.ndarray, components: np.ndarray, half: Sequence[i
     first, ties in raster order."""
     relief = np.ascontiguousarray(relief, relief.dtype if np.issubdtype(relief.dtype, np.floating) else np.float64)
     components = np.ascontiguousarray(components)
-    inside = components > 0
-    if not inside.any():
+    if not components.any():
         return np.empty((0, relief.ndim), np.intp)
-    masked = np.where(inside, relief, -np.inf).astype(relief.dtype, copy=False)
-    near = in_bands(_box_maximum((1,) * relief.ndim), masked, margin=1)
-    candidates = np.flatnonzero(inside & (relief == near))  # maxima of the 3^ndim neighbourhood: the only candidates
+    candidates = np.flatnonzero(in_bands(_near_maxima, relief, components, margin=1))  # the only candidates
     if candidates.size > relief.size // 256:  # plateaus: those topping the whole foreground's box are sure
-        box = in_bands(_box_maximum(half), masked, margin=int(half[-2]))
+        box = in_bands(_masked_maximum(half), relief, components, margin=int(half[-2]))
         unsure = relief.ravel()[candidates] < box.ravel()[candidates]
     else:
         unsure = np.ones(candidates.size, bool)
@@ -85,10 +82,19 @@ def component_peaks(relief: np.ndarray, components: np.ndarray, half: Sequence[i
     return coords.astype(np.intp, copy=False)
 
 
-def _box_maximum(half: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
-    """The maximum over the box of half-sizes ``half`` around each pixel (outside the array: -inf)."""
-    return lambda heights: ndi.maximum_filter(heights, size=[2 * int(h) + 1 for h in half], mode="constant",
-                                              cval=-np.inf)
+def _masked_maximum(half: Sequence[int]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``maximum(heights, components)``: the highest pixel of any component in the box of half-sizes ``half``
+    around each pixel (-inf where there is none)."""
+    def maximum(heights: np.ndarray, components: np.ndarray) -> np.ndarray:
+        masked = np.where(components > 0, heights, -np.inf).astype(heights.dtype, copy=False)
+        return ndi.maximum_filter(masked, size=[2 * int(h) + 1 for h in half], mode="constant", cval=-np.inf)
+    return maximum
+
+
+def _near_maxima(heights: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """The pixels of the components topping their 3^ndim neighbourhood's component pixels: every peak is one
+    (the neighbourhood never sees another component)."""
+    return (components > 0) & (heights == _masked_maximum((1,) * heights.ndim)(heights, components))
 
 
 def _tops_own_box(relief: np.ndarray, components: np.ndarray, flat: np.ndarray, half: Sequence[int]) -> np.ndarray:
@@ -136,7 +142,7 @@ def flood_from_peaks(relief: np.ndarray, components: np.ndarray, peaks: np.ndarr
     pieces, n_pieces = ndi.label(foreground)  # face-connected: what a flood from one seed reaches
     lookup = np.zeros(n_pieces + 1, np.int32)
     lookup[pieces[where][single]] = ids[single]
-    labels = lookup[pieces]
+    labels = in_bands(lookup.__getitem__, pieces, margin=0)
     if single.all():
         return labels
     seeds = np.zeros(foreground.shape, np.int32)

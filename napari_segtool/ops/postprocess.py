@@ -217,7 +217,7 @@ def _finished(labels: np.ndarray, min_size: int) -> np.ndarray:
     sizes = np.bincount(labels.ravel(), minlength=1)
     keep = sizes >= max(int(min_size), 1)
     keep[0] = False
-    return (np.cumsum(keep) * keep).astype(np.int32)[labels]
+    return in_bands((np.cumsum(keep) * keep).astype(np.int32).__getitem__, labels, margin=0)
 
 
 def overlap_matrix(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
