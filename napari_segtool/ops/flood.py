@@ -154,25 +154,21 @@ def flood_from_peaks(relief: np.ndarray, components: np.ndarray, peaks: np.ndarr
         seeds[where] = ids
         return segmentation.watershed(-relief, markers=seeds, mask=foreground)
     seeds[tuple(c[several] for c in where)] = ids[several]
-    lowland = -relief
     boxes = ndi.find_objects(components)
     crowded = np.flatnonzero(count > 1)
     starts = np.array([[axis.start for axis in boxes[k - 1]] for k in crowded])
     stops = np.array([[axis.stop for axis in boxes[k - 1]] for k in crowded])
     tile = np.ravel_multi_index(tuple((starts // FLOOD_TILE).T), tuple(-(-np.array(relief.shape) // FLOOD_TILE)))
     order = np.argsort(tile, kind="stable")
-    member = np.zeros(count.size, bool)
-    groups = []
-    for group in np.split(order, np.flatnonzero(np.diff(tile[order])) + 1):
+
+    def flood(group: np.ndarray) -> None:  # groups own disjoint pixels: they run side by side
         box = tuple(slice(a, b) for a, b in zip(starts[group].min(axis=0), stops[group].max(axis=0)))
-        member[crowded[group]] = True
-        groups.append((box, member[components[box]]))
-        member[crowded[group]] = False
-
-    def flood(group: tuple[tuple[slice, ...], np.ndarray]) -> None:  # groups own disjoint pixels: run side by side
-        box, inside = group
+        ids = components[box]
+        inside = np.zeros(ids.shape, bool)
+        for k in crowded[group]:  # a few components each: comparisons (GIL released) beat isin's lookup
+            inside |= ids == k
         view = labels[box]
-        view[inside] = segmentation.watershed(lowland[box], markers=seeds[box], mask=inside)[inside]
+        view[inside] = segmentation.watershed(-relief[box], markers=seeds[box], mask=inside)[inside]
 
-    each(flood, groups)
+    each(flood, np.split(order, np.flatnonzero(np.diff(tile[order])) + 1))
     return labels
