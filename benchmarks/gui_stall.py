@@ -125,6 +125,29 @@ class GapSampler:
                 print(f"        {line}")
 
 
+class FullCollections:
+    """The cyclic garbage collector's full (generation 2) passes: each is one C call holding the GIL, so
+    whichever thread runs it, the GUI thread waits for all of it (0.1-0.4 s once torch and napari are in)."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.passes: list[tuple[float, float]] = []  # (start, seconds)
+        self._start = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif info["generation"] == 2:
+            self.passes.append((self._start, time.perf_counter() - self._start))
+
+    def between(self, t0: float, t1: float) -> str:
+        found = [s for start, s in self.passes if t0 <= start <= t1]
+        longest = f", longest {1000 * max(found):.0f} ms" if found else ""
+        return f"{len(found)} full gc pass(es){longest}"
+
+
 class GuiProfile:
     """cProfile of the GUI thread for each row (``--profile DIR``): one ``.prof`` file per row and its top calls.
 
@@ -277,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="cProfile the GUI thread of every row into DIR/<row>.prof and print its top calls")
     parser.add_argument("--napari-alone", action="store_true",
                         help="only napari's own layer calls behind the rows, without the plugin (the floor)")
+    parser.add_argument("--open-rows", action="store_true",
+                        help="only the first two rows (first widget open, sample open), then the table")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="with --open-rows: no warm-up thread (is the first open's gap our widget or the GIL "
+                             "the importing thread holds?); the row then lasts a fixed 6 s")
     args = parser.parse_args(argv)
     if not os.environ.get("DISPLAY") and os.environ.get("QT_QPA_PLATFORM", "") != "xcb":
         print("needs a display: run under xvfb-run -a (or set DISPLAY)", file=sys.stderr)
@@ -312,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     profiler = GuiProfile(args.profile)
+    gc_passes = FullCollections()
 
     def row(name: str, t0: float, t1: float) -> None:
         profiler.stop(name)
@@ -323,19 +352,30 @@ def main(argv: list[str] | None = None) -> int:
     # warm-up thread meanwhile (the model list fills in when it is done); measured until the warm-up ends
     from napari_segtool.plugin import _warmup
 
+    if args.no_warmup:  # a thread object that never starts: schedule_warm / start_warm then do nothing
+        import threading
+
+        _warmup._thread = threading.Thread(target=lambda: None)
     t0 = profiler.start()
     _, segment = viewer.window.add_plugin_dock_widget("napari-segtool", "Segment")
     t_open = time.perf_counter() - t0
-    wait(app, _warmup.is_warm)
+    if args.no_warmup:
+        settle(app, 6.0)
+    else:
+        wait(app, _warmup.is_warm)
     settle(app, 0.3)
     row("first widget open (+ warm-up thread to the end)", t0, time.perf_counter())
-    print(f"first widget open: {t_open * 1000:.0f} ms on the GUI thread; warm-up thread {_warmup._SECONDS:.1f} s")
+    print(f"first widget open: {t_open * 1000:.0f} ms on the GUI thread; warm-up thread {_warmup._SECONDS:.1f} s; "
+          f"{gc_passes.between(t0, time.perf_counter())}")
 
     # the nuclei sample (cached by the warm-up thread)
     t0 = profiler.start()
     viewer.open_sample("napari-segtool", "nuclei-3d")
     settle(app, 0.3)
     row("open sample nuclei-3d (16x256x256)", t0, time.perf_counter())
+    print(f"open sample: {gc_passes.between(t0, time.perf_counter())}")
+    if args.open_rows:
+        return report(args, probe, sampler, results, spans, viewer)
     image = viewer.layers["nuclei (simulated)"]
     shape = tuple(image.data.shape)
 
@@ -475,7 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     assert segment.last_outcome.ok, segment.last_outcome.message
     row(f"(e) Segment whole stack {tuple(big.data.shape)}", t0, t1)
+    return report(args, probe, sampler, results, spans, viewer)
 
+
+def report(args: argparse.Namespace, probe: Probe, sampler: GapSampler | None, results: list[dict],
+           spans: list[tuple[str, float, float]], viewer) -> int:
+    """Print the traced gaps (``--trace``), the table with napari's floor, the verdict; close the viewer."""
     if args.trace:
         print("\nevery gap over 100 ms, with the GUI thread's sampled stacks:")
         for name, a, b in spans:

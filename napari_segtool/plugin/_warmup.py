@@ -14,9 +14,16 @@ once in a daemon thread that the first widget starts once it is docked (:func:`s
 
 Nothing here creates Qt widgets off the GUI thread: the thread only imports and
 computes; :class:`_Notifier`'s queued signals call back on the GUI thread.
+
+The cyclic garbage collector is off while the thread imports, and what it imported is then frozen
+(:func:`gc.freeze`): the imports create millions of long-lived objects, so the collector's full passes
+(each one C call holding the GIL) came every 1-3 s and grew to 120-360 ms of frozen window, collecting
+next to nothing (docs/benchmarks/gui_stall.txt, run 6). Frozen objects are never scanned again, so
+later full passes (during a job, on the GUI thread) stay short too.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -148,6 +155,22 @@ def _run() -> None:
     t0 = time.perf_counter()
     interval = sys.getswitchinterval()
     sys.setswitchinterval(min(interval, WARM_SWITCH_INTERVAL))
+    collecting = gc.isenabled()
+    gc.disable()  # full passes over the growing heap of imported modules: 0.1-0.4 s each, holding the GIL
+    try:
+        _warm_all()
+    finally:
+        gc.freeze()  # what was imported is never scanned again (no gc.collect() first: one more long pass)
+        if collecting:
+            gc.enable()
+        sys.setswitchinterval(interval)
+    _SECONDS = time.perf_counter() - t0
+    _done.set()
+    _emit("done")
+
+
+def _warm_all() -> None:
+    """Torch and the core (then the model lists are ready), the sample cache, napari's and dask's first uses."""
     try:
         _warm_torch()
     finally:
@@ -169,10 +192,6 @@ def _run() -> None:
         _warm_dask()
     except Exception as exc:  # pragma: no cover
         log.debug("napari layer warm-up failed: %s", exc)
-    sys.setswitchinterval(interval)
-    _SECONDS = time.perf_counter() - t0
-    _done.set()
-    _emit("done")
 
 
 def _warm_dask() -> None:

@@ -192,18 +192,23 @@ def test_probability_map_of_a_new_click_replaces_the_layers_data(make_napari_vie
     assert tuple(second.contrast_limits) == (0.0, 1.0) and second.colormap.name == "magma"
 
 
-_LAZY_LAYER_AFTER_WARM_UP = """
-import sys, time
-import dask.array as da, napari, zarr
-from qtpy.QtWidgets import QApplication
-from napari_segtool.plugin import _warmup
-{patch}
+#: a script's lines (for a fresh process): the Segment widget docked in a new viewer, then wait for the warm-up
+_OPEN_AND_WARM_UP = """
 viewer = napari.Viewer(show=True)
 viewer.window.add_plugin_dock_widget("napari-segtool", "Segment")
 app, end = QApplication.instance(), time.time() + 600
 while not _warmup.is_warm() and time.time() < end:
     app.processEvents()
     time.sleep(0.01)
+"""
+
+_LAZY_LAYER_AFTER_WARM_UP = """
+import sys, time
+import dask.array as da, napari, zarr
+from qtpy.QtWidgets import QApplication
+from napari_segtool.plugin import _warmup
+{patch}
+""" + _OPEN_AND_WARM_UP + """
 z = zarr.open_array({path!r}, mode="w", shape=(2, 64, 64), chunks=(1, 32, 32), dtype="int32")
 z[...] = 3
 lazy = da.from_zarr(z)
@@ -232,3 +237,36 @@ def test_a_lazy_layer_after_the_warm_up_imports_no_dask_scheduler_on_the_gui_thr
     # without the warm-up's dask computation the same layer imports dask's schedulers on the GUI thread
     imported = run("_warmup._warm_dask = lambda: None")
     assert imported.startswith("True [") and imported != "True []"
+
+
+_FULL_GC_PASSES_WHILE_WARMING = """
+import gc, sys, time
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_segtool.plugin import _warmup
+passes = []
+gc.callbacks.append(lambda phase, info: phase == "stop" and info["generation"] == 2 and passes.append(
+    _warmup._thread is not None and not _warmup.is_warm()))
+""" + _OPEN_AND_WARM_UP + """
+print(_warmup.is_warm(), sum(passes), gc.isenabled(), gc.get_freeze_count())
+viewer.close()
+"""
+
+
+def test_the_warm_up_runs_no_full_garbage_collection_and_freezes_what_it_imported():
+    """The warm-up thread's imports (torch, torchvision, napari's layers, dask) grow the heap by millions of
+    objects, so the cyclic collector's full passes came every 1-3 s and each held the GIL 0.1-0.4 s: the
+    window froze at regular moments while the model list was loading, with the GUI thread doing nothing
+    (benchmarks/gui_stall.py --open-rows --no-warmup: < 100 ms). The collector is now off while the thread
+    imports, on again afterwards, and the imported objects are frozen out of later passes. (A fresh process:
+    this session has warmed up already.)"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FULL_GC_PASSES_WHILE_WARMING], capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    warm, passes, enabled, frozen = out.stdout.strip().splitlines()[-1].split()
+    assert warm == "True" and enabled == "True"
+    assert int(passes) == 0  # full passes started while the warm-up thread was importing
+    assert int(frozen) > 100_000  # torch's and napari's objects are not scanned by later passes
