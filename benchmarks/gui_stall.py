@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def row(name: str, t0: float, t1: float) -> None:
         profiler.stop(name)
+        print(f"{name}: {gc_passes.between(t0, t1)}")
         results.append(summarize(name, probe, t0, t1))
         spans.append((name, t0, t1))
     settle(app, 0.3)
@@ -365,15 +366,13 @@ def main(argv: list[str] | None = None) -> int:
         wait(app, _warmup.is_warm)
     settle(app, 0.3)
     row("first widget open (+ warm-up thread to the end)", t0, time.perf_counter())
-    print(f"first widget open: {t_open * 1000:.0f} ms on the GUI thread; warm-up thread {_warmup._SECONDS:.1f} s; "
-          f"{gc_passes.between(t0, time.perf_counter())}")
+    print(f"first widget open: {t_open * 1000:.0f} ms on the GUI thread; warm-up thread {_warmup._SECONDS:.1f} s")
 
     # the nuclei sample (cached by the warm-up thread)
     t0 = profiler.start()
     viewer.open_sample("napari-segtool", "nuclei-3d")
     settle(app, 0.3)
     row("open sample nuclei-3d (16x256x256)", t0, time.perf_counter())
-    print(f"open sample: {gc_passes.between(t0, time.perf_counter())}")
     if args.open_rows:
         return report(args, probe, sampler, results, spans, viewer)
     image = viewer.layers["nuclei (simulated)"]
