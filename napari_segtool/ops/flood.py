@@ -25,6 +25,9 @@ face-connected piece around it. Here, with the same peaks in the same order and 
   pixels of one component are popped in the same order whatever else is in the queue, provided no two
   of its seeds have the same height (seeds all enter with push order 0, and the heap would then break
   their tie by its layout). If two have, the whole image is flooded as scikit-image would.
+
+The groups' watersheds (disjoint pixels) and the filters (on bands of rows) run on the process's cores
+(``ops.parallel``; one thread: in order, in the calling thread), with the same labels.
 """
 from __future__ import annotations
 

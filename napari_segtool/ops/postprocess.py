@@ -18,7 +18,7 @@ from skimage import measure, morphology, segmentation
 from napari_segtool.kernel.params import Param
 from napari_segtool.ops.deblend import CONTRAST, deblend_by_contrast
 from napari_segtool.ops.flood import component_peaks, flood_from_peaks
-from napari_segtool.ops.parallel import gaussian_radius, in_bands, worker_count
+from napari_segtool.ops.parallel import each, gaussian_radius, in_bands, worker_count
 
 
 #: How touching objects are told apart (``instances_from_maps(seed_mode=...)``).
@@ -85,7 +85,7 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
     fill[pairs[0][single]] = pairs[1][single]
     shared = np.flatnonzero(count > 1)
     if shared.size:
-        boxes, hole_boxes = ndi.find_objects(labels), ndi.find_objects(holes)
+        boxes, hole_boxes = each(ndi.find_objects, (labels, holes))  # two passes side by side (GIL released)
         for hole in shared:
             for obj in sorted(pairs[1][pairs[0] == hole]):
                 box = boxes[obj - 1]
