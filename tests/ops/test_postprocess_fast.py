@@ -6,7 +6,9 @@ The reference is what ``ops.postprocess`` ran before: scikit-image's ``peak_loca
 shipped nuclei model's maps of the real nuclei image (simulated nuclei when the stardist wheel is not
 cached) and of the real 3D stack, on a simulated sky for the flux split, and on random scenes with the
 awkward cases: plateaus and ties, flat and one-pixel components, diagonal-only connections, objects on
-the image border, empty images.
+the image border, empty images. The threaded path (``ops.parallel``: filters on bands of rows, watersheds
+side by side) gives the serial path's labels on the same kinds of input, and a band-split gaussian is the
+whole one to the bit.
 """
 from pathlib import Path
 
