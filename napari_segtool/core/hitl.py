@@ -249,6 +249,9 @@ class HitlConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=10_000, steps_per_epoch=10, patience=10_000, val_fraction=0.0))
     seed: int = 0
+    #: the image's object size is estimated by round 0's prediction and given to every later one, as the
+    #: Segment widget's Object size (remembered per image) gives it: a round re-predicts without re-estimating
+    keep_size: bool = True
 
 
 @dataclass
@@ -312,9 +315,10 @@ def _score(preds: Sequence[np.ndarray], heldout: Sequence[tuple[np.ndarray, np.n
     return float(np.mean([s["ap50"] for s in scores])), float(np.mean([s["mean_ap"] for s in scores]))
 
 
-def _predict_all(model: SegModel, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
+def _predict_all(model: SegModel, images: Sequence[np.ndarray],
+                 diameter: float | None = None) -> tuple[list[np.ndarray], float]:
     t0 = time.perf_counter()
-    out = [predict(model, img).labels for img in images]
+    out = [predict(model, img, diameter=diameter).labels for img in images]
     return out, time.perf_counter() - t0
 
 
@@ -388,8 +392,9 @@ def iter_hitl(
 
     # round 0: the starting model, no corrections
     t0 = time.perf_counter()
-    pred_train = predict(model, train_image).labels
-    preds, _ = _predict_all(model, held_images)
+    first = predict(model, train_image)
+    pred_train, diameter = first.labels, (first.diameter if cfg.keep_size else None)
+    preds, _ = _predict_all(model, held_images, diameter)
     predict_seconds = time.perf_counter() - t0
     annotator.update(pred_train)
     ap50, mean_ap = _score(preds, heldout)
@@ -421,8 +426,8 @@ def iter_hitl(
         else:
             train_seconds, steps = 0.0, 0
         t0 = time.perf_counter()
-        pred_train = predict(current, train_image).labels
-        preds, _ = _predict_all(current, held_images)
+        pred_train = predict(current, train_image, diameter=diameter).labels
+        preds, _ = _predict_all(current, held_images, diameter)
         predict_seconds = time.perf_counter() - t0
         ap50, mean_ap = _score(preds, heldout)
         results["finetune"] = MethodResult(ap50, mean_ap, train_seconds, predict_seconds, steps, note)
@@ -436,7 +441,7 @@ def iter_hitl(
             else:
                 s_train, s_steps, s_note = 0.0, 0, note
             if scratch_model is not None:
-                s_preds, s_pred_seconds = _predict_all(scratch_model, held_images)
+                s_preds, s_pred_seconds = _predict_all(scratch_model, held_images, diameter)
                 s_ap50, s_map = _score(s_preds, heldout)
             else:
                 s_pred_seconds, s_ap50, s_map = 0.0, 0.0, 0.0
