@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import gc
 import logging
 import math
 import os
@@ -375,6 +376,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     diameters = [_length_px("--diameter", args.diameter, img, path) for img, path in zip(images, inputs)]
     del images
     model = load_model(args.model, device=args.device)
+    gc.freeze()  # torch & co. are imported: their objects stay out of the collector's full passes
     created = made_dirs(out)
     try:
         _predict_files(args, model, inputs, plans, diameters)
