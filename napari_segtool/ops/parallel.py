@@ -9,11 +9,12 @@ components run side by side. One worker runs everything in the calling thread, a
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
+
+from napari_segtool.kernel.device import thread_count
 
 __all__ = ["worker_count", "each", "in_bands", "gaussian_radius"]
 
@@ -25,13 +26,9 @@ MIN_BAND = 64
 
 
 def worker_count() -> int:
-    """Threads for the post-processing: ``SEGTOOL_NUM_THREADS``, else the cores this process may run on
-    (``os.sched_getaffinity``: the right figure inside containers and dask workers)."""
-    env = os.environ.get("SEGTOOL_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, int(cores or 1))
+    """Threads for the post-processing: :func:`napari_segtool.kernel.device.thread_count` (``SEGTOOL_NUM_THREADS``,
+    else the cores this process may run on), as the network gets."""
+    return thread_count()
 
 
 def each(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> list[R]:
