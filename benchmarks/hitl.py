@@ -280,7 +280,7 @@ def effort_rows(args, cfg, dataset: str, train_pair, held, init, kind: str) -> l
                            time_budget=None if args.steps else args.budget, seed=args.seed,
                            accept_iou=args.accept_iou, training_margin=args.training_margin,
                            freeze=tuple(f for f in args.freeze.split(",") if f), review=args.review,
-                           warm_start=not args.cold_start):
+                           warm_start=not args.cold_start, accept_shown=not args.no_accept):
         row = {"dataset": dataset, "annotator": rec.annotator, "round": rec.round, "actions": rec.actions,
                "views": rec.views, "tools": " ".join(f"{k}:{v}" for k, v in sorted(rec.tools.items())),
                "ap50": rec.ap50, "mean_ap": rec.mean_ap, "train_seconds": rec.train_seconds,
@@ -450,6 +450,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cold-start", action="store_true",
                    help="effort: every round fine-tunes the starting model on all corrections so far "
                         "(default: the previous round's model, as the Train widget after a round)")
+    p.add_argument("--no-accept", action="store_true",
+                   help="effort: objects correct next showed and the prompt user left as they are are not "
+                        "training data (default: they are, as the Correct widget marks them reviewed on N)")
     p.add_argument("--freeze", default="", help="effort: network modules not trained, e.g. down,bottom (U-Net encoder)")
     p.add_argument("--lr", type=float, default=0.0, help="effort: fine-tuning learning rate (0 = TrainConfig's)")
     p.add_argument("--parallel", action="store_true",

@@ -562,6 +562,11 @@ class PlaneEdits:
             self.labels = np.asarray(edit).astype(np.int32)
         self.edited = edited_pixels(self.base, self.labels, self.marks)
 
+    def mark(self, mask: np.ndarray) -> None:
+        """Mark pixels reviewed (the tracker's ``marks``): they are training data as they are now."""
+        self.marks |= np.asarray(mask, bool)
+        self.edited = edited_pixels(self.base, self.labels, self.marks)
+
     def update(self, pred: np.ndarray) -> np.ndarray:
         """A new prediction of the plane: edited pixels are kept (the widget's ``apply_prediction``)."""
         pred = shift_ids(pred, int(self.labels.max()))
@@ -642,8 +647,7 @@ class EffortAnnotator:
 
     def mark_reviewed(self) -> None:
         """R: the whole plane as it is now is what the user asserts (the tracker's reviewed plane)."""
-        self.plane.marks[:] = True
-        self.plane.edited = edited_pixels(self.plane.base, self.plane.labels, self.plane.marks)
+        self.plane.mark(np.ones(self.plane.labels.shape, bool))
         self.actions.append(Action("review", self.costs.review))
         self.reviewed = True
 
@@ -736,9 +740,18 @@ class PromptAnnotator(EffortAnnotator):
     error (a click that makes it worse is undone, Ctrl-Z counted); what is still wrong is
     repainted. Where the ranking has nothing left, the annotator stops: it never looks
     at objects the model is sure of.
+
+    An object the ranking showed that is right (IoU >= ``accept_iou``) is left as it is and
+    the user presses N: the Correct widget then marks it reviewed
+    (:func:`~napari_segtool.core.prompts.accepted_pixels`), so it is training data at no
+    action, and so it is here (``accept_shown=False``: only edits are, as before).
     """
 
     name = "prompts+ranking"
+
+    def __init__(self, *args: Any, accept_shown: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.accept_shown = bool(accept_shown)
 
     def update(self, pred: np.ndarray, maps: Any = None) -> None:
         super().update(pred, maps)
@@ -786,7 +799,10 @@ class PromptAnnotator(EffortAnnotator):
         main = int(gts[np.argmax(np.where(gts > 0, counts, -1))])
         if main == 0 or main in self._done_gt:
             return False
-        if _iou_with(labels, self.gt == main)[1] >= self.accept_iou:
+        best, iou = _iou_with(labels, self.gt == main)
+        if iou >= self.accept_iou:
+            if best == p and self.accept_shown:  # right: N, and the widget records it as reviewed
+                self.plane.mark(_prompts.accepted_pixels(labels, item))
             return False
         self._box(main)
         return True
@@ -942,6 +958,7 @@ def iter_effort(
     review: bool = False,
     costs: ActionCosts = COSTS,
     warm_start: bool = True,
+    accept_shown: bool = True,
     cancel: CancelToken | None = None,
 ) -> Generator[EffortRound, None, list[EffortRound]]:
     """Correct → fine-tune → re-predict, counting user actions; yields an :class:`EffortRound` per round.
@@ -963,7 +980,9 @@ def iter_effort(
     later rounds then train again on the reviewed plane without new actions (Train pressed
     again: the seconds count, the actions do not grow). ``warm_start=False``: every round
     fine-tunes ``model`` itself on all corrections so far (the Train widget with the starting
-    model chosen again) instead of the previous round's model.
+    model chosen again) instead of the previous round's model. ``accept_shown``: objects the
+    prompt user was shown by correct next and left as they are are training data, as the
+    widget records them (:class:`PromptAnnotator`); ``False`` measures without.
     """
     cfg = replace(train or HitlConfig().train, time_budget=time_budget)
     heldout = [(np.asarray(img), np.asarray(gt)) for img, gt in heldout]
@@ -973,9 +992,10 @@ def iter_effort(
     labels, maps = _predict_maps(model, train_image)
     preds, _ = _predict_all(model, held_images)
     predict_seconds = time.perf_counter() - t0
+    extra: dict[str, Any] = {"accept_shown": accept_shown} if annotator == "prompts" else {}
     cls = PromptAnnotator if annotator == "prompts" else RepaintAnnotator
     ann = cls(train_labels, np.zeros_like(np.asarray(train_labels), np.int32), seed=seed, accept_iou=accept_iou,
-              review=review, costs=costs)
+              review=review, costs=costs, **extra)
     ann.update(labels, maps)
     ap50, mean_ap = _score(preds, heldout)
     history = [EffortRound(ann.name, 0, 0, 0, {}, ap50, mean_ap, 0.0, predict_seconds, 0)]

@@ -23,7 +23,8 @@ Tools
 * :func:`split_by_scribble` — a stroke across a merged object splits it into one object
   per nucleus the stroke crosses.
 * :func:`rank_uncertain` — "correct next": objects (and unlabelled foreground) sorted by
-  the model's uncertainty.
+  the model's uncertainty; :func:`accepted_pixels` — what moving on from a shown object
+  asserts (training data, as a reviewed region).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ __all__ = [
     "shrink_object",
     "split_by_scribble",
     "rank_uncertain",
+    "accepted_pixels",
     "uncertainty_map",
 ]
 
@@ -659,6 +661,22 @@ def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20
             if kind == "missed":
                 u.label = 0
     return out
+
+
+def accepted_pixels(labels: np.ndarray, item: Uncertain) -> np.ndarray:
+    """The pixels a user asserts by moving on (N) from a "correct next" object left as it is: the object.
+
+    The ranking showed it because the model doubted it; a user who looked and went on says it is
+    right, which is the most informative training data there is (a hard case, confirmed). The
+    Correct widget marks these pixels reviewed (``marks``: the object becomes training data with
+    its background ring, as an edited one) and so does the simulated annotator of
+    :mod:`napari_segtool.core.hitl`. A missed region (``label`` 0) asserts nothing: passing over
+    it is not saying there is no object there.
+    """
+    labels = np.asarray(labels)
+    if item.kind != "object" or item.label <= 0:
+        return np.zeros(labels.shape, bool)
+    return labels == item.label
 
 
 def uncertainty_map(maps: PromptMaps) -> np.ndarray:

@@ -201,8 +201,9 @@ def test_prompt_annotator_fixes_with_fewer_actions_than_repainting_and_records_g
         ann.work(100)
         results[cls.name] = ann
         assert instance_scores(ann.plane.labels, gt)["ap50"] == 1.0, cls.name
-        # the training pixels are the widget tracker's rule applied to what the annotator changed
-        np.testing.assert_array_equal(ann.plane.edited, edited_pixels(ann.plane.base, ann.plane.labels))
+        # the training pixels are the widget tracker's rule applied to what the annotator changed (and accepted)
+        np.testing.assert_array_equal(ann.plane.edited, edited_pixels(ann.plane.base, ann.plane.labels,
+                                                                      ann.plane.marks))
     prompts, repaint = results["prompts+ranking"], results["repaint+random"]
     tools = {a.tool for a in prompts.actions if a.cost}
     assert {"add", "scribble", "delete"} <= tools and "paint" not in tools
@@ -213,6 +214,37 @@ def test_prompt_annotator_fixes_with_fewer_actions_than_repainting_and_records_g
     prompts.update(pred, maps)
     assert instance_scores(prompts.plane.labels, gt)["ap50"] == 1.0
     assert ((prompts.plane.labels > 0) == (before > 0))[prompts.plane.edited].all()
+
+
+def test_objects_correct_next_showed_and_the_user_left_are_training_data():
+    """N past a right object: the widget marks it reviewed (core.prompts.accepted_pixels), so does the annotator."""
+    from napari_segtool.core.edits import training_mask
+    from napari_segtool.core.hitl import PromptAnnotator
+
+    gt, pred, maps = _effort_scene()
+    right = [g for g in (1, 4, 5, 8, 10, 11, 12) if np.array_equal(pred == g, gt == g)]
+    runs = {}
+    for accept in (True, False):
+        ann = PromptAnnotator(gt, np.zeros_like(gt), seed=1, accept_shown=accept)
+        ann.update(pred, maps)
+        ann.work(100)
+        runs[accept] = ann
+    on, off = runs[True], runs[False]
+    assert on.cost == off.cost and on.views == off.views          # accepting costs no action and changes no choice
+    np.testing.assert_array_equal(on.plane.labels, off.plane.labels)
+    accepted = [g for g in right if on.plane.edited[gt == g].all()]
+    assert len(accepted) == len(right) >= 5                       # every right object it was shown, whole
+    assert not any(off.plane.edited[gt == g].any() for g in right)  # before: only edited objects counted
+    assert not (on.plane.marks & (on.plane.labels == 0)).any()     # it asserts the objects, not background
+    # training: the objects with their 3 px background ring, as an edited object
+    ring = training_mask(on.plane.labels, on.plane.edited) & ~on.plane.edited
+    assert (ring & (gt == 0)).sum() > (training_mask(off.plane.labels, off.plane.edited) & ~off.plane.edited).sum()
+    # a re-prediction that loses an accepted object does not undo it (the widget's merge keeps marked pixels)
+    g = accepted[0]
+    worse = pred.copy()
+    worse[gt == g] = 0
+    on.update(worse, maps)
+    assert (on.plane.labels[gt == g] > 0).all()
 
 
 def test_an_annotator_with_nothing_left_marks_the_plane_reviewed_once():
