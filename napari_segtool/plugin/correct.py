@@ -648,6 +648,14 @@ class LabelsTracker(QObject):
             return self._say("no model maps for this slice: run Segment on it first")
         if self._queue_key != (index, self.version, id(maps)):
             self.rank(index)
+        elif 0 <= self.queue_pos < len(self.queue):  # N past an object left as it is: right, so training data
+            from napari_segtool.core.prompts import accepted_pixels
+
+            accepted = accepted_pixels(self._plane(index), self.queue[self.queue_pos])
+            self.marks[index] |= accepted
+            self.edited[index] |= accepted
+            self.dirty.add(index)
+            self.schedule_save()
         if not self.queue:
             return self._say("nothing uncertain left on this slice")
         self.queue_pos = (self.queue_pos + 1) % len(self.queue)
