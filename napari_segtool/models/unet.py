@@ -292,12 +292,12 @@ class UNetArchitecture(Architecture):
     # ---------------------------------------------------------------- inference
     def _tiled_maps(self, net: nn.Module, image: Any, meta: ModelMeta, device: torch.device, tile_size: int | None,
                     batch_size: int, progress: ProgressFn | None, cancel: CancelToken | None,
-                    labels_only: bool = False) -> np.ndarray:
+                    label_maps: Sequence[str] = ()) -> np.ndarray:
         """The network's activated maps ``(K, Y, X)`` of a whole plane, tile by tile with its halo.
 
-        ``labels_only`` (instance models): only what the instance post-processing reads, per tile, as
-        :data:`LABEL_MAPS` -- 12 bytes a pixel of the plane instead of the 16 of the four maps plus 4 of a
-        foreground sum (blending is linear, so the foreground sums the same before or after it).
+        ``label_maps`` (instance models): only these of :data:`LABEL_MAPS`, what the instance post-processing
+        reads, per tile -- 12 bytes a pixel of the plane (8 without the interior) instead of the 16 of the four
+        maps plus 4 of a foreground sum (blending is linear, so the foreground sums the same before or after it).
         """
         net.eval()
         align = self.align(meta)
@@ -316,13 +316,13 @@ class UNetArchitecture(Architecture):
             if meta.task in ("semantic", "regression"):
                 return torch.softmax(y, dim=1)
             p, distance = torch.softmax(y[:, :INSTANCE_CLASSES], 1), torch.sigmoid(y[:, INSTANCE_CLASSES:])
-            if labels_only:
-                return torch.cat([INSTANCE_LAYOUT.foreground(p.transpose(0, 1)).unsqueeze(1),
-                                  p[:, INSTANCE_LAYOUT.interior_channel:INSTANCE_LAYOUT.interior_channel + 1],
-                                  distance], 1)
+            if label_maps:
+                named = {"foreground": INSTANCE_LAYOUT.foreground(p.transpose(0, 1)).unsqueeze(1), "distance": distance,
+                         "interior": p[:, INSTANCE_LAYOUT.interior_channel:INSTANCE_LAYOUT.interior_channel + 1]}
+                return torch.cat([named[name] for name in label_maps], 1)
             return torch.cat([p, distance], 1)
 
-        channels = len(LABEL_MAPS) if labels_only else meta.arch_kwargs["out_channels"]
+        channels = len(label_maps) if label_maps else meta.arch_kwargs["out_channels"]
         try:
             return tiled_apply(forward, image, channels, tile_size=tile_size,
                                halo=halo, align=align, batch_size=batch_size, device=device,
@@ -342,19 +342,23 @@ class UNetArchitecture(Architecture):
                       tile_size: int | None = None, batch_size: int = 2, return_probabilities: bool = False,
                       progress: ProgressFn | None = None, cancel: CancelToken | None = None,
                       **postprocess: Any) -> PlaneResult:
-        labels_only = meta.task == "instance" and not return_probabilities
-        probs = self._tiled_maps(net, image, meta, device, tile_size, batch_size, progress, cancel, labels_only)
-        if meta.task in ("semantic", "regression"):  # regression: the component holding most of the flux
-            labels = (np.argmax(probs, axis=0) + 1).astype(np.int32)
-            return PlaneResult(labels, probs if return_probabilities else None)
         settings = self.split_postprocess(meta, postprocess)  # the core applies its own to the assembled result
         params = settings.plane
         if "diameter" in settings.core:  # the objects' size on the model grid, for the shape/flux splits
             params["diameter"] = settings.core["diameter"]
+        label_maps: tuple[str, ...] = ()
+        if meta.task == "instance" and not return_probabilities:  # the interior seeds, or sizes a shape/flux split
+            interior = params.get("seed_mode", "interior") == "interior" or not params.get("diameter")
+            label_maps = LABEL_MAPS if interior else ("foreground", "distance")
+        probs = self._tiled_maps(net, image, meta, device, tile_size, batch_size, progress, cancel, label_maps)
+        if meta.task in ("semantic", "regression"):  # regression: the component holding most of the flux
+            labels = (np.argmax(probs, axis=0) + 1).astype(np.int32)
+            return PlaneResult(labels, probs if return_probabilities else None)
         if params.get("seed_mode") == "flux":  # deblending by brightness peaks needs the (normalised) plane
             params["image"] = np.asarray(image[:, :, :]).mean(axis=-1)
-        if labels_only:
-            maps = probs
+        if label_maps:  # without the interior when nothing reads it (instances_from_maps then never does)
+            named = dict(zip(label_maps, probs))
+            maps = (named["foreground"], named.get("interior"), named["distance"])
         else:
             layout = INSTANCE_LAYOUT
             maps = (layout.foreground(probs), probs[layout.interior_channel], probs[layout.distance_channel])

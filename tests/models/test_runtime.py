@@ -131,10 +131,14 @@ def test_fast_path_labels_equal_the_reference_labels(monkeypatch):
     assert abs(int(fast.labels.max()) - int(ref.labels.max())) <= 1
 
 
+@pytest.mark.parametrize("diameter", [None, 11.0])
 @pytest.mark.parametrize("model_name", ["nuclei", "astro-sources"])
-def test_labels_only_maps_give_the_labels_of_the_full_maps(model_name):
-    """predict_plane without probabilities keeps only foreground / interior / distance per tile (less memory):
-    the same labels as from the four blended maps, across tile seams, for the shape and the flux splits."""
+def test_labels_only_maps_give_the_labels_of_the_full_maps(model_name, diameter):
+    """predict_plane without probabilities keeps only foreground / interior / distance per tile (less memory),
+    and no interior when the split is given the objects' size (as the core always gives it: 8 bytes a plane
+    pixel instead of 12): the same labels as from the four blended maps, across tile seams, for the shape and
+    the flux splits."""
+    from napari_segtool.models import unet
     from napari_segtool.core.checkpoint import load_model
 
     model = load_model(model_name)
@@ -149,9 +153,15 @@ def test_labels_only_maps_give_the_labels_of_the_full_maps(model_name):
         field = simulate_astro_dataset(1, (384, 384), seed=3)[0].image.astype(np.float32)
         plane = normalize(field[:, :, None], **model.meta.normalization)
     arch = model.architecture
-    full = arch.predict_plane(model.net, plane, model.meta, device="cpu", tile_size=256, return_probabilities=True)
-    lean = arch.predict_plane(model.net, plane, model.meta, device="cpu", tile_size=256)
+    full = arch.predict_plane(model.net, plane, model.meta, device="cpu", tile_size=256, return_probabilities=True,
+                              diameter=diameter)
+    channels = []
+    real = unet.tiled_apply
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(unet, "tiled_apply", lambda fn, p, k, **kw: channels.append(k) or real(fn, p, k, **kw))
+        lean = arch.predict_plane(model.net, plane, model.meta, device="cpu", tile_size=256, diameter=diameter)
     assert lean.probabilities is None and full.probabilities.shape[0] == 4
+    assert channels == [3 if diameter is None else 2]
     assert full.labels.max() > 10
     np.testing.assert_array_equal(lean.labels, full.labels)
 
