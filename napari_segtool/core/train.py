@@ -23,6 +23,7 @@ from napari_segtool.core.data import DataError, Example, PatchSampler, split_val
 from napari_segtool.core.finetune import Anchor, FineTuneConfig
 from napari_segtool.core.scale import object_scale_from_labels
 from napari_segtool.core.train_loop import history_entry, iter_optimise
+from napari_segtool.core.tune_decoding import tune_decoding
 from napari_segtool.kernel.device import configure_threads, pick_device
 from napari_segtool.kernel.errors import ConfigError
 from napari_segtool.kernel.events import CancelToken, TrainEpoch, TrainStep
@@ -48,6 +49,7 @@ class TrainConfig:
     num_threads: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)  # used only when starting from a model
+    tune_decoding: bool = True  # instance thresholds chosen on the validation region after training (core.tune_decoding)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -267,9 +269,13 @@ def iter_train(
         batches.close()
     if anchor is not None:
         anchor.finish(model.net)  # the averaged weights, when fine-tuning averages them
+    tuned = tune_decoding(model, val_set, device) if cfg.tune_decoding and val_set else None
+    if tuned is not None:  # stored in model.json: every later prediction starts from them
+        model.meta.postprocess.update(tuned.settings)
     seconds = time.perf_counter() - start
     model.meta.history.append(history_entry(cfg, run, len(examples), seconds,
-                                            fine_tuned_from=init.meta.name if init is not None else None))
+                                            fine_tuned_from=init.meta.name if init is not None else None,
+                                            **({"decoding": tuned.record()} if tuned is not None else {})))
     return TrainResult(model, run.epochs, run.stop_reason, seconds, run.steps)
 
 

@@ -1,0 +1,150 @@
+"""The instance decoding's thresholds chosen on annotated pixels after training (as StarDist picks its
+probability / NMS thresholds on validation images).
+
+A network's maps say *how likely* each pixel is object, interior or boundary; where the decoding cuts
+them (``fg_threshold``: the object's edge; ``seed_threshold``: which interiors seed separate objects)
+decides the labels. The defaults (0.5 / 0.6) suit the model as it was shipped; fine-tuned on a user's
+few annotations its probabilities are calibrated differently, and mean AP at high IoU depends mostly
+on where the foreground cut puts the edge. :func:`tune_decoding` computes the maps of the annotated
+regions once, decodes them on a coarse grid of both thresholds, scores each against the annotations
+(mean AP over IoU 0.5:0.95 on annotated pixels) and returns the best pair, with the score grid
+smoothed over neighbouring cells so that one lucky cell of a small region does not decide.
+``core.train.iter_train`` stores the result in the model's ``postprocess`` settings (``model.json``),
+which every later prediction -- CLI, widgets, human-in-the-loop rounds -- starts from.
+
+Only the examples it is given are used: training calls it with the held-out validation region, never
+with pixels it is scored on elsewhere.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from napari_segtool.core.data import Example
+from napari_segtool.core.model import SegModel
+from napari_segtool.ops.metrics import instance_scores
+from napari_segtool.ops.postprocess import instances_from_maps
+
+__all__ = ["DecodingGrid", "TunedDecoding", "RegionMaps", "can_tune", "region_maps", "choose_thresholds", "tune_decoding"]
+
+#: the settings tuned (per-plane post-processing of the architecture)
+TUNED = ("fg_threshold", "seed_threshold")
+#: the model's other settings the interior decoding reads, kept as they are
+_KEPT = ("min_size", "min_seed_size", "fill")
+
+
+@dataclass(frozen=True)
+class DecodingGrid:
+    """The thresholds tried (every pair)."""
+
+    fg_thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    seed_thresholds: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class TunedDecoding:
+    """The chosen thresholds, their (smoothed) score, the score of the model's own settings, the grid."""
+
+    settings: dict[str, float]
+    score: float
+    default_score: float
+    grid: np.ndarray = field(repr=False)   # (fg, seed) raw mean AP of every pair
+    seconds: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        """What the model's training history keeps of it (JSON)."""
+        return {**self.settings, "mean_ap": round(self.score, 4), "default_mean_ap": round(self.default_score, 4),
+                "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class RegionMaps:
+    """The network's maps of one annotated region (its bounding box), with the annotation."""
+
+    foreground: np.ndarray
+    interior: np.ndarray
+    distance: np.ndarray
+    labels: np.ndarray
+    annotated: np.ndarray
+
+
+def can_tune(model: SegModel) -> bool:
+    """Whether ``model`` decodes instances from foreground / interior / distance maps with both thresholds."""
+    if model.meta.task != "instance":
+        return False
+    arch = model.architecture
+    layout = arch.probability_layout(model.meta)
+    names = {p.name for p in arch.params_for("instance")}
+    return (layout.has_foreground and layout.interior_channel is not None and layout.distance_channel is not None
+            and set(TUNED) <= names and model.meta.postprocess.get("seed_mode", "interior") == "interior")
+
+
+def region_maps(model: SegModel, example: Example, device: torch.device) -> RegionMaps | None:
+    """The maps of ``example``'s annotated bounding box, predicted with the halo's context around it
+    (so they equal the whole image's), or ``None`` when nothing is annotated."""
+    if not example.annotated.any():
+        return None
+    arch, meta = model.architecture, model.meta
+    margin = arch.halo(model.net, meta)
+    ys, xs = np.nonzero(example.annotated)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    outer = tuple(slice(max(0, s.start - margin), s.stop + margin) for s in box)
+    inner = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, outer))
+    probs = arch.predict_plane(model.net, example.image[outer], meta, device=device,
+                               return_probabilities=True).probabilities
+    layout = arch.probability_layout(meta)
+    probs = probs[(slice(None), *inner)]
+    return RegionMaps(np.ascontiguousarray(layout.foreground(probs)), probs[layout.interior_channel],
+                      probs[layout.distance_channel], example.labels[box], example.annotated[box])
+
+
+def _mean_ap(pred: np.ndarray, region: RegionMaps) -> tuple[float, int]:
+    """Mean AP (IoU 0.5:0.95) on the annotated pixels, and the number of annotated objects (its weight)."""
+    scores = instance_scores(np.where(region.annotated, pred, 0), np.where(region.annotated, region.labels, 0))
+    return scores["mean_ap"], scores["n_gt"]
+
+
+def _score(regions: Sequence[RegionMaps], settings: dict) -> float:
+    """Object-weighted mean AP of the regions decoded with ``settings``."""
+    values = [_mean_ap(instances_from_maps(r.foreground, r.interior, r.distance, **settings), r) for r in regions]
+    weight = sum(n for _, n in values)
+    return float(sum(v * n for v, n in values) / weight) if weight else float("nan")
+
+
+def choose_thresholds(regions: Sequence[RegionMaps], settings: dict[str, Any],
+                      grid: DecodingGrid | None = None) -> TunedDecoding:
+    """The pair of :data:`TUNED` thresholds maximising mean AP of ``regions`` decoded with ``settings`` (the
+    other interior-decoding settings, e.g. ``min_size``; their ``fg_threshold`` / ``seed_threshold`` are the
+    default scored for comparison). Ties and near-ties are decided by the 3x3-smoothed grid."""
+    grid = grid or DecodingGrid()
+    fixed = {k: v for k, v in settings.items() if k in _KEPT}
+    scores = np.array([[_score(regions, {**fixed, "fg_threshold": f, "seed_threshold": s})
+                        for s in grid.seed_thresholds] for f in grid.fg_thresholds])
+    default = _score(regions, {**fixed, **{k: settings[k] for k in TUNED if k in settings}})
+    smooth = ndi.uniform_filter(np.nan_to_num(scores, nan=-1.0), size=3, mode="nearest")
+    i, j = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    return TunedDecoding({"fg_threshold": float(grid.fg_thresholds[i]), "seed_threshold": float(grid.seed_thresholds[j])},
+                         float(scores[i, j]), default, scores)
+
+
+def tune_decoding(model: SegModel, examples: Sequence[Example], device: torch.device | str = "cpu",
+                  grid: DecodingGrid | None = None) -> TunedDecoding | None:
+    """:func:`choose_thresholds` on the maps of ``examples``' annotated regions (computed once); the model is
+    not changed. ``None`` when it cannot be tuned (:func:`can_tune`) or no annotated object is given."""
+    if not can_tune(model):
+        return None
+    t0 = time.perf_counter()
+    device = torch.device(device) if isinstance(device, str) else device
+    model.net.eval()
+    with torch.no_grad():
+        regions = [r for r in (region_maps(model, ex, device) for ex in examples) if r is not None and r.labels.any()]
+    if not regions:
+        return None
+    result = choose_thresholds(regions, model.architecture.split_postprocess(model.meta).plane, grid)
+    result.seconds = time.perf_counter() - t0
+    return result

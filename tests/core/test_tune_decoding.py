@@ -1,0 +1,83 @@
+"""The instance decoding's thresholds are chosen on annotated pixels and travel with the model (core.tune_decoding)."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_segtool.core.checkpoint import load_model, save_model
+from napari_segtool.core.data import make_example
+from napari_segtool.core.predict import predict
+from napari_segtool.core.train import TrainConfig, train
+from napari_segtool.core.tune_decoding import DecodingGrid, RegionMaps, choose_thresholds, tune_decoding
+from napari_segtool.models.unet import instance_targets
+from napari_segtool.ops.metrics import instance_scores
+from napari_segtool.ops.postprocess import instances_from_maps
+from tests.conftest import draw_objects
+
+GRID = DecodingGrid()
+
+
+def _decoded_mean_ap(region: RegionMaps, fg: float, seed: float) -> float:
+    pred = instances_from_maps(region.foreground, region.interior, region.distance, fg_threshold=fg,
+                               seed_threshold=seed, min_size=10, min_seed_size=3)
+    return instance_scores(pred, region.labels)["mean_ap"]
+
+
+def test_the_foreground_cut_moves_to_where_the_maps_put_the_annotated_edge():
+    """Maps whose foreground probability is 0.5 1.5 px *inside* each annotated object (a network that learnt
+    tighter edges than these annotations): the default cut shrinks every object by a pixel ring."""
+    _, labels = draw_objects((128, 128), n=12, seed=2, touching=True)
+    inside = ndi.distance_transform_edt(labels > 0) - ndi.distance_transform_edt(labels == 0)
+    foreground = 1 / (1 + np.exp(-(inside - 1.5)))
+    classes, distance = instance_targets(labels)
+    interior = np.where(classes == 1, 0.4 + 0.6 * distance, 0.05)
+    region = RegionMaps(foreground.astype(np.float32), interior.astype(np.float32), distance, labels,
+                        np.ones(labels.shape, bool))
+    settings = {"fg_threshold": 0.5, "seed_threshold": 0.6, "min_size": 10, "min_seed_size": 3}
+    tuned = choose_thresholds([region], settings, GRID)
+    best = max(_decoded_mean_ap(region, f, s) for f in GRID.fg_thresholds for s in GRID.seed_thresholds)
+    chosen = _decoded_mean_ap(region, tuned.settings["fg_threshold"], tuned.settings["seed_threshold"])
+    assert tuned.settings["fg_threshold"] < 0.4  # the cut that keeps the annotated edge pixels (inside >= 1)
+    assert chosen == pytest.approx(tuned.score) and chosen >= best - 0.02
+    assert tuned.default_score == pytest.approx(_decoded_mean_ap(region, 0.5, 0.6))
+    assert tuned.score > tuned.default_score + 0.2
+
+
+@pytest.fixture(scope="module")
+def objects():
+    return draw_objects((128, 128), n=12, seed=1)
+
+
+def test_the_shipped_model_over_splits_at_its_default_seed_cut_and_tuning_finds_a_better_one(objects):
+    """The real shipped network on bright ellipses: its default seed threshold (0.6) splits objects."""
+    model = load_model("nuclei")
+    model.meta.postprocess.update(model.meta.postprocess.pop("after_fine_tuning"))  # seed_mode interior
+    image, labels = objects
+    tuned = tune_decoding(model, [make_example(image, labels, normalization=model.meta.normalization)])
+    assert tuned.settings["seed_threshold"] > 0.6
+    assert tuned.score > tuned.default_score + 0.15
+    assert tuned.score >= tuned.grid.max() - 0.03  # smoothing may trade a lucky cell for its steadier neighbour
+
+
+def test_tuned_thresholds_reach_prediction_through_model_json(objects, tmp_path):
+    """Fine-tuning tunes on its validation region, stores the pair in ``postprocess`` and the history; a
+    model loaded from disk predicts with them when no setting is given (the CLI's and widget's default)."""
+    image, labels = objects
+    start = load_model("nuclei")
+    example = make_example(image, labels, normalization=start.meta.normalization)
+    config = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, patch_size=64, lr=1e-7, val_fraction=0.5,
+                         num_threads=1, seed=0)
+    model = train([example], init=start, config=config).model
+    record = model.meta.history[-1]["decoding"]
+    chosen = {k: model.meta.postprocess[k] for k in ("fg_threshold", "seed_threshold")}
+    assert chosen == {k: record[k] for k in chosen}
+    assert chosen["seed_threshold"] != 0.6 and record["mean_ap"] > record["default_mean_ap"]
+    loaded = load_model(save_model(model, tmp_path / "tuned"))
+    assert {k: loaded.meta.postprocess[k] for k in chosen} == chosen
+    own = predict(loaded, image).labels
+    np.testing.assert_array_equal(own, predict(loaded, image, **chosen).labels)
+    assert not np.array_equal(own, predict(loaded, image, fg_threshold=0.5, seed_threshold=0.6).labels)
+    untuned = train([example], init=start, config=replace(config, tune_decoding=False)).model
+    assert "decoding" not in untuned.meta.history[-1] and untuned.meta.postprocess["seed_threshold"] == 0.6
