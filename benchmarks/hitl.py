@@ -300,6 +300,8 @@ def run_effort(args, dataset: str, train_pair, held, init, init_name: str) -> di
         cfg.epochs, cfg.steps_per_epoch = 1, args.steps
     if args.lr:
         cfg.lr = args.lr
+    if args.val_fraction is not None:
+        cfg.val_fraction = args.val_fraction
     ft = cfg.fine_tune
     cfg.fine_tune = replace(ft, freeze_norm=ft.freeze_norm or args.freeze_norm,
                             distill=ft.distill if args.distill is None else args.distill,
@@ -450,6 +452,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cold-start", action="store_true",
                    help="effort: every round fine-tunes the starting model on all corrections so far "
                         "(default: the previous round's model, as the Train widget after a round)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="effort: share of the corrections held out to validate each fine-tuning and tune its "
+                        f"decoding thresholds (the Train widget's: {TrainConfig().val_fraction:g}; default: "
+                        f"{HitlConfig().train.val_fraction:g}, all trained on)")
     p.add_argument("--no-accept", action="store_true",
                    help="effort: objects correct next showed and the prompt user left as they are are not "
                         "training data (default: they are, as the Correct widget marks them reviewed on N)")
