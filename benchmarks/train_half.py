@@ -35,8 +35,14 @@ from napari_segtool.core.predict import predict  # noqa: E402
 from napari_segtool.core.train import TrainConfig, train  # noqa: E402
 
 
-def instance_half(budget: float, seed: int = 0, init: str | None = None, lr: float | None = None) -> tuple[dict, float]:
-    """Scores on the right half of a U-Net trained ``budget`` s on the left half (from ``init`` if given)."""
+def instance_half(budget: float, seed: int = 0, init: str | None = None, lr: float | None = None,
+                  average: float = 0.0) -> tuple[dict, float]:
+    """Scores on the right half of a U-Net trained ``budget`` s on the left half (from ``init`` if given).
+
+    Training tunes the decoding thresholds on its validation stripe of the left half (``core.tune_decoding``);
+    ``untuned`` is the mean AP of the same weights decoded with the thresholds before tuning, and
+    ``decoding`` names the chosen pair.
+    """
     from napari_segtool.core.checkpoint import load_model
 
     image, labels = nuclei_2d()
@@ -47,9 +53,17 @@ def instance_half(budget: float, seed: int = 0, init: str | None = None, lr: flo
     config = TrainConfig(time_budget=budget, epochs=10_000, patience=10_000, val_fraction=0.15, seed=seed)
     if lr is not None:
         config.lr = lr
+    config.fine_tune.average = average
     res = train([make_example(image[left], labels[left], normalization=normalization)], init=start, config=config)
     seconds = time.perf_counter() - t0
-    return instance_scores(predict(res.model, image[right]).labels, labels[right]), seconds
+    scores = instance_scores(predict(res.model, image[right]).labels, labels[right])
+    tuned = res.model.meta.history[-1].get("decoding")
+    if tuned:
+        before = predict(res.model, image[right], **tuned["default"]).labels
+        scores["untuned"] = instance_scores(before, labels[right])["mean_ap"]
+        scores["decoding"] = (f"fg {tuned['fg_threshold']:.2f} seed {tuned['seed_threshold']:.2f} "
+                              f"(val {tuned['default_mean_ap']:.3f} -> {tuned['mean_ap']:.3f}, {tuned['seconds']:.1f} s)")
+    return scores, seconds
 
 
 def instance_forest() -> tuple[dict, float]:
@@ -122,12 +136,15 @@ def semantic_forest() -> tuple[dict, float, float]:
 
 
 def _seed_rows(name: str, runs: list[tuple[dict, float]], keys: tuple[str, ...]) -> list[str]:
-    """One line per seed, then mean and worst (by the first key) when there are several."""
+    """One line per seed (with its ``decoding`` note, if any), then mean and worst (per key) when there are
+    several."""
     lines = [f"{name + (f' seed {i}' if len(runs) > 1 else ''):40s} "
-             + " ".join(f"{s[k]:8.3f}" for k in keys) + f" {sec:8.1f}" for i, (s, sec) in enumerate(runs)]
+             + " ".join(f"{s.get(k, float('nan')):8.3f}" for k in keys) + f" {sec:8.1f}"
+             + (f"  {s['decoding']}" if "decoding" in s else "") for i, (s, sec) in enumerate(runs)]
     if len(runs) > 1:
         for label, pick in (("mean", np.mean), ("worst", np.min)):
-            lines.append(f"{name + ' ' + label:40s} " + " ".join(f"{pick([s[k] for s, _ in runs]):8.3f}" for k in keys)
+            lines.append(f"{name + ' ' + label:40s} " + " ".join(f"{pick([s.get(k, np.nan) for s, _ in runs]):8.3f}"
+                                                                 for k in keys)
                          + f" {np.mean([sec for _, sec in runs]):8.1f}")
     return lines
 
@@ -142,18 +159,21 @@ def main() -> None:
                              "'none' trains from scratch only")
     parser.add_argument("--no-scratch", action="store_true", help="instance task: only the fine-tuning rows")
     parser.add_argument("--lr", type=float, help="learning rate of the instance rows (default: TrainConfig's)")
+    parser.add_argument("--average", type=float, default=0.0,
+                        help="fine-tuning ends on the moving average of its weights with this decay (0: off)")
     args = parser.parse_args()
     seeds = range(max(1, args.seeds))
     if args.only in (None, "instance"):
         print(f"\nInstances: real nuclei image, train left half, score right half (budget {args.budget:.0f} s)")
-        print(f"{'method':40s} {'AP@0.5':>8s} {'mean AP':>8s} {'seconds':>8s}")
+        print(f"{'method':40s} {'AP@0.5':>8s} {'mean AP':>8s} {'untuned':>8s} {'seconds':>8s}  decoding (untuned: "
+              "mean AP of the same weights with the thresholds before tuning)")
         starts = ([] if args.no_scratch else [None]) + ([] if args.init == "none" else [args.init])
         for init in starts:
-            runs = [instance_half(args.budget, seed, init, args.lr) for seed in seeds]
+            runs = [instance_half(args.budget, seed, init, args.lr, args.average) for seed in seeds]
             name = f"U-Net fine-tuned from {init}" if init else "U-Net from scratch"
-            print("\n".join(_seed_rows(name, runs, ("ap50", "mean_ap"))), flush=True)
+            print("\n".join(_seed_rows(name, runs, ("ap50", "mean_ap", "untuned"))), flush=True)
         s, sec = instance_forest()
-        print(f"{'random forest (ilastik-style)':40s} {s['ap50']:8.3f} {s['mean_ap']:8.3f} {sec:8.1f}")
+        print(f"{'random forest (ilastik-style)':40s} {s['ap50']:8.3f} {s['mean_ap']:8.3f} {'':8s} {sec:8.1f}")
     if args.only in (None, "semantic"):
         runs = [semantic_scribbles(args.budget, seed) for seed in seeds]
         s, sec, frac = semantic_forest()

@@ -45,6 +45,18 @@ def test_the_foreground_cut_moves_to_where_the_maps_put_the_annotated_edge():
     assert tuned.score > tuned.default_score + 0.2
 
 
+def test_maps_that_decode_alike_at_every_threshold_keep_the_models_own():
+    """Sharp maps (probabilities 0 or 1): every pair scores the same, so nothing is gained by moving."""
+    _, labels = draw_objects((96, 96), n=8, seed=4, touching=False)
+    classes, distance = instance_targets(labels)
+    region = RegionMaps((labels > 0).astype(np.float32), (classes == 1).astype(np.float32), distance, labels,
+                        np.ones(labels.shape, bool))
+    settings = {"fg_threshold": 0.5, "seed_threshold": 0.6, "min_size": 10, "min_seed_size": 3}
+    tuned = choose_thresholds([region], settings, GRID)
+    assert np.ptp(tuned.grid) == 0 and tuned.score == tuned.default_score
+    assert tuned.settings == {"fg_threshold": 0.5, "seed_threshold": 0.6}
+
+
 @pytest.fixture(scope="module")
 def objects():
     return draw_objects((128, 128), n=12, seed=1)
