@@ -452,6 +452,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cold-start", action="store_true",
                    help="effort: every round fine-tunes the starting model on all corrections so far "
                         "(default: the previous round's model, as the Train widget after a round)")
+    p.add_argument("--ranking", action="store_true",
+                   help="print the precision at k of correct next on the starting model's left half against the "
+                        "true errors (an object under --accept-iou, a merge, a false positive, a missed object)")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="effort: share of the corrections held out to validate each fine-tuning and tune its "
                         f"decoding thresholds (the Train widget's: {TrainConfig().val_fraction:g}; default: "
@@ -483,6 +486,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{len(np.unique(held[1])) - 1} held out on the right; init = {init_name}; "
           f"threads = {os.environ.get('SEGTOOL_NUM_THREADS', 'all')}", flush=True)
 
+    if args.ranking:  # correct next's precision at k on the starting model's maps of the left half
+        from dataclasses import asdict
+
+        from napari_segtool.core.hitl import predict_maps, ranking_precision
+
+        found = asdict(ranking_precision(*predict_maps(init, train_pair[0]), train_pair[1], args.accept_iou))
+        print(json.dumps(found, indent=2))
+        return found
     if args.effort:
         goal = run_effort(args, dataset, train_pair, held, init, init_name)
         summary = {"command": "python benchmarks/hitl.py " + " ".join(argv if argv is not None else sys.argv[1:]),

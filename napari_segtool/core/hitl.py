@@ -68,6 +68,9 @@ __all__ = [
     "EffortRound",
     "ActionCosts",
     "iter_effort",
+    "predict_maps",
+    "RankingPrecision",
+    "ranking_precision",
 ]
 
 #: ``fit(image, labels, annotated) -> predict(image) -> labels``: a baseline trained on the same corrections.
@@ -912,6 +915,50 @@ class PromptAnnotator(EffortAnnotator):
 
 
 @dataclass
+class RankingPrecision:
+    """How many of correct next's first ``k`` items are true errors (:func:`ranking_precision`)."""
+
+    objects: int
+    true_errors: int                 # among every ranked item
+    precision_at: dict[int, float]
+    errors_in_top: dict[int, int]
+
+
+def ranking_precision(labels: np.ndarray, maps: Any, gt: np.ndarray, accept_iou: float = ACCEPT_IOU,
+                      ks: Sequence[int] = (5, 10, 15, 20)) -> RankingPrecision:
+    """Precision at k of "correct next" (:func:`~napari_segtool.core.prompts.rank_uncertain`, the widget's
+    list) against ground truth ``gt``: an item is a true error when the simulated user would act on it, an
+    object mostly on background, covering most of two or more truth objects, or under ``accept_iou`` with the
+    truth object it covers most; a missed region holding 30 % or more of a truth object nothing matches."""
+    ious, gt_ids, pred_ids = iou_matrix(labels, gt)
+    gt_row = {g: i for i, g in enumerate(gt_ids.tolist())}
+    pred_col = {p: j for j, p in enumerate(pred_ids.tolist())}
+    gt_area = np.bincount(gt.ravel())
+
+    def wrong(label: int) -> bool:
+        ids, n = np.unique(gt[labels == label], return_counts=True)
+        whole = [g for g, c in zip(ids.tolist(), n.tolist()) if g and c >= 0.5 * gt_area[g]]
+        if n[ids > 0].sum() < 0.5 * n.sum() or len(whole) >= 2:
+            return True
+        main = int(ids[np.argmax(np.where(ids > 0, n, -1))])
+        return float(ious[gt_row[main], pred_col[label]]) < accept_iou
+
+    regions = ndi.label((labels == 0) & (maps.foreground >= 0.3), ndi.generate_binary_structure(2, 1))[0]
+    matched = ious.max(axis=1) if ious.size else np.zeros(len(gt_ids))
+
+    def missed(yx: tuple[int, int]) -> bool:
+        ids, n = np.unique(gt[regions == regions[yx]], return_counts=True)
+        return any(g and matched[gt_row[g]] < accept_iou and c >= 0.3 * gt_area[g]
+                   for g, c in zip(ids.tolist(), n.tolist()))
+
+    hits = [wrong(u.label) if u.kind == "object" else missed(u.yx)
+            for u in _prompts.rank_uncertain(labels, maps, top=None)]
+    return RankingPrecision(int(len(pred_ids)), int(sum(hits)),
+                            {k: round(float(np.mean(hits[:k])), 3) for k in ks if hits},
+                            {k: int(sum(hits[:k])) for k in ks})
+
+
+@dataclass
 class EffortRound:
     """One round of :func:`iter_effort`: actions so far, the held-out score after training on them."""
 
@@ -927,7 +974,8 @@ class EffortRound:
     annotated_pixels: int = 0
 
 
-def _predict_maps(model: SegModel, image: np.ndarray) -> tuple[np.ndarray, Any]:
+def predict_maps(model: SegModel, image: np.ndarray) -> tuple[np.ndarray, Any]:
+    """Labels of ``image`` and the model's maps for the prompt tools (``None`` when it has none), as Segment keeps them."""
     pred = predict(model, image, return_probabilities=True)
     maps = None
     if pred.probabilities is not None:
@@ -989,7 +1037,7 @@ def iter_effort(
     held_images = [img for img, _ in heldout]
     norm = model.meta.normalization
     t0 = time.perf_counter()
-    labels, maps = _predict_maps(model, train_image)
+    labels, maps = predict_maps(model, train_image)
     preds, _ = _predict_all(model, held_images)
     predict_seconds = time.perf_counter() - t0
     extra: dict[str, Any] = {"accept_shown": accept_shown} if annotator == "prompts" else {}
@@ -1019,7 +1067,7 @@ def iter_effort(
         except DataError:
             pass
         t0 = time.perf_counter()
-        labels, maps = _predict_maps(current, train_image)
+        labels, maps = predict_maps(current, train_image)
         preds, _ = _predict_all(current, held_images)
         predict_seconds = time.perf_counter() - t0
         ann.update(labels, maps)

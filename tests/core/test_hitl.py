@@ -247,6 +247,17 @@ def test_objects_correct_next_showed_and_the_user_left_are_training_data():
     assert (on.plane.labels[gt == g] > 0).all()
 
 
+def test_ranking_precision_counts_the_planted_errors_and_correct_next_puts_them_first():
+    from napari_segtool.core.hitl import ranking_precision
+
+    gt, pred, maps = _effort_scene()
+    # 2 missed objects, the 6+7 merge, the false positive, half-missed 9 (the object and its missing half)
+    found = ranking_precision(pred, maps, gt, 0.7, ks=(6, 10))
+    assert found.objects == 10 and found.true_errors == 6
+    assert found.errors_in_top == {6: 6, 10: 6} and found.precision_at == {6: 1.0, 10: 0.6}
+    assert ranking_precision(gt, maps, gt, 0.7).true_errors == 0    # a right plane: nothing to fix
+
+
 def test_an_annotator_with_nothing_left_marks_the_plane_reviewed_once():
     from napari_segtool.core.hitl import PromptAnnotator, RepaintAnnotator
     from napari_segtool.ops.metrics import instance_scores
