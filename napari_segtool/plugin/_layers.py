@@ -9,6 +9,23 @@ from napari_segtool.kernel.axes import guess_axes, to_canonical
 
 META_KEY = "segtool"
 
+#: labels ids are held in the narrowest of these that fits them: napari hands uint16 labels to its texture as
+#: they are, while 32-bit labels are re-coded on the CPU at every slice (63-97 ms per 2048² plane on the GUI
+#: thread, docs/upstream-napari.md); past 65535 ids the labels are widened to int32 (``LabelsTracker.fit_ids``)
+COMPACT_LABELS = np.dtype(np.uint16)
+WIDE_LABELS = np.dtype(np.int32)
+
+
+def labels_dtype(max_id: int) -> np.dtype:
+    """The dtype that holds ids up to ``max_id``: uint16 while they fit, else int32."""
+    return COMPACT_LABELS if int(max_id) <= np.iinfo(COMPACT_LABELS).max else WIDE_LABELS
+
+
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """``labels`` in :func:`labels_dtype` of its largest id (the array itself when it has that dtype already)."""
+    labels = np.asarray(labels)
+    return labels.astype(labels_dtype(labels.max(initial=0)), copy=False)
+
 
 def show_in_layer(viewer: Any, layer_type: type, data: Any, name: str, **properties: Any) -> tuple[Any, bool]:
     """Show ``data`` in the viewer's layer ``name``; returns ``(layer, added)``.
@@ -29,8 +46,9 @@ def show_in_layer(viewer: Any, layer_type: type, data: Any, name: str, **propert
         return old, False
     if old is not None:
         viewer.layers.remove(old)
-    add = getattr(viewer, f"add_{layer_type.__name__.lower()}")
-    return add(data, name=name, **properties), True
+    from napari_segtool.plugin._reveal import add_then_show
+
+    return add_then_show(viewer, layer_type, data, name=name, **properties), True
 
 
 def _same(current: Any, wanted: Any) -> bool:

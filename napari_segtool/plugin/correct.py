@@ -38,6 +38,7 @@ from napari_segtool.core.edits import (  # noqa: F401
 )
 from napari_segtool.core.project import ImageEntry, Project, image_key
 from napari_segtool.plugin import _layers as L
+from napari_segtool.plugin._reveal import show_now
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,7 @@ class LabelsTracker(QObject):
         planes that were written.
         """
         self.check_all()  # edits made while the prediction ran are kept too
+        self.fit_ids(max((int(np.max(pred, initial=0)) for _yx, pred in updates.values()), default=0))
         written = []
         data = self.labels_layer.data
         with self.programmatic():
@@ -303,6 +305,7 @@ class LabelsTracker(QObject):
 
     def replace_all(self, labels: np.ndarray) -> None:
         """Write labels without marking them edited (e.g. renumbering)."""
+        self.fit_ids(int(np.max(labels, initial=0)))
         with self.programmatic():
             self.labels_layer.data[...] = labels
             self.labels_layer.refresh()
@@ -312,6 +315,23 @@ class LabelsTracker(QObject):
         self.base = self.shadow.copy()
         self.dirty.update(changed_planes)
         self.schedule_save()
+
+    def fit_ids(self, max_id: int) -> bool:
+        """Widen the layer's labels (and the tracker's copies) to int32 before an id their dtype cannot hold is
+        written; True if they were widened.
+
+        Annotation layers hold uint16 labels while the ids fit (``_layers.COMPACT_LABELS``: napari then
+        shows each slice without re-coding it); predictions and edits add ids above the largest, so an id past
+        65535 must widen the array first instead of wrapping round to an existing object's id.
+        """
+        data = self.labels_layer.data
+        if max_id <= np.iinfo(data.dtype).max:
+            return False
+        with self.programmatic():  # the same labels, wider: not an edit
+            self.labels_layer.data = np.asarray(data).astype(L.WIDE_LABELS)
+        self.shadow = self.shadow.astype(L.WIDE_LABELS)
+        self.base = self.base.astype(L.WIDE_LABELS)
+        return True
 
     # -------------------------------------------------------------- reviewed
     def current_plane(self) -> Index:
@@ -444,12 +464,14 @@ class LabelsTracker(QObject):
 
     def apply_plane_edit(self, index: Index, new_plane: np.ndarray, sl: tuple[slice, slice] | None = None) -> int:
         """Write a changed plane (or crop) through ``data_setitem``: undoable, tracked. Returns #pixels."""
+        show_now(self.labels_layer)  # a layer added this turn is not sliced yet (plugin/_reveal.py)
         sl = sl or (slice(0, self.shape[-2]), slice(0, self.shape[-1]))
         old = np.asarray(self.labels_layer.data[tuple(index) + tuple(sl)])
         changed = old != new_plane
         if not changed.any():
             return 0
         ys, xs = np.nonzero(changed)
+        self.fit_ids(int(new_plane[changed].max()))
         indices = tuple(np.full(ys.size, i, dtype=np.intp) for i in index) + (ys + sl[0].start, xs + sl[1].start)
         self.labels_layer.data_setitem(indices, new_plane[changed].astype(self.labels_layer.data.dtype))
         return int(changed.sum())
@@ -458,7 +480,11 @@ class LabelsTracker(QObject):
         return np.asarray(self.labels_layer.data[tuple(index)] if index else self.labels_layer.data)
 
     def next_label(self) -> int:
-        return int(np.asarray(self.labels_layer.data).max()) + 1
+        """The id a new object gets (one above the largest); the labels are widened first when their dtype
+        cannot hold it, so take it before reading the plane the edit works on."""
+        new = int(np.asarray(self.labels_layer.data).max()) + 1
+        self.fit_ids(new)
+        return new
 
     def delete_object(self, index: Index, label: int) -> int:
         if label <= 0:
@@ -501,7 +527,8 @@ class LabelsTracker(QObject):
         return n
 
     def split_points(self, index: Index, p1: tuple[int, int], p2: tuple[int, int]) -> int:
-        sl, labels = split_object_points_in_window(self._plane(index), p1, p2, self.next_label())
+        new = self.next_label()
+        sl, labels = split_object_points_in_window(self._plane(index), p1, p2, new)
         return self.apply_plane_edit(index, labels, sl)  # the object's window only
 
     def add_split_seed_at_cursor(self) -> str:
@@ -525,8 +552,8 @@ class LabelsTracker(QObject):
         return "split"
 
     def split_line(self, index: Index, line_yx: np.ndarray) -> int:
-        plane = self._plane(index)
-        return self.apply_plane_edit(index, split_object_line(plane, line_yx, self.next_label()))
+        new = self.next_label()
+        return self.apply_plane_edit(index, split_object_line(self._plane(index), line_yx, new))
 
     def fill_holes(self, index: Index, label: int | None = None) -> int:
         return self.apply_plane_edit(index, fill_object_holes(self._plane(index), label))
@@ -565,7 +592,7 @@ class LabelsTracker(QObject):
             edit = make(plane, maps)
         except PromptError as exc:
             return self._say(str(exc))
-        n = self.apply_plane_edit(index, edit.labels.astype(plane.dtype, copy=False), edit.slices)
+        n = self.apply_plane_edit(index, edit.labels, edit.slices)
         return self._say(f"{edit.message} (label {edit.label}, {n} pixels)" if n else "nothing changed")
 
     def prompt_add(self, index: Index, yx: tuple[int, int]) -> str:

@@ -4,7 +4,9 @@ napari calls sample providers on the GUI thread. Simulating the nuclei stack tak
 1.5-2 s, so it is simulated once, in the warm-up thread the first widget starts
 (:func:`prepare_cache`), and kept in the user's cache folder
 (``$SEGTOOL_CACHE_DIR``, else ``$XDG_CACHE_HOME/napari-segtool`` or ``~/.cache/napari-segtool``);
-opening the sample then reads a 4 MB file.
+opening the sample then reads a 4 MB file. Each sample layer is added hidden and shown on the next
+turn of the event loop (``plugin/_reveal.py``), so napari's layer building and its first slicing and
+drawing do not freeze the window in one piece.
 """
 from __future__ import annotations
 
@@ -83,8 +85,8 @@ def nuclei_stack(shape: tuple[int, int, int] = NUCLEI_SHAPE, seed: int = NUCLEI_
     """A simulated fluorescence stack of nuclei (Z spacing 2x the XY pixel size)."""
     image, sim_meta, limits = _simulated_nuclei(tuple(shape), seed)
     meta = {META_KEY: {"axes": "ZYX", "source": f"sim:nuclei:{tuple(shape)}:{seed}"}, "simulation": sim_meta}
-    return [(image, {"name": "nuclei (simulated)", "scale": (2.0, 1.0, 1.0), "metadata": meta,
-                     "axis_labels": ("z", "y", "x"), "contrast_limits": limits}, "image")]
+    return _revealed([(image, {"name": "nuclei (simulated)", "scale": (2.0, 1.0, 1.0), "metadata": meta,
+                     "axis_labels": ("z", "y", "x"), "contrast_limits": limits}, "image")])
 
 
 def galaxy_field(shape: tuple[int, int] = (384, 384), seed: int = 11) -> list[tuple]:
@@ -95,9 +97,9 @@ def galaxy_field(shape: tuple[int, int] = (384, 384), seed: int = 11) -> list[tu
     sim = simulate_astro_field(shape, seed=seed)
     meta = {META_KEY: {"axes": "YX", "source": f"sim:astro:{shape}:{seed}"},
             "noise_sigma": sim.noise_sigma, "sky_level": sim.sky_level}
-    return [(sim.image, {"name": "galaxies (simulated)", "metadata": meta, "colormap": "gray",
-                         "axis_labels": ("y", "x"),
-                         "contrast_limits": _finite_limits(sim.image, zscale=True)}, "image")]
+    return _revealed([(sim.image, {"name": "galaxies (simulated)", "metadata": meta, "colormap": "gray",
+                                   "axis_labels": ("y", "x"),
+                                   "contrast_limits": _finite_limits(sim.image, zscale=True)}, "image")])
 
 
 def _hubble() -> np.ndarray:
@@ -111,7 +113,7 @@ def hubble_deep_field() -> list[tuple]:
     rgb = _hubble()
     meta = {META_KEY: {"axes": "YXC", "source": "skimage:hubble_deep_field"},
             "credit": "NASA, ESA, R. Williams (STScI); via scikit-image"}
-    return [(rgb, {"name": "Hubble Deep Field", "rgb": True, "metadata": meta}, "image")]
+    return _revealed([(rgb, {"name": "Hubble Deep Field", "rgb": True, "metadata": meta}, "image")])
 
 
 def hubble_deep_field_grey() -> list[tuple]:
@@ -121,5 +123,15 @@ def hubble_deep_field_grey() -> list[tuple]:
     grey = _hubble().astype(np.float32).mean(axis=-1)
     meta = {META_KEY: {"axes": "YX", "source": "skimage:hubble_deep_field:grey"},
             "credit": "NASA, ESA, R. Williams (STScI); via scikit-image"}
-    return [(grey, {"name": "Hubble Deep Field (grey)", "metadata": meta, "colormap": "gray",
-                    "contrast_limits": _finite_limits(grey, zscale=True)}, "image")]
+    return _revealed([(grey, {"name": "Hubble Deep Field (grey)", "metadata": meta, "colormap": "gray",
+                              "contrast_limits": _finite_limits(grey, zscale=True)}, "image")])
+
+
+def _revealed(layers: list[tuple]) -> list[tuple]:
+    """The layer data, added hidden by napari and shown on the next turn when a viewer is open to add them."""
+    from napari_segtool.plugin._reveal import reveal_next_added
+
+    if reveal_next_added(len(layers)):
+        for _data, kwargs, _kind in layers:
+            kwargs["visible"] = False
+    return layers

@@ -306,9 +306,9 @@ class SegmentWidget(SavesWithWindow, JobWidget):
                 **job.postprocess)
             if job.crop is None:
                 job.n_objects = int(len(np.unique(prediction.labels))) - 1  # a sort: seconds on 2048² stacks
-                if job.target is None:
-                    labels = np.asarray(prediction.labels, dtype=np.int32)
-                    job.snapshots = (labels.copy(), labels.copy())
+                if job.target is None:  # the new layer's array (uint16 while the ids fit) and its snapshots
+                    prediction.labels = L.compact_labels(prediction.labels)
+                    job.snapshots = (prediction.labels.copy(), prediction.labels.copy())
             return prediction
 
         return self.launch(make_job, status="loading model…", progress_total=max(1, job.total),
@@ -537,12 +537,13 @@ def _stack_labels(job: SegmentJob) -> np.ndarray:
 
 
 def _new_labels(job: SegmentJob, prediction: Any) -> np.ndarray:
-    """The whole array of a new annotation layer holding ``prediction`` (a whole stack: its labels as they
-    are; one plane or region: zeros elsewhere)."""
+    """The whole array of a new annotation layer holding ``prediction`` (a whole stack: its labels as the
+    worker left them; one plane or region: zeros elsewhere), uint16 while the ids fit (``L.labels_dtype``)."""
     if job.crop is None:
-        return np.asarray(prediction.labels, dtype=np.int32)
-    labels = np.zeros(job.shape, np.int32)
-    labels[tuple(job.index) + tuple(job.crop)] = prediction.labels
+        return np.asarray(prediction.labels)
+    pred = np.asarray(prediction.labels)
+    labels = np.zeros(job.shape, L.labels_dtype(pred.max(initial=0)))
+    labels[tuple(job.index) + tuple(job.crop)] = pred
     return labels
 
 

@@ -366,11 +366,15 @@ class Session(QObject):
             entry = self.project.find(image_layer.name, L.source_of(image_layer), shape)
             if entry is not None:
                 stored = self.project.load(entry.key)
-        if stored is not None or data is None:
-            data = stored.labels if stored is not None else np.zeros(shape, np.int32)
+        if stored is not None or data is None:  # uint16 while the ids fit (L.COMPACT_LABELS)
+            data = L.compact_labels(stored.labels) if stored is not None else np.zeros(shape, L.COMPACT_LABELS)
             snapshots = None
-        layer = self.viewer.add_labels(
-            data, name=f"{image_layer.name} labels", scale=L.spatial_scale(image_layer),
+        from napari.layers import Labels
+
+        from napari_segtool.plugin._reveal import add_then_show
+
+        layer = add_then_show(  # built in this turn, sliced and drawn in the next (plugin/_reveal.py)
+            self.viewer, Labels, data, name=f"{image_layer.name} labels", scale=L.spatial_scale(image_layer),
             translate=L.spatial_translate(image_layer),
             metadata={L.META_KEY: {"axes": L.labels_axes(L.image_axes(image_layer)),
                                    "image": image_layer.name}})

@@ -133,6 +133,43 @@ def test_nuclei_sample_opens_from_the_cache_without_sorting_the_stack(make_napar
     np.testing.assert_allclose(layer.contrast_limits, expected)
 
 
+def _menu_action(menu, text):
+    """The action whose text starts with ``text`` anywhere under ``menu`` (a menu bar or a menu)."""
+    for action in menu.actions():
+        if action.text().replace("&", "").startswith(text):
+            return action
+        sub = action.menu()
+        if sub is not None:
+            found = _menu_action(sub, text)
+            if found is not None:
+                return found
+    return None
+
+
+def test_sample_from_the_file_menu_is_built_hidden_and_shown_on_the_next_turn(make_napari_viewer, qtbot):
+    """File ▸ Open Sample ▸ the nuclei stack: napari built the first image layer (controls, dims slider,
+    visual) and sliced, uploaded and drew it in one turn (~0.2 s at idle). The sample's layer is now added
+    hidden and shown on the next turn, with the cached contrast limits; a second opening gets its own
+    layer shown too."""
+    from napari_segtool.plugin import samples
+
+    samples.prepare_cache()  # what the warm-up thread does
+    viewer = make_napari_viewer(show=True)
+    shown_at_insertion = []
+    viewer.layers.events.inserted.connect(lambda event: shown_at_insertion.append(event.value.visible))
+    action = _menu_action(viewer.window._qt_window.menuBar(), "Nuclei stack (simulated")
+    assert action is not None
+    for _ in range(2):
+        action.trigger()
+    assert shown_at_insertion == [False, False]
+    layers = [viewer.layers["nuclei (simulated)"], viewer.layers["nuclei (simulated) [1]"]]
+    qtbot.waitUntil(lambda: all(layer.visible for layer in layers), timeout=5000)
+    _, _, limits = samples._simulated_nuclei(samples.NUCLEI_SHAPE, samples.NUCLEI_SEED)
+    for layer in layers:
+        np.testing.assert_allclose(layer.contrast_limits, limits)
+        assert np.asarray(layer._slice.image.raw).shape == samples.NUCLEI_SHAPE[1:]  # sliced once shown
+
+
 def test_batch_rerun_updates_its_result_layer_in_place(make_napari_viewer, qtbot, user_model, tmp_path):
     """Each Batch run removed its result layer and added a new one: napari built the layer's controls, vispy
     visuals and overlays again on the GUI thread (0.2-0.4 s here). A re-run now sets the data of the layer it
@@ -190,6 +227,72 @@ def test_probability_map_of_a_new_click_replaces_the_layers_data(make_napari_vie
     assert [n for n in inserted if n.endswith("probability")] == ["nuclei object probability"] and removed == []
     assert not np.array_equal(map1, map2)  # the second slice's map, not the first one kept
     assert tuple(second.contrast_limits) == (0.0, 1.0) and second.colormap.name == "magma"
+
+
+def _watch_insertions(viewer, segment):
+    """Per inserted layer: (name, visible when inserted, Segment's status when it became visible)."""
+    seen = {}
+
+    def on_inserted(event):
+        layer = event.value
+        seen[layer.name] = [layer.visible, None]
+        layer.events.visible.connect(
+            lambda _e, name=layer.name, layer=layer: seen[name].__setitem__(1, segment.status_label.text())
+            if layer.visible else None)
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    return seen
+
+
+def test_result_layers_are_built_hidden_and_shown_on_the_next_turn_holding_uint16_labels(
+        make_napari_viewer, qtbot, user_model, nuclei_stack):
+    """A new layer cost napari its controls, visuals and overlays, then the slicing, colour coding and drawing
+    of its data, in one turn of the GUI thread (150-400 ms on a software-rendered display). The Segment
+    result's labels layer and its probability map are now added hidden (napari slices no invisible layer)
+    and made visible on the next turn, after the click's handler has returned; the labels are uint16, which
+    napari draws without re-coding every slice as it does 32-bit labels."""
+    image, _ = nuclei_stack
+    viewer = make_napari_viewer(show=True)
+    segment = _docked(viewer, qtbot, "Segment")
+    viewer.add_image(image, name="nuclei", scale=(2, 1, 1))
+    segment.fg_spin.setValue(0.3)  # the tiny test model is barely trained
+    seen = _watch_insertions(viewer, segment)
+
+    segment.scope_combo.setCurrentText(sw.SCOPE_STACK)
+    QTest.mouseClick(segment.run_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not segment.running, timeout=600000)
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    labels = viewer.layers["nuclei labels"]
+    qtbot.waitUntil(lambda: labels.visible, timeout=5000)
+    visible_at_insertion, status_when_shown = seen["nuclei labels"]
+    assert visible_at_insertion is False
+    assert status_when_shown.startswith("done:")  # shown once the job's handler had finished: a later turn
+    assert labels.data.dtype == np.uint16 and labels.data is segment.last_outcome.result.labels
+    shown = np.asarray(labels._slice.image.raw)  # what napari sliced for the canvas: the current plane
+    np.testing.assert_array_equal(shown, labels.data[int(viewer.dims.current_step[0])])
+    # and they look as the 32-bit labels did: the same colours on the canvas
+    wide = viewer.add_labels(labels.data.astype(np.int32), scale=labels.scale, name="int32 copy")
+    qtbot.wait(50)
+    for layer in (labels, viewer.layers["nuclei"]):
+        layer.visible = False
+    seen_wide = viewer.screenshot(canvas_only=True)
+    assert len(np.unique(seen_wide.reshape(-1, seen_wide.shape[-1]), axis=0)) >= 2  # objects drawn, not a blank
+    wide.visible, labels.visible = False, True
+    np.testing.assert_array_equal(viewer.screenshot(canvas_only=True), seen_wide)
+    viewer.layers.remove(wide)
+    viewer.layers["nuclei"].visible = True
+
+    viewer.dims.set_current_step(0, 1)
+    segment.scope_combo.setCurrentText(sw.SCOPE_SLICE)
+    QTest.keyClick(segment.prob_check, Qt.Key_Space)
+    QTest.mouseClick(segment.run_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not segment.running, timeout=600000)
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    probability = viewer.layers["nuclei object probability"]
+    qtbot.waitUntil(lambda: probability.visible, timeout=5000)
+    assert seen["nuclei object probability"][0] is False and seen["nuclei object probability"][1].startswith("done:")
+    assert tuple(probability.contrast_limits) == (0.0, 1.0) and probability.colormap.name == "magma"
+    assert labels.data.dtype == np.uint16  # the slice's new ids still fit
 
 
 #: a script's lines (for a fresh process): the Segment widget docked in a new viewer, then wait for the warm-up

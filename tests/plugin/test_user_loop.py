@@ -321,6 +321,57 @@ def test_k_twice_splits_two_touching_discs_at_the_neck(make_napari_viewer, qtbot
     assert tracker.edited[out > 0].all()  # the split object is training data
 
 
+def test_split_past_id_65535_widens_the_uint16_labels_instead_of_wrapping(make_napari_viewer, qtbot):
+    """Annotation layers hold uint16 labels while the ids fit (napari draws them without re-coding each
+    slice); an edit that makes id 65536 widens them to int32 first: no id wraps round to 0 or to another
+    object, and Ctrl-Z still undoes the split."""
+    plane, c1, c2, _a1, _a2 = _two_discs()
+    plane = plane * 65535
+    plane[0:3, 0:3] = 7  # another object
+    viewer, labels, tracker, correct = _correct_setup(make_napari_viewer, qtbot, plane)
+    assert labels.data.dtype == np.uint16
+    _hover(viewer, qtbot, labels, c1)
+    _key(viewer, qtbot, Qt.Key_K)
+    _hover(viewer, qtbot, labels, c2)
+    _key(viewer, qtbot, Qt.Key_K)
+    out = np.asarray(labels.data)
+    assert out.dtype == np.int32 and tracker.shadow.dtype == np.int32 and tracker.base.dtype == np.int32
+    assert int(out[c1]) == 65535 and int(out[c2]) == 65536  # the new piece got the next id, not 0
+    np.testing.assert_array_equal(out > 0, plane > 0)     # no pixel lost to background
+    assert tracker.edited[out == 65536].all()
+    _key(viewer, qtbot, Qt.Key_Z, Qt.ControlModifier)
+    np.testing.assert_array_equal(np.asarray(labels.data), plane)
+    qtbot.waitUntil(lambda: not tracker.edited.any(), timeout=5000)  # undone: no longer an annotation
+
+
+def test_a_prediction_past_id_65535_widens_the_uint16_labels(make_napari_viewer, qtbot, user_model, nuclei_stack):
+    """Segment on a slice of a layer whose ids reach 65535: the new objects' ids (above the largest) are
+    written into labels widened to int32, the kept object untouched."""
+    from napari_segtool.plugin import segment_widget as sw
+
+    image, _ = nuclei_stack
+    viewer = make_napari_viewer(show=True)
+    segment = _dock(viewer, qtbot, "Segment")
+    segment.fg_spin.setValue(0.3)  # the tiny test model is barely trained
+    img = viewer.add_image(image[0], name="cells")
+    labels = segment.session.annotation_layer(img)
+    tracker = segment.session.tracker_for_labels(labels)
+    qtbot.waitUntil(lambda: labels.visible, timeout=5000)  # shown on the turn after it was added
+    corner = tuple(a.ravel() for a in np.mgrid[:4, :4])
+    labels.data_setitem(corner, 65535)  # the user paints an object with the largest uint16 id
+    qtbot.waitUntil(lambda: tracker.edited[:4, :4].all(), timeout=5000)
+    assert labels.data.dtype == np.uint16
+    _choose_text(segment.scope_combo, sw.SCOPE_SLICE)
+    _click(qtbot, segment.run_button)
+    qtbot.waitUntil(lambda: not segment.running, timeout=600000)
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    out = np.asarray(labels.data)
+    assert out.dtype == np.int32
+    assert (out[:4, :4] == 65535).all()
+    new = set(np.unique(out).tolist()) - {0, 65535}
+    assert new and min(new) > 65535  # the predicted objects above the kept one, none wrapped
+
+
 # ---------------------------------------------------------------- item 1: a reviewed slice keeps the stack 3D
 
 
