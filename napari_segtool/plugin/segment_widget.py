@@ -424,7 +424,7 @@ class SegmentWidget(SavesWithWindow, JobWidget):
         fresh = None  # the annotation layer is made once, holding the result: no zeros to fill, no merge
         if target is None:
             fresh = _new_labels(job, prediction)
-            target = self.session.annotation_layer(image, data=fresh, snapshots=job.snapshots)
+            target = self.session.annotation_layer(image, data=fresh, snapshots=job.snapshots, next_turn=True)
         fresh = fresh is not None and target.data is fresh  # (not when the project had stored labels)
         tracker = self.session.tracker_for_labels(target) or self.session.track(target, image)
         rows = fits_features(image, target, job.data, job.crop, prediction)  # FITS: catalogue, NaN unlabelled

@@ -347,10 +347,12 @@ class Session(QObject):
             self.trackers_changed.emit()
 
     def annotation_layer(self, image_layer: Any, create: bool = True, data: Any = None,
-                         snapshots: Any = None) -> Any | None:
+                         snapshots: Any = None, next_turn: bool = False) -> Any | None:
         """The tracked labels layer of an image: existing, restored from the project, or new (holding
         ``data``, e.g. a finished prediction, else zeros: a layer is made once, with its final array).
-        ``snapshots``: two copies of ``data`` made off the GUI thread, kept by the edit tracker."""
+        ``snapshots``: two copies of ``data`` made off the GUI thread, kept by the edit tracker.
+        ``next_turn``: a new layer is added hidden and shown on the next turn (``plugin/_reveal.py``; napari
+        cannot ``data_setitem`` a layer before it was first shown, so only for a layer nothing edits at once)."""
         from napari_segtool.plugin import _layers as L
 
         tracker = self.tracker_for_image(image_layer)
@@ -373,11 +375,12 @@ class Session(QObject):
 
         from napari_segtool.plugin._reveal import add_then_show
 
-        layer = add_then_show(  # built in this turn, sliced and drawn in the next (plugin/_reveal.py)
-            self.viewer, Labels, data, name=f"{image_layer.name} labels", scale=L.spatial_scale(image_layer),
-            translate=L.spatial_translate(image_layer),
-            metadata={L.META_KEY: {"axes": L.labels_axes(L.image_axes(image_layer)),
-                                   "image": image_layer.name}})
+        properties = dict(name=f"{image_layer.name} labels", scale=L.spatial_scale(image_layer),
+                          translate=L.spatial_translate(image_layer),
+                          metadata={L.META_KEY: {"axes": L.labels_axes(L.image_axes(image_layer)),
+                                                 "image": image_layer.name}})
+        layer = add_then_show(self.viewer, Labels, data, **properties) if next_turn else \
+            self.viewer.add_labels(data, **properties)
         self.track(layer, image_layer, restore=stored is not None, snapshots=snapshots)
         return layer
 
