@@ -17,8 +17,8 @@ from skimage import measure, morphology, segmentation
 
 from napari_segtool.kernel.params import Param
 from napari_segtool.ops.deblend import CONTRAST, deblend_by_contrast
-from napari_segtool.ops.flood import component_peaks, flood_from_peaks
-from napari_segtool.ops.parallel import each, gaussian_radius, in_bands, worker_count
+from napari_segtool.ops.flood import component_peaks, flood_from_peaks, label_both
+from napari_segtool.ops.parallel import bounding_boxes, counts, gaussian_radius, in_bands, worker_count
 
 
 #: How touching objects are told apart (``instances_from_maps(seed_mode=...)``).
@@ -70,32 +70,85 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
     Vectorised: the holes are the background components enclosed by the foreground
     (:func:`enclosed_background`), and each hole whose neighbours all belong to one object is filled
     with it in one indexing step (neighbours looked up around the hole pixels only). A hole bordered by
-    several objects (rare: two objects enclosing it together, or an object inside another's hole) is filled
-    only by an object that encloses it alone, checked on that object's bounding box as a per-object fill would.
+    several objects (two objects enclosing it together, or an object inside another's hole; ~2100 of them on a
+    4096² nuclei plane) is filled by the lowest of them that encloses it alone, as a per-object fill on that
+    object's bounding box decides (:func:`_enclosed_alone`, all such holes in a few labelling calls).
     """
-    holes, n = enclosed_background(labels > 0)
+    where, hole_of, n = hole_pixels(labels > 0)
     if n == 0:
         return labels.copy()
-    where = np.flatnonzero(holes)
-    hole_ids, object_ids = _touching_ids(holes.ravel()[where], where, labels)
-    pairs = np.unique(np.stack([hole_ids, object_ids]), axis=1)
-    count = np.bincount(pairs[0], minlength=n + 1)
+    hole_ids, object_ids = _touching_ids(hole_of, where, labels)
+    span = int(labels.max()) + 1
+    hole, obj = np.divmod(np.unique(hole_ids.astype(np.int64) * span + object_ids), span)  # pairs, by hole then id
+    count = np.bincount(hole, minlength=n + 1)
     fill = np.zeros(n + 1, labels.dtype)
-    single = count[pairs[0]] == 1
-    fill[pairs[0][single]] = pairs[1][single]
-    shared = np.flatnonzero(count > 1)
-    if shared.size:
-        boxes, hole_boxes = each(ndi.find_objects, (labels, holes))  # two passes side by side (GIL released)
-        for hole in shared:
-            for obj in sorted(pairs[1][pairs[0] == hole]):
-                box = boxes[obj - 1]
-                if all(o.start <= h.start and h.stop <= o.stop for o, h in zip(box, hole_boxes[hole - 1])) and \
-                        not (ndi.binary_fill_holes(labels[box] == obj) < (holes[box] == hole)).any():
-                    fill[hole] = obj  # enclosed by this object alone
-                    break
+    single = count[hole] == 1
+    fill[hole[single]] = obj[single]
+    if not single.all():
+        hole, obj = hole[~single], obj[~single]
+        pixel = np.zeros(n + 1, np.intp)
+        pixel[hole_of] = where  # any pixel of each hole stands for it (the hole lies in a fill whole or not at all)
+        alone = _enclosed_alone(labels, obj, pixel[hole])
+        hole, first = np.unique(hole[alone], return_index=True)
+        fill[hole] = obj[alone][first]  # the lowest id enclosing it alone
     out = labels.copy()
-    out.ravel()[where] = fill[holes.ravel()[where]]
+    out.ravel()[where] = fill[hole_of]
     return out
+
+
+#: :func:`_enclosed_alone` labels at most this many pixels of framed boxes in one call (memory stays bounded)
+ENCLOSURE_BATCH = 1 << 22
+
+
+def _enclosed_alone(labels: np.ndarray, objects: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """Whether each background pixel ``pixels[i]`` (flat index) lies in ``ndi.binary_fill_holes(labels == objects[i])``.
+
+    That fill is the same on the object's bounding box (whatever lies outside the box reaches the array's edge
+    without crossing the object), so each object's box, framed by one pixel of not-the-object, becomes one plane of
+    a stack and the pixel is enclosed when its face-connected component of not-the-object pixels is not the
+    frame's. Boxes of similar size share a stack (sizes rounded up by at most a quarter, at least 8 pixels) and a
+    stack is labelled in one ``ndi.label`` call, no connectivity across its planes: a few calls instead of one fill
+    per pair (~2100 on a 4096² nuclei plane, 0.4 s).
+    """
+    enclosed = np.zeros(len(objects), bool)
+    unique, box_of = np.unique(objects, return_inverse=True)
+    starts, stops = bounding_boxes(labels, unique)
+    position = np.stack(np.unravel_index(pixels, labels.shape), axis=1)
+    inside = np.all((position >= starts[box_of]) & (position < stops[box_of]), axis=1)  # else not enclosed
+    extent = stops - starts + 2
+    step = np.maximum(8, 1 << np.maximum(0, np.log2(extent).astype(int) - 2))
+    shape_class = -(-extent // step) * step
+    classes, class_of = np.unique(shape_class, axis=0, return_inverse=True)
+    structure = np.zeros((3,) * (labels.ndim + 1), bool)
+    structure[1] = ndi.generate_binary_structure(labels.ndim, 1)
+    flat = labels.ravel()
+    for k, size in enumerate(classes):
+        members = np.flatnonzero(class_of.ravel() == k)
+        per_call = max(1, ENCLOSURE_BATCH // int(np.prod(size)))
+        for batch in np.array_split(members, -(-len(members) // per_call)):
+            framed = _framed_boxes(flat, labels.shape, unique[batch], starts[batch], stops[batch], tuple(size))
+            components = ndi.label(framed, structure)[0]
+            pairs = np.flatnonzero(np.isin(box_of, batch) & inside)
+            plane = np.searchsorted(batch, box_of[pairs])
+            at = tuple((position[pairs] - starts[box_of[pairs]] + 1).T)
+            enclosed[pairs] = components[(plane,) + at] != components[(plane,) + (0,) * labels.ndim]
+    return enclosed
+
+
+def _framed_boxes(flat: np.ndarray, shape: tuple[int, ...], objects: np.ndarray, starts: np.ndarray,
+                  stops: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """A stack of ``size`` planes, one per object: True where a pixel of its box (placed at offset 1 along every
+    axis) is not the object, and on the frame and padding around the box."""
+    ndim = len(shape)
+    per_object = (-1,) + (1,) * ndim
+    coords, valid = [], np.ones((len(objects),) + size, bool)
+    for axis in range(ndim):
+        c = (starts[:, axis] - 1).reshape(per_object) + np.arange(size[axis]).reshape(
+            tuple(size[axis] if d == axis else 1 for d in range(ndim)))
+        valid &= (c >= starts[:, axis].reshape(per_object)) & (c < stops[:, axis].reshape(per_object))
+        coords.append(np.clip(c, 0, shape[axis] - 1))
+    index = np.ravel_multi_index(coords, shape)
+    return (flat[index] != objects.reshape(per_object)) | ~valid
 
 
 def enclosed_background(foreground: np.ndarray) -> tuple[np.ndarray, int]:
@@ -106,16 +159,24 @@ def enclosed_background(foreground: np.ndarray) -> tuple[np.ndarray, int]:
     One labelling of the background instead of ``binary_fill_holes``' dilation from the edge, iterated
     until nothing changes: 0.13 -> 0.03 CPU s on a 2048² nuclei plane.
     """
+    where, ids, n = hole_pixels(foreground)
+    holes = np.zeros(foreground.shape, np.int32)
+    holes.ravel()[where] = ids
+    return holes, n
+
+
+def hole_pixels(foreground: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The pixels of :func:`enclosed_background`'s holes (flat indices, raster order), their hole ids and how many
+    holes there are, without the whole-array map of ids (what :func:`fill_holes` needs)."""
     background, n = ndi.label(~foreground)
-    if n == 0:
-        return background, 0
     hole = np.ones(n + 1, bool)
     hole[0] = False
     for axis in range(foreground.ndim):
         for end in (0, -1):
             hole[np.take(background, end, axis=axis)] = False
-    number = np.cumsum(hole).astype(background.dtype) * hole  # survivors keep their raster order, renumbered 1..n
-    return number[background], int(hole.sum())
+    number = (np.cumsum(hole) * hole).astype(np.int32)  # survivors keep their raster order, renumbered 1..n
+    where = np.flatnonzero(in_bands(hole.__getitem__, background, margin=0))
+    return where, number[background.ravel()[where]], int(hole.sum())
 
 
 def _touching_ids(ids: np.ndarray, where: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +275,7 @@ def _finished(labels: np.ndarray, min_size: int) -> np.ndarray:
     One count and one lookup: ``relabel_sequential(remove_small(labels, min_size))`` exactly, for
     non-negative ``labels`` (0.13 -> 0.03 CPU s on a 2048² nuclei plane).
     """
-    sizes = np.bincount(labels.ravel(), minlength=1)
+    sizes = counts(labels, minlength=1)
     keep = sizes >= max(int(min_size), 1)
     keep[0] = False
     return in_bands((np.cumsum(keep) * keep).astype(np.int32).__getitem__, labels, margin=0)
@@ -349,9 +410,9 @@ def _flood_from_peaks(relief: np.ndarray, foreground: np.ndarray, spacing: float
     scikit-image's ``peak_local_max(labels=measure.label(foreground))`` and ``watershed`` exactly
     (``ops.flood``: without the per-component loop, flooding only components with several seeds).
     """
-    components = measure.label(foreground)
+    (components, _), pieces = label_both(foreground)
     peaks = component_peaks(relief, components, _peak_box(spacing, z_scale, relief.ndim))
-    return flood_from_peaks(relief, components, peaks)
+    return flood_from_peaks(relief, components, peaks, pieces)
 
 
 def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, *, fg_threshold: float = 0.5,

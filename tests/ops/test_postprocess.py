@@ -183,3 +183,172 @@ def test_fill_holes_of_a_ring_around_another_object():
     labels[3, 3] = 0  # and a one-pixel hole in the ring
     np.testing.assert_array_equal(fill_holes(labels), per_object_fill(labels))
     assert fill_holes(labels)[6, 6] == 1 and fill_holes(labels)[3, 3] == 1
+
+
+# ---- fill_holes and the shape/flux splits give the labels they gave before #18's batched hole test ----------------
+
+def reference_fill_holes(labels: np.ndarray) -> np.ndarray:
+    """``fill_holes`` as it was (b2934b1), kept as the reference: a hole bordered by several objects is tested with
+    one ``binary_fill_holes`` per candidate object on its bounding box, in id order."""
+    from scipy import ndimage as ndi
+
+    from napari_segtool.ops.postprocess import _touching_ids
+
+    background, n = ndi.label(labels == 0)
+    hole = np.ones(n + 1, bool)
+    hole[0] = False
+    for axis in range(labels.ndim):
+        for end in (0, -1):
+            hole[np.take(background, end, axis=axis)] = False
+    n = int(hole.sum())
+    holes = ((np.cumsum(hole) * hole).astype(background.dtype))[background]
+    if n == 0:
+        return labels.copy()
+    where = np.flatnonzero(holes)
+    hole_ids, object_ids = _touching_ids(holes.ravel()[where], where, labels)
+    pairs = np.unique(np.stack([hole_ids, object_ids]), axis=1)
+    count = np.bincount(pairs[0], minlength=n + 1)
+    fill = np.zeros(n + 1, labels.dtype)
+    single = count[pairs[0]] == 1
+    fill[pairs[0][single]] = pairs[1][single]
+    boxes, hole_boxes = ndi.find_objects(labels), ndi.find_objects(holes)
+    for shared in np.flatnonzero(count > 1):
+        for obj in sorted(pairs[1][pairs[0] == shared]):
+            box = boxes[obj - 1]
+            if all(o.start <= h.start and h.stop <= o.stop for o, h in zip(box, hole_boxes[shared - 1])) and \
+                    not (ndi.binary_fill_holes(labels[box] == obj) < (holes[box] == shared)).any():
+                fill[shared] = obj
+                break
+    out = labels.copy()
+    out.ravel()[where] = fill[holes.ravel()[where]]
+    return out
+
+
+def same_fill(labels: np.ndarray) -> np.ndarray:
+    """``fill_holes(labels)``, asserted bit-identical (ids, dtype) to the reference with one and with two workers."""
+    from napari_segtool.ops import parallel
+    from napari_segtool.ops.postprocess import fill_holes
+
+    expected = reference_fill_holes(labels)
+    for workers in (1, 2):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(parallel, "worker_count", lambda: workers)
+            filled = fill_holes(labels)
+        assert filled.dtype == expected.dtype and np.array_equal(filled, expected), workers
+    return expected
+
+
+def hole_scene(rng: np.random.Generator, k: int) -> np.ndarray:
+    """Random labels with holes of every kind: inside one object, between touching objects, rings around other
+    objects (nested), diagonal-only walls, objects on the edges, disconnected objects; 2D and 3D."""
+    from scipy import ndimage as ndi
+    from skimage import measure
+
+    ndim = 3 if k % 5 == 0 else 2
+    shape = tuple(int(s) for s in rng.integers(3, 14 if ndim == 3 else 60, size=ndim))
+    kind = k % 4
+    if kind == 0:  # touching blobs, speckled with background
+        labels = measure.label(ndi.binary_opening(rng.random(shape) < rng.uniform(0.5, 0.8)))
+        labels[rng.random(shape) < rng.uniform(0.02, 0.15)] = 0
+    elif kind == 1:  # few ids scattered: disconnected objects, shared holes
+        labels = rng.integers(0, 4, shape) * (rng.random(shape) < rng.uniform(0.6, 0.95))
+    elif kind == 2:  # rings with objects and holes inside, nested
+        labels = np.zeros(shape, np.int64)
+        for ring in range(1, 5):
+            lo = [int(rng.integers(0, max(1, s // 2))) for s in shape]
+            hi = [int(rng.integers(l + 1, s + 1)) for l, s in zip(lo, shape)]
+            box = tuple(slice(l, h) for l, h in zip(lo, hi))
+            labels[box] = ring
+            inner = tuple(slice(l + 1, max(l + 1, h - 1)) for l, h in zip(lo, hi))
+            labels[inner] = 0 if rng.random() < 0.6 else ring + 10
+        labels[rng.random(shape) < 0.05] = 0
+    else:  # watershed-like tiling of blobs with diagonal gaps
+        labels = measure.label(rng.random(shape) < 0.7, connectivity=1)
+        labels[(np.indices(shape).sum(axis=0) % int(rng.integers(3, 7))) == 0] = 0
+    return labels.astype([np.int32, np.int64, np.uint16][k % 3])
+
+
+def test_fill_holes_is_the_reference_on_random_scenes():
+    from scipy import ndimage as ndi
+
+    from napari_segtool.ops.postprocess import enclosed_background
+
+    rng = np.random.default_rng(18)
+    shared = 0
+    for k in range(400):
+        labels = hole_scene(rng, k)
+        same_fill(labels)
+        holes, n = enclosed_background(labels > 0)
+        shared += any(np.unique(labels[ndi.binary_dilation(holes == h) & (labels > 0)]).size > 1 for h in range(1, n + 1))
+    assert shared > 50  # scenes with holes bordered by several objects, where the batched test runs
+
+
+def test_fill_holes_of_objects_nested_in_holes_is_the_reference():
+    labels = np.zeros((30, 30), np.int32)
+    labels[2:28, 2:28] = 5
+    labels[5:25, 5:25] = 0          # ring 5 ...
+    labels[8:22, 8:22] = 3
+    labels[11:19, 11:19] = 0        # ... around ring 3 ...
+    labels[14:16, 14:16] = 7        # ... around object 7: the gap between 3 and 7 is 3's alone
+    labels[6, 6] = 9                # an object in 5's hole next to 3's border: the hole is shared by 5, 3 and 9
+    filled = same_fill(labels)
+    assert filled[12, 12] == 3 and filled[6, 7] == 5 and (filled > 0).all() == (labels[0, 0] > 0)
+
+
+@pytest.fixture(scope="module")
+def real_plane_maps():
+    from tests.ops.test_postprocess_fast import nuclei_planes, real_or_simulated
+
+    return nuclei_planes(real_or_simulated(2))
+
+
+def shape_split_labels_before_filling(fg: np.ndarray, distance: np.ndarray, diameter: float) -> np.ndarray:
+    """The labels ``split_by_shape`` hands to ``fill_holes``."""
+    from napari_segtool.ops import postprocess
+
+    seen = []
+    real = postprocess.fill_holes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(postprocess, "fill_holes", lambda labels: seen.append(labels) or real(labels))
+        postprocess.split_by_shape(fg, distance, diameter)
+    return seen[0]
+
+
+@pytest.mark.parametrize("tiles", [1, 3, 8])
+def test_shape_split_of_the_real_plane_is_the_reference(real_plane_maps, tiles):
+    """The nuclei model's maps of the real image, alone, tiled 3x3 and 8x8 (4096², the speed benchmark's
+    size; objects cut at the seams touch): ``split_by_shape``'s labels equal the ones with the reference fill."""
+    from napari_segtool.ops import postprocess
+
+    fg, distance = (np.tile(m, (tiles, tiles)) for m in real_plane_maps)
+    fast = postprocess.split_by_shape(fg, distance, 14.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(postprocess, "fill_holes", reference_fill_holes)
+        reference = postprocess.split_by_shape(fg, distance, 14.0)
+    assert fast.dtype == reference.dtype and np.array_equal(fast, reference)
+    if tiles == 3:  # and fill_holes alone on those labels, one and two workers; holes shared by several objects
+        labels = shape_split_labels_before_filling(fg, distance, 14.0)
+        same_fill(labels)
+        assert (labels != reference_fill_holes(labels)).any()
+
+
+def test_fill_holes_of_the_real_stack_and_a_sky_is_the_reference():
+    """3D labels (the nuclei model's split of the real stack, holes punched) and a simulated sky's sources."""
+    from napari_segtool.ops.postprocess import split_by_flux, split_by_shape
+    from napari_segtool.sim import simulate_astro_field
+    from tests.ops.test_postprocess_fast import nuclei_planes, real_or_simulated
+
+    fg, distance = nuclei_planes(real_or_simulated(3))
+    stack = split_by_shape(fg, distance, 10.0, z_scale=2.0)
+    punched = stack.copy()
+    punched[np.random.default_rng(0).random(stack.shape) < 0.05] = 0
+    for labels in (stack, punched):
+        same_fill(labels)
+    field = simulate_astro_field((256, 256), seed=1)
+    image = np.arcsinh((field.image - field.sky_level) / field.noise_sigma).astype(np.float32)
+    from scipy import ndimage as ndi
+
+    sky = split_by_flux(image, ndi.gaussian_filter((field.labels > 0).astype(np.float32), 1.0), 6.0)
+    assert sky.max() > 10
+    same_fill(sky)
+    same_fill(np.where(np.random.default_rng(1).random(sky.shape) < 0.1, 0, sky))
