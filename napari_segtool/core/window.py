@@ -114,18 +114,21 @@ def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowS
     y0, y1, x0, x1 = settings.content
     ya, yb = _aligned_start(offset[0], y0, settings.align), min(offset[0] + window_hw[0], y1)
     xa, xb = _aligned_start(offset[1], x0, settings.align), min(offset[1] + window_hw[1], x1)
-    labels = np.zeros(tuple(window.shape[:-1]), np.int32)
     if yb <= ya or xb <= xa:
-        return WindowResult(labels)
+        return WindowResult(np.zeros(tuple(window.shape[:-1]), np.int32))
     inner = window[..., ya - offset[0]:yb - offset[0], xa - offset[1]:xb - offset[1], :]
     result = yield from _predict_content(model, inner, spatial_axes, settings, (ya - y0, xa - x0), planes,
                                          first_probabilities, cancel, tile_callback)
     core = (..., slice(ya - offset[0], yb - offset[0]), slice(xa - offset[1], xb - offset[1]))
-    labels[core] = result.labels
+    if result.labels.shape == tuple(window.shape[:-1]):  # the content is the whole window: no second plane
+        labels = np.asarray(result.labels, np.int32)
+    else:
+        labels = np.zeros(tuple(window.shape[:-1]), np.int32)
+        labels[core] = result.labels
     if np.issubdtype(inner.dtype, np.floating):
         # NaN/inf pixels (masks, bad pixels) stay unlabelled even inside an object (issue 17); only float
         # data can hold them, so integer images are not read a second time for this
-        labels[core] = np.where(np.isfinite(np.asarray(inner)).all(axis=-1), labels[core], 0)
+        np.copyto(labels[core], 0, where=~np.isfinite(np.asarray(inner)).all(axis=-1))
     probs = result.probabilities
     if probs is not None and probs.shape[-2:] != window_hw:
         full = np.zeros(probs.shape[:-2] + window_hw, probs.dtype)
@@ -282,6 +285,8 @@ def assemble(planes: dict[tuple, np.ndarray], shape: tuple[int, ...], spatial_ax
     chains stacked along Z at their area necks (:func:`split_z_chains`).
     """
     stack = stack or {}
+    if not link and list(planes) == [()] and planes[()].shape == shape:  # one plane: itself, not a copy
+        return np.asarray(planes[()], np.int32)
     labels = np.zeros(shape, np.int32)
     offset = 0
     for index, plane in planes.items():

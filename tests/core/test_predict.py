@@ -1,0 +1,22 @@
+"""In-memory prediction: the window's labels without whole-plane copies (issue 18) are the content's labels."""
+from __future__ import annotations
+
+import numpy as np
+
+from napari_segtool.core.predict import predict
+from tests.core.test_batch import draw_disks, threshold_unet
+
+
+def test_labels_are_the_same_whether_the_content_fills_the_window_or_not():
+    """predict_window returns the content's labels as they are when the content fills the window, and places
+    them in a zeroed plane otherwise (a flat frame): both give the same objects, 0 on NaN pixels and frame."""
+    model = threshold_unet()
+    image = draw_disks((320, 288), 70, seed=4)
+    image[100:110, 40:200] = np.nan  # a masked stripe crossing objects
+    plain = predict(model, image, axes="YX").labels
+    framed = predict(model, np.pad(image, ((24, 40), (16, 8)), constant_values=20.0), axes="YX").labels
+    assert plain.dtype == framed.dtype == np.int32
+    assert plain.max() > 30
+    assert not plain[100:110, 40:200].any()
+    np.testing.assert_array_equal(framed[24:-40, 16:-8], plain)
+    assert not framed[:24].any() and not framed[-40:].any() and not framed[:, :16].any() and not framed[:, -8:].any()
