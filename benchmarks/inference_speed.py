@@ -20,6 +20,9 @@ one simulated 512² nuclei image, scored against the mosaic's exact labels. Per 
 * ``post %``: share of the end-to-end time in ``ops.postprocess.instances_from_maps`` (watershed,
   splits, holes); ``other %``: the rest outside network and post-processing (size estimate, blending,
   normalising, resampling);
+* ``peak MB``: the process's ``ru_maxrss`` (MiB; the matmul and the first prediction count too);
+  ``peak-I/O``: less the image, its exact labels and the predicted labels, which any tool must hold: what the
+  prediction needs beyond them (``benchmarks/peak_memory.py`` prints it for the in-memory and chunked paths);
 * ``halo``/``tile``: what the plane's tiling used (the measured halo, ``models.base.measured_halo``,
   for planes large enough; ``--backend torch`` is the reference path: eager torch, half the theoretical
   receptive field).
@@ -150,6 +153,7 @@ def run_one(model_name: str, size: int, tile: int | None, diameter: float | None
             "limit": limit, "overhead": main["net_pixels"] / plane_px, "halo": main["halo"], "tile": main["tile"],
             "post_share": probe.post_seconds / seconds, "net_share": sum(c["net_seconds"] for c in probe.calls) / seconds,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "io_mb": (image.nbytes + gt.nbytes + pred.labels.nbytes) / 2**20,
             "objects": int(pred.labels.max()), "ap50": instance_scores(pred.labels, gt)["ap50"],
             "flops_per_px": flops_per_px}
 
@@ -230,7 +234,7 @@ def halo_check(model_name: str, configs: list[tuple[float, int]]) -> None:
 
 
 HEADER = (f"{'size':>6s} {'tile':>5s} {'halo':>4s} {'first s':>7s} {'seconds':>8s} {'e2e Mpx/s':>9s} {'net Mpx/s':>9s} "
-          f"{'GFLOP/s':>7s} {'% mm':>5s} {'overhead':>8s} {'post %':>6s} {'other %':>7s} {'peak MB':>7s} "
+          f"{'GFLOP/s':>7s} {'% mm':>5s} {'overhead':>8s} {'post %':>6s} {'other %':>7s} {'peak MB':>7s} {'peak-I/O':>8s} "
           f"{'AP@0.5':>6s}")
 
 
@@ -238,7 +242,8 @@ def format_row(r: dict) -> str:
     other = 1.0 - r["post_share"] - r["net_share"]
     return (f"{r['size']:6d} {r['tile']:5d} {r['halo']:4d} {r['first_seconds']:7.2f} {r['seconds']:8.2f} {r['mpx_s']:9.3f} {r['net_mpx_s']:9.3f} "
             f"{r['gflops']:7.1f} {100 * r['gflops'] / r['limit']:4.0f}% {r['overhead']:8.2f} "
-            f"{100 * r['post_share']:5.0f}% {100 * other:6.0f}% {r['peak_mb']:7.0f} {r['ap50']:6.3f}")
+            f"{100 * r['post_share']:5.0f}% {100 * other:6.0f}% {r['peak_mb']:7.0f} {r['peak_mb'] - r['io_mb']:8.0f} "
+            f"{r['ap50']:6.3f}")
 
 
 def main() -> None:
@@ -280,7 +285,9 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(format_row(r), f" (matmul {r['limit']:.0f} GFLOP/s, load {os.getloadavg()[0]:.1f})", flush=True)
-    print("AP@0.5 is scored against the mosaic's exact labels; % mm = network GFLOP/s / dense matmul GFLOP/s.")
+    print("AP@0.5 is scored against the mosaic's exact labels; % mm = network GFLOP/s / dense matmul GFLOP/s; peak MB:\n"
+          "ru_maxrss (MiB) of the size's process, peak-I/O: less the image, its exact labels and the predicted labels\n"
+          "(what the prediction needs beyond its input and output; flat in image size: benchmarks/peak_memory.py)")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,33 @@
-"""Peak memory of predicting one huge 2D plane (up to 20000x20000) with a shipped model.
+"""Peak memory of predicting one 2D plane vs its size: the in-memory and the chunked path side by side.
 
-    python benchmarks/peak_memory.py                       # 2048², 8192², 20000², both paths (long)
-    python benchmarks/peak_memory.py --sizes 2048 8192 --modes zarr
+    python benchmarks/peak_memory.py                       # 1024² .. 8192², numpy and zarr paths
+    python benchmarks/peak_memory.py --sizes 2048 20000 --modes zarr --model blobs
 
 The input is a mosaic of simulated nuclei (``sim.simulate_nuclei``, four 1000x1000 tiles, flipped
 and rotated per chunk) written chunk by chunk to a ``uint16`` zarr array, so creating it stays
 small. Each run is its own process, through the public entry points:
 
-* ``zarr``: ``segtool predict MODEL in.zarr --out labels.zarr`` (``core.batch.predict_to_zarr``,
+* ``numpy`` (in memory): the image read into a ``uint16`` numpy array, ``core.predict.predict`` on it,
+  labels back as one ``int32`` array -- what the plugin and ``segtool predict --out dir/`` do. Planes
+  over ``core.predict.LARGE_PLANE_PIXELS`` run through the chunked path inside ``predict``.
+* ``zarr`` (chunked): ``segtool predict MODEL in.zarr --out labels.zarr`` (``core.batch.predict_to_zarr``,
   dask threads in the process): neither the image nor the labels are ever whole in memory.
-* ``api``: ``core.predict.predict(model, dask.array.from_zarr(in.zarr))``: the labels come back as
-  one in-memory ``int32`` array (4 bytes a pixel, 1.6 GB at 20000²), so this path's floor grows
-  with the plane; large planes go through the chunked path automatically.
+* ``api``: ``core.predict.predict(model, dask.array.from_zarr(in.zarr))``: lazy input, in-memory labels.
 
 Peak memory is the resident set (RSS) of the run's process plus its children, sampled every 0.1 s
-with psutil, and the kernel's own high-water mark (``ru_maxrss`` of the child, from ``wait4``).
+with psutil, and the kernel's own high-water mark (``ru_maxrss`` of the child, from ``wait4``); the
+larger of the two is the peak.
+
+What "flat" means here (issue 18): a user's image and its labels have to fit in memory on the
+in-memory path whatever the tool does (2 + 4 bytes a pixel for ``uint16`` in, ``int32`` out); what the
+prediction needs *beyond* them should not depend on the image's size. So each row prints
+``I/O`` (the input and label arrays a path holds whole: numpy 6 B/px, api 4 B/px, zarr none) and
+``peak-I/O``; ``B/px`` is the growth of ``peak-I/O`` per added pixel since the size before it, and
+``flat`` says whether ``peak-I/O`` stays within 10 % of that size's (sizes doubling: 4x the pixels). The
+chunked path must be flat at every size; the in-memory path holds whole-plane maps and post-processing
+temporaries (docs/benchmarks/peak_memory.txt lists them), so its ``B/px`` is that path's cost per pixel.
+Planes whose tiles add up to under 2 Mpx run the reference network (``models.runtime.PREPARE_AFTER_PIXELS``:
+preparing ONNX Runtime would not pay off), so the first row over that runs another backend.
 """
 from __future__ import annotations
 
@@ -26,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +51,8 @@ from benchmarks.batch_scaling import MB, RSSSampler  # noqa: E402
 
 TILE = 1000            # mosaic tile edge = the input's zarr chunk (not the prediction's 1024 chunks)
 LIMIT_MB = 3e9 / MB    # the target: under 3 GB (2861 MiB)
+FLAT_TOLERANCE = 1.10  # "flat": peak-I/O at most 10 % above the previous (4x smaller) size's
+MODES = ("numpy", "zarr", "api")
 
 
 def mosaic_tiles(seed: int = 0) -> list[np.ndarray]:
@@ -69,28 +85,36 @@ def write_mosaic(path: Path, size: int, tiles: list[np.ndarray]) -> Path:
     return path
 
 
-def child_api(model: str, image: str) -> None:
-    """The ``api`` run (its own process): ``core.predict.predict`` on the lazy zarr image."""
+def child_predict(mode: str, model: str, image: str, diameter: float | None) -> None:
+    """The ``numpy`` / ``api`` run (its own process): ``core.predict.predict`` on the image read whole into
+    numpy, or on the lazy zarr; prints the objects, the bytes of the arrays held whole and the RSS before."""
+    import gc
     import resource
 
     import dask.array as da
+    import psutil
+    import zarr
 
     from napari_segtool.core.checkpoint import load_model
     from napari_segtool.core.predict import predict
 
     seg = load_model(model)
-    pred = predict(seg, da.from_zarr(image), axes="YX")
-    print(json.dumps({"objects": int(pred.labels.max()), "labels_mb": pred.labels.nbytes / MB,
+    gc.freeze()  # as ``segtool predict`` does once the model is loaded
+    data = np.asarray(zarr.open_array(image, mode="r")[...]) if mode == "numpy" else da.from_zarr(image)
+    base = psutil.Process().memory_info().rss
+    pred = predict(seg, data, axes="YX", diameter=diameter)
+    held = pred.labels.nbytes + (data.nbytes if mode == "numpy" else 0)
+    print(json.dumps({"objects": int(pred.labels.max()), "io_mb": held / MB, "base_mb": base / MB,
                       "self_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def run_one(mode: str, model: str, image: Path, out: Path) -> dict:
+def run_one(mode: str, model: str, image: Path, out: Path, diameter: float | None) -> dict:
     """Runs one prediction in a child process; peak RSS sampled from here and read back with wait4."""
     if mode == "zarr":
         cmd = [sys.executable, "-m", "napari_segtool.cli", "--quiet", "predict", model, str(image),
-               "--out", str(out), "--overwrite"]
+               "--out", str(out), "--overwrite"] + (["--diameter", str(diameter)] if diameter else [])
     else:
-        cmd = [sys.executable, __file__, "--child-api", model, str(image)]
+        cmd = [sys.executable, __file__, "--child", mode, model, str(image), str(diameter or 0)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     with RSSSampler(pid=proc.pid) as rss:
@@ -100,29 +124,46 @@ def run_one(mode: str, model: str, image: Path, out: Path) -> dict:
     stdout, stderr = proc.stdout.read(), proc.stderr.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run failed ({proc.returncode}): {stderr.strip()[-2000:]}")
-    objects = None
     if mode == "zarr":
         import zarr
 
-        objects = zarr.open_array(str(out), mode="r").attrs.get("n_objects")
+        report = {"objects": zarr.open_array(str(out), mode="r").attrs.get("n_objects"), "io_mb": 0.0}
     else:
-        objects = json.loads(stdout.strip().splitlines()[-1])["objects"]
-    return {"seconds": seconds, "peak_mb": rss.peak_total / MB, "maxrss_mb": usage.ru_maxrss / 1024,
-            "objects": objects}
+        report = json.loads(stdout.strip().splitlines()[-1])
+    peak = max(rss.peak_total / MB, usage.ru_maxrss / 1024)
+    return {"seconds": seconds, "peak_mb": peak, "objects": report["objects"], "io_mb": report["io_mb"],
+            "net_mb": peak - report["io_mb"]}
+
+
+@dataclass
+class Flatness:
+    """``peak-I/O`` of one path against the size measured before it: growth per pixel and the 10 % verdict."""
+
+    last_px: int = 0
+    last_mb: float = 0.0
+
+    def judge(self, pixels: int, net_mb: float) -> tuple[float, bool]:
+        grown = pixels - self.last_px if self.last_px else 0
+        per_px = (net_mb - self.last_mb) * MB / grown if grown else 0.0
+        flat = not grown or net_mb <= FLAT_TOLERANCE * self.last_mb
+        self.last_px, self.last_mb = pixels, net_mb
+        return per_px, flat
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192, 20000])
-    parser.add_argument("--modes", nargs="+", choices=["zarr", "api"], default=["zarr", "api"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["numpy", "zarr"])
     parser.add_argument("--model", default="nuclei",
                         help="model name or folder; 'blobs': batch_scaling's hand-wired U-Net (depth 2, width 4), "
                              "~20x less compute per pixel than 'nuclei', for the chunked path's own memory at full size")
+    parser.add_argument("--diameter", type=float, help="objects' diameter in pixels (skips the size estimate)")
     parser.add_argument("--workdir", type=Path, help="where the mosaics go (kept; default: a temp folder)")
-    parser.add_argument("--child-api", nargs=2, metavar=("MODEL", "IMAGE"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "MODEL", "IMAGE", "DIAMETER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child_api:
-        child_api(*args.child_api)
+    if args.child:
+        mode, model, image, diameter = args.child
+        child_predict(mode, model, image, float(diameter) or None)
         return 0
     work = args.workdir or Path(tempfile.mkdtemp(prefix="segtool-peak-memory-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -133,25 +174,30 @@ def main(argv=None) -> int:
         from napari_segtool.core.checkpoint import save_model
 
         model = str(save_model(threshold_unet(2, 4), work / "blobs-d2w4"))
-    print(f"model {args.model}; cores {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.1f} "
-          f"(shared machine: seconds are noisy); limit 3 GB = {LIMIT_MB:.0f} MiB")
-    print(f"{'size':>7} {'Mpx':>6} {'path':>5} {'objects':>8} {'seconds':>8} {'Mpx/s':>6} "
-          f"{'peak RSS MiB':>12} {'ru_maxrss MiB':>13} {'< 3 GB':>6}", flush=True)
+    print(f"model {args.model}, diameter {args.diameter or 'estimated'}; cores {len(os.sched_getaffinity(0))}, "
+          f"load average {os.getloadavg()[0]:.1f} (shared machine: seconds are noisy); MiB = 2**20 bytes; "
+          f"limit 3 GB = {LIMIT_MB:.0f} MiB; flat: peak-I/O within {FLAT_TOLERANCE - 1:.0%} of the size before")
+    head = " | ".join(f"{m + ' objects':>13} {'s':>5} {'peak':>5} {'I/O':>5} {'peak-I/O':>8} {'B/px':>5} {'flat':>4}"
+                      for m in args.modes)
+    print(f"{'size':>6} {'Mpx':>5} | {head}", flush=True)
+    flat = {m: Flatness() for m in args.modes}
     try:
         for size in args.sizes:
             image = write_mosaic(work / f"mosaic_{size}.zarr", size, tiles)
+            cells = []
             for mode in args.modes:
                 out = work / f"labels_{size}_{mode}.zarr"
-                r = run_one(mode, model, image, out)
+                r = run_one(mode, model, image, out, args.diameter)
                 shutil.rmtree(out, ignore_errors=True)
-                mpx = size * size / 1e6
-                peak = max(r["peak_mb"], r["maxrss_mb"])
-                print(f"{size:>7} {mpx:6.1f} {mode:>5} {r['objects']:>8} {r['seconds']:8.0f} "
-                      f"{mpx / r['seconds']:6.3f} {r['peak_mb']:12.0f} {r['maxrss_mb']:13.0f} "
-                      f"{'yes' if peak < LIMIT_MB else 'NO':>6}", flush=True)
+                per_px, ok = flat[mode].judge(size * size, r["net_mb"])
+                over = "" if r["peak_mb"] < LIMIT_MB else "!"
+                cells.append(f"{r['objects']:>13} {r['seconds']:5.0f} {r['peak_mb']:5.0f}{over} {r['io_mb']:5.0f} "
+                             f"{r['net_mb']:8.0f} {per_px:5.1f} {'yes' if ok else 'NO':>4}")
+            print(f"{size:>6} {size * size / 1e6:5.1f} | {' | '.join(cells)}", flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+    print("peak, I/O, peak-I/O in MiB; '!' marks a peak over 3 GB; B/px: growth of peak-I/O per pixel since the size before")
     return 0
 
 
