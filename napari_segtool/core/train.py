@@ -264,7 +264,8 @@ def iter_train(
         run = yield from iter_optimise(
             model.net, cfg, batch_loss, start=start, cancel=cancel, score=score,
             train_mode=lambda: _train_mode(model, anchor),
-            after_step=None if anchor is None else lambda lr: anchor.pull(model.net, lr))
+            after_step=None if anchor is None else lambda lr: anchor.pull(model.net, lr),
+            keep_best=anchor is None or cfg.fine_tune.keep_best)  # fine-tuning ends on its last weights
     finally:
         batches.close()
     if anchor is not None:

@@ -65,6 +65,7 @@ def iter_optimise(
     score: Callable[[list[float]], tuple[str, float]] | None = None,
     train_mode: Callable[[], None] | None = None,
     after_step: Callable[[float], None] | None = None,
+    keep_best: bool = True,
 ) -> Generator[TrainStep | TrainEpoch, None, LoopResult]:
     """Optimise ``net`` (in training mode) by ``loss()`` for ``cfg.epochs * cfg.steps_per_epoch`` steps.
 
@@ -73,12 +74,15 @@ def iter_optimise(
     ``score(losses)`` rates each epoch (higher is better) with ``net`` in eval mode, then
     ``train_mode()`` (default ``net.train()``) restores training; the best-scoring weights are kept.
     Without ``score`` every epoch is rated by its training loss and the last weights are kept (a
-    fixed-step recipe). ``after_step(lr)`` runs after each optimiser step. Leaves ``net`` in eval mode.
+    fixed-step recipe); so they are with ``keep_best=False``, when the scores only report and stop early
+    (a score of a small held-out region is too noisy to pick weights by: see ``core.finetune``).
+    ``after_step(lr)`` runs after each optimiser step. Leaves ``net`` in eval mode.
     """
     restore = train_mode or net.train
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epochs: list[TrainEpoch] = []
-    best_state = copy.deepcopy(net.state_dict()) if score is not None else None
+    keep_best = keep_best and score is not None
+    best_state = copy.deepcopy(net.state_dict()) if keep_best else None
     best_score, since_best, step = -math.inf, 0, 0
     total_steps = cfg.epochs * cfg.steps_per_epoch
     stop_reason = "epochs"
@@ -120,7 +124,7 @@ def iter_optimise(
         is_best = score is None or value_score > best_score
         if is_best:
             best_score, since_best = value_score, 0
-            if score is not None:
+            if keep_best:
                 best_state = copy.deepcopy(net.state_dict())
         else:
             since_best += 1

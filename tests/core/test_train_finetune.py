@@ -118,3 +118,30 @@ def test_weight_averaging_ends_on_the_moving_average_of_the_steps():
     plain.pull(net, lr=0.0)
     plain.finish(net)
     assert all(torch.equal(v, last[k]) for k, v in net.state_dict().items())
+
+
+def test_fine_tuning_ends_on_its_last_weights_whatever_the_validation_scores():
+    """``keep_best=False`` (fine-tuning's default): an early epoch that a small held-out region happened to rate
+    highest does not replace the annealed last weights; the scores are still reported and stop the run."""
+    import time
+
+    from napari_segtool.core.train_loop import iter_optimise
+    from napari_segtool.kernel.events import TrainEpoch, run_job
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    x = torch.ones(4, 1)
+    weights = []
+
+    def lucky_first(_losses, scores=iter([0.6, 0.45, 0.52, 0.48])):
+        return "ap50", next(scores)
+
+    def record(event):
+        if isinstance(event, TrainEpoch):
+            weights.append(float(net.weight.detach()))
+
+    config = TrainConfig(epochs=4, steps_per_epoch=3, lr=0.3, patience=10)
+    run = run_job(iter_optimise(net, config, lambda: ((net(x) - 3.0) ** 2).mean(), start=time.perf_counter(),
+                                score=lucky_first, keep_best=False), record)
+    assert [e.is_best for e in run.epochs] == [True, False, False, False] and run.best_score == 0.6
+    assert float(net.weight.detach()) == weights[-1] != weights[0]
+    assert TrainConfig().fine_tune.keep_best is False
