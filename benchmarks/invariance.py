@@ -22,6 +22,11 @@ ground truth; ``benchmarks/real_data.py`` gives the real nuclei image, 512², ~2
   factor forced to the plain image's factor divided by the magnification (the plain run's grid).
   Oracle ≈ plain and engine < plain: the size estimate or the factor policy is at fault, not
   the resampling.
+* ``--diagnose-frames``: per frame, the limits the normaliser fitted, AP as run, AP with the plain
+  image's limits forced, with its limits and object size forced, and AP over the objects at least
+  ``EDGE`` px inside the original border (framed with plain limits, beside plain). Forced ≈ plain:
+  the normaliser (or the size) is at fault; interior ≈ plain but forced < plain: the objects cut by
+  the original border are, i.e. what the network sees beyond it (the frame, or the engine's mirror).
 
 Every prediction goes through the same public functions the CLI and the widgets call.
 ``size`` is the object diameter (input pixels) the engine estimated for the condition.
@@ -146,6 +151,68 @@ def at_factor(model, image: np.ndarray, factor: float, diameter: float) -> Any:
         return predict(model, image, diameter=diameter)
 
 
+#: Objects closer than this (px) to the original border are left out of the frames' interior AP.
+EDGE = 16
+
+
+def interior_ap(pred: np.ndarray, gt: np.ndarray, margin: int = EDGE) -> float:
+    """AP@0.5 over the objects wholly at least ``margin`` px inside the image (truth and prediction alike)."""
+    band = np.ones(gt.shape, bool)
+    band[margin:-margin, margin:-margin] = False
+    keep_gt = np.where(np.isin(gt, np.unique(gt[band])), 0, gt)
+    keep_pred = np.where(np.isin(pred, np.unique(pred[band])), 0, pred)
+    return instance_scores(keep_pred, keep_gt)["ap50"]
+
+
+def forced(model, image: np.ndarray, normalizer: Any = None, diameter: float | None = None) -> Any:
+    """``predict`` with the normaliser forced (the image's own limits bypassed) and optionally the size."""
+    from unittest import mock
+
+    import napari_segtool.core.plan as plan
+
+    if normalizer is None:
+        return predict(model, image, diameter=diameter)
+    with mock.patch.object(plan, "fit_image_normalizer", lambda *args, **kwargs: normalizer):
+        return predict(model, image, diameter=diameter)
+
+
+def diagnose_frames(model, images: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Where a frame loses AP: the normaliser's limits, the size estimate, or the objects at the border.
+
+    ``images`` are (image, truth) pairs (one real image, or several sky fields scored as one).
+    """
+    from napari_segtool.core.plan import fit_image_normalizer
+
+    inner = (slice(GAP, -GAP), slice(GAP, -GAP))
+    config = model.meta.normalization
+    plains = [predict(model, im) for im, _ in images]
+    norms = [fit_image_normalizer(im.astype(np.float32)[..., None], config, False) for im, _ in images]
+    gts = [gt for _, gt in images]
+
+    def ap(preds: list[np.ndarray]) -> float:
+        return instance_scores(_stack_ids(preds), _stack_ids(gts))["ap50"]
+
+    def interior(preds: list[np.ndarray]) -> float:
+        return float(np.mean([interior_ap(p, gt) for p, gt in zip(preds, gts)]))
+
+    def limits(ns: list[Any]) -> str:
+        return ", ".join(f"{float(n.lo[0]):.4g}..{float(n.hi[0]):.4g}" for n in ns[:3]) + (" ..." if len(ns) > 3 else "")
+
+    plain_labels = [p.labels for p in plains]
+    print(f"  plain          limits {limits(norms)}  AP {ap(plain_labels):.3f}  interior {interior(plain_labels):.3f}",
+          flush=True)
+    for kind in ("flat", "noise", "mirror"):
+        framed = [frame(im.astype(np.float32), gt, kind) for im, gt in images]
+        own = [fit_image_normalizer(f[..., None], config, False) for f in framed]
+        runs = {
+            "as run": [predict(model, f).labels[inner] for f in framed],
+            "plain limits": [forced(model, f, n).labels[inner] for f, n in zip(framed, norms)],
+            "+ plain size": [forced(model, f, n, p.diameter).labels[inner] for f, n, p in zip(framed, norms, plains)],
+        }
+        print(f"  framed {kind:7s} limits {limits(own)}  " + "  ".join(f"{k} {ap(v):.3f}" for k, v in runs.items())
+              + f"  interior (plain limits) {interior(runs['plain limits']):.3f}", flush=True)
+
+
 def diagnose_magnifications(model, grids: tuple[float, ...] = (13.5, 16.0, 20.0, 24.0, 28.0)) -> None:
     """Where a magnification loses AP: the size estimate, the factor policy, or the model's response to size.
 
@@ -185,13 +252,11 @@ def stack_conditions(model, with_chunked: bool) -> None:
 
 
 def astro_conditions(model, n_fields: int, with_chunked: bool) -> None:
-    from napari_segtool.sim import simulate_astro_dataset
-
-    fields = simulate_astro_dataset(n_fields, (256, 256), seed=7)
+    fields = _astro_images(n_fields)
 
     def mean_over(fn: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]):
         def run():
-            preds, gts = zip(*(fn(f.image, f.labels) for f in fields))
+            preds, gts = zip(*(fn(im, lab) for im, lab in fields))
             return _stack_ids(preds), _stack_ids(gts)
         return run
 
@@ -205,6 +270,12 @@ def astro_conditions(model, n_fields: int, with_chunked: bool) -> None:
     if with_chunked:
         scored("fields chunked (zarr, 2 workers)",
                mean_over(lambda im, lab: (chunked(model, im.astype(np.float32), "YX", chunk=128), lab)), plain)
+
+
+def _astro_images(n_fields: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from napari_segtool.sim import simulate_astro_dataset
+
+    return [(f.image, f.labels) for f in simulate_astro_dataset(n_fields, (256, 256), seed=7)]
 
 
 def _stack_ids(planes) -> np.ndarray:
@@ -228,9 +299,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fields", type=int, default=6)
     parser.add_argument("--diagnose", action="store_true",
                         help="only the magnifications: estimate, factor, grid size, AP and the oracle factor's AP")
+    parser.add_argument("--diagnose-frames", action="store_true",
+                        help="only the frames: limits, AP as run, with the plain limits (and size) forced, interior AP")
     args = parser.parse_args(argv)
     for name in args.models:
         model = load_model(name)
+        if args.diagnose_frames:
+            print(f"{name}: frame diagnosis (interior: objects >= {EDGE} px inside the original border)")
+            diagnose_frames(model, _astro_images(args.fields) if args.astro else [nuclei_2d()])
+            continue
         if args.diagnose:
             print(f"{name}: magnification diagnosis")
             diagnose_magnifications(model)

@@ -93,7 +93,9 @@ def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float
         raise InputError(f"the tile size must be at least 16 pixels, got {tile_size}")
     normalizer = fit_image_normalizer(data, meta.normalization, channel_mean)
     align = model.architecture.align(meta)
-    panels = content_panels(data)
+    # percentile models: noise-only borders are padding as flat ones are (the normaliser skips them too); the
+    # sky of an astronomical field is its image, where sources of any faintness may lie, so it is run whole
+    panels = content_panels(data, noise_borders=meta.normalization.get("method", "percentile") == "percentile")
     content = (min(b[0] for b in panels), max(b[1] for b in panels), min(b[2] for b in panels), max(b[3] for b in panels))
     settings = WindowSettings(normalizer, channel_mean=channel_mean, content=content, align=align,
                               panels=tuple(panels) if len(panels) > 1 else (), tile_size=tile_size,

@@ -3,10 +3,13 @@
 Microscopy comes as 8/16-bit or float, astronomy as float with NaN for bad pixels
 and a huge dynamic range. Mapping the ``low``/``high`` percentiles of each channel
 to 0/1 makes all of them look alike to the network. Percentiles of large or lazy
-arrays are estimated on a strided subsample so nothing is loaded whole.
+arrays are estimated on a strided subsample so nothing is loaded whole. What surrounds
+an image must not move them: flat or NaN padding and borders of background noise are
+left out (:func:`content_panels`, :func:`inside_noise_borders`).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,15 +93,16 @@ def _informative_grid(image: Any, max_samples: int) -> tuple[np.ndarray, np.ndar
     return v, ~flat & np.isfinite(v).all(axis=-1), stride
 
 
-def content_box(image: Any, max_samples: int = MAX_SAMPLES) -> tuple[int, int, int, int]:
+def content_box(image: Any, max_samples: int = MAX_SAMPLES, noise_borders: bool = False) -> tuple[int, int, int, int]:
     """``(y0, y1, x0, x1)`` around the informative pixels of a ``...YXC`` array (any plane).
 
-    Flat or NaN borders (padding) fall outside it; it is the whole plane when nothing is
+    Flat or NaN borders (padding) fall outside it, and with ``noise_borders`` borders of noise-only
+    lines too (:func:`inside_noise_borders`); it is the whole plane when nothing is
     informative. Exact for arrays up to ``max_samples`` values; for larger ones it errs by
     less than the sampling stride towards keeping pixels.
     """
     h, w = int(image.shape[-3]), int(image.shape[-2])
-    plane, stride = _informative_plane(image, max_samples)
+    plane, stride = _informative_plane(image, max_samples, noise_borders)
     if plane is None:
         return 0, h, 0, w
     rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
@@ -111,20 +115,21 @@ def content_box(image: Any, max_samples: int = MAX_SAMPLES) -> tuple[int, int, i
 MIN_GAP = 3
 
 
-def content_panels(image: Any, max_samples: int = MAX_SAMPLES,
-                   min_gap: int = MIN_GAP) -> list[tuple[int, int, int, int]]:
+def content_panels(image: Any, max_samples: int = MAX_SAMPLES, min_gap: int = MIN_GAP,
+                   noise_borders: bool = False) -> list[tuple[int, int, int, int]]:
     """Boxes ``(y0, y1, x0, x1)`` of the panels of a ``...YXC`` array: its content split at flat bands.
 
     A mosaic or montage whose tiles are separated by empty (flat, zero or NaN) rows or columns
     that cross it entirely is cut there, recursively (an XY cut), and each panel is trimmed to
     its own informative pixels. Each panel can then be run as the image it is, its edges
     mirrored as any image's are, so its objects get the labels they get alone, whatever lies
-    beyond the gap. An image without such bands is one panel, :func:`content_box`.
+    beyond the gap. An image without such bands is one panel, :func:`content_box`. With
+    ``noise_borders``, borders of noise-only lines around the whole array are padding too.
     """
     h, w = int(image.shape[-3]), int(image.shape[-2])
-    plane, stride = _informative_plane(image, max_samples)
+    plane, stride = _informative_plane(image, max_samples, noise_borders)
     if plane is None or not plane.any():
-        return [content_box(image, max_samples)]
+        return [content_box(image, max_samples, noise_borders)]
     gap = max(1, -(-min_gap // max(stride, 1)))
     boxes = _xy_cut(plane, (0, plane.shape[0], 0, plane.shape[1]), gap)
     return [_exact_edges(image, _pixel_box(b, plane.shape, stride, (h, w)), stride) for b in boxes]
@@ -158,11 +163,16 @@ def _exact_edges(image: Any, box: tuple[int, int, int, int], stride: int) -> tup
     return ny0, ny1, nx0, nx1
 
 
-def _informative_plane(image: Any, max_samples: int) -> tuple[np.ndarray | None, int]:
-    """Which sampled pixels of any plane are informative (``Y, X`` over the sample grid) and the stride."""
-    _, informative, stride = _informative_grid(image, max_samples)
+def _informative_plane(image: Any, max_samples: int, noise_borders: bool = False) -> tuple[np.ndarray | None, int]:
+    """Which sampled pixels of any plane are informative (``Y, X`` over the sample grid) and the stride.
+
+    ``noise_borders``: pixels outside :func:`inside_noise_borders` are not (unless that leaves none).
+    """
+    v, informative, stride = _informative_grid(image, max_samples)
     if not stride:
         return None, 0
+    if noise_borders:
+        informative = _skip_noise_borders(v, informative)
     return informative.reshape((-1,) + informative.shape[-2:]).any(axis=0), stride
 
 
@@ -203,11 +213,86 @@ def _xy_cut(plane: np.ndarray, box: tuple[int, int, int, int], gap: int) -> list
 
 #: Fewer informative pixels than this fraction of the sample: the image is mostly flat, use all of it.
 MIN_INFORMATIVE = 0.05
+#: A border line holds only noise when, smoothed along itself, no pixel strays further than this many
+#: noise sigmas from the line's median (white noise: ~4 over 10^4 pixels; a nucleus or a star: tens).
+NOISE_LINE_SIGMAS = 6.0
+#: Gaussian sigma (sample pixels) smoothing each line before that test: faint objects wider than a few
+#: pixels rise out of the noise, which falls by sqrt(2 sqrt(pi) sigma).
+NOISE_LINE_SMOOTHING = 2.0
 
 
-def _finite_channels(image: Any, max_samples: int) -> list[np.ndarray]:
-    v, informative, _ = _informative_grid(image, max_samples)
+def noise_lines(planes: np.ndarray, informative: np.ndarray) -> np.ndarray:
+    """Which lines of ``planes`` (``P, N, L``: P planes of N lines of L pixels) hold only white noise.
+
+    A line is noise in a plane when its informative pixels, smoothed along the line, all stay within
+    :data:`NOISE_LINE_SIGMAS` noise sigmas of their median; the sigma is the line's own, from the
+    median absolute difference of neighbouring pixels (smooth gradients and objects barely move it).
+    Lines with no informative pixel count as noise; a line is noise when it is in every plane.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    values = np.where(informative, planes, np.nan)
+    with warnings.catch_warnings():  # lines with no informative pixel: NaN statistics, counted as noise
+        warnings.simplefilter("ignore", RuntimeWarning)
+        level = np.nanmedian(values, axis=-1, keepdims=True)
+        steps = np.diff(values, axis=-1)
+        spread = np.nanmedian(np.abs(steps - np.nanmedian(steps, axis=-1, keepdims=True)), axis=-1)
+        sigma = 1.4826 * spread / np.sqrt(2.0) / np.sqrt(2.0 * np.sqrt(np.pi) * NOISE_LINE_SMOOTHING)
+        smooth = gaussian_filter1d(np.where(informative, planes, np.nan_to_num(level)), NOISE_LINE_SMOOTHING,
+                                   axis=-1)
+        stray = np.where(informative, np.abs(smooth - level), 0.0).max(axis=-1, initial=0.0)
+        quiet = stray < NOISE_LINE_SIGMAS * sigma  # False where sigma is 0 (flat lines) or NaN
+    return (quiet | ~informative.any(axis=-1)).all(axis=0)
+
+
+def inside_noise_borders(v: np.ndarray, informative: np.ndarray) -> np.ndarray:
+    """The box of a sampled ``...YXC`` array inside its borders of noise-only rows and columns (``Y, X``).
+
+    A frame of background noise (a padded acquisition, a detector's empty margin) holds no objects,
+    but counting its pixels would move an image's percentiles as much as flat padding does; flat and
+    NaN lines are skipped alike. Lines are peeled from each side until one holds more than noise
+    (:func:`noise_lines`); an image whose edges cross objects keeps every pixel, and so gets the
+    percentiles it always had. All noise: the whole plane.
+    """
+    h, w, c = v.shape[-3:]
+    planes = np.moveaxis(v.reshape(-1, h, w, c), -1, 1).reshape(-1, h, w)
+    mask = np.repeat(informative.reshape(-1, h, w), c, axis=0)
+    box = np.ones((h, w), bool)
+    y0, x0 = _peel(planes, mask), _peel(planes.transpose(0, 2, 1), mask.transpose(0, 2, 1))
+    if y0 == h or x0 == w:
+        return box
+    y1 = h - _peel(planes[:, ::-1], mask[:, ::-1])
+    x1 = w - _peel(planes[:, :, ::-1].transpose(0, 2, 1), mask[:, :, ::-1].transpose(0, 2, 1))
+    box[:] = False
+    box[y0:y1, x0:x1] = True
+    return box
+
+
+def _peel(planes: np.ndarray, mask: np.ndarray) -> int:
+    """How many leading lines of ``planes`` (``P, N, L``) are noise; tested a few at a time from the edge,
+    since most images' first line already crosses an object."""
+    n, start, step = planes.shape[1], 0, 8
+    while start < n:
+        stop = min(n, start + step)
+        noise = noise_lines(planes[:, start:stop], mask[:, start:stop])
+        if not noise.all():
+            return start + int(np.argmin(noise))
+        start, step = stop, 2 * step
+    return n
+
+
+def _skip_noise_borders(v: np.ndarray, informative: np.ndarray) -> np.ndarray:
+    """``informative`` less the pixels outside :func:`inside_noise_borders` (unchanged if that leaves none)."""
+    inside = informative & inside_noise_borders(v, informative)
+    return inside if inside.any() else informative
+
+
+def _finite_channels(image: Any, max_samples: int, skip_noise_borders: bool = False) -> list[np.ndarray]:
+    """Each channel's finite informative sampled values (flat/NaN pixels and, if asked, noise borders left out)."""
+    v, informative, stride = _informative_grid(image, max_samples)
     sample = v.reshape(-1, v.shape[-1])
+    if skip_noise_borders and stride:  # planes: noise-only borders say as little about the objects as padding
+        informative = _skip_noise_borders(v, informative)
     informative = informative.reshape(-1)
     if informative.mean() < MIN_INFORMATIVE:
         informative = np.ones_like(informative)
@@ -233,9 +318,14 @@ def fit_normalizer(image: Any, method: str = "percentile", low: float = 1.0, hig
         with ``softening`` noise sigmas (astronomy, where percentiles of a mostly-empty
         sky would amplify noise).
 
+    Percentiles are taken inside the image's borders of noise-only lines
+    (:func:`inside_noise_borders`): the high one is a statistic of the objects, which background
+    added around them would dilute. The sky statistics of ``"asinh"`` are a statistic of the
+    background itself, which sky-like pixels around it do not move, so they count every pixel.
+
     Raises ``ValueError`` when a channel has no finite value at all.
     """
-    channels = _finite_channels(image, max_samples)
+    channels = _finite_channels(image, max_samples, skip_noise_borders=method == "percentile")
     lo = np.empty(len(channels), np.float32)
     hi = np.empty(len(channels), np.float32)
     for c, values in enumerate(channels):
