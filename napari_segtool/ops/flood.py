@@ -32,6 +32,7 @@ The groups' watersheds (disjoint pixels) and the filters (on bands of rows) run 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -41,7 +42,7 @@ from skimage import segmentation
 
 from napari_segtool.ops.parallel import bounding_boxes, counts, each, in_bands
 
-__all__ = ["component_peaks", "flood_from_peaks", "label_both"]
+__all__ = ["Labelled", "component_peaks", "flood_from_peaks", "label_foreground"]
 
 #: components with several seeds whose boxes start in one tile of this many pixels (per axis) are flooded in one
 #: watershed on the union of their boxes: a short queue and few calls (2048² nuclei plane: 0.51 CPU s flooding
@@ -49,13 +50,26 @@ __all__ = ["component_peaks", "flood_from_peaks", "label_both"]
 FLOOD_TILE = 128
 
 
-def label_both(foreground: np.ndarray) -> tuple[tuple[np.ndarray, int], tuple[np.ndarray, int]]:
-    """``ndi.label(foreground)`` with full connectivity (``measure.label``'s components, which the peaks are
-    found in) and with face connectivity (the pieces a flood from one seed reaches), side by side in two
-    threads (each releases the GIL): the two serial whole-plane passes of :func:`flood_from_peaks`' callers."""
+@dataclass(frozen=True)
+class Labelled:
+    """The ``ndi.label`` results (array, count) of one foreground, computed once and shared: ``components`` (full
+    connectivity, where peaks are looked for: ``measure.label``'s), ``pieces`` (face connectivity: what a flood
+    from one seed reaches) and ``background`` (face connectivity of the background, whose inner components are
+    the holes ``ops.postprocess.fill_holes`` fills) or ``None``."""
+
+    components: tuple[np.ndarray, int]
+    pieces: tuple[np.ndarray, int]
+    background: tuple[np.ndarray, int] | None = None
+
+
+def label_foreground(foreground: np.ndarray, background: bool = False) -> Labelled:
+    """:class:`Labelled` of ``foreground`` (the background too if asked): the labellings side by side in threads
+    (``ndi.label`` releases the GIL), whole-plane passes that were serial."""
     full = ndi.generate_binary_structure(foreground.ndim, foreground.ndim)
     face = ndi.generate_binary_structure(foreground.ndim, 1)
-    return tuple(each(lambda structure: ndi.label(foreground, structure), (full, face)))
+    jobs = [lambda: ndi.label(foreground, full), lambda: ndi.label(foreground, face)]
+    found = each(lambda job: job(), jobs + ([lambda: ndi.label(~foreground, face)] if background else []))
+    return Labelled(*found)
 
 
 def component_peaks(relief: np.ndarray, components: np.ndarray, half: Sequence[int]) -> np.ndarray:
@@ -146,7 +160,7 @@ def flood_from_peaks(relief: np.ndarray, components: np.ndarray, peaks: np.ndarr
                      pieces: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """``segmentation.watershed(-relief, markers=seeds, mask=components > 0)`` with the seeds numbered
     ``1..n`` at ``peaks`` (in their order); ``components`` labelled with full connectivity, ``pieces``
-    ``ndi.label(components > 0)`` (face connectivity) when the caller has it (:func:`label_both`)."""
+    ``ndi.label(components > 0)`` (face connectivity) when the caller has it (:func:`label_foreground`)."""
     ids = np.arange(1, len(peaks) + 1, dtype=np.int32)
     where = tuple(np.asarray(peaks, np.intp).T)
     owner = components[where]

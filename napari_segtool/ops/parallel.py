@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 
 from napari_segtool.kernel.device import thread_count
 
-__all__ = ["worker_count", "each", "in_bands", "gaussian_radius", "bounding_boxes", "counts"]
+__all__ = ["worker_count", "each", "in_background", "in_bands", "gaussian_radius", "bounding_boxes", "counts"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,6 +42,18 @@ def each(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -
         return [fn(item) for item in items]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(fn, items))
+
+
+def in_background(fn: Callable[[], R], workers: int | None = None) -> Callable[[], R]:
+    """``fn()`` started in a thread of its own, while the caller goes on; the function returned waits for its
+    result. With one worker (:func:`worker_count`) nothing starts: ``fn`` runs in the calling thread when its
+    result is asked for, as before. ``fn`` must not depend on what the caller does meanwhile."""
+    if (workers or worker_count()) <= 1:
+        return fn
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(fn)
+    pool.shutdown(wait=False)
+    return future.result
 
 
 def gaussian_radius(sigma: float | Sequence[float], truncate: float = 4.0) -> int:

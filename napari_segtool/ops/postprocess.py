@@ -8,7 +8,7 @@ blended sources. Stacks are linked across Z by overlap.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -17,8 +17,8 @@ from skimage import measure, morphology, segmentation
 
 from napari_segtool.kernel.params import Param
 from napari_segtool.ops.deblend import CONTRAST, deblend_by_contrast
-from napari_segtool.ops.flood import component_peaks, flood_from_peaks, label_both
-from napari_segtool.ops.parallel import bounding_boxes, counts, gaussian_radius, in_bands, worker_count
+from napari_segtool.ops.flood import Labelled, component_peaks, flood_from_peaks, label_foreground
+from napari_segtool.ops.parallel import bounding_boxes, counts, gaussian_radius, in_background, in_bands, worker_count
 
 
 #: How touching objects are told apart (``instances_from_maps(seed_mode=...)``).
@@ -64,7 +64,7 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return out
 
 
-def fill_holes(labels: np.ndarray) -> np.ndarray:
+def fill_holes(labels: np.ndarray, background: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """Fill holes inside each object: background enclosed by one object gets that object's label.
 
     Vectorised: the holes are the background components enclosed by the foreground
@@ -73,8 +73,9 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
     several objects (two objects enclosing it together, or an object inside another's hole; ~2100 of them on a
     4096² nuclei plane) is filled by the lowest of them that encloses it alone, as a per-object fill on that
     object's bounding box decides (:func:`_enclosed_alone`, all such holes in a few labelling calls).
+    ``background``: ``ndi.label(labels == 0)`` (face connectivity) when the caller has it.
     """
-    where, hole_of, n = hole_pixels(labels > 0)
+    where, hole_of, n = hole_pixels(labels > 0, background)
     if n == 0:
         return labels.copy()
     hole_ids, object_ids = _touching_ids(hole_of, where, labels)
@@ -165,10 +166,12 @@ def enclosed_background(foreground: np.ndarray) -> tuple[np.ndarray, int]:
     return holes, n
 
 
-def hole_pixels(foreground: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def hole_pixels(foreground: np.ndarray, background: tuple[np.ndarray, int] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, int]:
     """The pixels of :func:`enclosed_background`'s holes (flat indices, raster order), their hole ids and how many
-    holes there are, without the whole-array map of ids (what :func:`fill_holes` needs)."""
-    background, n = ndi.label(~foreground)
+    holes there are, without the whole-array map of ids (what :func:`fill_holes` needs); ``background``:
+    ``ndi.label(~foreground)`` when the caller has it."""
+    background, n = background or ndi.label(~foreground)
     hole = np.ones(n + 1, bool)
     hole[0] = False
     for axis in range(foreground.ndim):
@@ -403,16 +406,18 @@ def _peak_box(spacing: float, z_scale: float, ndim: int) -> tuple[int, ...]:
     return (max(1, int(round(xy / max(float(z_scale), 1e-6)))), xy, xy) if ndim == 3 else (xy, xy)
 
 
-def _flood_from_peaks(relief: np.ndarray, foreground: np.ndarray, spacing: float, z_scale: float = 1.0) -> np.ndarray:
+def _flood_from_peaks(relief: np.ndarray, foreground: np.ndarray, spacing: float, z_scale: float = 1.0,
+                      labelled: Labelled | None = None) -> np.ndarray:
     """Watershed of ``-relief`` within ``foreground``, seeded at its local maxima in each connected component.
 
     Seeds top their box (:func:`_peak_box`) and are at least its smallest half-size apart. The labels are
     scikit-image's ``peak_local_max(labels=measure.label(foreground))`` and ``watershed`` exactly
     (``ops.flood``: without the per-component loop, flooding only components with several seeds).
+    ``labelled``: the foreground's labellings when the caller has them (``ops.flood.label_foreground``).
     """
-    (components, _), pieces = label_both(foreground)
-    peaks = component_peaks(relief, components, _peak_box(spacing, z_scale, relief.ndim))
-    return flood_from_peaks(relief, components, peaks, pieces)
+    found = labelled or label_foreground(foreground)
+    peaks = component_peaks(relief, found.components[0], _peak_box(spacing, z_scale, relief.ndim))
+    return flood_from_peaks(relief, found.components[0], peaks, found.pieces)
 
 
 def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, *, fg_threshold: float = 0.5,
@@ -443,9 +448,11 @@ def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, 
     """
     if image.ndim != 2 or image.shape != p_foreground.shape:
         raise ValueError(f"expected a YX image and map of one shape, got {image.shape} and {p_foreground.shape}")
+    foreground = p_foreground > fg_threshold
+    labelled = in_background(lambda: label_foreground(foreground))  # while the image is smoothed
     relief = in_bands(lambda plane: ndi.gaussian_filter(np.nan_to_num(plane.astype(np.float32)), smooth), image,
                       margin=gaussian_radius(smooth))
-    labels = _split_at_peaks(relief, p_foreground > fg_threshold, seed_spacing * diameter, min_size=min_size)
+    labels = _split_at_peaks(relief, foreground, seed_spacing * diameter, min_size=min_size, labelled=labelled)
     return deblend_by_contrast(labels, relief, contrast) if contrast > 0 else labels
 
 
@@ -517,19 +524,27 @@ def split_by_shape(
     def smoothed(inside: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         return ndi.gaussian_filter(inside * (0.5 + ndi.gaussian_filter(predicted.astype(np.float32), smooth)), smooth)
 
+    fill = fill and not stack
+    labelled = in_background(lambda: label_foreground(foreground, background=fill))  # while the relief is made
     relief = in_bands(smoothed, distance_inside(foreground, sampling), distance, margin=2 * gaussian_radius(smooth))
     if min_size is None:
         whole = np.pi / 6.0 * diameter ** 3 / max(float(z_scale), 1e-6) if stack else np.pi / 4.0 * diameter ** 2
         min_size = int(0.25 * whole)
-    return _split_at_peaks(relief, foreground, seed_spacing * diameter, z_scale=z_scale, fill=fill and not stack,
-                           min_size=min_size)
+    return _split_at_peaks(relief, foreground, seed_spacing * diameter, z_scale=z_scale, fill=fill,
+                           min_size=min_size, labelled=labelled)
 
 
 def _split_at_peaks(relief: np.ndarray, foreground: np.ndarray, spacing: float, *, z_scale: float = 1.0,
-                    fill: bool = False, min_size: int = 0) -> np.ndarray:
+                    fill: bool = False, min_size: int = 0, labelled: Callable[[], Labelled] | None = None) -> np.ndarray:
     """The foreground flooded from the peaks of ``relief`` (:func:`_flood_from_peaks`), holes filled if ``fill``,
-    objects under ``min_size`` dropped, numbered 1..n: the common end of the shape and flux splits."""
+    objects under ``min_size`` dropped, numbered 1..n: the common end of the shape and flux splits. ``labelled``
+    gives the foreground's labellings (``ops.parallel.in_background``: computed while the relief was made); the
+    background's serves the hole filling when every foreground pixel got an object."""
     if not foreground.any():
         return np.zeros(foreground.shape, np.int32)
-    labels = _flood_from_peaks(relief, foreground, spacing, z_scale)
-    return _finished(fill_holes(labels) if fill else labels, min_size)
+    found = labelled() if labelled else label_foreground(foreground, background=fill)
+    labels = _flood_from_peaks(relief, foreground, spacing, z_scale, found)
+    if fill:
+        covered = found.background is not None and np.count_nonzero(labels) == np.count_nonzero(foreground)
+        labels = fill_holes(labels, found.background if covered else None)  # labels > 0 is the foreground
+    return _finished(labels, min_size)

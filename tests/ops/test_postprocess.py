@@ -187,9 +187,10 @@ def test_fill_holes_of_a_ring_around_another_object():
 
 # ---- fill_holes and the shape/flux splits give the labels they gave before #18's batched hole test ----------------
 
-def reference_fill_holes(labels: np.ndarray) -> np.ndarray:
+def reference_fill_holes(labels: np.ndarray, background=None) -> np.ndarray:
     """``fill_holes`` as it was (b2934b1), kept as the reference: a hole bordered by several objects is tested with
-    one ``binary_fill_holes`` per candidate object on its bounding box, in id order."""
+    one ``binary_fill_holes`` per candidate object on its bounding box, in id order. (``background``, a labelling
+    the new one may be handed, is not used.)"""
     from scipy import ndimage as ndi
 
     from napari_segtool.ops.postprocess import _touching_ids
@@ -309,7 +310,7 @@ def shape_split_labels_before_filling(fg: np.ndarray, distance: np.ndarray, diam
     seen = []
     real = postprocess.fill_holes
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(postprocess, "fill_holes", lambda labels: seen.append(labels) or real(labels))
+        patch.setattr(postprocess, "fill_holes", lambda labels, *more: seen.append(labels) or real(labels, *more))
         postprocess.split_by_shape(fg, distance, diameter)
     return seen[0]
 
@@ -320,8 +321,12 @@ def test_shape_split_of_the_real_plane_is_the_reference(real_plane_maps, tiles):
     size; objects cut at the seams touch): ``split_by_shape``'s labels equal the ones with the reference fill."""
     from napari_segtool.ops import postprocess
 
+    from napari_segtool.ops import parallel
+
     fg, distance = (np.tile(m, (tiles, tiles)) for m in real_plane_maps)
-    fast = postprocess.split_by_shape(fg, distance, 14.0)
+    with pytest.MonkeyPatch.context() as patch:  # threads: labellings in the background, bands, boxes, counts
+        patch.setattr(parallel, "worker_count", lambda: 2)
+        fast = postprocess.split_by_shape(fg, distance, 14.0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(postprocess, "fill_holes", reference_fill_holes)
         reference = postprocess.split_by_shape(fg, distance, 14.0)

@@ -29,7 +29,8 @@ def reference_peaks(relief: np.ndarray, components: np.ndarray, half) -> np.ndar
                                   labels=components, exclude_border=False).reshape(-1, relief.ndim)
 
 
-def reference_flood(relief: np.ndarray, foreground: np.ndarray, spacing: float, z_scale: float = 1.0) -> np.ndarray:
+def reference_flood(relief: np.ndarray, foreground: np.ndarray, spacing: float, z_scale: float = 1.0,
+                    labelled=None) -> np.ndarray:
     """The seeded flood before ``ops.flood``: scikit-image's peaks per component, one watershed of the image."""
     peaks = reference_peaks(relief, measure.label(foreground), postprocess._peak_box(spacing, z_scale, relief.ndim))
     seeds = np.zeros(foreground.shape, np.int32)
