@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
@@ -237,10 +238,15 @@ class BatchWidget(JobWidget):
         self.status_label.setText(text)
 
     def on_job_done(self, outcome: JobOutcome) -> None:
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(1 if outcome.ok else 0)
+        # the bar's last value on a turn of its own: QProgressBar.setValue repaints the window synchronously
+        # (60-80 ms on a software-rendered display), and this turn adds the result layer (plugin/_reveal.py)
+        QTimer.singleShot(0, lambda: self._show_done(outcome.ok))
         self.finish_job(outcome, what="batch run", nothing_done="nothing was written", result_name="batch result",
                         apply=self._show_result)
+
+    def _show_done(self, ok: bool) -> None:
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1 if ok else 0)
 
     def _show_result(self, report: Any) -> None:
         """Show the lazy Labels layer reading the written zarr (opened by the worker): added the first time,

@@ -89,12 +89,20 @@ def test_batch_result_is_opened_in_the_worker(make_napari_viewer, qtbot, user_mo
     viewer.add_image(np.random.default_rng(0).normal(10, 1, (96, 96)).astype(np.float32), name="cells")
     batch.path_edit.setText(str(tmp_path / "out.zarr"))
     batch.chunk_spin.setValue(64)
+    # the layer is added hidden (shown on the next turn), in a turn without the progress bar's last
+    # (synchronously repainting) update, which comes on a turn of its own
+    at_insertion = []
+    viewer.layers.events.inserted.connect(
+        lambda event: at_insertion.append((event.value.visible, batch.progress_bar.maximum())))
     QTest.mouseClick(batch.run_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: not batch.running, timeout=600000)
     assert batch.last_outcome.ok, batch.last_outcome.message
     layer = viewer.layers["cells labels (batch)"]
     assert isinstance(layer.data, da.Array) and layer.data.shape == (96, 96)
     assert calls == [False]
+    assert len(at_insertion) == 1 and at_insertion[0][0] is False and at_insertion[0][1] != 1
+    qtbot.waitUntil(lambda: layer.visible and batch.progress_bar.value() == batch.progress_bar.maximum() == 1,
+                    timeout=5000)
 
 
 def test_widget_modules_import_neither_tifffile_nor_torch():
