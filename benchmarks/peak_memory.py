@@ -2,6 +2,7 @@
 
     python benchmarks/peak_memory.py                       # 1024² .. 8192², numpy and zarr paths
     python benchmarks/peak_memory.py --sizes 2048 20000 --modes zarr --model blobs
+    python benchmarks/peak_memory.py --stages 4096 --diameter 14   # what each step of one plane holds
 
 The input is a mosaic of simulated nuclei (``sim.simulate_nuclei``, four 1000x1000 tiles, flipped
 and rotated per chunk) written chunk by chunk to a ``uint16`` zarr array, so creating it stays
@@ -135,6 +136,93 @@ def run_one(mode: str, model: str, image: Path, out: Path, diameter: float | Non
             "net_mb": peak - report["io_mb"]}
 
 
+#: (module, function) pairs whose calls ``--stages`` reports: the tiling, post-processing and assembly steps
+STAGES = (("napari_segtool.models.unet", "tiled_apply"), ("napari_segtool.models.unet", "instances_from_maps"),
+          ("napari_segtool.ops.postprocess", "distance_inside"), ("napari_segtool.ops.postprocess", "in_bands"),
+          ("napari_segtool.ops.postprocess", "_flood_from_peaks"), ("napari_segtool.ops.postprocess", "fill_holes"),
+          ("napari_segtool.ops.postprocess", "_finished"), ("napari_segtool.core.window", "assemble"),
+          ("napari_segtool.core.window", "labels_to_input"))
+
+
+@dataclass
+class StageCall:
+    """One call of a watched function: traced bytes (numpy reports its buffers to tracemalloc) at entry, at
+    the peak inside it and at exit, and the process's RSS at entry and exit."""
+
+    name: str
+    depth: int
+    enter: int
+    rss_in: int
+    inner_peak: int = 0
+    peak: int = 0
+    exit: int = 0
+    rss_out: int = 0
+
+
+def watch_stages(calls: list[StageCall]) -> None:
+    """Wraps the :data:`STAGES` functions (where the module has them) to record a :class:`StageCall` each."""
+    import functools
+    import importlib
+    import tracemalloc
+
+    import psutil
+
+    proc, stack = psutil.Process(), []
+    for module_name, name in STAGES:
+        module = importlib.import_module(module_name)
+        real = getattr(module, name, None)
+        if real is None:
+            continue
+
+        def watched(*args, _real=real, _name=name, **kwargs):
+            current, peak = tracemalloc.get_traced_memory()
+            if stack:
+                stack[-1].inner_peak = max(stack[-1].inner_peak, peak)
+            tracemalloc.reset_peak()
+            call = StageCall(_name, len(stack), current, proc.memory_info().rss)
+            stack.append(call)
+            calls.append(call)
+            try:
+                return _real(*args, **kwargs)
+            finally:
+                call.exit, peak = tracemalloc.get_traced_memory()
+                call.peak, call.rss_out = max(call.inner_peak, peak), proc.memory_info().rss
+                stack.pop()
+                if stack:
+                    stack[-1].inner_peak = max(stack[-1].inner_peak, call.peak)
+
+        setattr(module, name, functools.wraps(real)(watched))
+
+
+def stages(model: str, image: Path, diameter: float | None) -> None:
+    """``--stages``: what one in-memory prediction holds, step by step, in bytes per image pixel."""
+    import gc
+    import tracemalloc
+
+    import zarr
+
+    from napari_segtool.core.checkpoint import load_model
+    from napari_segtool.core.predict import predict
+
+    seg = load_model(model)
+    gc.freeze()
+    data = np.asarray(zarr.open_array(str(image), mode="r")[...])
+    for _ in range(2):  # the fast path prepared (models.runtime.PREPARE_AFTER_PIXELS), first calls paid
+        predict(seg, data[:1024, :1024], axes="YX", diameter=diameter)
+    calls: list[StageCall] = []
+    watch_stages(calls)
+    tracemalloc.start()
+    pred = predict(seg, data, axes="YX", diameter=diameter)
+    tracemalloc.stop()
+    px = data.size
+    print(f"{data.shape[0]}x{data.shape[1]}: {int(pred.labels.max())} objects; traced bytes (numpy buffers allocated "
+          f"during the run) per image pixel; RSS MiB; the input ({data.nbytes / MB:.0f} MiB) was read before")
+    print(f"{'step':<24} {'enter':>6} {'peak':>6} {'exit':>6}   {'RSS in':>6} {'RSS out':>7}")
+    for c in calls:
+        print(f"{'  ' * c.depth + c.name:<24} {c.enter / px:6.1f} {c.peak / px:6.1f} {c.exit / px:6.1f}   "
+              f"{c.rss_in / MB:6.0f} {c.rss_out / MB:7.0f}")
+
+
 @dataclass
 class Flatness:
     """``peak-I/O`` of one path against the size measured before it: growth per pixel and the 10 % verdict."""
@@ -159,6 +247,8 @@ def main(argv=None) -> int:
                              "~20x less compute per pixel than 'nuclei', for the chunked path's own memory at full size")
     parser.add_argument("--diameter", type=float, help="objects' diameter in pixels (skips the size estimate)")
     parser.add_argument("--workdir", type=Path, help="where the mosaics go (kept; default: a temp folder)")
+    parser.add_argument("--stages", type=int, metavar="SIZE",
+                        help="instead: one in-memory prediction of a SIZE² mosaic, what each step holds (tracemalloc)")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "MODEL", "IMAGE", "DIAMETER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -169,6 +259,9 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     tiles = mosaic_tiles()
     model = args.model
+    if args.stages:
+        stages(model, write_mosaic(work / f"mosaic_{args.stages}.zarr", args.stages, tiles), args.diameter)
+        return 0
     if model == "blobs":
         from benchmarks.batch_scaling import threshold_unet
         from napari_segtool.core.checkpoint import save_model
