@@ -5,7 +5,7 @@ colour and upload its data and draw it (because it is visible; the first layer o
 shader programs). On a software-rendered display (Xvfb + llvmpipe) the two halves cost 70-150 ms each
 and, run in one turn, froze the window 150-300 ms (docs/benchmarks/gui_stall.txt). napari does not slice
 an invisible layer (``Layer.refresh`` is a no-op until ``visible`` is set), so a layer added hidden and
-made visible from a zero-delay timer lets Qt repaint and take input between the halves: the user sees
+made visible from a short timer lets Qt repaint and take input between the halves: the user sees
 the layer one frame later, with the same data, name, colours and contrast.
 """
 from __future__ import annotations
@@ -15,6 +15,9 @@ from typing import Any
 
 from qtpy.QtCore import QTimer
 
+#: how long after the addition a layer is shown: a real timer, so Qt first repaints, runs due timers and takes
+#: input (a zero-delay single shot can run before them, in the same stretch of busy GUI thread)
+SHOW_DELAY_MS = 15
 #: layers added hidden whose first showing is still to come (they have no slice yet)
 _pending: weakref.WeakSet = weakref.WeakSet()
 
@@ -33,8 +36,8 @@ def add_then_show(viewer: Any, layer_type: type, data: Any, **kwargs: Any) -> An
 
 
 def show_next_turn(viewer: Any, layer: Any) -> None:
-    """Make ``layer`` visible once the event loop has run what is pending (paints, input); nothing if it was
-    removed meanwhile."""
+    """Make ``layer`` visible :data:`SHOW_DELAY_MS` later, once the event loop has run what is pending (paints,
+    timers, input); nothing if it was removed meanwhile."""
 
     _pending.add(layer)
 
@@ -42,7 +45,7 @@ def show_next_turn(viewer: Any, layer: Any) -> None:
         if layer in _pending and layer in viewer.layers:
             show_now(layer)
 
-    QTimer.singleShot(0, show)
+    QTimer.singleShot(SHOW_DELAY_MS, show)
 
 
 def show_now(layer: Any) -> None:
