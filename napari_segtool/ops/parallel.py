@@ -5,7 +5,9 @@ ran on one, and took a third of the end-to-end time. scipy's filters and scikit-
 release the GIL, so threads suffice: separable filters run on bands of rows (each band with a
 margin of at least the filter's radius, only its interior kept: the same values to the bit, since every
 output pixel sums the same inputs in the same order), and the watersheds of disjoint groups of
-components run side by side. One worker runs everything in the calling thread, as before.
+components run side by side. ``find_objects`` and ``bincount`` run on bands too (boxes joined, counts summed), and
+whole-plane steps that need no result of the caller (the foreground's labellings) in a thread of their own
+(:func:`in_background`). One worker runs everything in the calling thread, as before.
 """
 from __future__ import annotations
 
