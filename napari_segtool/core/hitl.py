@@ -745,7 +745,7 @@ class PromptAnnotator(EffortAnnotator):
     at objects the model is sure of.
 
     An object the ranking showed that is right (IoU >= ``accept_iou``) is left as it is and
-    the user presses N: the Correct widget then marks it reviewed
+    the user presses Shift-N: the Correct widget then marks it reviewed
     (:func:`~napari_segtool.core.prompts.accepted_pixels`), so it is training data at no
     action, and so it is here (``accept_shown=False``: only edits are, as before).
     """

@@ -664,9 +664,9 @@ def rank_uncertain(labels: np.ndarray, maps: PromptMaps, *, top: int | None = 20
 
 
 def accepted_pixels(labels: np.ndarray, item: Uncertain) -> np.ndarray:
-    """The pixels a user asserts by moving on (N) from a "correct next" object left as it is: the object.
+    """The pixels a user asserts with Shift-N on a "correct next" object left as it is: the object.
 
-    The ranking showed it because the model doubted it; a user who looked and went on says it is
+    The ranking showed it because the model doubted it; a user who looked and accepted it says it is
     right, which is the most informative training data there is (a hard case, confirmed). The
     Correct widget marks these pixels reviewed (``marks``: the object becomes training data with
     its background ring, as an edited one) and so does the simulated annotator of

@@ -444,6 +444,7 @@ class LabelsTracker(QObject):
             "Shift-G": lambda _l: self.grow_at_cursor(),
             "Shift-S": lambda _l: self.shrink_at_cursor(),
             "n": lambda _l: self.correct_next(),
+            "Shift-N": lambda _l: self.correct_next(accept=True),
         }
         for key, fn in bindings.items():
             try:
@@ -667,15 +668,19 @@ class LabelsTracker(QObject):
         self.queue_changed.emit()
         return self.queue
 
-    def correct_next(self) -> str:
-        """Jump to the next object the model is least sure of (the list is recomputed after any edit)."""
+    def correct_next(self, accept: bool = False) -> str:
+        """Jump to the next object the model is least sure of (the list is recomputed after any edit).
+
+        ``accept`` (Shift-N): the object shown now is right as it is, so it is marked reviewed and becomes
+        training data before moving on. Plain N only moves on: skipping an object asserts nothing about it.
+        """
         index = self.current_plane()
         maps = self.maps(index)
         if maps is None:
             return self._say("no model maps for this slice: run Segment on it first")
         if self._queue_key != (index, self.version, id(maps)):
             self.rank(index)
-        elif 0 <= self.queue_pos < len(self.queue):  # N past an object left as it is: right, so training data
+        elif accept and 0 <= self.queue_pos < len(self.queue):
             from napari_segtool.core.prompts import accepted_pixels
 
             accepted = accepted_pixels(self._plane(index), self.queue[self.queue_pos])

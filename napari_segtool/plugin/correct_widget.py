@@ -36,8 +36,8 @@ KEYS_HELP = ("<b>Keys</b> (on the labels layer, at the mouse cursor): "
              "<b>Prompts</b> (on the model's maps of the last Segment run of the slice): <b>A</b> add the object "
              "under the cursor · <b>B</b> twice: box corners, the object redrawn inside · <b>Shift-G</b> grow the "
              "nearest object to the cursor · <b>Shift-S</b> shrink: remove the part under the cursor · draw a "
-             "path in the 'scribble' layer across merged nuclei to split them · <b>N</b> correct next (the object "
-             "it showed, passed unchanged, counts as reviewed; a click in the list skips). "
+             "path in the 'scribble' layer across merged nuclei to split them · <b>N</b> correct next · "
+             "<b>Shift-N</b> the object shown is right: mark it reviewed (training data) and go on. "
              "napari's paint (P), erase (E), fill (F), picker (L) and Ctrl-Z work as usual; every edit "
              "becomes training data.")
 

@@ -202,8 +202,8 @@ def test_n_jumps_to_the_least_certain_objects_and_the_list_follows_edits(make_na
     assert tracker.queue_pos == row
 
 
-def test_n_past_an_object_left_as_it_is_makes_it_training_data(make_napari_viewer, qtbot):
-    """The object correct next showed and the user left (N again) is marked reviewed; a list click skips."""
+def test_shift_n_accepts_the_shown_object_as_training_data_and_n_only_skips(make_napari_viewer, qtbot):
+    """Shift-N: the object correct next shows is right, so it is marked reviewed; N and list clicks skip."""
     gt = _scene()
     probs = _probs(gt)
     probs[1][gt == 5], probs[2][gt == 5] = 0.45, 0.1   # the model hesitates on object 5: shown first
@@ -213,13 +213,16 @@ def test_n_past_an_object_left_as_it_is_makes_it_training_data(make_napari_viewe
     _key(viewer, qtbot, Qt.Key_N)
     shown = tracker.queue[0].label
     assert shown == 5 and not tracker.edited.any()
+    _key(viewer, qtbot, Qt.Key_N)                       # N past it: a skip, nothing asserted
+    assert not tracker.edited.any() and tracker.queue_pos == 1
     rect = correct.queue_list.visualItemRect(correct.queue_list.item(2))
     QTest.mouseClick(correct.queue_list.viewport(), Qt.LeftButton, pos=rect.center())   # jumped away: a skip
     assert not tracker.edited.any()
     left = tracker.queue[2].label
-    _key(viewer, qtbot, Qt.Key_N)                       # N past it: it is right
+    _key(viewer, qtbot, Qt.Key_N, Qt.ShiftModifier)     # Shift-N: it is right
     assert tracker.edited[gt == left].all() and tracker.marks[gt == left].all()
     assert tracker.edited.sum() == (gt == left).sum() and not tracker.edited[gt == shown].any()
+    assert tracker.queue_pos == 3
 
 
 def test_uncertainty_overlay_button_shows_the_models_doubt_over_the_slice(make_napari_viewer, qtbot):
