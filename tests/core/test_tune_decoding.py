@@ -10,7 +10,7 @@ from napari_segtool.core.checkpoint import load_model, save_model
 from napari_segtool.core.data import make_example
 from napari_segtool.core.predict import predict
 from napari_segtool.core.train import TrainConfig, train
-from napari_segtool.core.tune_decoding import DecodingGrid, RegionMaps, choose_thresholds, tune_decoding
+from napari_segtool.core.tune_decoding import MIN_OBJECTS, DecodingGrid, RegionMaps, choose_thresholds, tune_decoding
 from napari_segtool.models.unet import instance_targets
 from napari_segtool.ops.metrics import instance_scores
 from napari_segtool.ops.postprocess import instances_from_maps
@@ -28,7 +28,7 @@ def _decoded_mean_ap(region: RegionMaps, fg: float, seed: float) -> float:
 def test_the_foreground_cut_moves_to_where_the_maps_put_the_annotated_edge():
     """Maps whose foreground probability is 0.5 1.5 px *inside* each annotated object (a network that learnt
     tighter edges than these annotations): the default cut shrinks every object by a pixel ring."""
-    _, labels = draw_objects((128, 128), n=12, seed=2, touching=True)
+    _, labels = draw_objects((224, 224), n=40, seed=2, touching=True)
     inside = ndi.distance_transform_edt(labels > 0) - ndi.distance_transform_edt(labels == 0)
     foreground = 1 / (1 + np.exp(-(inside - 1.5)))
     classes, distance = instance_targets(labels)
@@ -45,9 +45,26 @@ def test_the_foreground_cut_moves_to_where_the_maps_put_the_annotated_edge():
     assert tuned.score > tuned.default_score + 0.2
 
 
+def test_too_few_objects_keep_the_models_own_thresholds_whatever_the_grid_says():
+    """The same maps as a clearly mis-cut region, but cropped to fewer than MIN_OBJECTS objects: kept."""
+    _, labels = draw_objects((224, 224), n=40, seed=2, touching=True)
+    inside = ndi.distance_transform_edt(labels > 0) - ndi.distance_transform_edt(labels == 0)
+    foreground = (1 / (1 + np.exp(-(inside - 1.5)))).astype(np.float32)
+    classes, distance = instance_targets(labels)
+    interior = np.where(classes == 1, 0.4 + 0.6 * distance, 0.05).astype(np.float32)
+    settings = {"fg_threshold": 0.5, "seed_threshold": 0.6, "min_size": 10, "min_seed_size": 3}
+    few = (slice(0, 80), slice(0, 80))
+    assert 0 < np.unique(labels[few]).size - 1 < MIN_OBJECTS
+    region = RegionMaps(foreground[few], interior[few], distance[few], labels[few], np.ones((80, 80), bool))
+    tuned = choose_thresholds([region], settings, GRID)
+    assert tuned.settings == {"fg_threshold": 0.5, "seed_threshold": 0.6} and tuned.score == tuned.default_score
+    full = RegionMaps(foreground, interior, distance, labels, np.ones(labels.shape, bool))
+    assert choose_thresholds([full], settings, GRID).settings["fg_threshold"] < 0.4   # enough objects: moved
+
+
 def test_maps_that_decode_alike_at_every_threshold_keep_the_models_own():
     """Sharp maps (probabilities 0 or 1): every pair scores the same, so nothing is gained by moving."""
-    _, labels = draw_objects((96, 96), n=8, seed=4, touching=False)
+    _, labels = draw_objects((192, 192), n=40, seed=4, touching=False)
     classes, distance = instance_targets(labels)
     region = RegionMaps((labels > 0).astype(np.float32), (classes == 1).astype(np.float32), distance, labels,
                         np.ones(labels.shape, bool))
@@ -59,7 +76,7 @@ def test_maps_that_decode_alike_at_every_threshold_keep_the_models_own():
 
 @pytest.fixture(scope="module")
 def objects():
-    return draw_objects((128, 128), n=12, seed=1)
+    return draw_objects((288, 288), n=80, seed=1)   # ~40 objects in the training run's validation half
 
 
 def test_the_shipped_model_over_splits_at_its_default_seed_cut_and_tuning_finds_a_better_one(objects):
