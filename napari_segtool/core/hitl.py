@@ -804,7 +804,7 @@ class PromptAnnotator(EffortAnnotator):
             return False
         best, iou = _iou_with(labels, self.gt == main)
         if iou >= self.accept_iou:
-            if best == p and self.accept_shown:  # right: N, and the widget records it as reviewed
+            if best == p and self.accept_shown:  # right: Shift-N, and the widget records it as reviewed
                 self.plane.mark(_prompts.accepted_pixels(labels, item))
             return False
         self._box(main)
