@@ -30,7 +30,8 @@ from napari_segtool.core.model import SegModel
 from napari_segtool.ops.metrics import instance_scores
 from napari_segtool.ops.postprocess import instances_from_maps
 
-__all__ = ["DecodingGrid", "TunedDecoding", "RegionMaps", "can_tune", "region_maps", "choose_thresholds", "tune_decoding"]
+__all__ = ["DecodingGrid", "TunedDecoding", "RegionMaps", "can_tune", "region_maps", "annotated_objects", "choose_thresholds",
+           "tune_decoding"]
 
 #: the settings tuned (per-plane post-processing of the architecture)
 TUNED = ("fg_threshold", "seed_threshold")
@@ -155,11 +156,19 @@ def choose_thresholds(regions: Sequence[RegionMaps], settings: dict[str, Any],
     return TunedDecoding(chosen, float(scores[i, j]), default, scores, before)
 
 
+def annotated_objects(examples: Sequence[Example]) -> int:
+    """How many annotated objects ``examples`` hold (ids with a pixel on annotated pixels), counted from their
+    labels alone, before any map is computed."""
+    return sum(int(np.unique(ex.labels[ex.annotated & (ex.labels > 0)]).size) for ex in examples)
+
+
 def tune_decoding(model: SegModel, examples: Sequence[Example], device: torch.device | str = "cpu",
                   grid: DecodingGrid | None = None) -> TunedDecoding | None:
     """:func:`choose_thresholds` on the maps of ``examples``' annotated regions (computed once); the model is
-    not changed. ``None`` when it cannot be tuned (:func:`can_tune`) or no annotated object is given."""
-    if not can_tune(model):
+    not changed. ``None`` when it cannot be tuned (:func:`can_tune`), no annotated object is given, or fewer
+    than :data:`MIN_OBJECTS` are (the thresholds would be kept anyway, so their maps are not computed: about
+    a second of a human-in-the-loop round)."""
+    if not can_tune(model) or annotated_objects(examples) < MIN_OBJECTS:
         return None
     t0 = time.perf_counter()
     device = torch.device(device) if isinstance(device, str) else device

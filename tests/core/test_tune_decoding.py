@@ -10,7 +10,8 @@ from napari_segtool.core.checkpoint import load_model, save_model
 from napari_segtool.core.data import make_example
 from napari_segtool.core.predict import predict
 from napari_segtool.core.train import TrainConfig, train
-from napari_segtool.core.tune_decoding import MIN_OBJECTS, DecodingGrid, RegionMaps, choose_thresholds, tune_decoding
+from napari_segtool.core.tune_decoding import (MIN_OBJECTS, DecodingGrid, RegionMaps, annotated_objects, choose_thresholds,
+                                              tune_decoding)
 from napari_segtool.models.unet import instance_targets
 from napari_segtool.ops.metrics import instance_scores
 from napari_segtool.ops.postprocess import instances_from_maps
@@ -110,3 +111,21 @@ def test_tuned_thresholds_reach_prediction_through_model_json(objects, tmp_path)
     assert not np.array_equal(own, predict(loaded, image, fg_threshold=0.5, seed_threshold=0.6).labels)
     untuned = train([example], init=start, config=replace(config, tune_decoding=False)).model
     assert "decoding" not in untuned.meta.history[-1] and untuned.meta.postprocess["seed_threshold"] == 0.6
+
+
+def test_too_few_annotated_objects_skip_the_maps_and_keep_the_models_thresholds(objects, monkeypatch):
+    """A validation split under MIN_OBJECTS objects (a human-in-the-loop round's) cannot move the thresholds,
+    so its maps are not computed at all; with enough objects they are, once per region."""
+    model = load_model("nuclei")
+    model.meta.postprocess.update(model.meta.postprocess.pop("after_fine_tuning"))
+    image, labels = objects
+    arch = model.architecture
+    calls = []
+    original = arch.predict_plane
+    monkeypatch.setattr(arch, "predict_plane", lambda *a, **k: calls.append(1) or original(*a, **k))
+    few = make_example(image[:96, :96], labels[:96, :96], normalization=model.meta.normalization)
+    assert 0 < annotated_objects([few]) < MIN_OBJECTS
+    assert tune_decoding(model, [few]) is None and calls == []
+    many = make_example(image, labels, normalization=model.meta.normalization)
+    assert annotated_objects([many]) >= MIN_OBJECTS
+    assert tune_decoding(model, [many]) is not None and len(calls) == 1
