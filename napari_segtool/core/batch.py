@@ -39,7 +39,7 @@ Schedulers: ``workers=N`` starts a :class:`distributed.LocalCluster` of ``N``
 processes; ``scheduler="tcp://host:port"`` (or a :class:`distributed.Client`)
 uses an existing cluster, whose workers must see ``out_path``'s folder and,
 for path inputs, the input file; otherwise dask's threaded scheduler runs in
-this process. The model travels to every worker once, as safetensors bytes plus
+this process, one chunk at a time on all its threads (memory bounded by one window). The model travels to every worker once, as safetensors bytes plus
 its JSON metadata (never a pickled torch module), and is rebuilt and cached
 there. Failing chunks are retried ``retries`` times; chunks still failing are
 listed in the :class:`BatchError` raised at the end, and nothing is written to
@@ -67,6 +67,7 @@ from napari_segtool.kernel.axes import to_canonical
 from napari_segtool.ops.chunked import (Block, ChunkPlan, face_matches, merge_labels, overlap_counts,
                                          plan_chunks, round_up, union)
 from napari_segtool.kernel.events import CancelToken, Cancelled
+from napari_segtool.kernel.device import configure_threads, thread_count
 from napari_segtool.kernel.memory import release_freed_memory
 from napari_segtool.core.model import ModelMeta, SegModel
 from napari_segtool.core.plan import model_diameter, plan_image
@@ -284,6 +285,8 @@ def _predict_block_once(source: _Source, model_ref: _ModelRef, ctx: _Ctx, block:
     import zarr
 
     model = model_ref.get()
+    if ctx.torch_threads:  # torch's thread count is the calling thread's: dask's pool may be older than the job
+        configure_threads(ctx.torch_threads)
     raw = _read_window(source, block)
     result = run_job(predict_window(model, raw, ctx.spatial_axes, ctx.settings,
                                     offset=(block.window[0], block.window[2]), cancel=cancel))
@@ -321,6 +324,9 @@ def _block_task(source, model_ref, ctx, block, pos, strips, cancel=None, infligh
         value, attempts, error = _retrying(
             lambda: _predict_block_once(source, model_ref, ctx, block, pos, strips, cancel),
             ctx.retries, cancel, f"chunk {block.index}")
+    # the window's freed temporaries back to the OS: glibc kept them in its heap, and the resident set between
+    # windows crept up ~5 MiB a window (4096², nuclei: 923 -> 1024 MiB over 16 windows; trimmed: 813-840)
+    release_freed_memory()
     if error is not None:
         return _BlockResult(pos, block.index, attempts=attempts, error=error)
     value.attempts = attempts
@@ -383,23 +389,22 @@ class _TaskError:
         self.exc = exc
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 class _LocalRunner:
-    """dask's threaded scheduler in this process (or ``synchronous`` for debugging)."""
+    """dask's threaded scheduler in this process (or ``synchronous`` for debugging), one task at a time.
+
+    One window at a time, with every thread inside it (the network's, and ``ops.parallel``'s for the
+    post-processing), as the in-memory path runs its plane: two windows side by side (one torch thread
+    each) held two tiles' worth of ONNX Runtime buffers at once whenever both were in their network
+    step, so the peak rose with the number of windows, i.e. with the image (issue 18: 1491 MiB at
+    4096², 1696 at 8192²; the border merge and the relabelling stay ~500 MiB below it).
+    """
 
     distributed = False
 
     def __init__(self, synchronous: bool = False, threads_per_worker: int | None = None):
-        cores = _cores()
         self.scheduler = "synchronous" if synchronous else "threads"
-        self.threads = 1 if synchronous else max(1, min(2, cores))
-        self.torch_threads = threads_per_worker or max(1, cores // self.threads)
+        self.threads = 1
+        self.torch_threads = threads_per_worker or thread_count()
         self.inflight = _Inflight()
         self._saved = None
 
@@ -639,7 +644,7 @@ def _run_job(runner, job: _Job, model_ref_shared, retries: int, progress, cancel
         ctx = _Ctx(settings=job.settings, spatial_axes=job.spatial_axes, instance=job.instance,
                    retries=int(retries), z_dim=job.z_dim, perm=job.perm,
                    local_path=str(work / "local.zarr"), final_path=str(work / "final.zarr"),
-                   strips_path=str(work / "strips"))
+                   strips_path=str(work / "strips"), torch_threads=runner.torch_threads if local else None)
         (work / "strips").mkdir()
         _create(work / "final.zarr", job.out_shape, _permute(plan.chunks, job.perm))
         if job.instance:
@@ -794,8 +799,9 @@ def predict_to_zarr(model: str | Path | SegModel, image, out_path, *, axes: str 
         ``distributed.Client``); ``None``/``"threads"`` for threads in this
         process, ``"synchronous"`` for one thread (debugging).
     threads_per_worker : dask threads per worker process, also used as torch's
-        thread count there (default 1 on a local cluster; locally, the cores
-        divided among the 2 threads).
+        thread count there (default 1 on a local cluster); locally, where one
+        chunk runs at a time, torch's threads (default
+        :func:`~napari_segtool.kernel.device.thread_count`).
     retries : extra attempts for a failing chunk before giving up.
     progress : called as ``(steps_done, steps_total)``; a chunk counts once when
         predicted and, for instance models, once more when written.

@@ -249,6 +249,37 @@ def test_threaded_path_progress_and_3d_within_chunk_linking(batch_model, images,
     assert_same_objects(zarr.open_array(str(tmp_path / "m.zarr"), mode="r")[...], reference["mosaic"])
 
 
+def test_threaded_path_runs_one_chunk_at_a_time_on_the_given_threads(batch_model, images, reference, tmp_path,
+                                                                     monkeypatch):
+    """Two windows side by side held two tiles' network buffers at once, so the peak rose with the number of
+    chunks (issue 18): the local scheduler runs one window at a time, with all the torch threads asked for."""
+    import threading
+    import time
+
+    import torch
+
+    _, model = batch_model
+    real, lock, running, seen = batch.predict_window, threading.Lock(), [0], []
+
+    def watched(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            seen.append((running[0], torch.get_num_threads()))
+        try:
+            time.sleep(0.05)  # long enough for a second thread to start its window, if there were one
+            return (yield from real(*args, **kwargs))
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(batch, "predict_window", watched)
+    saved = torch.get_num_threads()
+    predict_to_zarr(model, images["mosaic"][1], tmp_path / "m.zarr", chunk_size=CHUNK, threads_per_worker=2)
+    assert len(seen) == 9 and set(seen) == {(1, 2)}
+    assert torch.get_num_threads() == saved
+    assert_same_objects(zarr.open_array(str(tmp_path / "m.zarr"), mode="r")[...], reference["mosaic"])
+
+
 def test_cancel_leaves_nothing_behind(batch_model, images, tmp_path):
     _, model = batch_model
     token = CancelToken()
