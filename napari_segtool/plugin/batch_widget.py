@@ -210,8 +210,8 @@ class BatchWidget(JobWidget):
             scheduler = self.address_edit.text().strip()
             if "://" not in scheduler:
                 raise UserError("enter the dask scheduler's address, e.g. tcp://host:8786")
-        else:  # torch threads per dask thread: the viewer keeps a core, dask runs 2 threads
-            threads = max(1, worker_threads() // 2)
+        else:  # torch threads of the one chunk running at a time (core.batch): the viewer keeps a core
+            threads = worker_threads()
         return BatchJob(image_layer.name, ref, L.layer_data(image_layer), axes, out_path,
                         int(self.chunk_spin.value()), workers, scheduler, threads,
                         L.spatial_scale(image_layer), L.spatial_translate(image_layer), L.labels_axes(axes))
