@@ -26,7 +26,10 @@ round, for two simulated annotators on the GUI's own engine (``core.hitl.iter_ef
 ``core.prompts``, ``core.edits``, and ``core.train_project.iter_fit`` for every
 fine-tuning, as the Train widget): ``prompts+ranking`` (jumps with correct next, fixes with
 the prompt tools) and ``repaint+random`` (looks at objects in random order, repaints by
-hand). Writes ``DIR/hitl_effort.csv``, ``DIR/hitl_effort.png`` and ``DIR/hitl_effort_summary.json``.
+hand). Each row also gives the errors the annotator's actions fixed so far (``fixed``: truth objects
+newly matched at ``--accept-iou`` plus false positives removed, ``core.hitl.EffortAnnotator.errors_left``)
+and ``fix/act``, objects fixed per action. Writes ``DIR/hitl_effort.csv``, ``DIR/hitl_effort.png`` and
+``DIR/hitl_effort_summary.json``.
 
 Action costs (``core.hitl.ActionCosts``; this table is where they are defined and why).
 An action is one deliberate input that changes the labels: a key press with the cursor
@@ -269,7 +272,7 @@ def summarize(history: list[HitlRound], consts: list[dict[str, Any]], max_correc
 
 # ------------------------------------------------------------------ effort axis
 EFFORT_COLUMNS = ["dataset", "annotator", "round", "actions", "views", "tools", "ap50", "mean_ap", "train_seconds",
-                  "predict_seconds", "annotated_pixels"]
+                  "predict_seconds", "annotated_pixels", "objects_fixed", "fixed_per_action"]
 
 
 def effort_rows(args, cfg, dataset: str, train_pair, held, init, kind: str) -> list[dict[str, Any]]:
@@ -284,10 +287,12 @@ def effort_rows(args, cfg, dataset: str, train_pair, held, init, kind: str) -> l
         row = {"dataset": dataset, "annotator": rec.annotator, "round": rec.round, "actions": rec.actions,
                "views": rec.views, "tools": " ".join(f"{k}:{v}" for k, v in sorted(rec.tools.items())),
                "ap50": rec.ap50, "mean_ap": rec.mean_ap, "train_seconds": rec.train_seconds,
-               "predict_seconds": rec.predict_seconds, "annotated_pixels": rec.annotated_pixels}
+               "predict_seconds": rec.predict_seconds, "annotated_pixels": rec.annotated_pixels,
+               "objects_fixed": rec.objects_fixed, "fixed_per_action": rec.fixed_per_action}
         rows.append(row)
         print(f"{rec.annotator:>16s} {rec.round:5d} {rec.actions:7d} {rec.views:5d} {rec.ap50:7.3f} "
-              f"{rec.train_seconds:8.1f}  {row['tools']}", flush=True)
+              f"{rec.train_seconds:8.1f} {rec.objects_fixed:5d} {rec.fixed_per_action:6.2f}  {row['tools']}",
+              flush=True)
     return rows
 
 
@@ -308,7 +313,8 @@ def run_effort(args, dataset: str, train_pair, held, init, init_name: str) -> di
                             l2sp=ft.l2sp if args.l2sp is None else args.l2sp,
                             average=ft.average if args.average is None else args.average)
     kinds = args.annotators.split(",")
-    print(f"{'annotator':>16s} {'round':>5s} {'actions':>7s} {'views':>5s} {'AP@0.5':>7s} {'train s':>8s}")
+    print(f"{'annotator':>16s} {'round':>5s} {'actions':>7s} {'views':>5s} {'AP@0.5':>7s} {'train s':>8s} "
+          f"{'fixed':>5s} {'fix/act':>6s}")
     if args.parallel and len(kinds) > 1:  # one process per annotator: same settings, half the wall time
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -344,6 +350,7 @@ def effort_goal(rows: list[dict[str, Any]], target: float, max_actions: int = 25
         spent[name] = max(spent.get(name, 0), int(row["actions"]))
         if float(row["ap50"]) >= target and name not in reached:
             reached[name] = {"actions": int(row["actions"]), "round": int(row["round"]),
+                             "objects_fixed": int(row.get("objects_fixed", 0)),
                              "train_seconds": sum(float(r["train_seconds"]) for r in rows
                                                   if r["annotator"] == name and int(r["round"]) <= int(row["round"]))}
     p, r = reached.get("prompts+ranking"), reached.get("repaint+random")

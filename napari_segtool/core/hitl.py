@@ -628,6 +628,7 @@ class EffortAnnotator:
         self.rng = np.random.default_rng(seed)
         self.actions: list[Action] = []
         self.views = 0
+        self.fixed = 0          # errors its actions fixed (:meth:`errors_left` before - after each :meth:`work`)
         self._done_gt: set[int] = set()
 
     @property
@@ -641,12 +642,29 @@ class EffortAnnotator:
     def work(self, budget: int) -> list[Action]:
         """Correct until ``budget`` more actions are spent (or nothing is left to correct)."""
         start, done = self.cost, len(self.actions)
+        before = self.errors_left()
         while self.cost - start < budget:
             if not self.step():
                 if self.review and not self.reviewed:
                     self.mark_reviewed()
                 break
+        self.fixed += before - self.errors_left()
         return self.actions[done:]
+
+    def errors_left(self) -> int:
+        """Errors of the labels against the truth: truth objects no object matches at ``accept_iou`` plus
+        objects mostly on true background. What the actions of a :meth:`work` remove from it is the
+        objects they fixed (a merge of two split well counts 2, a deleted false positive 1); a new
+        prediction between rounds changes it too, which counts for neither annotator."""
+        labels = self.plane.labels
+        ious, _, pred_ids = iou_matrix(labels, self.gt)
+        missed = int((ious.max(axis=1) < self.accept_iou).sum()) if ious.shape[1] else int(len(np.unique(self.gt)) - 1)
+        if not len(pred_ids):
+            return missed
+        n = int(labels.max()) + 1
+        on_truth = np.bincount(labels.ravel(), (self.gt > 0).ravel().astype(float), minlength=n)
+        area = np.bincount(labels.ravel(), minlength=n)
+        return missed + int(np.sum(on_truth[pred_ids] < 0.5 * area[pred_ids]))
 
     def mark_reviewed(self) -> None:
         """R: the whole plane as it is now is what the user asserts (the tracker's reviewed plane)."""
@@ -972,6 +990,11 @@ class EffortRound:
     train_seconds: float = 0.0
     predict_seconds: float = 0.0
     annotated_pixels: int = 0
+    objects_fixed: int = 0  # cumulative errors the actions fixed (:meth:`EffortAnnotator.errors_left`)
+
+    @property
+    def fixed_per_action(self) -> float:
+        return self.objects_fixed / self.actions if self.actions else 0.0
 
 
 def predict_maps(model: SegModel, image: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -1076,6 +1099,6 @@ def iter_effort(
         for a in ann.actions:
             tools[a.tool] = tools.get(a.tool, 0) + a.cost
         history.append(EffortRound(ann.name, rnd, ann.cost, ann.views, tools, ap50, mean_ap, train_seconds,
-                                   predict_seconds, int(ann.plane.edited.sum())))
+                                   predict_seconds, int(ann.plane.edited.sum()), ann.fixed))
         yield history[-1]
     return history

@@ -274,7 +274,9 @@ def redraw_in_box(labels: np.ndarray, maps: PromptMaps, box: Sequence[int], new_
 
     ``box`` is ``(y0, x0, y1, x1)`` (corners in any order, inclusive). The object is the
     one under the box centre (else the one with most pixels in the box; else a new one
-    with ``new_label``); all its pixels are replaced by the component of the thresholded
+    with ``new_label``), together with any other object lying mostly (70 %) inside the box:
+    the box says "one object here", so halves and fragments of it become one (one box, not a
+    box plus a repaint). All their pixels are replaced by the component of the thresholded
     foreground inside the box that contains the centre (else the largest), holes filled,
     never over another object. A part of the object outside the box at least half as
     large as the redrawn object (a merged neighbour) becomes an object of its own
@@ -304,7 +306,9 @@ def redraw_in_box(labels: np.ndarray, maps: PromptMaps, box: Sequence[int], new_
     lab, m = labels[sl], maps.window(sl)
     inside = np.zeros(lab.shape, bool)
     inside[y0 - sl[0].start:y1 + 1 - sl[0].start, x0 - sl[1].start:x1 + 1 - sl[1].start] = True
-    others = (lab > 0) & (lab != target)
+    parts_of = _inside_box(labels, inner, (y0, y1, x0, x1), target) if target else []
+    mine = np.isin(lab, [target, *parts_of]) if target else np.zeros(lab.shape, bool)
+    others = (lab > 0) & ~mine
     c = _local((cy, cx), sl)
     fg = m.foreground
     t = threshold
@@ -324,14 +328,27 @@ def redraw_in_box(labels: np.ndarray, maps: PromptMaps, box: Sequence[int], new_
     obj = ndi.binary_fill_holes(obj) & ~others & inside
     if not target:
         return _edit(lab, sl, obj, label, "added")
-    old = lab == target
-    edit = _edit(lab, sl, obj, label, "redrawn", clear=old)
+    old = mine
+    edit = _edit(lab, sl, obj, label, f"redrawn{f' from {len(parts_of) + 1} pieces' if parts_of else ''}", clear=old)
     # what the object had outside the box: a bleed is dropped, a second nucleus (a merge) kept on its own
     rest = old & ~obj & ~inside
     if rest.sum() >= 0.5 * max(1, obj.sum()):
         edit.labels[rest] = int(new_label)
         edit.message = "redrawn; its part outside the box is a new object"
     return edit
+
+
+def _inside_box(labels: np.ndarray, inner: np.ndarray, box: tuple[int, int, int, int], target: int,
+                share: float = 0.7) -> list[int]:
+    """Objects other than ``target`` with at least ``share`` of their pixels inside the box: pieces of the
+    boxed object (a nucleus the model cut in halves, a fragment beside it), which the box redraws as one."""
+    y0, y1, x0, x1 = box
+    ids, n_in = np.unique(inner[(inner > 0) & (inner != target)], return_counts=True)
+    if not ids.size:
+        return []
+    around = labels[_box_window(labels.shape, y0, y1 + 1, x0, x1 + 1, pad=max(y1 - y0, x1 - x0))]
+    total = np.array([np.count_nonzero(around == i) for i in ids.tolist()])
+    return [int(i) for i, a, t in zip(ids.tolist(), n_in.tolist(), total.tolist()) if a >= share * t]
 
 
 def _nearest_label(lab: np.ndarray, c: tuple[int, int]) -> int:
@@ -478,6 +495,51 @@ def _profile_peaks(profile: np.ndarray, dip: float = 0.75) -> list[int]:
     return peaks
 
 
+def _click_seeds(obj: np.ndarray, vertices: np.ndarray, deep: float = 0.3) -> np.ndarray | None:
+    """Seeds from the clicked points of a stroke that lie deep inside ``obj`` (one per nucleus), or ``None``.
+
+    A scribble clicked through the merged nuclei has its vertices at the nuclei: a vertex well inside
+    the object (at least ``deep`` × its largest distance to its edge) is the user's "a nucleus here".
+    Vertices in path order are chained while each is within 3/4 of that largest distance of the last
+    (a path drawn with many close vertices, or several clicks in one nucleus, is one chain, so one
+    nucleus); each chain's deepest vertex is a click. A vertex off the deep part ends a chain. Each
+    click grows into a disc as wide as the object around it (0.8 × its distance to the edge) but never
+    past the midline to the nearest other click, so the flood starts from the nuclei, not from single
+    pixels. ``None`` when fewer than two clicks qualify (the other seeds of :func:`split_by_scribble` apply).
+    """
+    dist = ndi.distance_transform_edt(obj)
+    top = float(dist.max())
+    h, w = obj.shape
+    link = 0.75 * top
+    chains: list[list[np.ndarray]] = []
+    last: np.ndarray | None = None
+    for v in vertices:
+        if not (0 <= v[0] < h and 0 <= v[1] < w) or dist[v[0], v[1]] < max(1.0, deep * top):
+            last = None
+            continue
+        if last is None or np.hypot(*(v - last).astype(float)) >= link:
+            chains.append([])
+        chains[-1].append(v)
+        last = v
+    kept: list[np.ndarray] = []
+    for chain in chains:
+        v = max(chain, key=lambda p: dist[p[0], p[1]])
+        if all(np.hypot(*(v - k).astype(float)) >= link for k in kept):
+            kept.append(v)
+    if len(kept) < 2:
+        return None
+    yy, xx = np.ogrid[:h, :w]
+    d = np.stack([np.hypot(yy - v[0], xx - v[1]) for v in kept])
+    nearest = np.argmin(d, axis=0)
+    seeds = np.zeros(obj.shape, np.int32)
+    for k, v in enumerate(kept):
+        gap = min(float(np.hypot(*(v - o).astype(float))) for j, o in enumerate(kept) if j != k)
+        r = max(0.5, min(0.8 * float(dist[v[0], v[1]]), 0.45 * gap))
+        disc = (d[k] <= r) & (nearest == k) & obj
+        seeds[_component_at(disc, (int(v[0]), int(v[1])))] = k + 1
+    return seeds
+
+
 def split_by_scribble(labels: np.ndarray, maps: PromptMaps | None, points: Sequence[Sequence[float]],
                       first_new_label: int, *, min_size: int = 5) -> LocalEdit:
     """A stroke across a merged object: one object per nucleus the stroke crosses.
@@ -509,6 +571,7 @@ def split_by_scribble(labels: np.ndarray, maps: PromptMaps | None, points: Seque
     lab = labels[sl]
     m = maps.window(sl) if maps is not None else None
     local = px - np.array([sl[0].start, sl[1].start])
+    vertices = np.round(np.asarray(points, float)).astype(int).reshape(-1, 2) - np.array([sl[0].start, sl[1].start])
     out = lab.copy()
     next_id = int(first_new_label)
     n_split = 0
@@ -524,6 +587,12 @@ def split_by_scribble(labels: np.ndarray, maps: PromptMaps | None, points: Seque
             for k, core in enumerate(hit, 1):
                 seeds[cores == core] = k
             n = len(hit)
+        clicks = _click_seeds(obj, vertices)
+        if clicks is not None and clicks.max() > n:  # a click in each nucleus says more than the maps' seeds
+            seeds, n = clicks, int(clicks.max())
+            relief_of_clicks = True
+        else:
+            relief_of_clicks = False
         if n < 2:
             dist = ndi.distance_transform_edt(obj)
             profile = dist[path[:, 0], path[:, 1]]
@@ -545,7 +614,12 @@ def split_by_scribble(labels: np.ndarray, maps: PromptMaps | None, points: Seque
                     n = 2
         if n < 2:
             continue
-        relief = _relief(m, obj) if m is not None else -ndi.distance_transform_edt(obj)
+        if m is None:
+            relief = -ndi.distance_transform_edt(obj)
+        elif relief_of_clicks:  # the clicks are the centres: flood up the boundary map, down the interior
+            relief = (m.boundary - m.interior).astype(np.float32)
+        else:
+            relief = _relief(m, obj)
         pieces = watershed(relief, markers=seeds, mask=obj)
         sizes = np.bincount(pieces.ravel(), minlength=n + 1)[1:]
         order = [k + 1 for k in np.argsort(sizes)[::-1] if sizes[k] >= min_size]

@@ -429,3 +429,25 @@ def test_effort_rounds_fine_tune_the_previous_model_or_the_start(monkeypatch, in
                      train=cfg, time_budget=None, warm_start=warm_start))
     assert len(inits) == 2 and inits[0] is model and min(annotated) > 0
     assert inits[1] is (results[0] if warm_start else model)
+
+
+def test_the_prompt_user_fixes_a_merge_of_three_with_one_stroke_and_halves_with_one_box():
+    """Objects fixed per action (``EffortAnnotator.fixed``): a 3-point stroke splits three nuclei the maps see
+    as one blob, a box joins the halves of a cut nucleus: 5 actions, no repaint (before: 11, a box after the
+    stroke for its worst piece, and a repaint after the box on the halves)."""
+    from napari_segtool.core.hitl import PromptAnnotator
+    from tests.core.test_prompts import maps_of, three_nuclei_blob
+    from tests.scenes import disc
+
+    gt, merged, _, _ = three_nuclei_blob()
+    gt[disc(gt.shape, (75, 100), 10)] = 5
+    merged[gt == 5] = 5
+    maps = maps_of(merged)
+    pred = merged.copy()
+    pred[(gt == 5) & (np.arange(gt.shape[1])[None, :] >= 100)] = 6          # cut in halves
+    ann = PromptAnnotator(gt, np.zeros_like(gt), seed=1, accept_iou=0.7)
+    ann.update(pred, maps)
+    assert ann.errors_left() == 4          # 1, 2, 3 under one object, 5 under two halves
+    ann.work(100)
+    assert ann.errors_left() == 0 and ann.fixed == 4
+    assert sorted(a.tool for a in ann.actions) == ["box", "scribble"] and ann.cost == 5
