@@ -65,6 +65,10 @@ POSTPROCESS_PARAMS = (
     Param("seed_mode", str, "interior", choices=SEED_MODES, applies_to=("instance",), label="Split by",
           help="How touching objects are split: confident interiors, the waists of the foreground "
                "(shape) or the saddles between brightness peaks (flux)"),
+    Param("deblend_contrast", float, 0.005, 0.0, 1.0, applies_to=("instance",), advanced=True,
+          help="Split by flux: a peak needs this share of its footprint's flux above its saddle (0: every peak)"),
+    Param("min_snr", float, 0.0, 0.0, 1000.0, applies_to=("instance",), advanced=True,
+          help="Split by flux: sources under this footprint signal-to-noise ratio are dropped"),
     Param("min_seed_size", int, 3, 0, 100000, applies_to=("instance",), advanced=True,
           help="Seeds smaller than this (pixels) are ignored as noise"),
     Param("fill", bool, True, applies_to=("instance",), advanced=True, help="Fill holes inside objects"),

@@ -10,6 +10,12 @@ at least ``contrast`` times the total flux of the whole connected footprint
 that rule to the pieces of a watershed, joining pieces in order of decreasing saddle
 level (a union-find over the region adjacency graph), so a knot of a bright galaxy joins
 the galaxy while a star or satellite beside it, holding a share of the flux, stays apart.
+
+:func:`drop_faint` then applies the detection limit the truth of ``sim.astro`` and SExtractor's catalogues
+use: a source is kept only when its footprint's flux over ``noise * sqrt(area)`` reaches ``min_snr``, the
+noise being measured on the plane's own background pixels. On held-out simulated fields most of the
+model's false positives were footprints of pure noise (no source, not even an undetectable one, under
+them) with a median S/N of 2.5, against 28 for footprints of true sources.
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ from scipy import ndimage as ndi
 
 from napari_segtool.ops.normalize import ASINH_SCALE
 
-__all__ = ["asinh_flux", "deblend_by_contrast", "merge_by_contrast", "saddles"]
+__all__ = ["asinh_flux", "deblend_by_contrast", "drop_faint", "isophotal_snr", "linear_flux", "merge_by_contrast",
+           "saddles"]
 
 #: SExtractor's default DEBLEND_MINCONT: a branch needs 0.5 % of its footprint's flux to be a source
 CONTRAST = 0.005
@@ -28,16 +35,21 @@ CONTRAST = 0.005
 ASINH_MAX = float(np.arcsinh(1e9) / ASINH_SCALE)
 
 
-def asinh_flux(stretched: np.ndarray) -> np.ndarray:
-    """Linear sky-subtracted flux (in softening units, >= 0) of a plane normalised with the asinh stretch
-    (``ops.normalize``, ``asinh(x) / ASINH_SCALE``): its inverse, clipped at the sky.
+def linear_flux(stretched: np.ndarray) -> np.ndarray:
+    """Linear sky-subtracted flux (in softening units; negative below the sky) of a plane normalised with the
+    asinh stretch (``ops.normalize``, ``asinh(x) / ASINH_SCALE``): its inverse.
 
     A plane with values above :data:`ASINH_MAX` cannot come from that stretch: it is taken as linear
-    flux already (clipped at 0), so raw images work too."""
+    flux already, so raw images work too."""
     stretched = np.asarray(stretched, np.float64)
     if stretched.size and float(np.nanmax(stretched)) > ASINH_MAX:
-        return np.clip(stretched, 0.0, None)
-    return np.clip(np.sinh(ASINH_SCALE * stretched), 0.0, None)
+        return stretched
+    return np.sinh(ASINH_SCALE * stretched)
+
+
+def asinh_flux(stretched: np.ndarray) -> np.ndarray:
+    """:func:`linear_flux` clipped at the sky (>= 0): what a pixel adds to a source's flux when deblending."""
+    return np.clip(linear_flux(stretched), 0.0, None)
 
 
 def deblend_by_contrast(labels: np.ndarray, relief: np.ndarray, contrast: float = CONTRAST) -> np.ndarray:
@@ -161,3 +173,37 @@ def merge_by_contrast(labels: np.ndarray, relief: np.ndarray, flux: np.ndarray, 
         owner = nxt
     owner[0] = 0
     return owner[labels].astype(labels.dtype, copy=False)
+
+
+def isophotal_snr(labels: np.ndarray, plane: np.ndarray) -> np.ndarray:
+    """Signal-to-noise ratio of every id ``0..labels.max()`` (0 for the background and absent ids): the
+    footprint's summed flux over ``noise * sqrt(area)``, the detection statistic of ``sim.astro``'s truth.
+
+    ``plane`` is asinh-stretched (or linear, :func:`linear_flux`); the sky level and the per-pixel noise are
+    the median and the MAD-based standard deviation of the unlabelled pixels, so the figure needs neither the
+    normaliser's softening nor the image's units. Correlated noise makes it optimistic, as it does the truth's.
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max()) + 1
+    flux = np.nan_to_num(linear_flux(plane))
+    background = flux[labels == 0]
+    if background.size < 10:
+        return np.zeros(n)
+    sky = float(np.median(background))
+    noise = max(1.4826 * float(np.median(np.abs(background - sky))), 1e-12)
+    area = np.bincount(labels.ravel(), minlength=n)
+    total = np.bincount(labels.ravel(), weights=(flux - sky).ravel(), minlength=n)
+    snr = total / (noise * np.sqrt(np.maximum(area, 1)))
+    snr[0] = 0.0
+    return snr
+
+
+def drop_faint(labels: np.ndarray, plane: np.ndarray, min_snr: float) -> np.ndarray:
+    """``labels`` without the sources whose :func:`isophotal_snr` on ``plane`` is under ``min_snr``, renumbered
+    1..n in the order of the kept ids (``min_snr <= 0`` keeps all)."""
+    labels = np.asarray(labels)
+    if min_snr <= 0 or not labels.any():
+        return labels
+    keep = isophotal_snr(labels, plane) >= min_snr
+    keep[0] = False
+    return (np.cumsum(keep) * keep).astype(labels.dtype)[labels]

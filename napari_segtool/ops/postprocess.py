@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage import measure, morphology, segmentation
 
 from napari_segtool.kernel.params import Param
-from napari_segtool.ops.deblend import CONTRAST, deblend_by_contrast
+from napari_segtool.ops.deblend import CONTRAST, deblend_by_contrast, drop_faint
 from napari_segtool.ops.flood import Labelled, component_peaks, flood_from_peaks, label_foreground
 from napari_segtool.ops.parallel import bounding_boxes, counts, gaussian_radius, in_background, in_bands, worker_count
 
@@ -226,6 +226,8 @@ def instances_from_maps(
     seed_mode: str = "interior",
     image: np.ndarray | None = None,
     diameter: float | None = None,
+    deblend_contrast: float = CONTRAST,
+    min_snr: float = 0.0,
 ) -> np.ndarray:
     """Instance labels from foreground / interior probabilities and a distance map.
 
@@ -248,6 +250,7 @@ def instances_from_maps(
     diameter : typical object diameter (pixels) for the ``shape``/``flux`` splits, from the
         model (its training labels at the scale it runs at), so that the split does not depend
         on what else is in the image; ``None`` falls back to the objects found here.
+    deblend_contrast, min_snr : ``seed_mode="flux"`` only, see :func:`split_by_flux`.
     """
     if seed_mode not in SEED_MODES:
         raise ValueError(f"unknown seed_mode '{seed_mode}' (choose {', '.join(SEED_MODES)})")
@@ -264,7 +267,8 @@ def instances_from_maps(
         if seed_mode == "shape":
             return split_by_shape(p_foreground, distance, float(diameter), fg_threshold=fg_threshold,
                                   min_size=min_size, fill=fill)
-        return split_by_flux(image, p_foreground, float(diameter), fg_threshold=fg_threshold, min_size=min_size)
+        return split_by_flux(image, p_foreground, float(diameter), fg_threshold=fg_threshold, min_size=min_size,
+                             contrast=deblend_contrast, min_snr=min_snr)
     foreground = p_foreground > fg_threshold
     seed_mask = (p_interior > seed_threshold) & foreground
     seeds = remove_small(measure.label(seed_mask), min_seed_size)
@@ -422,7 +426,7 @@ def _flood_from_peaks(relief: np.ndarray, foreground: np.ndarray, spacing: float
 
 def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, *, fg_threshold: float = 0.5,
                   seed_spacing: float = 0.25, smooth: float = 1.0, min_size: int = 4,
-                  contrast: float = CONTRAST) -> np.ndarray:
+                  contrast: float = CONTRAST, min_snr: float = 0.0) -> np.ndarray:
     """Deblend: the network's foreground cut into one object per brightness peak of ``image``.
 
     Blended stars and galaxies rarely leave a waist in their joint footprint, but
@@ -445,6 +449,7 @@ def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, 
     min_size : objects smaller than this (pixels) are dropped.
     contrast : a peak stays a source only with this share of its footprint's flux above its saddle
         (SExtractor's DEBLEND_MINCONT; ``ops.deblend``, flux from the asinh stretch); 0 keeps every peak.
+    min_snr : sources whose footprint S/N on ``image`` is under this are dropped (``ops.deblend.drop_faint``).
     """
     if image.ndim != 2 or image.shape != p_foreground.shape:
         raise ValueError(f"expected a YX image and map of one shape, got {image.shape} and {p_foreground.shape}")
@@ -453,7 +458,8 @@ def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, 
     relief = in_bands(lambda plane: ndi.gaussian_filter(np.nan_to_num(plane.astype(np.float32)), smooth), image,
                       margin=gaussian_radius(smooth))
     labels = _split_at_peaks(relief, foreground, seed_spacing * diameter, min_size=min_size, labelled=labelled)
-    return deblend_by_contrast(labels, relief, contrast) if contrast > 0 else labels
+    labels = deblend_by_contrast(labels, relief, contrast) if contrast > 0 else labels
+    return drop_faint(labels, image, min_snr)
 
 
 def distance_inside(mask: np.ndarray, sampling: Sequence[float] | None = None) -> np.ndarray:
