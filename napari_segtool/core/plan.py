@@ -3,7 +3,8 @@
 :func:`plan_image` is the first step of every path (in memory, the Segment widget, the
 chunked/dask path): it checks the image, puts it in canonical axis order (stack axes,
 ``YX``, ``C``), fits the model's normaliser once over the whole image, finds the content
-panels (flat or NaN bands cut off), and resolves the object scale (given or estimated,
+panels (flat or NaN bands cut off; exact mirror bands, :mod:`napari_segtool.ops.mirror`, are
+padding whose labels mirror the content's), and resolves the object scale (given or estimated,
 :mod:`napari_segtool.core.scale`) into the factor that brings the image to the model grid.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from napari_segtool.kernel.errors import InputError
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.scale import ScaleEstimate, estimate_diameter, scale_factor, stack_scale_factor
 from napari_segtool.core.window import WindowSettings, plane_view
+from napari_segtool.ops.mirror import mirror_frame
 from napari_segtool.ops.normalize import Normalizer, content_panels, fit_normalizer
 from napari_segtool.ops.resample import is_identity
 
@@ -91,15 +93,21 @@ def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float
             raise InputError(f"model '{meta.name}' expects {meta.in_channels} channel(s), the image has {channels}")
     if tile_size is not None and tile_size < 16:
         raise InputError(f"the tile size must be at least 16 pixels, got {tile_size}")
-    normalizer = fit_image_normalizer(data, meta.normalization, channel_mean)
+    # exact mirror bands (np.pad reflect/symmetric) hold no pixel the image lacks, for any model (a sky field too:
+    # unlike a noise border, a copy cannot hide a faint source): the plan is the content's, the bands get its labels
+    mirror = mirror_frame(data)
+    my, mx = (mirror.box[0], mirror.box[2]) if mirror is not None else (0, 0)
+    inner = data if mirror is None else data[..., my:mirror.box[1], mx:mirror.box[3], :]
+    normalizer = fit_image_normalizer(inner, meta.normalization, channel_mean)
     align = model.architecture.align(meta)
     # percentile models: noise-only borders are padding as flat ones are (the normaliser skips them too); the
     # sky of an astronomical field is its image, where sources of any faintness may lie, so it is run whole
-    panels = content_panels(data, noise_borders=meta.normalization.get("method", "percentile") == "percentile")
+    panels = [(a + my, b + my, c + mx, d + mx) for a, b, c, d in
+              content_panels(inner, noise_borders=meta.normalization.get("method", "percentile") == "percentile")]
     content = (min(b[0] for b in panels), max(b[1] for b in panels), min(b[2] for b in panels), max(b[3] for b in panels))
     settings = WindowSettings(normalizer, channel_mean=channel_mean, content=content, align=align,
                               panels=tuple(panels) if len(panels) > 1 else (), tile_size=tile_size,
-                              batch_size=batch_size)
+                              batch_size=batch_size, mirror=mirror)
     # the size is estimated on the largest panel (the content box unless flat bands split it): a mosaic's
     # objects are those of its panels, and gaps inside the crops would only cut objects
     y0, y1, x0, x1 = max(panels, key=lambda b: (b[1] - b[0]) * (b[3] - b[2]))

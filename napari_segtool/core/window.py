@@ -18,7 +18,9 @@ import numpy as np
 
 from napari_segtool.kernel.events import CancelToken, Progress
 from napari_segtool.ops.chunked import PlacedPlane, Rect, union
+from napari_segtool.ops.mirror import MirrorFrame, mirror_labels, mirror_values, source_rect
 from napari_segtool.ops.normalize import NormalizedPlane, Normalizer
+from napari_segtool.ops.tiling import halo_for
 from napari_segtool.ops.postprocess import link_stack, overlap_matrix, split_by_shape, split_z_chains, typical_diameter
 from napari_segtool.ops.resample import (ResampledPlane, antialias_sigma, is_identity, labels_to_input,
                                         scaled_length)
@@ -48,6 +50,8 @@ class WindowSettings:
     panels: tuple[tuple[int, int, int, int], ...] = ()  # the content split at flat bands crossing it (a
     # mosaic's gaps): each panel runs as its own image (its own grid and mirrored borders), so a panel's objects
     # do not depend on what lies beyond the gap; empty: the content box is one panel
+    mirror: MirrorFrame | None = None   # exact mirror bands around the content (np.pad reflect/symmetric): the
+    # content runs as the plain image; each band pixel takes its mirror source's label (ops.mirror.mirror_labels)
     align: int = 1                      # the network's pooling grid, kept global on the model grid
     postprocess: dict[str, Any] = field(default_factory=dict)  # overrides passed to predict_plane
     stack: dict[str, Any] = field(default_factory=dict)        # the assembled settings (model's + overrides)
@@ -106,6 +110,9 @@ def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowS
     image's content box (``settings.content``; the window is the whole image when it is ``None``).
     """
     window_hw = tuple(int(n) for n in window.shape[-3:-1])
+    if settings.mirror is not None:
+        return (yield from _predict_mirrored(model, window, spatial_axes, settings, offset, planes,
+                                             first_probabilities, cancel, tile_callback))
     if len(settings.panels) > 1:
         return (yield from _predict_panels(model, window, spatial_axes, settings, offset, planes,
                                            first_probabilities, cancel, tile_callback))
@@ -162,6 +169,27 @@ def _predict_panels(model: Any, window: Any, spatial_axes: str, settings: Window
     return WindowResult(labels, {}, probs)
 
 
+def _predict_mirrored(model: Any, window: Any, spatial_axes: str, settings: WindowSettings, offset: tuple[int, int],
+                      planes: Sequence[tuple] | None, first_probabilities: bool, cancel: CancelToken | None,
+                      tile_callback: Callable[[int, int], None] | None) -> Generator[Progress, None, WindowResult]:
+    """:func:`predict_window` of a window of a mirror-framed image: the content as the plain image, then each
+    band pixel labelled as its mirror source (which the window holds: :func:`window_for` widens chunks to it).
+
+    Per-plane tables cover the content's objects only, so they are left to the caller when a band is in the window.
+    """
+    frame = settings.mirror
+    part = yield from predict_window(model, window, spatial_axes, replace(settings, mirror=None), offset=offset,
+                                     planes=planes, first_probabilities=first_probabilities, cancel=cancel,
+                                     tile_callback=tile_callback)
+    hw = tuple(int(n) for n in window.shape[-3:-1])
+    y0, y1, x0, x1 = frame.box
+    if y0 <= offset[0] and offset[0] + hw[0] <= y1 and x0 <= offset[1] and offset[1] + hw[1] <= x1:
+        return part  # no band in this window
+    labels = mirror_labels(part.labels, frame, offset, model.meta.task == "instance")
+    probs = None if part.probabilities is None else mirror_values(part.probabilities, frame, offset)
+    return WindowResult(labels, {}, probs)
+
+
 def model_plane_hw(settings: WindowSettings) -> tuple[int, int]:
     """The content box's size on the model grid (what a window of it is a part of)."""
     h, w = settings.content_hw
@@ -173,7 +201,11 @@ def model_plane_hw(settings: WindowSettings) -> tuple[int, int]:
 def window_for(model: Any, settings: WindowSettings, region: Rect, image_hw: tuple[int, int]) -> Rect | None:
     """The input pixels (image coordinates) a window must hold for its labels inside ``region`` to be those of
     a whole-image run, as the architecture asks (``Architecture.window_extent``: Mask R-CNN's whole tiles);
-    ``None`` when the region grown by the halo suffices. Each panel of the content has its own tile grid."""
+    ``None`` when the region grown by the halo suffices. Each panel of the content has its own tile grid.
+    In a mirror frame (``settings.mirror``) a region's band pixels are labelled from their mirror sources in
+    the content, so the window also holds those sources, with the halo (or whole tiles) they need."""
+    if settings.mirror is not None:
+        return _mirror_window(model, settings, region, image_hw)
     panels = settings.panels or ((settings.content or (0, image_hw[0], 0, image_hw[1])),)
     factor = settings.factor
     identity = is_identity(factor)
@@ -204,6 +236,30 @@ def window_for(model: Any, settings: WindowSettings, region: Rect, image_hw: tup
                 x0 + (max(0, ext[2]) // align) * align, min(x1, x0 + ext[3]))
         out = rect if out is None else union(out, rect)
     return out
+
+
+def _mirror_window(model: Any, settings: WindowSettings, region: Rect, image_hw: tuple[int, int]) -> Rect | None:
+    """:func:`window_for` in a mirror frame: the content pixels that ``region`` holds or mirrors, and their context."""
+    frame = settings.mirror
+    inner = replace(settings, mirror=None)
+    y0, y1, x0, x1 = frame.box
+    if y0 <= region[0] and region[1] <= y1 and x0 <= region[2] and region[3] <= x1:
+        return window_for(model, inner, region, image_hw)
+    sources = source_rect(frame, region)
+    if sources is None:
+        return None
+    need = window_for(model, inner, sources, image_hw)
+    if need is None:  # the sources grown by the halo a chunk's window has around its region (core.batch)
+        halo = input_halo(model, settings)
+        need = (sources[0] - halo, sources[1] + halo, sources[2] - halo, sources[3] + halo)
+    return (max(0, need[0]), min(image_hw[0], need[1]), max(0, need[2]), min(image_hw[1], need[3]))
+
+
+def input_halo(model: Any, settings: WindowSettings) -> int:
+    """Input pixels of context a window needs beyond the pixels it labels: half the receptive field on the model
+    grid, in input pixels, plus one pooling step."""
+    rf = model.architecture.receptive_field(model.meta)
+    return int(np.ceil(halo_for(rf, settings.align) / settings.factor)) + settings.align if rf else 0
 
 
 def _aligned_start(window_start: int, content_start: int, align: int) -> int:

@@ -45,3 +45,19 @@ def test_a_sky_field_keeps_its_noise():
     field = simulate_astro_field((128, 128), seed=3)
     frame = noise_framed(field.image.astype(np.float32), field.labels)
     assert plan_image(model, frame, "YX").settings.content == (0, frame.shape[0], 0, frame.shape[1])
+
+
+def test_a_mirror_frame_is_padding_for_every_model(nuclei_model, nuclei_image):  # noqa: F811
+    """np.pad reflect/symmetric bands hold no new pixel: the plan is the plain image's, for a microscopy
+    model and for a sky model alike (a copy of the sky cannot hide a source the way a noise border can)."""
+    image, _ = nuclei_image
+    field = simulate_astro_field((128, 128), seed=3).image.astype(np.float32)
+    pad = ((FRAME, 7), (0, 30))
+    for model, plain_image, mode in ((nuclei_model, image, "reflect"), (load_model("astro-sources"), field, "symmetric")):
+        plain, framed = plan_image(model, plain_image, "YX"), plan_image(model, np.pad(plain_image, pad, mode=mode), "YX")
+        assert np.array_equal(framed.settings.normalizer.lo, plain.settings.normalizer.lo)
+        assert np.array_equal(framed.settings.normalizer.hi, plain.settings.normalizer.hi)
+        box = (FRAME, FRAME + plain_image.shape[0], 0, plain_image.shape[1])
+        assert framed.settings.content == framed.settings.mirror.box == box
+        assert framed.scale.diameter == plain.scale.diameter and framed.settings.factor == plain.settings.factor
+        assert plain.settings.mirror is None
