@@ -80,7 +80,7 @@ def iter_predict(
         model's object size and the labels mapped back (``Prediction.scale_factor``).
     postprocess : overrides of the model's post-processing (e.g. ``fg_threshold``).
     """
-    configure_threads(num_threads)
+    threads = configure_threads(num_threads)
     plan = plan_image(model, image, axes, diameter=diameter, link_z=link_z, tile_size=tile_size,
                       batch_size=batch_size, postprocess=postprocess)
     axes, data, spatial_axes, settings = plan.axes, plan.data, plan.spatial_axes, plan.settings
@@ -91,7 +91,7 @@ def iter_predict(
     join = todo is not None and out is not None and settings.link
     settings.link = settings.link and (todo is None or join)
     if _too_large_for_memory(plan, todo, out, return_probabilities):
-        labels = yield from _predict_chunked(model, image, axes, plan, tile_size, cancel)
+        labels = yield from _predict_chunked(model, image, axes, plan, tile_size, cancel, threads)
         return Prediction(labels, label_axes, None, {}, plan.notes
                           + ["a plane this large ran chunk by chunk (memory bounded by the chunks)"],
                           plan.scale.diameter, settings.factor)
@@ -124,9 +124,17 @@ def iter_predict(
                       plan.scale.diameter, settings.factor)
 
 
-#: Planes with more pixels (in the content box) run through the chunked path, whose memory is bounded
-#: by its chunks: whole-plane maps of a 20000² plane alone would take 8 GB.
-LARGE_PLANE_PIXELS = 64_000_000
+#: Planes with more pixels (in the content box) run through the chunked path, whose memory beyond the
+#: input and the labels is bounded by its chunks. In memory a plane holds its blended maps (8 B/px) and the
+#: post-processing's temporaries (~22 B/px more at the flood) over ONNX Runtime's tile buffers: its peak
+#: less input and labels grows with the plane (issue 18, docs/benchmarks/peak_memory.txt section 7: 8000²,
+#: under the former 64 Mpx, peaked at 3181 MiB, 2815 beyond I/O), while the chunked path holds one window's
+#: (~1.2 GiB whatever the plane). The threshold is the largest plane issue 18 asks >= 1 Mpx/s of (4096²:
+#: 1.26-1.29 Mpx/s idle in memory; the chunked path, with margins and halos around its 1024² chunks, took
+#: 279 s where memory took 158 s, one loaded run), so no size the speed target covers slows down, and no
+#: larger plane holds more than a 4096² one does. The two paths' labels are not bit-identical (windows tile
+#: differently): on a 4096² mosaic 0.026 % of the pixels differ, AP@0.5 0.9910 chunked vs 0.9908 in memory.
+LARGE_PLANE_PIXELS = 4096 * 4096
 
 
 def _too_large_for_memory(plan: ImagePlan, todo: Any, out: Any, return_probabilities: bool) -> bool:
@@ -138,9 +146,10 @@ def _too_large_for_memory(plan: ImagePlan, todo: Any, out: Any, return_probabili
 
 
 def _predict_chunked(model: SegModel, image: Any, axes: str, plan: ImagePlan, tile_size: int | None,
-                     cancel: CancelToken | None) -> Generator[Progress, None, np.ndarray]:
-    """One huge plane through :func:`~napari_segtool.core.batch.predict_to_zarr` (threads, a temporary
-    zarr), with the scale already found; progress streamed from the worker thread."""
+                     cancel: CancelToken | None, threads: int) -> Generator[Progress, None, np.ndarray]:
+    """One huge plane through :func:`~napari_segtool.core.batch.predict_to_zarr` (a temporary zarr, one
+    chunk at a time on ``threads`` torch threads), with the scale already found; progress streamed from
+    the worker thread."""
     import queue
     import tempfile
     import threading
@@ -158,7 +167,8 @@ def _predict_chunked(model: SegModel, image: Any, axes: str, plan: ImagePlan, ti
             try:
                 predict_to_zarr(model, image, target, axes=axes, diameter=plan.scale.diameter, tile_size=tile_size,
                                 z_scale=plan.settings.stack.get("z_scale", 2.0) / plan.settings.factor,
-                                progress=lambda done, total: events.put((done, total)), cancel=cancel)
+                                progress=lambda done, total: events.put((done, total)), cancel=cancel,
+                                threads_per_worker=threads)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 outcome["error"] = exc
             finally:

@@ -20,3 +20,24 @@ def test_labels_are_the_same_whether_the_content_fills_the_window_or_not():
     assert not plain[100:110, 40:200].any()
     np.testing.assert_array_equal(framed[24:-40, 16:-8], plain)
     assert not framed[:24].any() and not framed[-40:].any() and not framed[:, :16].any() and not framed[:, -8:].any()
+
+
+def test_a_plane_over_the_threshold_runs_chunked_with_the_in_memory_labels(monkeypatch):
+    """Planes over LARGE_PLANE_PIXELS run chunk by chunk (memory bounded by a window, issue 18), on the threads
+    asked for, and give the in-memory objects pixel for pixel, ids aside."""
+    import napari_segtool.core.batch as batch
+    import napari_segtool.core.predict as predict_module
+
+    model = threshold_unet()
+    image = draw_disks((700, 650), 400, seed=3)
+    whole = predict(model, image, axes="YX").labels
+    runners = []
+    real_runner = batch._runner
+    monkeypatch.setattr(batch, "_runner", lambda *a: runners.append(a) or real_runner(*a))
+    monkeypatch.setattr(predict_module, "LARGE_PLANE_PIXELS", 300 * 300)
+    chunked = predict(model, image, axes="YX", num_threads=1)
+    assert any("chunk by chunk" in note for note in chunked.notes) and runners[0][2] == 1
+    assert chunked.labels.dtype == np.int32 and whole.max() > 300
+    pairs = np.unique(np.stack([whole.ravel(), chunked.labels.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(whole)) == len(np.unique(chunked.labels))  # one-to-one ids
+    np.testing.assert_array_equal(whole > 0, chunked.labels > 0)
