@@ -26,7 +26,10 @@ prediction needs *beyond* them should not depend on the image's size. So each ro
 ``peak-I/O``; ``B/px`` is the growth of ``peak-I/O`` per added pixel since the size before it, and
 ``flat`` says whether ``peak-I/O`` stays within 10 % of that size's (sizes doubling: 4x the pixels). The
 chunked path must be flat at every size; the in-memory path holds whole-plane maps and post-processing
-temporaries (docs/benchmarks/peak_memory.txt lists them), so its ``B/px`` is that path's cost per pixel.
+temporaries (docs/benchmarks/peak_memory.txt lists them), so its ``B/px`` is that path's cost per pixel, up to
+``LARGE_PLANE_PIXELS`` (4096²), above which ``predict`` runs the plane chunk by chunk. A ``verdict`` line per path
+closes the table: the largest ``peak-I/O`` of all sizes against the smallest size's (and the second size's), and
+"flat, bounded within X %" when that is within the 10 %.
 Planes whose tiles add up to under 2 Mpx run the reference network (``models.runtime.PREPARE_AFTER_PIXELS``:
 preparing ONNX Runtime would not pay off), so the first row over that runs another backend.
 """
@@ -40,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -225,17 +228,36 @@ def stages(model: str, image: Path, diameter: float | None) -> None:
 
 @dataclass
 class Flatness:
-    """``peak-I/O`` of one path against the size measured before it: growth per pixel and the 10 % verdict."""
+    """``peak-I/O`` of one path over the sizes: growth per pixel against the size before, and the verdict over all."""
 
     last_px: int = 0
     last_mb: float = 0.0
+    rows: list[tuple[int, float]] = field(default_factory=list)
 
     def judge(self, pixels: int, net_mb: float) -> tuple[float, bool]:
         grown = pixels - self.last_px if self.last_px else 0
         per_px = (net_mb - self.last_mb) * MB / grown if grown else 0.0
         flat = not grown or net_mb <= FLAT_TOLERANCE * self.last_mb
         self.last_px, self.last_mb = pixels, net_mb
+        self.rows.append((pixels, net_mb))
         return per_px, flat
+
+    def verdict(self, mode: str) -> str:
+        """One line: the largest ``peak-I/O`` of all sizes against the smallest size's (and the second's, as
+        the smallest may run the reference network, ``PREPARE_AFTER_PIXELS``); flat when within the tolerance."""
+        (px0, mb0), (top_px, top_mb) = self.rows[0], max(self.rows, key=lambda r: r[1])
+        spread = top_mb / mb0 - 1
+        line = (f"{mode}: peak-I/O {min(r[1] for r in self.rows):.0f}..{top_mb:.0f} MiB over {_edge(px0)}².."
+                f"{_edge(self.rows[-1][0])}²; the largest ({_edge(top_px)}²) is {spread:+.0%} over the smallest size's")
+        if len(self.rows) > 2:
+            line += f", {top_mb / self.rows[1][1] - 1:+.0%} over {_edge(self.rows[1][0])}²'s"
+        ok = spread <= FLAT_TOLERANCE - 1
+        return line + (f": flat, bounded within {max(spread, 0):.0%}" if ok else
+                       f": NOT flat (over {FLAT_TOLERANCE - 1:.0%})")
+
+
+def _edge(pixels: int) -> int:
+    return int(round(pixels ** 0.5))
 
 
 def main(argv=None) -> int:
@@ -291,6 +313,9 @@ def main(argv=None) -> int:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     print("peak, I/O, peak-I/O in MiB; '!' marks a peak over 3 GB; B/px: growth of peak-I/O per pixel since the size before")
+    for mode in args.modes:
+        if flat[mode].rows:
+            print("verdict " + flat[mode].verdict(mode))
     return 0
 
 
