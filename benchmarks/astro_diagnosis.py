@@ -18,6 +18,10 @@ pixel goes to the nearest true footprint): the noiseless image of all sources th
 1.5 sigma (what a perfect denoiser sees: sums of blends and undetectable sources included), the noisy
 image smoothed by the PSF at the same level, and the model's own foreground (what perfect deblending of
 its footprints would score).
+
+``--flux-noise-draws N`` adds the ceiling of a method that knows each source's exact noiseless profile and
+position and only its amplitude to 1/SNR (``sim.astro.draw_source`` times ``1 + N(0, 1/snr)``, N draws per
+source): the share of draws whose 1.5-sigma isophote keeps IoU >= 0.5 with the true one, per S/N bin.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ from napari_segtool.kernel.device import configure_threads  # noqa: E402
 from napari_segtool.ops.metrics import match_instances  # noqa: E402
 from napari_segtool.ops.postprocess import overlap_matrix  # noqa: E402
 from napari_segtool.sim import AstroField, simulate_astro_dataset  # noqa: E402
+from napari_segtool.sim.astro import draw_source  # noqa: E402
 
 SNR_BINS = ((5, 10), (10, 20), (20, 50), (50, 200), (200, np.inf))
 
@@ -108,6 +113,24 @@ def ceilings(field: AstroField, foreground: np.ndarray) -> dict[str, np.ndarray]
             "model's foreground": nearest_truth(foreground, field.labels)}
 
 
+def flux_noise_ceiling(fields: list[AstroField], draws: int, seed: int = 0) -> str:
+    """Per S/N bin, the share of draws whose isophote at a noisy amplitude keeps IoU >= 0.5 (module docstring)."""
+    rng = np.random.default_rng(seed)
+    snr, iou = [], []
+    for f in fields:
+        level = f.meta["threshold"]
+        for e in f.catalog:
+            alone = draw_source(e, f.meta)
+            true = alone > level
+            for _ in range(draws):
+                noisy = alone * (1 + rng.normal(0, 1 / e["snr"])) > level
+                snr.append(e["snr"])
+                iou.append((true & noisy).sum() / max((true | noisy).sum(), 1))
+    snr, iou = np.array(snr), np.array(iou)
+    return "; ".join(f"S/N {lo:g}-{hi:g}: {np.mean(iou[(snr >= lo) & (snr < hi)] >= 0.5):.3f} (median IoU "
+                     f"{np.median(iou[(snr >= lo) & (snr < hi)]):.2f})" for lo, hi in SNR_BINS[:3])
+
+
 def scores(segmentations: list[np.ndarray], fields: list[AstroField]) -> str:
     """Mean AP@0.5 and pooled blended recall of one segmentation per field."""
     ap = np.mean([match_instances(s, f.labels, 0.5).ap for s, f in zip(segmentations, fields)])
@@ -115,7 +138,7 @@ def scores(segmentations: list[np.ndarray], fields: list[AstroField]) -> str:
     return f"AP@0.5 {ap:.3f}, blended recall {hit / max(total, 1):.3f}"
 
 
-def diagnose(model, name: str, fields: list[AstroField]) -> None:
+def diagnose(model, name: str, fields: list[AstroField], flux_noise_draws: int = 0) -> None:
     """Print the per-S/N table, the misses, the false positives and the ceilings of one set."""
     preds, rows, fps, ceil = [], [], {}, {}
     for f in fields:
@@ -142,6 +165,9 @@ def diagnose(model, name: str, fields: list[AstroField]) -> None:
           + ", ".join(f"{k} {v}" for k, v in fps.items()))
     for k, v in ceil.items():
         print(f"ceiling, true identities, {k}: {scores(v, fields)}")
+    if flux_noise_draws:
+        print(f"ceiling, exact profile, amplitude to 1/SNR, share with IoU >= 0.5: "
+              f"{flux_noise_ceiling(fields, flux_noise_draws)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,13 +176,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crowded-fields", type=int, default=10)
     p.add_argument("--seed", type=int, default=100, help="standard fields' seed (crowded: seed + 1000)")
     p.add_argument("--model", default="astro-sources")
+    p.add_argument("--flux-noise-draws", type=int, default=0, help="draws per source of the exact-profile ceiling")
     args = p.parse_args(argv)
     model = load(args.model)
     configure_threads()
-    diagnose(model, "standard", simulate_astro_dataset(args.fields, (256, 256), seed=args.seed))
+    diagnose(model, "standard", simulate_astro_dataset(args.fields, (256, 256), seed=args.seed), args.flux_noise_draws)
     if args.crowded_fields:
         diagnose(model, "crowded", simulate_astro_dataset(args.crowded_fields, (256, 256), seed=args.seed + 1000,
-                                                          crowding="crowded"))
+                                                          crowding="crowded"), args.flux_noise_draws)
 
 
 if __name__ == "__main__":
