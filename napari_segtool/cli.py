@@ -882,6 +882,9 @@ def _held_messages():
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``segtool``; returns the exit code (0 ok, 1 internal error, 2 bad input, 130 interrupted)."""
+    from napari_segtool.kernel.memory import share_one_heap
+
+    share_one_heap()  # before any worker thread: chunked jobs' memory stays flat (issue 18)
     held = None
     try:
         with _held_messages() as held:

@@ -15,3 +15,23 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def share_one_heap() -> None:
+    """Threads started from now on allocate from glibc's main heap (``mallopt(M_ARENA_MAX, 1)``), unless the
+    ``MALLOC_ARENA_MAX`` environment variable says otherwise.
+
+    Each thread otherwise gets a heap of its own, and a chunked prediction on 2 threads grew its resident set
+    window after window (issue 18, 4096²: peaks 1184 -> 1305 MiB over 12 windows; in one heap 1111-1148, flat).
+    Call it as the process starts: glibc goes on handing out the heaps it has made. A no-op where the C library
+    is not glibc.
+    """
+    import ctypes
+    import os
+
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX (malloc.h)
+    except (OSError, AttributeError):
+        pass

@@ -1,6 +1,8 @@
 """Chunked prediction to zarr (core.batch / core.chunked) against the in-memory path."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import zarr
@@ -353,3 +355,34 @@ def test_semantic_model_and_channel_axis(tmp_path):
     out = zarr.open_array(str(tmp_path / "sem.zarr"), mode="r")
     assert out.shape == (150, 170) and out.attrs["axes"] == "YX" and report.n_chunks == 9
     assert (out[...] == ref).mean() > 0.999
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's heaps")
+def test_segtool_threads_share_one_heap():
+    """Per-thread glibc heaps grew a chunked job on 2 threads window after window (issue 18); the CLI makes
+    threads share the main heap, which malloc_trim hands back. Counted with glibc's own malloc_stats."""
+    import os
+    import re
+    import subprocess
+
+    code = (
+        "import ctypes, sys, threading\n"
+        "from napari_segtool.kernel.memory import share_one_heap\n"
+        "if sys.argv[1] == 'one':\n"
+        "    share_one_heap()\n"
+        "libc, meet = ctypes.CDLL('libc.so.6'), threading.Barrier(4)\n"
+        "libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]\n"
+        "def work():\n"
+        "    blocks = [libc.malloc(4096) for _ in range(64)]\n"
+        "    meet.wait()\n"
+        "    for b in blocks: libc.free(b)\n"
+        "threads = [threading.Thread(target=work) for _ in range(4)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "libc.malloc_stats()\n")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    heaps = {}
+    for mode in ("default", "one"):
+        run = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, check=True)
+        heaps[mode] = len(re.findall(r"^Arena \d+:", run.stderr, re.M))
+    assert heaps["default"] > 1 and heaps["one"] == 1
