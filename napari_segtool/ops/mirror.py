@@ -23,8 +23,6 @@ MAX_MIRROR = 512
 #: Edge strips are read this many lines at first, then 4× as many until a mirror is found or the cap reached.
 FIRST_READ = 65
 
-MODES = ("reflect", "symmetric")
-
 
 @dataclass(frozen=True)
 class MirrorFrame:
@@ -61,8 +59,9 @@ def mirror_frame(image: Any, min_width: int = MIN_MIRROR, max_width: int = MAX_M
     A band of ``w`` lines on a side is a mirror when its lines equal, byte for byte, the lines
     mirrored about an axis next to it (``np.pad`` modes ``reflect`` and ``symmetric``), ``w`` is at
     least ``min_width`` and the band holds two different lines and one that is not flat (edge padding,
-    one line repeated, mirrors itself; flat padding is :func:`~napari_segtool.ops.normalize.content_panels`'). Each side is tested on its own,
-    from full-resolution edge strips (a lazy array is read only there); the widest mirror wins.
+    one line repeated, mirrors itself; flat padding is for
+    :func:`~napari_segtool.ops.normalize.content_panels`). Each side is tested on its own, from
+    full-resolution edge strips (a lazy array is read only there); the widest mirror wins.
     """
     h, w = int(image.shape[-3]), int(image.shape[-2])
     widths: list[tuple[int, str]] = []
