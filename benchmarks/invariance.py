@@ -181,7 +181,7 @@ def diagnose_frames(model, images: list[tuple[np.ndarray, np.ndarray]]) -> None:
 
     ``images`` are (image, truth) pairs (one real image, or several sky fields scored as one).
     """
-    from napari_segtool.core.plan import fit_image_normalizer
+    from napari_segtool.core.plan import fit_image_normalizer, mirror_content
 
     inner = (slice(GAP, -GAP), slice(GAP, -GAP))
     config = model.meta.normalization
@@ -203,7 +203,7 @@ def diagnose_frames(model, images: list[tuple[np.ndarray, np.ndarray]]) -> None:
           flush=True)
     for kind in ("flat", "noise", "mirror"):
         framed = [frame(im.astype(np.float32), gt, kind) for im, gt in images]
-        own = [fit_image_normalizer(f[..., None], config, False) for f in framed]
+        own = [fit_image_normalizer(mirror_content(f[..., None])[1], config, False) for f in framed]  # as planned
         runs = {
             "as run": [predict(model, f).labels[inner] for f in framed],
             "plain limits": [forced(model, f, n).labels[inner] for f, n in zip(framed, norms)],

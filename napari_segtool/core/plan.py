@@ -19,7 +19,7 @@ from napari_segtool.kernel.errors import InputError
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.scale import ScaleEstimate, estimate_diameter, scale_factor, stack_scale_factor
 from napari_segtool.core.window import WindowSettings, plane_view
-from napari_segtool.ops.mirror import mirror_frame
+from napari_segtool.ops.mirror import MirrorFrame, mirror_frame
 from napari_segtool.ops.normalize import Normalizer, content_panels, fit_normalizer
 from napari_segtool.ops.resample import is_identity
 
@@ -95,9 +95,8 @@ def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float
         raise InputError(f"the tile size must be at least 16 pixels, got {tile_size}")
     # exact mirror bands (np.pad reflect/symmetric) hold no pixel the image lacks, for any model (a sky field too:
     # unlike a noise border, a copy cannot hide a faint source): the plan is the content's, the bands get its labels
-    mirror = mirror_frame(data)
+    mirror, inner = mirror_content(data)
     my, mx = (mirror.box[0], mirror.box[2]) if mirror is not None else (0, 0)
-    inner = data if mirror is None else data[..., my:mirror.box[1], mx:mirror.box[3], :]
     normalizer = fit_image_normalizer(inner, meta.normalization, channel_mean)
     align = model.architecture.align(meta)
     # percentile models: noise-only borders are padding as flat ones are (the normaliser skips them too); the
@@ -130,6 +129,16 @@ def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float
     settings.stack["z_scale"] = float(settings.stack.get("z_scale", 2.0)) * settings.factor  # Z step, model pixels
     settings.link = link_z and meta.task == "instance" and "Z" in spatial_axes
     return ImagePlan(axes, data, spatial_axes, settings, scale, notes)
+
+
+def mirror_content(data: Any) -> tuple[MirrorFrame | None, Any]:
+    """A canonical image's exact mirror bands (:func:`~napari_segtool.ops.mirror.mirror_frame`) and the data
+    inside them, which is all the plan looks at (the data itself when it has none)."""
+    mirror = mirror_frame(data)
+    if mirror is None:
+        return None, data
+    y0, y1, x0, x1 = mirror.box
+    return mirror, data[..., y0:y1, x0:x1, :]
 
 
 def fit_image_normalizer(data: Any, config: dict[str, Any], channel_mean: bool) -> Normalizer:
