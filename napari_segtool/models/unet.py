@@ -360,6 +360,8 @@ class UNetArchitecture(Architecture):
             return PlaneResult(labels, probs if return_probabilities else None)
         if params.get("seed_mode") == "flux":  # deblending by brightness peaks needs the (normalised) plane
             params["image"] = np.asarray(image[:, :, :]).mean(axis=-1)
+            if meta.normalization.get("method") == "asinh":  # the whole image's noise, on every window alike
+                params["pixel_noise"] = 1.0 / float(meta.normalization.get("softening", 3.0))
         if label_maps:  # without the interior when nothing reads it (instances_from_maps then never does)
             named = dict(zip(label_maps, probs))
             maps = (named["foreground"], named.get("interior"), named["distance"])

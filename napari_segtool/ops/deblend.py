@@ -175,35 +175,41 @@ def merge_by_contrast(labels: np.ndarray, relief: np.ndarray, flux: np.ndarray, 
     return owner[labels].astype(labels.dtype, copy=False)
 
 
-def isophotal_snr(labels: np.ndarray, plane: np.ndarray) -> np.ndarray:
+def isophotal_snr(labels: np.ndarray, plane: np.ndarray, noise: float | None = None) -> np.ndarray:
     """Signal-to-noise ratio of every id ``0..labels.max()`` (0 for the background and absent ids): the
     footprint's summed flux over ``noise * sqrt(area)``, the detection statistic of ``sim.astro``'s truth.
 
-    ``plane`` is asinh-stretched (or linear, :func:`linear_flux`); the sky level and the per-pixel noise are
-    the median and the MAD-based standard deviation of the unlabelled pixels, so the figure needs neither the
-    normaliser's softening nor the image's units. Correlated noise makes it optimistic, as it does the truth's.
+    ``plane`` is asinh-stretched (or linear, :func:`linear_flux`). ``noise`` is the per-pixel noise in
+    :func:`linear_flux` units with the sky at 0: the whole image's, as its normaliser measured it
+    (``1 / softening`` for the asinh stretch), so that a source gets the same figure whatever else a
+    window or chunk of the image holds. Without it the sky level and the noise are the median and the
+    MAD-based standard deviation of ``plane``'s unlabelled pixels -- a statistic of this plane only,
+    which moves with what the plane holds. Correlated noise makes the figure optimistic, as it does the truth's.
     """
     labels = np.asarray(labels)
     n = int(labels.max()) + 1
     flux = np.nan_to_num(linear_flux(plane))
-    background = flux[labels == 0]
-    if background.size < 10:
-        return np.zeros(n)
-    sky = float(np.median(background))
-    noise = max(1.4826 * float(np.median(np.abs(background - sky))), 1e-12)
+    if noise is None:
+        background = flux[labels == 0]
+        if background.size < 10:
+            return np.zeros(n)
+        sky = float(np.median(background))
+        noise = 1.4826 * float(np.median(np.abs(background - sky)))
+    else:
+        sky = 0.0
     area = np.bincount(labels.ravel(), minlength=n)
     total = np.bincount(labels.ravel(), weights=(flux - sky).ravel(), minlength=n)
-    snr = total / (noise * np.sqrt(np.maximum(area, 1)))
+    snr = total / (max(float(noise), 1e-12) * np.sqrt(np.maximum(area, 1)))
     snr[0] = 0.0
     return snr
 
 
-def drop_faint(labels: np.ndarray, plane: np.ndarray, min_snr: float) -> np.ndarray:
-    """``labels`` without the sources whose :func:`isophotal_snr` on ``plane`` is under ``min_snr``, renumbered
-    1..n in the order of the kept ids (``min_snr <= 0`` keeps all)."""
+def drop_faint(labels: np.ndarray, plane: np.ndarray, min_snr: float, noise: float | None = None) -> np.ndarray:
+    """``labels`` without the sources whose :func:`isophotal_snr` on ``plane`` (with ``noise``) is under
+    ``min_snr``, renumbered 1..n in the order of the kept ids (``min_snr <= 0`` keeps all)."""
     labels = np.asarray(labels)
     if min_snr <= 0 or not labels.any():
         return labels
-    keep = isophotal_snr(labels, plane) >= min_snr
+    keep = isophotal_snr(labels, plane, noise) >= min_snr
     keep[0] = False
     return (np.cumsum(keep) * keep).astype(labels.dtype)[labels]

@@ -228,6 +228,7 @@ def instances_from_maps(
     diameter: float | None = None,
     deblend_contrast: float = CONTRAST,
     min_snr: float = 0.0,
+    pixel_noise: float | None = None,
 ) -> np.ndarray:
     """Instance labels from foreground / interior probabilities and a distance map.
 
@@ -250,7 +251,7 @@ def instances_from_maps(
     diameter : typical object diameter (pixels) for the ``shape``/``flux`` splits, from the
         model (its training labels at the scale it runs at), so that the split does not depend
         on what else is in the image; ``None`` falls back to the objects found here.
-    deblend_contrast, min_snr : ``seed_mode="flux"`` only, see :func:`split_by_flux`.
+    deblend_contrast, min_snr, pixel_noise : ``seed_mode="flux"`` only, see :func:`split_by_flux`.
     """
     if seed_mode not in SEED_MODES:
         raise ValueError(f"unknown seed_mode '{seed_mode}' (choose {', '.join(SEED_MODES)})")
@@ -268,7 +269,7 @@ def instances_from_maps(
             return split_by_shape(p_foreground, distance, float(diameter), fg_threshold=fg_threshold,
                                   min_size=min_size, fill=fill)
         return split_by_flux(image, p_foreground, float(diameter), fg_threshold=fg_threshold, min_size=min_size,
-                             contrast=deblend_contrast, min_snr=min_snr)
+                             contrast=deblend_contrast, min_snr=min_snr, noise=pixel_noise)
     foreground = p_foreground > fg_threshold
     seed_mask = (p_interior > seed_threshold) & foreground
     seeds = remove_small(measure.label(seed_mask), min_seed_size)
@@ -426,7 +427,7 @@ def _flood_from_peaks(relief: np.ndarray, foreground: np.ndarray, spacing: float
 
 def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, *, fg_threshold: float = 0.5,
                   seed_spacing: float = 0.25, smooth: float = 1.0, min_size: int = 4,
-                  contrast: float = CONTRAST, min_snr: float = 0.0) -> np.ndarray:
+                  contrast: float = CONTRAST, min_snr: float = 0.0, noise: float | None = None) -> np.ndarray:
     """Deblend: the network's foreground cut into one object per brightness peak of ``image``.
 
     Blended stars and galaxies rarely leave a waist in their joint footprint, but
@@ -450,6 +451,8 @@ def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, 
     contrast : a peak stays a source only with this share of its footprint's flux above its saddle
         (SExtractor's DEBLEND_MINCONT; ``ops.deblend``, flux from the asinh stretch); 0 keeps every peak.
     min_snr : sources whose footprint S/N on ``image`` is under this are dropped (``ops.deblend.drop_faint``).
+    noise : per-pixel noise of ``image`` (``ops.deblend.isophotal_snr``), the whole image's so that the S/N does
+        not depend on the window; ``None`` measures it on ``image``.
     """
     if image.ndim != 2 or image.shape != p_foreground.shape:
         raise ValueError(f"expected a YX image and map of one shape, got {image.shape} and {p_foreground.shape}")
@@ -459,7 +462,7 @@ def split_by_flux(image: np.ndarray, p_foreground: np.ndarray, diameter: float, 
                       margin=gaussian_radius(smooth))
     labels = _split_at_peaks(relief, foreground, seed_spacing * diameter, min_size=min_size, labelled=labelled)
     labels = deblend_by_contrast(labels, relief, contrast) if contrast > 0 else labels
-    return drop_faint(labels, image, min_snr)
+    return drop_faint(labels, image, min_snr, noise)
 
 
 def distance_inside(mask: np.ndarray, sampling: Sequence[float] | None = None) -> np.ndarray:
