@@ -71,7 +71,7 @@ from napari_segtool.kernel.device import configure_threads, thread_count
 from napari_segtool.kernel.memory import release_freed_memory
 from napari_segtool.core.model import ModelMeta, SegModel
 from napari_segtool.core.plan import model_diameter, plan_image
-from napari_segtool.core.window import WindowSettings, predict_window, window_for
+from napari_segtool.core.window import WindowSettings, input_halo, predict_window, window_for
 from napari_segtool.io.atomic import replace_dir
 from napari_segtool.io.outputs import check_output_path, unique_stems
 from napari_segtool.kernel.events import run_job
@@ -546,8 +546,6 @@ class _Job:
     def __init__(self, model: SegModel, image: Any, out_path: str | os.PathLike, axes: str | None,
                  chunk_size: int, diameter: float | None = None, tile_size: int | None = None,
                  z_scale: float | None = None):
-        from napari_segtool.ops.tiling import halo_for
-
         self.out_path = Path(out_path).expanduser()
         if isinstance(image, (str, os.PathLike)):
             from napari_segtool.io.images import read_image
@@ -576,8 +574,7 @@ class _Job:
         self.notes = plan.notes
         factor = self.settings.factor
         align = self.settings.align
-        rf = model.architecture.receptive_field(meta)
-        halo = int(np.ceil(halo_for(rf, align) / factor)) + align if rf else 0  # input pixels
+        halo = input_halo(model, self.settings)  # input pixels
         self.instance = meta.task == "instance"
         stack_axes = spatial[:-2]
         # a 3D watershed or Z chain cutting needs the whole stack: Z never cut, each block assembles it as
