@@ -128,13 +128,25 @@ def iter_predict(
 #: input and the labels is bounded by its chunks. In memory a plane holds its blended maps (8 B/px) and the
 #: post-processing's temporaries (~22 B/px more at the flood) over ONNX Runtime's tile buffers: its peak
 #: less input and labels grows with the plane (issue 18, docs/benchmarks/peak_memory.txt section 7: 8000²,
-#: under the former 64 Mpx, peaked at 3181 MiB, 2815 beyond I/O), while the chunked path holds one window's
-#: (~1.2 GiB whatever the plane). The threshold is the largest plane issue 18 asks >= 1 Mpx/s of (4096²:
-#: 1.26-1.29 Mpx/s idle in memory; the chunked path, with margins and halos around its 1024² chunks, took
-#: 279 s where memory took 158 s, one loaded run), so no size the speed target covers slows down, and no
-#: larger plane holds more than a 4096² one does. The two paths' labels are not bit-identical (windows tile
-#: differently): on a 4096² mosaic 0.026 % of the pixels differ, AP@0.5 0.9910 chunked vs 0.9908 in memory.
+#: under the former 64 Mpx, peaked at 3181 MiB, 2815 beyond I/O), while the chunked path holds one window's.
+#: The threshold is the largest plane issue 18 asks >= 1 Mpx/s of in memory (4096²: 1.26-1.29 Mpx/s idle),
+#: so no larger plane holds more than a 4096² one does. The two paths' labels are not bit-identical (windows
+#: tile differently): on a 4096² mosaic 0.026 % of the pixels differ, AP@0.5 0.9910 chunked vs 0.9908 in memory.
 LARGE_PLANE_PIXELS = 4096 * 4096
+#: The largest chunk such a plane runs in; a plane is cut into equal chunks no larger (:func:`large_plane_chunk`),
+#: so no window holds more than a 4096² plane in memory does, and halos stay a small share of the work. Same run,
+#: nuclei mosaics (2 threads; in memory 1.248 Mpx/s at 6144²): 8192² in 4096² chunks 1.101 Mpx/s (2048²: 0.931),
+#: 6144² in 3072² chunks 1.037 (4096² + a 2048 strip: 0.969; 2048²: 0.937; 1024²: 0.641), peak beyond I/O
+#: 1316-1392 MiB (in memory 6144²: 1997).
+LARGE_PLANE_CHUNK = 4096
+
+
+def large_plane_chunk(hw: tuple[int, int], largest: int = LARGE_PLANE_CHUNK, step: int = 256) -> int:
+    """The chunk side for a plane of ``hw`` pixels: the plane's longer side cut into the fewest equal parts of at
+    most ``largest`` pixels, rounded up to ``step`` (6144 -> 3072, 8192 -> 4096, 5000 -> 2560)."""
+    side = max(int(n) for n in hw)
+    parts = -(-side // largest)
+    return min(largest, -(-(-(-side // parts)) // step) * step)
 
 
 def _too_large_for_memory(plan: ImagePlan, todo: Any, out: Any, return_probabilities: bool) -> bool:
@@ -165,7 +177,8 @@ def _predict_chunked(model: SegModel, image: Any, axes: str, plan: ImagePlan, ti
 
         def work() -> None:
             try:
-                predict_to_zarr(model, image, target, axes=axes, diameter=plan.scale.diameter, tile_size=tile_size,
+                predict_to_zarr(model, image, target, axes=axes, chunk_size=large_plane_chunk(plan.data.shape[-3:-1]),
+                                diameter=plan.scale.diameter, tile_size=tile_size,
                                 z_scale=plan.settings.stack.get("z_scale", 2.0) / plan.settings.factor,
                                 progress=lambda done, total: events.put((done, total)), cancel=cancel,
                                 threads_per_worker=threads)

@@ -41,3 +41,14 @@ def test_a_plane_over_the_threshold_runs_chunked_with_the_in_memory_labels(monke
     pairs = np.unique(np.stack([whole.ravel(), chunked.labels.ravel()]), axis=1)
     assert pairs.shape[1] == len(np.unique(whole)) == len(np.unique(chunked.labels))  # one-to-one ids
     np.testing.assert_array_equal(whole > 0, chunked.labels > 0)
+
+
+def test_a_large_plane_is_cut_into_the_fewest_equal_chunks_no_larger_than_the_largest():
+    from napari_segtool.core.predict import LARGE_PLANE_CHUNK, large_plane_chunk
+
+    for side in (4097, 5000, 6144, 8192, 8193, 12000, 16384, 30000):
+        chunk = large_plane_chunk((side, side // 2))
+        parts = -(-side // chunk)
+        assert chunk <= LARGE_PLANE_CHUNK and chunk % 256 == 0
+        assert parts == -(-side // LARGE_PLANE_CHUNK)          # no more chunks than the largest allows
+        assert parts * chunk - side < 256 * parts                # and they are about equal: no thin strip
