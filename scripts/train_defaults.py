@@ -185,7 +185,9 @@ RECIPES = {
                                                  gain_range=(0.8, 1.25))),
         # width 16, 1500 steps (6.5 min on 2 idle threads): on benchmarks/astro_sources.py (10 + 10 fields) AP@0.5
         # 0.338 / 0.419 standard / crowded against 0.275 / 0.307 for the previous weights (old simulator and truth);
-        # a width-8, 500-step run (for the 0.3 s target) scored 0.270 vs 0.273 on 8 held-out fields
+        # a width-8, 500-step run (for the 0.3 s target) scored 0.270 vs 0.273 on 8 held-out fields; 3000 steps
+        # (--steps-scale 2, 23 min, 2026-11-30): its 8 card fields 0.434, but benchmarks/astro_sources.py standard /
+        # crowded AP@0.5 0.354 / 0.420, blended recall 0.356 / 0.235 against 0.387 / 0.426, 0.385 / 0.233: not kept
         arch_kwargs={"depth": 4, "width": 16},
         normalization={"method": "asinh", "softening": 3.0},
         # deblending: the network's footprints cut at the saddles between brightness peaks (split_by_flux); sources
