@@ -188,17 +188,19 @@ def isophotal_snr(labels: np.ndarray, plane: np.ndarray, noise: float | None = N
     """
     labels = np.asarray(labels)
     n = int(labels.max()) + 1
-    flux = np.nan_to_num(linear_flux(plane))
     if noise is None:
+        flux = np.nan_to_num(linear_flux(plane))
         background = flux[labels == 0]
         if background.size < 10:
             return np.zeros(n)
         sky = float(np.median(background))
         noise = 1.4826 * float(np.median(np.abs(background - sky)))
-    else:
-        sky = 0.0
-    area = np.bincount(labels.ravel(), minlength=n)
-    total = np.bincount(labels.ravel(), weights=(flux - sky).ravel(), minlength=n)
+        ids, values = labels.ravel(), (flux - sky).ravel()
+    else:  # only the labelled pixels are read (a field's sources cover a fraction of it)
+        inside = labels > 0
+        ids, values = labels[inside], np.nan_to_num(linear_flux(np.asarray(plane)[inside]))
+    area = np.bincount(ids, minlength=n)
+    total = np.bincount(ids, weights=values, minlength=n)
     snr = total / (max(float(noise), 1e-12) * np.sqrt(np.maximum(area, 1)))
     snr[0] = 0.0
     return snr
