@@ -127,9 +127,10 @@ def _score(regions: Sequence[RegionMaps], settings: dict) -> float:
     return float(sum(v * n for v, n in values) / weight) if weight else float("nan")
 
 
-def _objects(regions: Sequence[RegionMaps]) -> int:
-    """How many annotated objects the regions hold (ids with a pixel on annotated pixels)."""
-    return sum(int(np.unique(r.labels[r.annotated & (r.labels > 0)]).size) for r in regions)
+def annotated_objects(examples: Sequence[Example | RegionMaps]) -> int:
+    """How many annotated objects ``examples`` (or their regions' maps) hold: ids with a pixel on annotated
+    pixels, counted from their labels alone, so before any map is computed."""
+    return sum(int(np.unique(ex.labels[ex.annotated & (ex.labels > 0)]).size) for ex in examples)
 
 
 def choose_thresholds(regions: Sequence[RegionMaps], settings: dict[str, Any],
@@ -142,7 +143,7 @@ def choose_thresholds(regions: Sequence[RegionMaps], settings: dict[str, Any],
     grid = grid or DecodingGrid()
     fixed = {k: v for k, v in settings.items() if k in _KEPT}
     before = {k: float(settings[k]) for k in TUNED if k in settings}
-    if len(before) == len(TUNED) and _objects(regions) < MIN_OBJECTS:  # too few to choose by: keep them
+    if len(before) == len(TUNED) and annotated_objects(regions) < MIN_OBJECTS:  # too few to choose by: keep them
         default = _score(regions, {**fixed, **before})
         return TunedDecoding(dict(before), default, default, np.full((0, 0), np.nan), before)
     scores = np.array([[_score(regions, {**fixed, "fg_threshold": f, "seed_threshold": s})
@@ -156,10 +157,6 @@ def choose_thresholds(regions: Sequence[RegionMaps], settings: dict[str, Any],
     return TunedDecoding(chosen, float(scores[i, j]), default, scores, before)
 
 
-def annotated_objects(examples: Sequence[Example]) -> int:
-    """How many annotated objects ``examples`` hold (ids with a pixel on annotated pixels), counted from their
-    labels alone, before any map is computed."""
-    return sum(int(np.unique(ex.labels[ex.annotated & (ex.labels > 0)]).size) for ex in examples)
 
 
 def tune_decoding(model: SegModel, examples: Sequence[Example], device: torch.device | str = "cpu",
