@@ -21,10 +21,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from napari_segtool.core.checkpoint import load_model  # noqa: E402
+from napari_segtool.core.plan import fit_image_normalizer  # noqa: E402
 from napari_segtool.core.predict import predict  # noqa: E402
-from napari_segtool.ops.deblend import drop_faint  # noqa: E402
+from napari_segtool.ops.deblend import drop_faint, stretched_noise  # noqa: E402
 from napari_segtool.ops.metrics import instance_scores  # noqa: E402
-from napari_segtool.ops.normalize import fit_normalizer  # noqa: E402
 from napari_segtool.sim import simulate_astro_dataset  # noqa: E402
 
 #: (name, fields, seed, crowding, shape): never the benchmark's held-out seeds (100 / 1100)
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(args.model)
     shipped = model.meta.postprocess.get("min_snr", 0.0)
     model.meta.postprocess["min_snr"] = 0.0
-    softening = float(model.meta.normalization["softening"])
+    noise = stretched_noise(model.meta.normalization)
     print(f"model {args.model} (ships min_snr {shipped:g}); mean AP@0.5 per min_snr")
     print(f"{'fields':<20} {'noise':<6} " + " ".join(f"{t:>6g}" for t in args.thresholds))
     for name, n, seed, crowding, shape in SETS:
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         for field in simulate_astro_dataset(n, shape, seed=seed, crowding=crowding):
             image = field.image.astype(np.float32)
             labels = predict(model, image, axes="YX").labels
-            plane = fit_normalizer(image[..., None], method="asinh", softening=softening)(image[..., None])[..., 0]
-            for kind, noise in (("image", 1 / softening), ("plane", None)):
-                scores[kind].append([instance_scores(drop_faint(labels, plane, t, noise), field.labels)["ap50"]
+            plane = fit_image_normalizer(image[..., None], model.meta.normalization, False)(image[..., None])[..., 0]
+            for kind, image_noise in (("image", noise), ("plane", None)):
+                scores[kind].append([instance_scores(drop_faint(labels, plane, t, image_noise), field.labels)["ap50"]
                                      for t in args.thresholds])
         for kind, rows in scores.items():
             print(f"{name:<20} {kind:<6} " + " ".join(f"{v:6.3f}" for v in np.mean(rows, axis=0)), flush=True)

@@ -32,6 +32,7 @@ from torch import nn
 from napari_segtool.kernel.events import CancelToken
 from napari_segtool.kernel.meta import ModelMeta
 from napari_segtool.kernel.params import Param, ProbabilityLayout
+from napari_segtool.ops.deblend import stretched_noise
 from napari_segtool.ops.postprocess import SEED_MODES, instances_from_maps
 from napari_segtool.ops.tiling import tiled_apply, tiled_pixels
 from napari_segtool.models.base import Architecture, Patch, PlaneResult, ProgressFn, measured_halo
@@ -360,8 +361,7 @@ class UNetArchitecture(Architecture):
             return PlaneResult(labels, probs if return_probabilities else None)
         if params.get("seed_mode") == "flux":  # deblending by brightness peaks needs the (normalised) plane
             params["image"] = np.asarray(image[:, :, :]).mean(axis=-1)
-            if meta.normalization.get("method") == "asinh":  # the whole image's noise, on every window alike
-                params["pixel_noise"] = 1.0 / float(meta.normalization.get("softening", 3.0))
+            params["pixel_noise"] = stretched_noise(meta.normalization)  # the whole image's, on every window alike
         if label_maps:  # without the interior when nothing reads it (instances_from_maps then never does)
             named = dict(zip(label_maps, probs))
             maps = (named["foreground"], named.get("interior"), named["distance"])

@@ -13,9 +13,9 @@ the galaxy while a star or satellite beside it, holding a share of the flux, sta
 
 :func:`drop_faint` then applies the detection limit the truth of ``sim.astro`` and SExtractor's catalogues
 use: a source is kept only when its footprint's flux over ``noise * sqrt(area)`` reaches ``min_snr``, the
-noise being measured on the plane's own background pixels. On held-out simulated fields most of the
-model's false positives were footprints of pure noise (no source, not even an undetectable one, under
-them) with a median S/N of 2.5, against 28 for footprints of true sources.
+noise being the whole image's (its normaliser's), so that every window of the image decides alike. On
+held-out simulated fields most of the model's false positives were footprints of pure noise (no source, not
+even an undetectable one, under them) with a median S/N of 2.5, against 28 for footprints of true sources.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from scipy import ndimage as ndi
 from napari_segtool.ops.normalize import ASINH_SCALE
 
 __all__ = ["asinh_flux", "deblend_by_contrast", "drop_faint", "isophotal_snr", "linear_flux", "merge_by_contrast",
-           "saddles"]
+           "saddles", "stretched_noise"]
 
 #: SExtractor's default DEBLEND_MINCONT: a branch needs 0.5 % of its footprint's flux to be a source
 CONTRAST = 0.005
@@ -173,6 +173,15 @@ def merge_by_contrast(labels: np.ndarray, relief: np.ndarray, flux: np.ndarray, 
         owner = nxt
     owner[0] = 0
     return owner[labels].astype(labels.dtype, copy=False)
+
+
+def stretched_noise(normalization: dict) -> float | None:
+    """The per-pixel noise, in :func:`linear_flux` units, of a plane normalised by ``normalization`` (a model's
+    ``meta.normalization``): ``1 / softening`` for the asinh stretch, whose range is the whole image's sky and
+    ``softening`` noise sigmas; ``None`` for any other (the noise is then measured on the plane)."""
+    if normalization.get("method") != "asinh":
+        return None
+    return 1.0 / float(normalization.get("softening", 3.0))
 
 
 def isophotal_snr(labels: np.ndarray, plane: np.ndarray, noise: float | None = None) -> np.ndarray:
