@@ -26,6 +26,7 @@ from napari_segtool.kernel.events import CancelToken, Progress
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.plan import ImagePlan, plan_image
 from napari_segtool.core.window import join_kept_planes, predict_window
+from napari_segtool.ops.chunked import round_up
 from napari_segtool.ops.sources import source_table
 
 
@@ -146,7 +147,7 @@ def large_plane_chunk(hw: tuple[int, int], largest: int = LARGE_PLANE_CHUNK, ste
     most ``largest`` pixels, rounded up to ``step`` (6144 -> 3072, 8192 -> 4096, 5000 -> 2560)."""
     side = max(int(n) for n in hw)
     parts = -(-side // largest)
-    return min(largest, -(-(-(-side // parts)) // step) * step)
+    return min(largest, round_up(-(-side // parts), step))
 
 
 def _too_large_for_memory(plan: ImagePlan, todo: Any, out: Any, return_probabilities: bool) -> bool:
