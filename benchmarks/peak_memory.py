@@ -230,15 +230,13 @@ def stages(model: str, image: Path, diameter: float | None) -> None:
 class Flatness:
     """``peak-I/O`` of one path over the sizes: growth per pixel against the size before, and the verdict over all."""
 
-    last_px: int = 0
-    last_mb: float = 0.0
-    rows: list[tuple[int, float]] = field(default_factory=list)
+    rows: list[tuple[int, float]] = field(default_factory=list)   # (pixels, peak-I/O MiB) of each size so far
 
     def judge(self, pixels: int, net_mb: float) -> tuple[float, bool]:
-        grown = pixels - self.last_px if self.last_px else 0
-        per_px = (net_mb - self.last_mb) * MB / grown if grown else 0.0
-        flat = not grown or net_mb <= FLAT_TOLERANCE * self.last_mb
-        self.last_px, self.last_mb = pixels, net_mb
+        last_px, last_mb = self.rows[-1] if self.rows else (0, 0.0)
+        grown = pixels - last_px if last_px else 0
+        per_px = (net_mb - last_mb) * MB / grown if grown else 0.0
+        flat = not grown or net_mb <= FLAT_TOLERANCE * last_mb
         self.rows.append((pixels, net_mb))
         return per_px, flat
 
