@@ -107,6 +107,9 @@ def _nearest_labels_and_mask(lab: np.ndarray, ann: np.ndarray, coords: np.ndarra
     Both are read at the same nearest pixel, so one resampling of ``2 * label + annotated`` (int64:
     any int32 id fits) gives exactly what two would, at half the cost of the two lookups.
     """
+    if ann.dtype != bool:  # a per-pixel loss weight (core.data.crop_patch): the same nearest pixel, 0 outside
+        return (ndi.map_coordinates(lab, coords, order=0, mode="constant", cval=0).astype(lab.dtype),
+                ndi.map_coordinates(ann, coords, order=0, mode="constant", cval=0.0).astype(ann.dtype))
     code = lab.astype(np.int64) * 2 + ann
     code = ndi.map_coordinates(code, coords, order=0, mode="constant", cval=0)
     return (code >> 1).astype(lab.dtype), (code & 1).astype(bool)
@@ -157,7 +160,7 @@ def surround(img: np.ndarray, lab: np.ndarray, ann: np.ndarray, rng: np.random.G
     inside[y0:y1, x0:x1] = True
     if kind == "mirror":
         out = np.pad(img[y0:y1, x0:x1], ((y0, size_y - y1), (x0, size_x - x1), (0, 0)), mode="symmetric")
-        ann = ann & inside
+        ann = ann * inside  # bool: and; a float loss weight: 0 outside
     else:
         kept = img[y0:y1, x0:x1]
         background = kept[lab[y0:y1, x0:x1] == 0]
@@ -167,7 +170,7 @@ def surround(img: np.ndarray, lab: np.ndarray, ann: np.ndarray, rng: np.random.G
         else:
             fill = rng.normal(background.mean(axis=0), background.std(axis=0) + 1e-6, img.shape)
         out = np.where(inside[..., None], img, fill)
-        ann = ann | ~inside
+        ann = np.where(inside, ann, ann.dtype.type(1))  # annotated (weight 1) beyond the cut
     lab = np.where(inside, lab, 0)
     return np.ascontiguousarray(out, dtype=np.float32), lab, ann
 
