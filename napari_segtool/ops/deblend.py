@@ -24,8 +24,8 @@ from scipy import ndimage as ndi
 
 from napari_segtool.ops.normalize import ASINH_SCALE
 
-__all__ = ["asinh_flux", "deblend_by_contrast", "drop_faint", "isophotal_snr", "linear_flux", "merge_by_contrast",
-           "saddles", "stretched_noise"]
+__all__ = ["asinh_flux", "deblend_by_contrast", "drop_faint", "is_linear", "isophotal_snr", "linear_flux",
+           "merge_by_contrast", "saddles", "stretched_noise"]
 
 #: SExtractor's default DEBLEND_MINCONT: a branch needs 0.5 % of its footprint's flux to be a source
 CONTRAST = 0.005
@@ -35,72 +35,164 @@ CONTRAST = 0.005
 ASINH_MAX = float(np.arcsinh(1e9) / ASINH_SCALE)
 
 
-def linear_flux(stretched: np.ndarray) -> np.ndarray:
+def is_linear(plane: np.ndarray) -> bool:
+    """Whether ``plane`` holds linear flux already: values above :data:`ASINH_MAX` cannot come from the stretch."""
+    plane = np.asarray(plane)
+    return bool(plane.size) and float(np.nanmax(plane)) > ASINH_MAX
+
+
+def linear_flux(stretched: np.ndarray, linear: bool | None = None) -> np.ndarray:
     """Linear sky-subtracted flux (in softening units; negative below the sky) of a plane normalised with the
     asinh stretch (``ops.normalize``, ``asinh(x) / ASINH_SCALE``): its inverse.
 
     A plane with values above :data:`ASINH_MAX` cannot come from that stretch: it is taken as linear
-    flux already, so raw images work too."""
+    flux already, so raw images work too. ``linear`` gives that decision (:func:`is_linear` of the whole
+    plane) when ``stretched`` holds only some of its pixels."""
     stretched = np.asarray(stretched, np.float64)
-    if stretched.size and float(np.nanmax(stretched)) > ASINH_MAX:
+    if is_linear(stretched) if linear is None else linear:
         return stretched
     return np.sinh(ASINH_SCALE * stretched)
 
 
-def asinh_flux(stretched: np.ndarray) -> np.ndarray:
+def asinh_flux(stretched: np.ndarray, linear: bool | None = None) -> np.ndarray:
     """:func:`linear_flux` clipped at the sky (>= 0): what a pixel adds to a source's flux when deblending."""
-    return np.clip(linear_flux(stretched), 0.0, None)
+    return np.clip(linear_flux(stretched, linear), 0.0, None)
 
 
 def deblend_by_contrast(labels: np.ndarray, relief: np.ndarray, contrast: float = CONTRAST) -> np.ndarray:
     """:func:`merge_by_contrast` of a watershed of an asinh-stretched ``relief`` (flux from
-    :func:`asinh_flux`), renumbered 1..n in the order of the surviving ids."""
-    from skimage.segmentation import relabel_sequential
+    :func:`asinh_flux`), renumbered 1..n in the order of the surviving ids.
 
-    merged = merge_by_contrast(labels, relief, asinh_flux(relief), contrast)
-    return relabel_sequential(merged)[0]
+    Exactly ``relabel_sequential(merge_by_contrast(labels, relief, asinh_flux(relief), contrast))[0]``, with the
+    flux of the labelled pixels only and one lookup of the plane for both steps."""
+    labels = np.asarray(labels)
+    pieces = _Pieces(labels, relief)
+    owner = pieces.owners(asinh_flux(pieces.relief, is_linear(relief)), contrast)
+    survivors = np.zeros(owner.size, bool)
+    survivors[owner[pieces.ids]] = True
+    survivors[0] = False
+    return (np.cumsum(survivors) * survivors).astype(labels.dtype)[owner][labels]
 
 
 def saddles(labels: np.ndarray, relief: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Adjacent label pairs ``(a, b)`` (``a < b``, 8-connected, both > 0) and the highest ``relief`` level at
-    which they connect: over touching pixel pairs, the larger of the two pixels' lower values."""
-    a_all, b_all, s_all = [], [], []
+    which they connect: over touching pixel pairs, the larger of the two pixels' lower values.
+
+    Only the labelled pixels and their neighbours are read (a field's sources cover a fraction of it)."""
+    labels, relief = np.asarray(labels), np.asarray(relief)
     ny, nx = labels.shape
+    flat, flat_relief = labels.ravel(), relief.ravel()
+    inside = np.flatnonzero(flat)
+    ys, xs = np.divmod(inside, nx)
+    a_all, b_all, s_all = [], [], []
     for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        p = labels[0:ny - dy, max(0, -dx):nx - max(0, dx)]
-        q = labels[dy:ny, max(0, dx):nx - max(0, -dx)]
-        rp = relief[0:ny - dy, max(0, -dx):nx - max(0, dx)]
-        rq = relief[dy:ny, max(0, dx):nx - max(0, -dx)]
-        m = (p != q) & (p > 0) & (q > 0)
-        a_all.append(np.minimum(p[m], q[m]))
-        b_all.append(np.maximum(p[m], q[m]))
-        s_all.append(np.minimum(rp[m], rq[m]))
+        src = inside[(ys + dy < ny) & (xs + dx >= 0) & (xs + dx < nx)]
+        dst = src + (dy * nx + dx)
+        p, q = flat[src], flat[dst]
+        m = (q > 0) & (p != q)
+        src, dst, p, q = src[m], dst[m], p[m], q[m]
+        a_all.append(np.minimum(p, q))
+        b_all.append(np.maximum(p, q))
+        s_all.append(np.minimum(flat_relief[src], flat_relief[dst]))
     a, b, s = (np.concatenate(v) for v in (a_all, b_all, s_all))
     if not a.size:
         return a.astype(np.int64), b.astype(np.int64), s.astype(np.float64)
-    key = a.astype(np.int64) * (int(labels.max()) + 1) + b
+    n = int(labels.max()) + 1
+    key = a.astype(np.int64) * n + b
     order = np.lexsort((-s, key))  # per pair, highest level first
     key, s = key[order], s[order]
     first = np.r_[True, key[1:] != key[:-1]]
     key, s = key[first], s[first]
-    n = int(labels.max()) + 1
     return key // n, key % n, s.astype(np.float64)
 
 
-class _Region:
-    """One watershed piece: its relief values sorted high to low with the cumulative flux above each."""
+class _Pieces:
+    """The labelled pixels of a watershed, each piece's relief sorted high to low, for the contrast rule.
 
-    __slots__ = ("levels", "cum_flux")
+    Only the labelled pixels are read (a field's sources cover a fraction of it): their ids, relief and,
+    given to :meth:`owners`, flux; one sort groups them by piece, brightest first."""
 
-    def __init__(self, relief: np.ndarray, flux: np.ndarray):
-        order = np.argsort(-relief)
-        self.levels = relief[order]
-        self.cum_flux = np.cumsum(flux[order])
+    def __init__(self, labels: np.ndarray, relief: np.ndarray):
+        self.labels = labels
+        self.n = int(labels.max()) if labels.size else 0
+        flat = labels.ravel()
+        self.inside = np.flatnonzero(flat)
+        self.ids = flat[self.inside].astype(np.int64)
+        self.plane_relief = np.asarray(relief)
+        self.relief = self.plane_relief.ravel()[self.inside].astype(np.float64)
 
-    def flux_above(self, level: float, flux_at_level: float) -> float:
-        """Flux above ``level`` of the pixels brighter than it (each pixel counts what exceeds the level)."""
-        k = int(np.searchsorted(-self.levels, -level, side="left"))  # pixels with relief > level
-        return float(self.cum_flux[k - 1] - k * flux_at_level) if k else 0.0
+    def owners(self, flux: np.ndarray, contrast: float) -> np.ndarray:
+        """The piece each piece ends up in (``owner[id]``, 0 for 0) under the contrast rule, ``flux`` being the
+        labelled pixels' (:attr:`inside`) non-negative linear flux."""
+        n = self.n
+        owner = np.arange(n + 1)
+        if n < 2 or contrast <= 0:
+            return owner
+        a, b, s = saddles(self.labels, self.plane_relief)  # float64 levels of the relief's own values
+        if not a.size:
+            return owner
+        # footprints: the components of the pieces' 8-adjacency (each piece is connected, so these are the
+        # 8-connected components of the labelled pixels), their flux summed pixel by pixel in plane order
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(n + 1, n + 1))
+        blob_of = connected_components(graph, directed=False)[1]
+        blob_flux = np.bincount(blob_of[self.ids], weights=flux, minlength=int(blob_of.max()) + 1)
+        # each piece's pixels brightest first, and the flux above each of its levels (cumulated piece by piece)
+        order = np.lexsort((-self.relief, self.ids))
+        ids, levels, sorted_flux = self.ids[order], self.relief[order], flux[order]
+        start = np.searchsorted(ids, np.arange(n + 2))
+        cum = np.empty_like(sorted_flux)
+        for lab in np.flatnonzero(start[1:] > start[:-1]):
+            np.cumsum(sorted_flux[start[lab]:start[lab + 1]], out=cum[start[lab]:start[lab + 1]])
+        neg_levels = -levels
+
+        def flux_above(piece: int, level: float, flux_at_level: float) -> float:
+            """Flux above ``level`` of the piece's pixels brighter than it (each counts what exceeds the level)."""
+            lo, hi = start[piece], start[piece + 1]
+            k = int(np.searchsorted(neg_levels[lo:hi], -level, side="left"))  # pixels with relief > level
+            return float(cum[lo + k - 1] - k * flux_at_level) if k else 0.0
+
+        present = set(np.flatnonzero(start[1:] > start[:-1]).tolist())
+        parent = np.arange(n + 1)
+        members: dict[int, list[int]] = {lab: [lab] for lab in sorted(present)}
+
+        def root(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        # flux at a saddle: the pixel flux is a monotonic function of relief; interpolate it from the pixels (a
+        # saddle level is the relief of a labelled pixel)
+        by_relief = np.argsort(self.relief)
+        rel_sorted, flux_sorted = self.relief[by_relief], flux[by_relief]
+        for i in np.argsort(-s):
+            ra, rb = root(int(a[i])), root(int(b[i]))
+            if ra == rb or ra not in members or rb not in members:
+                continue
+            level = float(s[i])
+            f_level = float(np.interp(level, rel_sorted, flux_sorted))
+            fa = sum(flux_above(r, level, f_level) for r in members[ra])
+            fb = sum(flux_above(r, level, f_level) for r in members[rb])
+            limit = contrast * blob_flux[blob_of[int(a[i])]]
+            if min(fa, fb) < limit:  # the fainter branch is part of the other source
+                weak, strong_piece = (ra, int(b[i])) if fa < fb else (rb, int(a[i]))
+                target = owner[strong_piece]
+                for r in members[weak]:
+                    owner[r] = target
+            big, small = (ra, rb) if len(members[ra]) >= len(members[rb]) else (rb, ra)
+            parent[small] = big
+            members[big].extend(members.pop(small))
+        # an absorbed piece points to a piece that may itself have been absorbed later: follow the chain
+        for _ in range(n):
+            nxt = owner[owner]
+            if np.array_equal(nxt, owner):
+                break
+            owner = nxt
+        owner[0] = 0
+        return owner
 
 
 def merge_by_contrast(labels: np.ndarray, relief: np.ndarray, flux: np.ndarray, contrast: float = CONTRAST
@@ -115,64 +207,11 @@ def merge_by_contrast(labels: np.ndarray, relief: np.ndarray, flux: np.ndarray, 
     labels of the same ids (absorbed ids disappear), background unchanged.
     """
     labels = np.asarray(labels)
-    n = int(labels.max())
-    if n < 2 or contrast <= 0:
+    pieces = _Pieces(labels, relief)
+    if pieces.n < 2 or contrast <= 0:
         return labels
-    relief = np.asarray(relief, np.float64)
-    flux = np.clip(np.asarray(flux, np.float64), 0.0, None)
-    a, b, s = saddles(labels, relief)
-    if not a.size:
-        return labels
-    blobs, _ = ndi.label(labels > 0, structure=np.ones((3, 3), bool))
-    blob_flux = np.bincount(blobs.ravel(), weights=flux.ravel())
-    blob_of = np.zeros(n + 1, np.int64)
-    blob_of[labels.ravel()] = blobs.ravel()
-    regions: dict[int, _Region] = {}
-    for lab, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is not None:
-            m = labels[sl] == lab
-            regions[lab] = _Region(relief[sl][m], flux[sl][m])
-    parent = np.arange(n + 1)
-    members: dict[int, list[int]] = {lab: [lab] for lab in regions}
-    owner = np.arange(n + 1)  # the source each piece ends up in
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    # flux at a saddle: the pixel flux is a monotonic function of relief; interpolate it from the pixels. A saddle
-    # level is the relief of a labelled pixel, so the labelled pixels alone give the same values (and sort faster)
-    inside = labels.ravel() > 0
-    rel_inside, flux_inside = relief.ravel()[inside], flux.ravel()[inside]
-    order = np.argsort(rel_inside)
-    rel_sorted, flux_sorted = rel_inside[order], flux_inside[order]
-    for i in np.argsort(-s):
-        ra, rb = root(int(a[i])), root(int(b[i]))
-        if ra == rb or ra not in members or rb not in members:
-            continue
-        level = float(s[i])
-        f_level = float(np.interp(level, rel_sorted, flux_sorted))
-        fa = sum(regions[r].flux_above(level, f_level) for r in members[ra])
-        fb = sum(regions[r].flux_above(level, f_level) for r in members[rb])
-        limit = contrast * blob_flux[blob_of[int(a[i])]]
-        if min(fa, fb) < limit:  # the fainter branch is part of the other source
-            weak, strong_piece = (ra, int(b[i])) if fa < fb else (rb, int(a[i]))
-            target = owner[strong_piece]
-            for r in members[weak]:
-                owner[r] = target
-        big, small = (ra, rb) if len(members[ra]) >= len(members[rb]) else (rb, ra)
-        parent[small] = big
-        members[big].extend(members.pop(small))
-    # an absorbed piece points to a piece that may itself have been absorbed later: follow the chain
-    for _ in range(n):
-        nxt = owner[owner]
-        if np.array_equal(nxt, owner):
-            break
-        owner = nxt
-    owner[0] = 0
-    return owner[labels].astype(labels.dtype, copy=False)
+    owner = pieces.owners(np.clip(np.asarray(flux, np.float64).ravel()[pieces.inside], 0.0, None), contrast)
+    return owner.astype(labels.dtype, copy=False)[labels]
 
 
 def stretched_noise(normalization: dict) -> float | None:
@@ -207,7 +246,7 @@ def isophotal_snr(labels: np.ndarray, plane: np.ndarray, noise: float | None = N
         ids, values = labels.ravel(), (flux - sky).ravel()
     else:  # only the labelled pixels are read (a field's sources cover a fraction of it)
         inside = labels > 0
-        ids, values = labels[inside], np.nan_to_num(linear_flux(np.asarray(plane)[inside]))
+        ids, values = labels[inside], np.nan_to_num(linear_flux(np.asarray(plane)[inside], is_linear(plane)))
     area = np.bincount(ids, minlength=n)
     total = np.bincount(ids, weights=values, minlength=n)
     snr = total / (max(float(noise), 1e-12) * np.sqrt(np.maximum(area, 1)))

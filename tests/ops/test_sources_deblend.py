@@ -68,3 +68,42 @@ def test_merge_keeps_ids_and_background():
     assert merged[0, 0] == 0 and merged[0, 5] == 0
     assert set(np.unique(merged[0, 1:5])) == {1}  # piece 2 holds 0.6 of 29.3 above its saddle: absorbed
     assert merged[0, 6] == 3  # a separate footprint is never merged
+
+
+def test_saddles_match_every_touching_pixel_pair():
+    """Saddles read from the labelled pixels only equal a plain walk over every 8-connected pixel pair."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, (23, 31)).astype(np.int32)
+    labels[rng.random(labels.shape) < 0.3] = 0
+    relief = rng.random(labels.shape).astype(np.float32)
+    best: dict[tuple[int, int], float] = {}
+    for y in range(23):
+        for x in range(31):
+            for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+                v, u = y + dy, x + dx
+                if v < 23 and 0 <= u < 31 and 0 < labels[y, x] != labels[v, u] > 0:
+                    key = (min(labels[y, x], labels[v, u]), max(labels[y, x], labels[v, u]))
+                    best[key] = max(best.get(key, -1.0), float(min(relief[y, x], relief[v, u])))
+    a, b, s = saddles(labels, relief)
+    assert dict(zip(zip(a.tolist(), b.tolist()), s.tolist())) == best and a.size == len(best)
+
+
+def test_deblend_by_contrast_is_the_merge_renumbered():
+    """The deblending reads only the labelled pixels and renumbers in one lookup: the same labels as merging
+    with the whole plane's flux, then renumbering (scikit-image), on a scene of many galaxies and knots."""
+    from skimage.segmentation import relabel_sequential
+
+    from napari_segtool.ops.deblend import deblend_by_contrast
+    from napari_segtool.ops.postprocess import _split_at_peaks
+
+    rng = np.random.default_rng(5)
+    shape = (160, 200)
+    flux = sum(_gauss(shape, *rng.uniform(10, 150, 1), *rng.uniform(10, 190, 1), rng.uniform(50, 5e4),
+                      rng.uniform(1, 6)) for _ in range(40)) + rng.normal(0, 0.3, shape)
+    relief = _stretched(flux)
+    pieces = _split_at_peaks(relief, flux > 1.0, 2.0, min_size=4)
+    assert pieces.max() > 30
+    merged = deblend_by_contrast(pieces, relief)
+    assert 5 < merged.max() < pieces.max() and merged.dtype == pieces.dtype
+    expected = relabel_sequential(merge_by_contrast(pieces, relief, asinh_flux(relief)))[0]
+    np.testing.assert_array_equal(merged, expected)
