@@ -22,6 +22,7 @@ from napari_segtool.core.window import WindowSettings, plane_view
 from napari_segtool.ops.mirror import MirrorFrame, mirror_frame
 from napari_segtool.ops.normalize import Normalizer, content_panels, fit_normalizer
 from napari_segtool.ops.resample import is_identity
+from napari_segtool.ops.sources import SkyLevel
 
 
 def check_image(image: Any) -> None:
@@ -64,6 +65,7 @@ class ImagePlan:
     settings: WindowSettings
     scale: ScaleEstimate
     notes: list[str]
+    sky: SkyLevel | None = None    # the whole image's sky and noise (asinh models), for its source tables
 
 
 def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float | None = None,
@@ -128,7 +130,7 @@ def plan_image(model: SegModel, image: Any, axes: str | None, *, diameter: float
     settings.stack = {**meta.postprocess, **overrides}
     settings.stack["z_scale"] = float(settings.stack.get("z_scale", 2.0)) * settings.factor  # Z step, model pixels
     settings.link = link_z and meta.task == "instance" and "Z" in spatial_axes
-    return ImagePlan(axes, data, spatial_axes, settings, scale, notes)
+    return ImagePlan(axes, data, spatial_axes, settings, scale, notes, image_sky(normalizer, meta.normalization))
 
 
 def mirror_content(data: Any) -> tuple[MirrorFrame | None, Any]:
@@ -139,6 +141,17 @@ def mirror_content(data: Any) -> tuple[MirrorFrame | None, Any]:
         return None, data
     y0, y1, x0, x1 = mirror.box
     return mirror, data[..., y0:y1, x0:x1, :]
+
+
+def image_sky(normalizer: Normalizer, config: dict[str, Any]) -> SkyLevel | None:
+    """The image's sky level and per-pixel noise as its asinh normaliser measured them (sigma-clipped over the
+    whole image: ``lo`` is the sky, ``hi - lo`` ``softening`` noise sigmas), so that the source tables need no
+    clipping of their own and give a source the same row in any window; ``None`` for other normalisers or
+    several channels."""
+    if normalizer.stretch != "asinh" or np.size(normalizer.lo) != 1:
+        return None
+    lo, hi = float(np.ravel(normalizer.lo)[0]), float(np.ravel(normalizer.hi)[0])
+    return SkyLevel(lo, (hi - lo) / float(config.get("softening", 3.0)))
 
 
 def fit_image_normalizer(data: Any, config: dict[str, Any], channel_mean: bool) -> Normalizer:

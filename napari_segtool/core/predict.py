@@ -112,7 +112,7 @@ def iter_predict(
                 plane = data[index] if index else data
                 tables[index] = source_table(np.asarray(plane[:, :, :], dtype=np.float32).mean(axis=-1),
                                              labels[index] if index else labels,
-                                             settings.stack.get("star_classifier"))
+                                             settings.stack.get("star_classifier"), sky=plan.sky)
     labels = from_canonical(labels, spatial_axes, axes)
     if out is not None:
         if out.shape != labels.shape:

@@ -2,10 +2,13 @@
 
 For every labelled source: background-subtracted flux, peak, flux-weighted
 centroid, size and ellipticity (flux-weighted second moments) and
-signal-to-noise. The sky level and noise come from the pixels outside all
-sources (sigma-clipped, :func:`astropy.stats.sigma_clipped_stats`); the
-per-source measurements are those of scikit-image's intensity-weighted ``regionprops``,
-computed for all sources at once (:func:`measure_sources`).
+signal-to-noise. The sky level and noise are the whole image's when given
+(:class:`SkyLevel`: the asinh normaliser's sigma-clipped statistics, ``core.plan``), so that
+a source gets the same row whatever else the plane or window holds and the image is clipped
+once; else they come from the pixels outside all sources (sigma-clipped,
+:func:`astropy.stats.sigma_clipped_stats`). The per-source measurements are those of
+scikit-image's intensity-weighted ``regionprops``, computed for all sources at once from the
+labelled pixels (:func:`measure_sources`).
 
 Star/galaxy: a star is the point-spread function itself, so what separates it
 from a galaxy is compactness *relative to the field's PSF*. The PSF size is
@@ -24,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["source_table", "measure_sources", "SourceMeasures", "source_features", "fit_star_classifier", "star_probability", "truth_classes",
+__all__ = ["source_table", "measure_sources", "SkyLevel", "SourceMeasures", "source_features", "fit_star_classifier", "star_probability", "truth_classes",
            "FEATURES"]
 
 #: Sources above this signal-to-noise ratio are used to measure the field's PSF size.
@@ -34,8 +37,16 @@ FEATURES = ("log_size", "log_size_over_psf", "log_peak_over_flux", "log_snr", "e
             "log_psf_size")
 
 
-def source_table(image: np.ndarray, labels: np.ndarray,
-                 star_classifier: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class SkyLevel:
+    """An image's sky level and per-pixel noise (standard deviation), in its raw units."""
+
+    sky: float
+    noise: float
+
+
+def source_table(image: np.ndarray, labels: np.ndarray, star_classifier: dict[str, Any] | None = None,
+                 sky: SkyLevel | None = None) -> list[dict[str, Any]]:
     """One row per source of ``labels`` (``YX``), measured on ``image`` (``YX``, raw units).
 
     Columns: ``label``, ``y``, ``x`` (flux-weighted centroid, pixels), ``flux``
@@ -44,21 +55,19 @@ def source_table(image: np.ndarray, labels: np.ndarray,
     per axis, pixels), ``ellipticity`` (0 round .. 1 a line), the field's
     ``sky``, ``sky_noise`` and ``psf_size`` and, with a ``star_classifier``
     (:func:`fit_star_classifier`), ``p_star`` and ``class`` ("star"/"galaxy").
-    """
-    from astropy.stats import sigma_clipped_stats
 
+    ``sky``: the whole image's sky and noise (only the labelled pixels are then read); without it they are
+    the sigma-clipped statistics of this plane's unlabelled pixels, which move with what the plane holds.
+    """
     if image.shape != labels.shape or image.ndim != 2:
         raise ValueError(f"expected a YX image and labels of one shape, got {image.shape} and {labels.shape}")
-    image = np.asarray(image, dtype=np.float64)
     labels = np.asarray(labels)
-    finite = np.isfinite(image)
-    sky_pixels = image[(labels == 0) & finite]
-    if sky_pixels.size < 10 or labels.max() == 0:
+    if sky is None:
+        sky = _unlabelled_sky(np.asarray(image, dtype=np.float64), labels)
+    if sky is None or labels.max() == 0:
         return []
-    # axis given: astropy's C implementation of the same clipping (same values, half the time)
-    sky, _, noise = (float(v) for v in sigma_clipped_stats(sky_pixels, sigma=3.0, axis=0))
-    noise = noise if noise > 0 else 1.0
-    m = measure_sources(np.where(finite, image - sky, 0.0), labels)
+    noise = sky.noise if sky.noise > 0 else 1.0
+    m = measure_sources(image, labels, sky.sky)
     rows: list[dict[str, Any]] = []
     for i, lab in enumerate(m.label):
         rows.append({"label": int(lab), "y": float(m.y[i]), "x": float(m.x[i]), "flux": float(m.flux[i]),
@@ -67,12 +76,24 @@ def source_table(image: np.ndarray, labels: np.ndarray,
                      "ellipticity": float(m.ellipticity[i])})
     psf_size = _psf_size(rows)
     for row in rows:
-        row.update(sky=sky, sky_noise=noise, psf_size=psf_size)
+        row.update(sky=float(sky.sky), sky_noise=noise, psf_size=psf_size)
     if star_classifier and rows:
         for row, p in zip(rows, star_probability(source_features(rows), star_classifier)):
             row["p_star"] = float(p)
             row["class"] = "star" if p >= 0.5 else "galaxy"
     return rows
+
+
+def _unlabelled_sky(image: np.ndarray, labels: np.ndarray) -> SkyLevel | None:
+    """Sigma-clipped median and standard deviation of the finite unlabelled pixels (``None``: under 10 of them)."""
+    from astropy.stats import sigma_clipped_stats
+
+    sky_pixels = image[(labels == 0) & np.isfinite(image)]
+    if sky_pixels.size < 10:
+        return None
+    # axis given: astropy's C implementation of the same clipping (same values, half the time)
+    level, _, noise = (float(v) for v in sigma_clipped_stats(sky_pixels, sigma=3.0, axis=0))
+    return SkyLevel(level, noise)
 
 
 @dataclass(frozen=True)
@@ -89,10 +110,11 @@ class SourceMeasures:
     ellipticity: np.ndarray
 
 
-def measure_sources(signal: np.ndarray, labels: np.ndarray) -> SourceMeasures:
-    """Area, flux and peak of the sky-subtracted ``signal`` over each label's footprint, and the centroid, RMS
-    size and ellipticity of its flux-weighted second moments (weights: the signal clipped at 0; a source
-    with no positive signal gets its plain centroid and size 0).
+def measure_sources(signal: np.ndarray, labels: np.ndarray, sky: float = 0.0) -> SourceMeasures:
+    """Area, flux and peak of the sky-subtracted ``signal - sky`` (non-finite pixels count 0) over each label's
+    footprint, and the centroid, RMS size and ellipticity of its flux-weighted second moments (weights: the
+    signal clipped at 0; a source with no positive signal gets its plain centroid and size 0). Only the
+    labelled pixels are read.
 
     The same quantities as scikit-image's intensity-weighted ``regionprops`` (``centroid_weighted``,
     ``moments_weighted_central``), computed for all labels at once with ``np.bincount`` over the labelled
@@ -103,7 +125,8 @@ def measure_sources(signal: np.ndarray, labels: np.ndarray) -> SourceMeasures:
     lab = flat[where].astype(np.int64)
     n = int(lab.max()) + 1 if lab.size else 1
     ys, xs = np.divmod(where, labels.shape[1])
-    values = signal.ravel()[where]
+    values = np.asarray(signal).ravel()[where].astype(np.float64) - sky
+    values[~np.isfinite(values)] = 0.0
     w = np.clip(values, 0.0, None)
     area = np.bincount(lab, minlength=n)
     present = np.flatnonzero(area)

@@ -61,3 +61,16 @@ def test_a_mirror_frame_is_padding_for_every_model(nuclei_model, nuclei_image): 
         assert framed.settings.content == framed.settings.mirror.box == box
         assert framed.scale.diameter == plain.scale.diameter and framed.settings.factor == plain.settings.factor
         assert plain.settings.mirror is None
+
+
+def test_a_sky_fields_plan_holds_its_sky_and_the_source_table_uses_it(nuclei_model, nuclei_image):  # noqa: F811
+    """The asinh normaliser's sigma-clipped sky and noise are the image's, once: its source table reuses them
+    (no clipping of its own), so every source is measured against the whole image's sky."""
+    model = load_model("astro-sources")
+    field = simulate_astro_field((256, 256), seed=5, sky_gradient=0.0)
+    plan = plan_image(model, field.image, "YX")
+    assert abs(plan.sky.sky - field.sky_level) < 0.2 * field.noise_sigma
+    assert abs(plan.sky.noise / field.noise_sigma - 1) < 0.15
+    rows = predict(model, field.image, axes="YX").tables[()]  # the model asks for its table
+    assert rows and all(r["sky"] == plan.sky.sky and r["sky_noise"] == plan.sky.noise for r in rows)
+    assert plan_image(nuclei_model, nuclei_image[0], "YX").sky is None  # percentiles say nothing of a sky

@@ -103,3 +103,40 @@ def test_source_table_with_a_classifier_has_p_star_and_class():
     assert all(0.0 <= r["p_star"] <= 1.0 and r["class"] == ("star" if r["p_star"] >= 0.5 else "galaxy")
                for r in rows)
     assert "class" not in source_table(image, labels)[0]
+
+
+def test_a_row_with_the_images_sky_is_the_same_in_any_window():
+    """Given the whole image's sky and noise (the plan's), a source's row is the same in a window of the image
+    as in the whole; measured on the window's own unlabelled pixels, it moves with what else the window holds."""
+    from napari_segtool.ops.sources import SkyLevel
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:128, :192].astype(np.float64)
+    image = 100.0 + rng.normal(0, 2.0, yy.shape)
+    image[:, 96:] += 6.0  # a brighter sky on the right: the windows' backgrounds differ
+    labels = np.zeros(yy.shape, np.int32)
+    for i, (y, x) in enumerate([(40, 40), (90, 60), (64, 150)], start=1):
+        r2 = (yy - y) ** 2 + (xx - x) ** 2
+        image += 3000.0 / (2 * np.pi * 4.0) * np.exp(-r2 / 8.0)
+        labels[r2 < 64] = i
+    image = image.astype(np.float32)
+    sky = SkyLevel(103.0, 2.5)
+    whole = source_table(image, labels, sky=sky)
+    window = source_table(image[:, :96], labels[:, :96], sky=sky)
+    keys = ("label", "y", "x", "flux", "peak", "area", "snr", "size", "ellipticity", "sky", "sky_noise")
+    assert [{k: r[k] for k in keys} for r in window] == [{k: r[k] for k in keys} for r in whole[:2]]
+    assert whole[0]["sky"] == 103.0 and whole[0]["sky_noise"] == 2.5
+    own = source_table(image[:, :96], labels[:, :96]), source_table(image, labels)
+    assert abs(own[0][0]["flux"] - own[1][0]["flux"]) > 0.05 * own[1][0]["flux"]
+
+
+def test_measure_sources_subtracts_the_sky_and_zeroes_non_finite_pixels():
+    rng = np.random.default_rng(2)
+    image = rng.normal(50.0, 3.0, (40, 50))
+    labels = np.zeros(image.shape, np.int32)
+    labels[5:15, 5:20], labels[20:35, 30:45] = 1, 2
+    image[10, 10] = np.nan
+    signal = np.where(np.isfinite(image), image - 50.0, 0.0)
+    got, expected = measure_sources(image.astype(np.float32), labels, 50.0), measure_sources(signal, labels)
+    for field in ("label", "area", "flux", "peak", "y", "x", "size", "ellipticity"):
+        np.testing.assert_allclose(getattr(got, field), getattr(expected, field), rtol=1e-5, atol=1e-4)
