@@ -16,7 +16,10 @@ one simulated 512² nuclei image, scored against the mosaic's exact labels. Per 
   (not the size estimate's small crops); ``GFLOP/s`` and ``% mm``: the network's FLOPs
   (``torch.utils.flop_counter`` per tile pixel × pixels run) per second of those calls, against this
   machine's dense float32 matmul measured in the same subprocess just before;
-* ``overhead``: pixels the network computed for the plane / the plane's pixels (halo, overlap, padding);
+* ``overhead``: pixels the network computed for the plane / the plane's pixels (halo, overlap, padding); a plane
+  that ran chunked (over ``core.predict.LARGE_PLANE_PIXELS``) counts all its chunks' tiles (each chunk runs the
+  tiles of the whole plane's grid that reach its region, ``ops.tiling.tiled_apply``), and so do ``net Mpx/s``,
+  ``GFLOP/s`` and ``% mm``;
 * ``post %``: share of the end-to-end time in ``ops.postprocess.instances_from_maps`` (watershed,
   splits, holes); ``other %``: the rest outside network and post-processing (size estimate, blending,
   normalising, resampling);
@@ -97,10 +100,13 @@ class Probe:
             return timed
 
         def tiled_apply(fn, plane, *args, **kwargs):
-            from napari_segtool.ops.tiling import plan_tile_size
+            from napari_segtool.ops.chunked import wanted
+            from napari_segtool.ops.tiling import plan_tile_size, tiling_frame
 
-            size = plan_tile_size(plane.shape[:2], kwargs["tile_size"], kwargs["halo"], kwargs.get("align", 1))
+            _, plane_hw, _ = tiling_frame(plane)  # a chunk's window tiles on the whole plane's grid
+            size = plan_tile_size(plane_hw, kwargs["tile_size"], kwargs["halo"], kwargs.get("align", 1))
             self.calls.append({"shape": tuple(plane.shape[:2]), "tile": size, "halo": kwargs["halo"],
+                               "chunk": wanted(plane) is not None,
                                "net_seconds": 0.0, "net_pixels": 0, "seconds": 0.0})
             t0 = time.perf_counter()
             out = real_tiled(fn, plane, *args, **kwargs)
@@ -145,12 +151,15 @@ def run_one(model_name: str, size: int, tile: int | None, diameter: float | None
     t0 = time.perf_counter()
     pred = predict(model, image, tile_size=tile, diameter=diameter)
     seconds = time.perf_counter() - t0
-    main = max(probe.calls, key=lambda c: c["shape"][0] * c["shape"][1])  # the image's plane
-    net_s = main["net_seconds"]
-    plane_px = main["shape"][0] * main["shape"][1]
+    # the image's plane: its chunks' windows when it ran chunked (all of them: the plane's work), else its one call
+    chunks = [c for c in probe.calls if c["chunk"]]
+    main = chunks[0] if chunks else max(probe.calls, key=lambda c: c["shape"][0] * c["shape"][1])
+    plane_px = size * size if chunks else main["shape"][0] * main["shape"][1]
+    net_s = sum(c["net_seconds"] for c in chunks) if chunks else main["net_seconds"]
+    net_px = sum(c["net_pixels"] for c in chunks) if chunks else main["net_pixels"]
     return {"size": size, "first_seconds": first_seconds, "seconds": seconds, "mpx_s": size * size / 1e6 / seconds,
-            "net_mpx_s": plane_px / 1e6 / net_s, "gflops": flops_per_px * main["net_pixels"] / net_s / 1e9,
-            "limit": limit, "overhead": main["net_pixels"] / plane_px, "halo": main["halo"], "tile": main["tile"],
+            "net_mpx_s": plane_px / 1e6 / net_s, "gflops": flops_per_px * net_px / net_s / 1e9,
+            "limit": limit, "overhead": net_px / plane_px, "halo": main["halo"], "tile": main["tile"],
             "post_share": probe.post_seconds / seconds, "net_share": sum(c["net_seconds"] for c in probe.calls) / seconds,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "io_mb": (image.nbytes + gt.nbytes + pred.labels.nbytes) / 2**20,

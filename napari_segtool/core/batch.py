@@ -289,7 +289,7 @@ def _predict_block_once(source: _Source, model_ref: _ModelRef, ctx: _Ctx, block:
         configure_threads(ctx.torch_threads)
     raw = _read_window(source, block)
     result = run_job(predict_window(model, raw, ctx.spatial_axes, ctx.settings,
-                                    offset=(block.window[0], block.window[2]), cancel=cancel))
+                                    offset=(block.window[0], block.window[2]), cancel=cancel, region=block.region))
     ry, rx = block.region_in_window()
     labels = result.labels[..., ry, rx]
     labels = labels.reshape((-1,) + labels.shape[-2:]).astype(np.uint32)

@@ -101,21 +101,24 @@ def plane_view(plane: Any, settings: WindowSettings, offset: tuple[int, int] = (
 def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowSettings, *,
                    offset: tuple[int, int] = (0, 0), planes: Sequence[tuple] | None = None,
                    first_probabilities: bool = False, cancel: CancelToken | None = None,
-                   tile_callback: Callable[[int, int], None] | None = None
+                   tile_callback: Callable[[int, int], None] | None = None, region: Rect | None = None
                    ) -> Generator[Progress, None, WindowResult]:
     """Labels of a canonical window (stack axes, ``Y``, ``X``, ``C``), yielding progress per plane.
 
     ``planes`` limits the work to some stack indices (the others stay 0); ``offset`` is the
     window's ``(y, x)`` in the image. Returns labels on the window's input grid, 0 outside the
     image's content box (``settings.content``; the window is the whole image when it is ``None``).
+    ``region`` (image coordinates): the pixels whose labels the caller keeps (a chunk's core and margin);
+    the rest of the window is context only, and dense networks run just the tiles of the whole image's grid
+    that reach the region (:func:`~napari_segtool.ops.tiling.tiled_apply`), as a whole-image run does.
     """
     window_hw = tuple(int(n) for n in window.shape[-3:-1])
     if settings.mirror is not None:
         return (yield from _predict_mirrored(model, window, spatial_axes, settings, offset, planes,
-                                             first_probabilities, cancel, tile_callback))
+                                             first_probabilities, cancel, tile_callback, region))
     if len(settings.panels) > 1:
         return (yield from _predict_panels(model, window, spatial_axes, settings, offset, planes,
-                                           first_probabilities, cancel, tile_callback))
+                                           first_probabilities, cancel, tile_callback, region))
     if settings.content is None:
         settings = replace(settings, content=(offset[0], offset[0] + window_hw[0], offset[1], offset[1] + window_hw[1]))
     y0, y1, x0, x1 = settings.content
@@ -124,8 +127,9 @@ def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowS
     if yb <= ya or xb <= xa:
         return WindowResult(np.zeros(tuple(window.shape[:-1]), np.int32))
     inner = window[..., ya - offset[0]:yb - offset[0], xa - offset[1]:xb - offset[1], :]
+    rel = None if region is None else (region[0] - y0, region[1] - y0, region[2] - x0, region[3] - x0)
     result = yield from _predict_content(model, inner, spatial_axes, settings, (ya - y0, xa - x0), planes,
-                                         first_probabilities, cancel, tile_callback)
+                                         first_probabilities, cancel, tile_callback, rel)
     core = (..., slice(ya - offset[0], yb - offset[0]), slice(xa - offset[1], xb - offset[1]))
     if result.labels.shape == tuple(window.shape[:-1]):  # the content is the whole window: no second plane
         labels = np.asarray(result.labels, np.int32)
@@ -146,7 +150,8 @@ def predict_window(model: Any, window: Any, spatial_axes: str, settings: WindowS
 
 def _predict_panels(model: Any, window: Any, spatial_axes: str, settings: WindowSettings, offset: tuple[int, int],
                     planes: Sequence[tuple] | None, first_probabilities: bool, cancel: CancelToken | None,
-                    tile_callback: Callable[[int, int], None] | None) -> Generator[Progress, None, WindowResult]:
+                    tile_callback: Callable[[int, int], None] | None, region: Rect | None = None
+                    ) -> Generator[Progress, None, WindowResult]:
     """:func:`predict_window` panel by panel (``settings.panels``), each panel as its own content box.
 
     Ids are made unique over the window; per-plane tables are left to the caller (made from the
@@ -161,7 +166,7 @@ def _predict_panels(model: Any, window: Any, spatial_axes: str, settings: Window
             continue
         part = yield from predict_window(model, window, spatial_axes, replace(settings, content=panel, panels=()),
                                          offset=offset, planes=planes, first_probabilities=first_probabilities,
-                                         cancel=cancel, tile_callback=tile_callback)
+                                         cancel=cancel, tile_callback=tile_callback, region=region)
         top = int(labels.max()) if model.meta.task == "instance" else 0
         labels = np.where(part.labels > 0, part.labels + top if top else part.labels, labels).astype(np.int32)
         if part.probabilities is not None:
@@ -171,19 +176,22 @@ def _predict_panels(model: Any, window: Any, spatial_axes: str, settings: Window
 
 def _predict_mirrored(model: Any, window: Any, spatial_axes: str, settings: WindowSettings, offset: tuple[int, int],
                       planes: Sequence[tuple] | None, first_probabilities: bool, cancel: CancelToken | None,
-                      tile_callback: Callable[[int, int], None] | None) -> Generator[Progress, None, WindowResult]:
+                      tile_callback: Callable[[int, int], None] | None, region: Rect | None = None
+                      ) -> Generator[Progress, None, WindowResult]:
     """:func:`predict_window` of a window of a mirror-framed image: the content as the plain image, then each
     band pixel labelled as its mirror source (which the window holds: :func:`window_for` widens chunks to it).
 
     Per-plane tables cover the content's objects only, so they are left to the caller when a band is in the window.
     """
     frame = settings.mirror
-    part = yield from predict_window(model, window, spatial_axes, replace(settings, mirror=None), offset=offset,
-                                     planes=planes, first_probabilities=first_probabilities, cancel=cancel,
-                                     tile_callback=tile_callback)
     hw = tuple(int(n) for n in window.shape[-3:-1])
     y0, y1, x0, x1 = frame.box
-    if y0 <= offset[0] and offset[0] + hw[0] <= y1 and x0 <= offset[1] and offset[1] + hw[1] <= x1:
+    inside = y0 <= offset[0] and offset[0] + hw[0] <= y1 and x0 <= offset[1] and offset[1] + hw[1] <= x1
+    part = yield from predict_window(model, window, spatial_axes, replace(settings, mirror=None), offset=offset,
+                                     planes=planes, first_probabilities=first_probabilities, cancel=cancel,
+                                     tile_callback=tile_callback,
+                                     region=region if inside else None)  # band pixels read their sources' labels
+    if inside:
         return part  # no band in this window
     labels = mirror_labels(part.labels, frame, offset, model.meta.task == "instance")
     probs = None if part.probabilities is None else mirror_values(part.probabilities, frame, offset)
@@ -220,9 +228,9 @@ def window_for(model: Any, settings: WindowSettings, region: Rect, image_hw: tup
         local = replace(settings, content=panel, panels=())
         plane_hw = model_plane_hw(local)
         rel = (ry0 - y0, ry1 - y0, rx0 - x0, rx1 - x0)
-        if not identity:  # the model pixels whose centres fall in the region, and one more each side
-            rel = (max(0, int(np.floor(rel[0] * factor)) - 1), min(plane_hw[0], int(np.ceil(rel[1] * factor)) + 1),
-                   max(0, int(np.floor(rel[2] * factor)) - 1), min(plane_hw[1], int(np.ceil(rel[3] * factor)) + 1))
+        if not identity:
+            rel = _model_pixels(rel, factor)
+            rel = (max(0, rel[0]), min(plane_hw[0], rel[1]), max(0, rel[2]), min(plane_hw[1], rel[3]))
         ext = model.architecture.window_extent(model.meta, plane_hw, rel, tile_size=settings.tile_size,
                                                postprocess=settings.postprocess)
         if ext is None:
@@ -275,9 +283,9 @@ def _aligned_start(window_start: int, content_start: int, align: int) -> int:
 
 def _predict_content(model: Any, window: Any, spatial_axes: str, settings: WindowSettings,
                      offset: tuple[int, int], planes: Sequence[tuple] | None, first_probabilities: bool,
-                     cancel: CancelToken | None, tile_callback: Callable[[int, int], None] | None
-                     ) -> Generator[Progress, None, WindowResult]:
-    """:func:`predict_window` on a window inside the content box (``offset`` relative to the box)."""
+                     cancel: CancelToken | None, tile_callback: Callable[[int, int], None] | None,
+                     region: Rect | None = None) -> Generator[Progress, None, WindowResult]:
+    """:func:`predict_window` on a window inside the content box (``offset`` and ``region`` relative to the box)."""
     meta = model.meta
     arch = model.architecture
     stack_shape = tuple(window.shape[: len(spatial_axes) - 2])
@@ -297,7 +305,9 @@ def _predict_content(model: Any, window: Any, spatial_axes: str, settings: Windo
         view = plane_view(window[index] if index else window, settings, offset)
         if not identity:
             grid_start, grid_hw = view.grid_start, tuple(view.shape[:2])
-        view = PlacedPlane(view, grid_start if not identity else offset, model_plane_hw(settings))
+        origin = grid_start if not identity else offset
+        view = PlacedPlane(view, origin, model_plane_hw(settings),
+                           None if region is None else _wanted_pixels(region, settings.factor, origin, view.shape[:2]))
         want_probs = want_maps or (first_probabilities and i == 0)
         result = arch.predict_plane(model.net, view, meta, device=model.device, tile_size=settings.tile_size,
                                     batch_size=settings.batch_size, return_probabilities=want_probs,
@@ -320,6 +330,23 @@ def _predict_content(model: Any, window: Any, spatial_axes: str, settings: Windo
         if probs is not None:
             probs = labels_to_input(probs, settings.factor, window_hw, offset=offset, grid_start=grid_start)
     return WindowResult(labels, tables, probs)
+
+
+def _model_pixels(rect: Rect, factor: float) -> Rect:
+    """The model-grid pixels whose labels the input pixels ``rect`` take: those whose centres fall in it, and one
+    more each side (unclipped)."""
+    return (int(np.floor(rect[0] * factor)) - 1, int(np.ceil(rect[1] * factor)) + 1,
+            int(np.floor(rect[2] * factor)) - 1, int(np.ceil(rect[3] * factor)) + 1)
+
+
+def _wanted_pixels(region: Rect, factor: float, origin: tuple[int, int], hw: tuple[int, int]) -> Rect:
+    """``region`` (input pixels of the content box) as the pixels of a view at ``origin`` on the model grid
+    (of ``hw`` pixels) whose maps its labels read (:func:`_model_pixels`)."""
+    if not is_identity(factor):
+        region = _model_pixels(region, factor)
+    y0, y1 = (min(hw[0], max(0, v - origin[0])) for v in region[:2])
+    x0, x1 = (min(hw[1], max(0, v - origin[1])) for v in region[2:])
+    return y0, max(y0, y1), x0, max(x0, x1)
 
 
 def _to_uint8(p: np.ndarray) -> np.ndarray:

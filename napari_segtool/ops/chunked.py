@@ -223,14 +223,17 @@ class PlacedPlane:
 
     Reads go to the window (``shape`` and ``__getitem__`` are its own), so any code that tiles a plane
     runs on it unchanged; an architecture that must tile the whole plane's grid reads the placement
-    with :func:`placement`.
+    with :func:`placement`. ``wanted`` ``(y0, y1, x0, x1)``, in the window's pixels, are those whose outputs
+    are used (a chunk's region: the rest of the window is context); ``None``: all of them (:func:`wanted`).
     """
 
-    def __init__(self, plane, origin: tuple[int, int], plane_hw: tuple[int, int]):
+    def __init__(self, plane, origin: tuple[int, int], plane_hw: tuple[int, int],
+                 wanted: Rect | None = None):
         self.plane = plane
         self.shape = tuple(plane.shape)
         self.origin = (int(origin[0]), int(origin[1]))
         self.plane_hw = (int(plane_hw[0]), int(plane_hw[1]))
+        self.wanted = None if wanted is None else tuple(int(v) for v in wanted)
 
     def __getitem__(self, key):
         return self.plane[key]
@@ -241,6 +244,11 @@ def placement(plane) -> tuple[tuple[int, int], tuple[int, int]]:
     if isinstance(plane, PlacedPlane):
         return plane.origin, plane.plane_hw
     return (0, 0), (int(plane.shape[0]), int(plane.shape[1]))
+
+
+def wanted(plane) -> Rect | None:
+    """The pixels of a :class:`PlacedPlane` whose outputs are used (window coordinates); ``None``: all."""
+    return plane.wanted if isinstance(plane, PlacedPlane) else None
 
 
 def union(a: Rect, b: Rect) -> Rect:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from napari_segtool.kernel.events import CancelToken
+from napari_segtool.ops.chunked import placement, wanted
 
 
 class PlaneLike(Protocol):
@@ -99,12 +100,17 @@ def make_tiles(shape: tuple[int, int], size: int, halo: int, align: int) -> list
 
 def read_padded(plane: PlaneLike, tile: Tile) -> np.ndarray:
     """Read a tile's window (``YXC``), reflect-padding where it leaves the plane."""
+    return read_box(plane, (tile.y0, tile.y0 + tile.size, tile.x0, tile.x0 + tile.size))
+
+
+def read_box(plane: PlaneLike, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Read ``plane[y0:y1, x0:x1]`` (``YXC``, may cross the borders), reflect-padding where it leaves the plane."""
     h, w = plane.shape[:2]
-    y0, x0, s = tile.y0, tile.x0, tile.size
-    ya, yb = max(0, y0), min(h, y0 + s)
-    xa, xb = max(0, x0), min(w, x0 + s)
+    y0, y1, x0, x1 = box
+    ya, yb = max(0, y0), min(h, y1)
+    xa, xb = max(0, x0), min(w, x1)
     block = np.asarray(plane[ya:yb, xa:xb], dtype=np.float32)
-    pad = ((ya - y0, y0 + s - yb), (xa - x0, x0 + s - xb), (0, 0))
+    pad = ((ya - y0, y1 - yb), (xa - x0, x1 - xb), (0, 0))
     if any(p for pair in pad[:2] for p in pair):
         # numpy reflects repeatedly when the pad is wider than the block
         block = np.pad(block, pad, mode="reflect")
@@ -133,11 +139,6 @@ def plan_tile_size(shape: tuple[int, int], tile_size: int, halo: int, align: int
 BATCH_PIXELS = 2 * 512 * 512
 
 
-def iter_batches(items: list, batch_size: int) -> Iterator[list]:
-    for i in range(0, len(items), batch_size):
-        yield items[i:i + batch_size]
-
-
 def tiled_apply(
     fn: Callable[[torch.Tensor], torch.Tensor],
     plane: PlaneLike,
@@ -157,37 +158,96 @@ def tiled_apply(
     Returns the blended ``(K, Y, X)`` float32 output. ``tile_size`` is rounded up to
     ``align`` and shrunk to the plane (plus halo) when the plane is small (:func:`plan_tile_size`).
     A batch holds at most ``batch_size`` tiles and ``batch_pixels`` pixels (at least one tile).
+
+    A window of a larger plane that says which of its pixels are wanted
+    (:class:`~napari_segtool.ops.chunked.PlacedPlane` with ``wanted``) runs the tiles of the *whole plane's*
+    grid that reach those pixels, each cut to them plus the halo (the window's other pixels are context,
+    never tile output), and blends them with the whole plane's weights: its outputs are a whole-plane run's
+    wherever a tile is not cut, and every path (whole plane, chunks) runs the same grid. Unwanted pixels are 0.
     """
     h, w = plane.shape[:2]
-    size = plan_tile_size((h, w), tile_size, halo, align)
-    tiles = make_tiles((h, w), size, halo, align)
+    origin, plane_hw, box = tiling_frame(plane)
+    size = plan_tile_size(plane_hw, tile_size, halo, align)
+    tiles = [t for t in make_tiles(plane_hw, size, halo, align)
+             if t.y0 < box[1] and t.y0 + size > box[0] and t.x0 < box[3] and t.x0 + size > box[2]]
+    cuts = [_cut(t, box, halo, align, plane_hw) for t in tiles]
     out = np.zeros((out_channels, h, w), dtype=np.float32)
     win1d = blend_window(size, halo)
     # a tile's weight is wy ⊗ wx and the tiles form a grid, so the summed weight is the outer product of
     # two profiles: no (Y, X) weight plane (4 bytes per pixel of the image) is kept
-    weight_y, weight_x = np.zeros(h, np.float32), np.zeros(w, np.float32)
-    for start in sorted({t.y0 for t in tiles}):
-        span, part, wy = _window_1d(start, size, halo, h, win1d)
-        weight_y[span] += wy[part]
-    for start in sorted({t.x0 for t in tiles}):
-        span, part, wx = _window_1d(start, size, halo, w, win1d)
-        weight_x[span] += wx[part]
+    weight_y = _profile({t.y0 for t in tiles}, size, halo, plane_hw[0], win1d, box[0], box[1])
+    weight_x = _profile({t.x0 for t in tiles}, size, halo, plane_hw[1], win1d, box[2], box[3])
     done = 0
-    for batch in iter_batches(tiles, max(1, min(batch_size, batch_pixels // (size * size)))):
+    for batch in _same_shape_batches(list(zip(tiles, cuts)), max(1, min(batch_size, batch_pixels // (size * size)))):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        arrays = np.stack([read_padded(plane, t) for t in batch])  # B,S,S,C
+        arrays = np.stack([read_box(plane, (c[0] - origin[0], c[1] - origin[0], c[2] - origin[1], c[3] - origin[1]))
+                           for _, c in batch])  # B,S,S,C
         x = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous().to(device)
         with torch.inference_mode():
             y = fn(x).float().cpu().numpy()
-        for t, pred in zip(batch, y):
-            _accumulate(out, pred, t, win1d, halo, (h, w))
+        for (t, c), pred in zip(batch, y):
+            _accumulate(out, pred, t, c, box, origin, win1d, halo, plane_hw)
         done += len(batch)
         if progress is not None:
             progress(done, len(tiles))
-    for y0 in range(0, h, 256):  # row blocks: no whole-plane temporary
-        out[:, y0:y0 + 256] /= weight_y[y0:y0 + 256, None] * weight_x[None, :]
+    ya, yb, xa, xb = box[0] - origin[0], box[1] - origin[0], box[2] - origin[1], box[3] - origin[1]
+    for y0 in range(ya, yb, 256):  # row blocks: no whole-plane temporary
+        y1 = min(yb, y0 + 256)
+        out[:, y0:y1, xa:xb] /= weight_y[y0 - ya:y1 - ya, None] * weight_x[None, :]
     return out
+
+
+def tiling_frame(plane: PlaneLike) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
+    """``(origin, plane_hw, box)`` :func:`tiled_apply` tiles ``plane`` in: the window's place in the whole plane,
+    the whole plane's size and the wanted pixels ``(y0, y1, x0, x1)`` in plane coordinates. A plane that does not
+    say which of its pixels are wanted is tiled as a whole plane of its own."""
+    h, w = (int(n) for n in plane.shape[:2])
+    need = wanted(plane)
+    if need is None:
+        return (0, 0), (h, w), (0, h, 0, w)
+    (oy, ox), plane_hw = placement(plane)
+    return (oy, ox), plane_hw, (oy + need[0], oy + need[1], ox + need[2], ox + need[3])
+
+
+def _cut(tile: Tile, box: tuple[int, int, int, int], halo: int, align: int,
+         plane_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The part of ``tile`` (plane coordinates) that the wanted ``box`` needs: its pixels plus ``halo`` of context,
+    on the pooling grid; never cut at the plane's own border, where the whole plane's tiles are read alike."""
+    out = []
+    for start, lo, hi, length in ((tile.y0, box[0], box[1], plane_hw[0]), (tile.x0, box[2], box[3], plane_hw[1])):
+        a, b = start, start + tile.size
+        if lo > 0:
+            a = max(a, ((lo - halo) // align) * align)
+        if hi < length:
+            b = min(b, round_up(hi + halo, align))
+        out += [a, b]
+    return out[0], out[1], out[2], out[3]
+
+
+def _same_shape_batches(items: list, batch_size: int) -> Iterator[list]:
+    """Consecutive ``(tile, cut)`` pairs in batches of at most ``batch_size`` whose cuts have one shape."""
+    batch: list = []
+    for item in items:
+        shape = (item[1][1] - item[1][0], item[1][3] - item[1][2])
+        if batch and (len(batch) == batch_size or shape != (batch[0][1][1] - batch[0][1][0],
+                                                             batch[0][1][3] - batch[0][1][2])):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def _profile(starts: set, size: int, halo: int, length: int, win1d: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Summed blending weight along one axis over plane positions ``lo:hi`` of the tiles starting at ``starts``."""
+    weight = np.zeros(hi - lo, np.float32)
+    for start in sorted(starts):
+        span, part, wts = _window_1d(start, size, halo, length, win1d)
+        a, b = max(span.start, lo), min(span.stop, hi)
+        if b > a:
+            weight[a - lo:b - lo] += wts[a - start:b - start]
+    return weight
 
 
 def _window_1d(start: int, size: int, halo: int, length: int, win1d: np.ndarray) -> tuple[slice, slice, np.ndarray]:
@@ -202,7 +262,14 @@ def _window_1d(start: int, size: int, halo: int, length: int, win1d: np.ndarray)
     return slice(a, b), slice(a - start, b - start), weights
 
 
-def _accumulate(out, pred, tile: Tile, win1d, halo, shape) -> None:
-    (ys, ty, wy), (xs, tx, wx) = (_window_1d(tile.y0, tile.size, halo, shape[0], win1d),
-                                  _window_1d(tile.x0, tile.size, halo, shape[1], win1d))
-    out[:, ys, xs] += pred[:, ty, tx] * (wy[ty, None] * wx[None, tx])
+def _accumulate(out, pred, tile: Tile, cut, box, origin, win1d, halo, plane_hw) -> None:
+    """Add a tile's weighted output over the wanted pixels it reaches (``pred`` covers ``cut``, plane coordinates)."""
+    (_, _, wy), (_, _, wx) = (_window_1d(tile.y0, tile.size, halo, plane_hw[0], win1d),
+                              _window_1d(tile.x0, tile.size, halo, plane_hw[1], win1d))
+    ya, yb = max(box[0], cut[0], 0), min(box[1], cut[1], plane_hw[0])
+    xa, xb = max(box[2], cut[2], 0), min(box[3], cut[3], plane_hw[1])
+    if yb <= ya or xb <= xa:
+        return
+    out[:, ya - origin[0]:yb - origin[0], xa - origin[1]:xb - origin[1]] += (
+        pred[:, ya - cut[0]:yb - cut[0], xa - cut[2]:xb - cut[2]]
+        * (wy[ya - tile.y0:yb - tile.y0, None] * wx[None, xa - tile.x0:xb - tile.x0]))

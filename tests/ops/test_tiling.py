@@ -83,3 +83,38 @@ def test_blending_weights_sum_to_one_everywhere(shape, size, halo):
     out = tiled_apply(lambda x: x, plane, 2, tile_size=size, halo=halo, align=8, batch_size=3)
     assert len(make_tiles(shape, min(size, 512), halo, 8)) > 1 or size == 512
     np.testing.assert_allclose(out, plane.transpose(2, 0, 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("window,wanted", [((40, 210, 96, 300), (48, 120, 40, 170)),     # inside the plane
+                                           ((0, 150, 0, 180), (0, 100, 0, 130)),         # at its corner
+                                           ((104, 260, 200, 330), (24, 156, 32, 130))])  # to its far border
+def test_a_window_runs_the_whole_planes_tiles_on_its_wanted_pixels(window, wanted):
+    """A window that says which of its pixels are wanted (a chunk: region + halo) gets the whole plane's outputs
+    there, from the whole plane's tile grid cut to those pixels plus the halo: its halo is context, never output,
+    so it computes fewer pixels than tiling the window as a plane of its own."""
+    from napari_segtool.ops.chunked import PlacedPlane
+
+    torch.manual_seed(0)
+    net = UNet(1, 3, depth=2, width=4).eval()
+    halo = halo_for(net.receptive_field(), net.align)
+    plane = np.random.default_rng(2).random((260, 330, 1)).astype(np.float32)
+    tile = 64 + 2 * halo
+    counted = []
+
+    def counting(x):
+        counted.append(x.shape[0] * x.shape[2] * x.shape[3])
+        return net(x)
+
+    whole = tiled_apply(net, plane, 3, tile_size=tile, halo=halo, align=net.align)
+    y0, y1, x0, x1 = window
+    placed = PlacedPlane(plane[y0:y1, x0:x1], (y0, x0), plane.shape[:2], wanted)
+    part = tiled_apply(counting, placed, 3, tile_size=tile, halo=halo, align=net.align, batch_size=3)
+    wy0, wy1, wx0, wx1 = wanted
+    np.testing.assert_allclose(part[:, wy0:wy1, wx0:wx1], whole[:, y0 + wy0:y0 + wy1, x0 + wx0:x0 + wx1], atol=1e-5)
+    outside = np.ones(part.shape[1:], bool)
+    outside[wy0:wy1, wx0:wx1] = False
+    assert not part[:, outside].any()  # unwanted pixels are not outputs
+    own = []
+    tiled_apply(lambda x: own.append(x.shape[0] * x.shape[2] * x.shape[3]) or net(x), plane[y0:y1, x0:x1], 3,
+                tile_size=tile, halo=halo, align=net.align)
+    assert sum(counted) < sum(own)
