@@ -131,8 +131,9 @@ def iter_predict(
 #: less input and labels grows with the plane (issue 18, docs/benchmarks/peak_memory.txt section 7: 8000²,
 #: under the former 64 Mpx, peaked at 3181 MiB, 2815 beyond I/O), while the chunked path holds one window's.
 #: The threshold is the largest plane issue 18 asks >= 1 Mpx/s of in memory (4096²: 1.26-1.29 Mpx/s idle),
-#: so no larger plane holds more than a 4096² one does. The two paths' labels are not bit-identical (windows
-#: tile differently): on a 4096² mosaic 0.026 % of the pixels differ, AP@0.5 0.9910 chunked vs 0.9908 in memory.
+#: so no larger plane holds more than a 4096² one does. Chunks run the whole plane's tile grid (ops.tiling), so
+#: the two paths give the same labels (a 2048² mosaic in 1024² chunks: identical, ids aside; 799 px differed
+#: when each window tiled itself); tiles cut at a chunk's region may still move a pixel in rare cases.
 LARGE_PLANE_PIXELS = 4096 * 4096
 #: The largest chunk such a plane runs in; a plane is cut into equal chunks no larger (:func:`large_plane_chunk`),
 #: so no window holds more than a 4096² plane in memory does, and halos stay a small share of the work. Same run,
