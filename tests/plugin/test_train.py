@@ -1,5 +1,9 @@
 """The Train widget: trains on the project's corrections in a worker, saves, swaps, re-predicts."""
+import contextlib
+import faulthandler
 import json
+import os
+import time
 import warnings
 
 import numpy as np
@@ -212,36 +216,99 @@ def test_export_button_writes_the_selected_model(make_napari_viewer, qtbot, user
 
 
 
-def test_segment_and_train_at_once_leave_qt_threads_free(make_napari_viewer, qtbot, user_model, nuclei_stack):
-    """Issue 13 item 6: on a 2-core machine Qt's global thread pool has two threads; Segment and Train (clicked
-    together) took both, and the GUI thread waited for a free one in Qt's own image conversion until Segment
-    ended. Each job start keeps two threads free."""
-    from qtpy.QtCore import QThreadPool, Qt
-    from qtpy.QtTest import QTest
+@contextlib.contextmanager
+def _run_ends_if_the_gui_thread_hangs(capsys, after_s: float = 120.0):
+    """End the test run (exit 1, every thread's stack on the terminal) once the GUI thread has not come back
+    for ``after_s`` seconds, instead of hanging.
 
+    Before issue 13 item 6's fix, under PyQt5, the GUI thread waited inside Qt's image conversion (repainting
+    the window), holding the GIL, for a thread of Qt's global pool; the jobs' pool threads waited for the GIL:
+    a deadlock, so the test never got control back to fail. faulthandler's watchdog needs no GIL; the GUI
+    thread re-arms it every second."""
+    from qtpy.QtCore import QTimer
+
+    with capsys.disabled():  # the real stderr, not pytest's capture file (lost when the process exits)
+        terminal = os.fdopen(os.dup(2), "w")
+    rearm = QTimer()
+    rearm.timeout.connect(lambda: faulthandler.dump_traceback_later(after_s, exit=True, file=terminal))
+    faulthandler.dump_traceback_later(after_s, exit=True, file=terminal)
+    rearm.start(1000)
+    try:
+        yield
+    finally:
+        rearm.stop()
+        faulthandler.cancel_dump_traceback_later()
+        terminal.close()
+
+
+def test_segment_and_train_at_once_keep_the_window_responsive(make_napari_viewer, qtbot, user_model, capsys):
+    """Issue 13 item 6: Segment and Train clicked together froze the window 5.7-12.3 s (each alone < 100 ms).
+
+    A 10 ms ``QTimer`` on the GUI thread (the probe of ``benchmarks/gui_stall.py``) ticks from the Train
+    click, through Segment clicked while the model trains, to the end of both; its largest gap must stay well
+    under the issue's 5.7 s (1 s: generous for a loaded 2-core machine; the benchmark holds the 100 ms
+    target). Under PyQt5 a repaint of the window converts its backing store on Qt's global thread pool (two
+    threads on 2 cores) and waits for it holding the GIL; the two jobs held both threads, so the window froze
+    until Segment ended, or for good (before the fix, 352ff3f: no tick for 120 s, the GUI thread in napari's
+    ``QMainWindow.event`` under the Train widget's progress update). Each job start now keeps two pool
+    threads free, and training runs in a child process at a lower priority."""
+    from qtpy.QtCore import QThreadPool
+
+    from benchmarks.gui_stall import Probe
+    from napari_segtool.plugin import _warmup
     from napari_segtool.plugin import segment_widget as sw
+    from napari_segtool.sim import simulate_nuclei
+    from tests.plugin.test_user_loop import _choose_text, _click, _type_value
 
-    image, truth = nuclei_stack
-    viewer, segment, train = _viewer_with_widgets(make_napari_viewer)
-    img = viewer.add_image(image, name="stack")
+    sim = simulate_nuclei((16, 256, 256), seed=3, anisotropy=2.0, snr=20.0)  # the nuclei sample's size
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)  # a laptop screen's window (issue 13 item 9)
+    train = _dock(viewer, qtbot, "Train")
+    segment = _dock(viewer, qtbot, "Segment")
+    img = viewer.add_image(sim.image, name="stack")
     labels = segment.session.annotation_layer(img)
-    idx = np.nonzero(truth[0])
-    labels.data_setitem((np.zeros(idx[0].size, np.intp),) + idx, truth[0][idx])
+    idx = np.nonzero(sim.labels[0])
+    labels.data_setitem((np.zeros(idx[0].size, np.intp),) + idx, sim.labels[0][idx])  # slice 0 corrected
+    # a run long enough to overlap the whole Segment job; cancelled once Segment is done
+    for spin, value in ((train.epochs_spin, "50"), (train.steps_spin, "50"), (train.batch_spin, "2"),
+                        (train.patch_spin, "64")):
+        _type_value(spin, value)
     train.repredict_check.setChecked(False)
-    for name, text in ((train.epochs_spin, "1"), (train.steps_spin, "2"), (train.batch_spin, "2"),
-                       (train.patch_spin, "64")):
-        name.setValue(int(text))
-    segment.scope_combo.setCurrentText(sw.SCOPE_STACK)
+    _choose_text(segment.scope_combo, sw.SCOPE_STACK)
     pool = QThreadPool.globalInstance()
     pool.setMaxThreadCount(2)  # a 2-core laptop
-    QTest.mouseClick(train.train_button, Qt.LeftButton)
-    QTest.mouseClick(segment.run_button, Qt.LeftButton)
-    assert train.worker is not None and segment.running
-    qtbot.waitUntil(lambda: pool.activeThreadCount() >= 2, timeout=10000)
-    assert pool.maxThreadCount() - pool.activeThreadCount() >= 2
-    qtbot.waitUntil(lambda: train.worker is None and not segment.running, timeout=300000)
+    qtbot.waitUntil(_warmup.is_warm, timeout=600000)  # the warm-up's imports are item 7, not this item
+    probe = Probe()
+    qtbot.wait(300)
+
+    with _run_ends_if_the_gui_thread_hangs(capsys):
+        t0 = time.perf_counter()
+        _click(qtbot, train.train_button)
+        qtbot.waitUntil(lambda: len(train.plot.steps) >= 1, timeout=1200000)  # the child imports torch first
+        _click(qtbot, segment.run_button)
+        t_segment = time.perf_counter()
+        assert train.worker is not None and segment.running
+        qtbot.waitUntil(lambda: pool.activeThreadCount() >= 2, timeout=10000)
+        spare_threads = pool.maxThreadCount() - pool.activeThreadCount()  # checked after the probe's verdict
+        qtbot.waitUntil(lambda: not segment.running, timeout=1200000)
+        t_segment = time.perf_counter() - t_segment
+        assert train.worker is not None, "training ended before Segment: the jobs did not run together"
+        steps_during_segment = len(train.plot.steps)
+        _click(qtbot, train.cancel_button)
+        qtbot.waitUntil(lambda: train.worker is None, timeout=1200000)
+        t1 = time.perf_counter()
+    probe.timer.stop()
+
     assert segment.last_outcome.ok, segment.last_outcome.message
-    assert train.last_outcome.ok, train.last_outcome.message
+    assert train.last_outcome.status in ("ok", "cancelled"), train.last_outcome.message
+    assert steps_during_segment >= 1
+    gaps = probe.gaps_between(t0, t1)
+    assert len(gaps) > 10
+    worst = sorted(gaps)[-3:]
+    print(f"\nSegment + Train at once: {t1 - t0:.1f} s, {len(gaps)} gaps, largest {[round(g) for g in worst]} ms; Segment "
+          f"{t_segment:.1f} s, {steps_during_segment} training steps by its end")
+    assert max(gaps) < 1000.0, f"the window froze: largest gaps {[round(g) for g in worst]} ms in {t1 - t0:.1f} s"
+    assert spare_threads >= 2
 
 
 def test_model_versions_list_scores_and_rolls_back(make_napari_viewer, qtbot, user_model, tmp_path, errors):
