@@ -206,6 +206,15 @@ def object_size_stats(label_images: Sequence[np.ndarray]) -> dict[str, float]:
     return {"median_area": median, "median_diameter": float(2 * np.sqrt(median / np.pi)), "n_objects": len(areas)}
 
 
+def _label_map(name: str, p: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """One of :data:`LABEL_MAPS` (``B,1,H,W``) from the class softmax ``p`` and the raw ``outputs``."""
+    if name == "foreground":
+        return INSTANCE_LAYOUT.foreground(p.transpose(0, 1)).unsqueeze(1)
+    if name == "interior":
+        return p[:, INSTANCE_LAYOUT.interior_channel:INSTANCE_LAYOUT.interior_channel + 1]
+    return torch.sigmoid(outputs[:, INSTANCE_CLASSES:])
+
+
 class UNetArchitecture(Architecture):
     name = "unet"
     tasks = ("instance", "semantic")  # trained from annotations (``core.train``, the Train widget)
@@ -301,8 +310,9 @@ class UNetArchitecture(Architecture):
         """The network's activated maps ``(K, Y, X)`` of a whole plane, tile by tile with its halo.
 
         ``label_maps`` (instance models): only these of :data:`LABEL_MAPS`, what the instance post-processing
-        reads, per tile -- 12 bytes a pixel of the plane (8 without the interior) instead of the 16 of the four
-        maps plus 4 of a foreground sum (blending is linear, so the foreground sums the same before or after it).
+        reads, computed per tile -- 12 bytes a pixel of the plane (8 without the interior, 4 for a flux split's
+        foreground) instead of the 16 of the four maps plus 4 of a foreground sum (blending is linear, so the
+        foreground sums the same before or after it).
         """
         net.eval()
         align = self.align(meta)
@@ -320,12 +330,11 @@ class UNetArchitecture(Architecture):
             y = run(x)
             if meta.task in ("semantic", "regression"):
                 return torch.softmax(y, dim=1)
-            p, distance = torch.softmax(y[:, :INSTANCE_CLASSES], 1), torch.sigmoid(y[:, INSTANCE_CLASSES:])
-            if label_maps:
-                named = {"foreground": INSTANCE_LAYOUT.foreground(p.transpose(0, 1)).unsqueeze(1), "distance": distance,
-                         "interior": p[:, INSTANCE_LAYOUT.interior_channel:INSTANCE_LAYOUT.interior_channel + 1]}
-                return torch.cat([named[name] for name in label_maps], 1)
-            return torch.cat([p, distance], 1)
+            p = torch.softmax(y[:, :INSTANCE_CLASSES], 1)
+            if not label_maps:
+                return torch.cat([p, torch.sigmoid(y[:, INSTANCE_CLASSES:])], 1)
+            maps = [_label_map(name, p, y) for name in label_maps]  # only the maps asked for are computed
+            return maps[0] if len(maps) == 1 else torch.cat(maps, 1)
 
         channels = len(label_maps) if label_maps else meta.arch_kwargs["out_channels"]
         try:
@@ -343,6 +352,18 @@ class UNetArchitecture(Architecture):
             raise ValueError(f"predict_maps needs a regression model, this one is {meta.task}")
         return self._tiled_maps(net, image, meta, device, tile_size, batch_size, progress, cancel)
 
+    @staticmethod
+    def _label_maps(meta: ModelMeta, params: dict[str, Any]) -> tuple[str, ...]:
+        """The maps of :data:`LABEL_MAPS` an instance model's labels read with these settings: the interior seeds
+        (or the objects' size when none is given) read all three, a shape split the foreground and the distance,
+        a flux split the foreground alone; ``()`` (every map) for other tasks."""
+        if meta.task != "instance":
+            return ()
+        mode = params.get("seed_mode", "interior")
+        if mode == "interior" or not params.get("diameter"):
+            return LABEL_MAPS
+        return ("foreground",) if mode == "flux" else ("foreground", "distance")
+
     def predict_plane(self, net: nn.Module, image: Any, meta: ModelMeta, *, device: torch.device,
                       tile_size: int | None = None, batch_size: int = 2, return_probabilities: bool = False,
                       progress: ProgressFn | None = None, cancel: CancelToken | None = None,
@@ -351,20 +372,20 @@ class UNetArchitecture(Architecture):
         params = settings.plane
         if "diameter" in settings.core:  # the objects' size on the model grid, for the shape/flux splits
             params["diameter"] = settings.core["diameter"]
-        label_maps: tuple[str, ...] = ()
-        if meta.task == "instance" and not return_probabilities:  # the interior seeds, or sizes a shape/flux split
-            interior = params.get("seed_mode", "interior") == "interior" or not params.get("diameter")
-            label_maps = LABEL_MAPS if interior else ("foreground", "distance")
+        label_maps = self._label_maps(meta, params) if not return_probabilities else ()
+        flux = meta.task == "instance" and params.get("seed_mode") == "flux"
+        if flux:  # deblending by brightness peaks reads the normalised plane too: normalised once, for both
+            image = np.asarray(image[:, :, :], np.float32)
         probs = self._tiled_maps(net, image, meta, device, tile_size, batch_size, progress, cancel, label_maps)
         if meta.task in ("semantic", "regression"):  # regression: the component holding most of the flux
             labels = (np.argmax(probs, axis=0) + 1).astype(np.int32)
             return PlaneResult(labels, probs if return_probabilities else None)
-        if params.get("seed_mode") == "flux":  # deblending by brightness peaks needs the (normalised) plane
-            params["image"] = np.asarray(image[:, :, :]).mean(axis=-1)
+        if flux:
+            params["image"] = image.mean(axis=-1)
             params["pixel_noise"] = stretched_noise(meta.normalization)  # the whole image's, on every window alike
-        if label_maps:  # without the interior when nothing reads it (instances_from_maps then never does)
+        if label_maps:  # without the maps nothing reads (instances_from_maps then never does)
             named = dict(zip(label_maps, probs))
-            maps = (named["foreground"], named.get("interior"), named["distance"])
+            maps = (named["foreground"], named.get("interior"), named.get("distance"))
         else:
             layout = INSTANCE_LAYOUT
             maps = (layout.foreground(probs), probs[layout.interior_channel], probs[layout.distance_channel])
