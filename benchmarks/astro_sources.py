@@ -2,6 +2,10 @@
 
     python benchmarks/astro_sources.py [--fields 20] [--size 256] [--model astro-sources|PATH]
                                        [--tune-fields 8] [--speed-fields 5] [--out DIR]
+                                       [--ours-only | --speed-only]
+
+``--ours-only``: the model's rows, speed and star/galaxy line without photutils, SEP or the real sky;
+``--speed-only``: the speed line alone (``--speed-fields`` fields, default 5).
 
 Held-out simulated fields (``napari_segtool.sim.simulate_astro_dataset``, seed
 ``--seed``, default 100: the model was trained on seeds 1 and 501 and its card scored on seed 2),
@@ -136,6 +140,9 @@ def speed(model, n_fields: int, seed: int) -> str:
     import os
 
     fields = simulate_astro_dataset(n_fields, (512, 512), seed=seed)
+    # warm-up: a 1536² plane runs enough tile pixels for the fast CPU path to be prepared (models.runtime,
+    # as after the accuracy rows), then a field of the timed size
+    predict(model, np.tile(fields[0].image, (3, 3)))
     predict(model, fields[0].image)
     load0 = os.getloadavg()[0]
     times = []
@@ -244,18 +251,27 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--no-stock", action="store_true", help="skip the baselines with stock parameters")
     p.add_argument("--no-real", action="store_true", help="skip the real-sky rows (Hubble Deep Field)")
     p.add_argument("--out", type=Path, help="write astro_sources.md and astro_sources.csv here")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--ours-only", action="store_true", help="the model alone: no photutils, SEP or real sky")
+    only.add_argument("--speed-only", action="store_true", help="only the speed line (--speed-fields fields)")
     args = p.parse_args(argv)
     if {args.seed, args.tune_seed} & {1, 2, 501} or args.seed == args.tune_seed:
         raise SystemExit("test and tuning seeds must differ from each other and from 1, 501 and 2 (training, card)")
 
     model = load(args.model)
     threads = configure_threads()
+    if args.speed_only:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            print(speed(model, max(args.speed_fields, 1), args.seed + 2000) + f"; {threads} torch thread(s)", flush=True)
+        return []
     shape = (args.size, args.size)
     t0 = time.perf_counter()
-    sets = {"standard": (simulate_astro_dataset(args.tune_fields, shape, seed=args.tune_seed),
+    n_tune = 0 if args.ours_only else args.tune_fields
+    sets = {"standard": (simulate_astro_dataset(n_tune, shape, seed=args.tune_seed),
                          simulate_astro_dataset(args.fields, shape, seed=args.seed))}
     if args.crowded_fields:
-        sets["crowded"] = (simulate_astro_dataset(args.tune_fields, shape, seed=args.tune_seed + 1000, crowding="crowded"),
+        sets["crowded"] = (simulate_astro_dataset(n_tune, shape, seed=args.tune_seed + 1000, crowding="crowded"),
                            simulate_astro_dataset(args.crowded_fields, shape, seed=args.seed + 1000, crowding="crowded"))
     test_fields = sets["standard"][1]
     header = [
@@ -293,7 +309,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             segmenters = [ours]
             rows.append(evaluate(*ours, fields, set_name))
             print(format_row(rows[-1], COLUMNS), flush=True)
-            for name, (fn, stock, grid) in BASELINES.items():
+            for name, (fn, stock, grid) in ({} if args.ours_only else BASELINES).items():
                 t0 = time.perf_counter()
                 best, ap, failed = tune(fn, grid, tune_fields)
                 n = int(np.prod([len(v) for v in grid.values()]))
@@ -307,7 +323,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 for method in segmenters[len(segmenters) - (1 if args.no_stock else 2):]:
                     rows.append(evaluate(*method, fields, set_name))
                     print(format_row(rows[-1], COLUMNS), flush=True)
-            if set_name == "standard" and not args.no_real:
+            if set_name == "standard" and not (args.no_real or args.ours_only):
                 real = real_sky("Hubble Deep Field (skimage, grey)", hubble_grey(), segmenters)
         timing = speed(model, args.speed_fields, args.seed + 2000) if args.speed_fields else ""
     if timing:
