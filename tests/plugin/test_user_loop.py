@@ -439,6 +439,38 @@ def test_a_reviewed_slice_keeps_the_stack_three_dimensional(make_napari_viewer, 
     assert not any(kind == "show_error" for kind, _ in errors)
 
 
+# ---------------------------------------------------------------- napari's own way: napari.utils.progress
+
+
+def test_a_running_job_shows_in_naparis_activity_panel(make_napari_viewer, qtbot, user_model, nuclei_stack):
+    """Issue 13, "in napari's own way ... napari.utils.progress": a job clicked in a widget is also a napari
+    progress bar in the window's activity panel (besides the widget's own bar), named after the job, and
+    leaves the panel when the job ends."""
+    from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+
+    from napari_segtool.plugin import _warmup
+    from napari_segtool.plugin import segment_widget as sw
+
+    image, _ = nuclei_stack
+    viewer = make_napari_viewer(show=True)
+    segment = _dock(viewer, qtbot, "Segment")
+    viewer.add_image(image, name="stack")
+    _choose_text(segment.scope_combo, sw.SCOPE_STACK)
+    panel = viewer.window._qt_window._activity_dialog
+
+    def bars():
+        return [bar.description_label.text() for bar in panel.findChildren(QtLabeledProgressBar)]
+
+    qtbot.waitUntil(_warmup.is_warm, timeout=600000)
+    qtbot.waitUntil(lambda: bars() == [], timeout=10000)  # the warm-up's own bar (napari's first) is gone
+    _click(qtbot, segment.run_button)
+    assert segment.running
+    assert bars() == ["segmenting stack: "]
+    qtbot.waitUntil(lambda: not segment.running, timeout=600000)
+    assert segment.last_outcome.ok, segment.last_outcome.message
+    qtbot.waitUntil(lambda: bars() == [], timeout=10000)
+
+
 # ---------------------------------------------------------------- item 5 (+10): deletions are training data
 
 
