@@ -104,10 +104,11 @@ def keep_pool_threads_free(spare: int = SPARE_POOL_THREADS) -> int:
 
     napari's ``thread_worker`` runs each job on ``QThreadPool.globalInstance()``, whose size is
     the number of cores. Qt runs short tasks of the GUI thread on the same pool and *waits* for
-    them (e.g. the multi-threaded ``QImage`` conversion behind napari's animated activity
-    indicator): with Segment and Train running on a 2-core machine the pool was full and the
-    window froze until the Segment job ended (measured 17-26 s; seen with gdb in
-    ``QSemaphore::acquire`` under ``QImage::convertToFormat``).
+    them (e.g. the multi-threaded ``QImage`` conversion of a window repaint, ``composeAndFlush``):
+    with Segment and Train running on a 2-core machine the pool was full and the window froze
+    until the Segment job ended (measured 17-26 s), or deadlocked under PyQt5 (the GUI thread
+    waits for the pool holding the GIL the jobs need; seen with gdb in ``QSemaphore::acquire``
+    under ``QImage::convertTo``).
     """
     pool = QThreadPool.globalInstance()
     wanted = pool.activeThreadCount() + 1 + spare  # the job about to start, and the spare ones
