@@ -188,6 +188,12 @@ RECIPES = {
         # a width-8, 500-step run (for the 0.3 s target) scored 0.270 vs 0.273 on 8 held-out fields; 3000 steps
         # (--steps-scale 2, 23 min, 2026-11-30): its 8 card fields 0.434, but benchmarks/astro_sources.py standard /
         # crowded AP@0.5 0.354 / 0.420, blended recall 0.356 / 0.235 against 0.387 / 0.426, 0.385 / 0.233: not kept
+        # Loss weight maps (core.data.LossWeights, 2026-11-30, same 1500 steps, 1 thread, busy CPU): benchmark fields
+        # (seeds 100 / 1100, 10 + 10) standard AP@0.5 / blended recall, crowded AP@0.5 / blended recall, HDF SEP 3σ
+        # covered: this recipe retrained 0.394 / 0.385, 0.407 / 0.206, 0.915 (shipped 2-thread weights 0.386 /
+        # 0.385, 0.428 / 0.231, 0.930); + U-Net touching term (w0 10, sigma 2 px) 0.370 / 0.365, 0.419 / 0.229,
+        # 0.966; + each source alike (balance 1) 0.400 / 0.365, 0.436 / 0.221, 0.964: AP up by about the retrain
+        # noise, blended recall down (the flux-saddle deblending, not the boundary map, splits blends): not kept
         arch_kwargs={"depth": 4, "width": 16},
         normalization={"method": "asinh", "softening": 3.0},
         # deblending: the network's footprints cut at the saddles between brightness peaks (split_by_flux); sources
