@@ -65,10 +65,11 @@ case "${1:-}" in
     shift
     export QT_QPA_PLATFORM=xcb
     if [ $# -gt 0 ]; then exec "$PY" -m pytest -q "$@"; fi
-    # the whole suite with PyQt5 (the card's binding), then the GUI tests again with PyQt6 (napari's default)
-    "$PY" -m pytest -q
+    # the whole suite with PyQt5 (the card's binding), then the GUI tests again with PyQt6 (napari's default).
+    # pytest-qt picks its binding from PYTEST_QT_API only (else PyQt6 first) and qtpy/napari from QT_API: set both
+    PYTEST_QT_API=pyqt5 QT_API=pyqt5 "$PY" -m pytest -q
     echo "==> GUI tests with PyQt6"
-    QT_API=pyqt6 exec "$PY" -m pytest -q tests/plugin
+    PYTEST_QT_API=pyqt6 QT_API=pyqt6 exec "$PY" -m pytest -q tests/plugin
     ;;
   *) echo "usage: $0 launch|test|setup" >&2; exit 2 ;;
 esac
