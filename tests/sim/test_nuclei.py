@@ -127,3 +127,25 @@ def test_speed_2d():
     t = time.perf_counter()
     simulate_nuclei((256, 256), seed=11)
     assert time.perf_counter() - t < 2.0  # ~0.2 s normally; generous for shared CPUs
+
+
+def test_clump_is_off_by_default():
+    """``clump`` is additive: left out or 0 it changes no pixel, label or meta entry (the shipped
+    ``nuclei`` model's training data stay as they were)."""
+    a = simulate_nuclei((96, 96), touching=0.5, seed=5)
+    b = simulate_nuclei((96, 96), touching=0.5, seed=5, clump=0.0)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.meta == b.meta and "clump" not in a.meta
+    for s, t in zip(simulate_nuclei_dataset(2, (64, 64), seed=3), simulate_nuclei_dataset(2, (64, 64), seed=3, clump=0.0)):
+        np.testing.assert_array_equal(s.image, t.image)
+
+
+def test_clump_presses_nuclei_together():
+    """Clumped nuclei touch more neighbours, with the same acquisition style and exact labels."""
+    plain = [simulate_nuclei((128, 128), density=0.3, touching=0.0, seed=s) for s in (4, 6)]
+    clumped = [simulate_nuclei((128, 128), density=0.3, touching=0.0, clump=0.6, seed=s) for s in (4, 6)]
+    assert sum(len(_adjacent_pairs(c.labels)) for c in clumped) > 2 * sum(len(_adjacent_pairs(p.labels)) for p in plain)
+    for p, c in zip(plain, clumped):
+        _assert_exact_labels(c.labels)
+        assert c.meta["snr"] == p.meta["snr"] and c.meta["clump"] == 0.6
