@@ -25,6 +25,8 @@ from napari_segtool.core.model_versions import ModelScore, heldout_planes, recor
 from napari_segtool.core.project import Project
 from napari_segtool.core.model import SegModel
 from napari_segtool.core.train import TrainConfig, TrainResult
+from napari_segtool.core.tune_decoding import settle_switch
+from napari_segtool.kernel.device import pick_device
 from napari_segtool.kernel.events import CancelToken, Progress, TrainEpoch, TrainStep, tap
 
 
@@ -111,15 +113,21 @@ def iter_fit(examples: list[Example], init: SegModel | None, config: TrainConfig
 
     Fine-tuning ``init`` (``config.fine_tune`` keeps what it knows: frozen norm statistics,
     self-distillation, L2-SP; :mod:`napari_segtool.core.finetune`), or a new ``arch`` model for
-    ``task`` when ``init`` is None. The Train widget (through :func:`iter_train_project`) and the
+    ``task`` when ``init`` is None. A fine-tuned model takes the decoding its start switches to once fine-tuned
+    (``after_fine_tuning``) unless at least 30 annotated objects decode better without it
+    (:func:`~napari_segtool.core.tune_decoding.settle_switch`). The Train widget (through :func:`iter_train_project`) and the
     effort benchmark (:func:`napari_segtool.core.hitl.iter_effort`) both train through here.
     """
     from napari_segtool.core.train import iter_train
 
     examples = same_channels(examples, init.meta.in_channels if init is not None else None)
     if init is not None:
-        return (yield from iter_train(examples, arch=init.meta.arch, task=init.meta.task, init=init, config=config,
-                                      cancel=cancel))
+        result = yield from iter_train(examples, arch=init.meta.arch, task=init.meta.task, init=init, config=config,
+                                       cancel=cancel)
+        switch = settle_switch(result.model, init.meta.postprocess, examples, pick_device(config.device))
+        if switch is not None and result.model.meta.history:
+            result.model.meta.history[-1]["decoding_switch"] = switch.record()
+        return result
     return (yield from iter_train(examples, arch=arch, task=task, config=config, cancel=cancel,
                                   arch_kwargs=arch_kwargs))
 

@@ -10,8 +10,10 @@ from napari_segtool.core.checkpoint import load_model, save_model
 from napari_segtool.core.data import make_example
 from napari_segtool.core.predict import predict
 from napari_segtool.core.train import TrainConfig, train
-from napari_segtool.core.tune_decoding import (MIN_OBJECTS, DecodingGrid, RegionMaps, annotated_objects, choose_thresholds,
-                                              tune_decoding)
+from napari_segtool.core.train_project import iter_fit
+from napari_segtool.core.tune_decoding import (MIN_OBJECTS, SWITCH_KEY, DecodingGrid, RegionMaps, annotated_objects,
+                                              choose_thresholds, settle_switch, tune_decoding)
+from napari_segtool.kernel.events import run_job
 from napari_segtool.models.unet import instance_targets
 from napari_segtool.ops.metrics import instance_scores
 from napari_segtool.ops.postprocess import instances_from_maps
@@ -129,3 +131,50 @@ def test_too_few_annotated_objects_skip_the_maps_and_keep_the_models_thresholds(
     many = make_example(image, labels, normalization=model.meta.normalization)
     assert annotated_objects([many]) >= MIN_OBJECTS
     assert tune_decoding(model, [many]) is not None and len(calls) == 1
+
+
+def _with_switch(start: dict, switch: dict):
+    """The shipped nuclei model whose postprocess is ``start`` plus the ``after_fine_tuning`` ``switch``."""
+    model = load_model("nuclei")
+    model.meta.postprocess.update(start)
+    model.meta.postprocess[SWITCH_KEY] = dict(switch)
+    return model
+
+
+@pytest.mark.parametrize("start, switch, taken", [
+    ({"min_size": 100000}, {"min_size": 11}, True),     # the start decodes no object at all: the switch wins
+    ({"min_size": 11}, {"min_size": 100000}, False),    # the switch would drop every object: the start stays
+])
+def test_the_switch_after_fine_tuning_is_declined_only_where_the_annotated_objects_decode_better_without(
+        objects, start, switch, taken):
+    image, labels = objects
+    model = _with_switch(start, switch)
+    start_settings = dict(model.meta.postprocess)
+    example = make_example(image, labels, normalization=model.meta.normalization)
+    assert annotated_objects([example]) >= MIN_OBJECTS
+    decision = settle_switch(model, start_settings, [example])
+    assert decision.switched is taken and decision.objects == annotated_objects([example])
+    assert (decision.score > decision.kept_score + 0.5) is taken and (decision.kept_score > decision.score + 0.5) is not taken
+    assert model.meta.postprocess["min_size"] == (switch if taken else start)["min_size"]
+    assert (SWITCH_KEY in model.meta.postprocess) is not taken   # declined: pending for the next fine-tuning
+
+
+def test_fine_tuning_on_a_few_objects_takes_the_recipes_switch(objects):
+    """The Train widget's and the effort benchmark's fine-tuning (``iter_fit``) on fewer than MIN_OBJECTS annotated
+    objects: too few to overrule the recipe, so the shipped model's shape split gives way to its interior seeds as
+    iter_train alone does, even where these few objects would vote otherwise; the history says so; the start is
+    untouched."""
+    image, labels = objects
+    start = load_model("nuclei")
+    assert start.meta.postprocess["seed_mode"] == "shape" and start.meta.postprocess[SWITCH_KEY]["seed_mode"] == "interior"
+    few = make_example(image[:96, :96], labels[:96, :96], normalization=start.meta.normalization)
+    assert 0 < annotated_objects([few]) < MIN_OBJECTS
+    config = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, patch_size=64, lr=1e-7, val_fraction=0.0,
+                         num_threads=1, seed=0)
+    assert train([few], init=start, config=config).model.meta.postprocess["seed_mode"] == "interior"
+    model = run_job(iter_fit([few], start, config)).model
+    assert model.meta.postprocess["seed_mode"] == "interior"
+    assert SWITCH_KEY not in model.meta.postprocess
+    assert model.meta.history[-1]["decoding_switch"]["switched"] is True
+    assert model.meta.history[-1]["decoding_switch"]["objects"] == annotated_objects([few])
+    assert start.meta.postprocess["seed_mode"] == "shape"
