@@ -136,8 +136,8 @@ def test_fast_path_labels_equal_the_reference_labels(monkeypatch):
 def test_labels_only_maps_give_the_labels_of_the_full_maps(model_name, diameter):
     """predict_plane without probabilities keeps only foreground / interior / distance per tile (less memory),
     and no interior when the split is given the objects' size (as the core always gives it: 8 bytes a plane
-    pixel instead of 12): the same labels as from the four blended maps, across tile seams, for the shape and
-    the flux splits."""
+    pixel instead of 12; a flux split, which cuts at the image's saddles, the foreground alone: 4 bytes): the
+    same labels as from the four blended maps, across tile seams, for the shape and the flux splits."""
     from napari_segtool.models import unet
     from napari_segtool.core.checkpoint import load_model
 
@@ -161,7 +161,7 @@ def test_labels_only_maps_give_the_labels_of_the_full_maps(model_name, diameter)
         mp.setattr(unet, "tiled_apply", lambda fn, p, k, **kw: channels.append(k) or real(fn, p, k, **kw))
         lean = arch.predict_plane(model.net, plane, model.meta, device="cpu", tile_size=256, diameter=diameter)
     assert lean.probabilities is None and full.probabilities.shape[0] == 4
-    assert channels == [3 if diameter is None else 2]
+    assert channels == [3 if diameter is None else 1 if model.meta.postprocess.get("seed_mode") == "flux" else 2]
     assert full.labels.max() > 10
     np.testing.assert_array_equal(lean.labels, full.labels)
 
